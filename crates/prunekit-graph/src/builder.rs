@@ -1,0 +1,251 @@
+//! A builder that reads like the network it builds:
+//!
+//! ```
+//! use prunekit_graph::GraphBuilder;
+//! let mut b = GraphBuilder::new("tiny-cnn", 0);
+//! let x = b.input("image", &[1, 8, 8]);
+//! let x = b.conv2d(&x, 8, 3, 1, 1).unwrap();
+//! let x = b.batch_norm(&x).unwrap();
+//! let x = b.relu(&x).unwrap();
+//! let x = b.max_pool2d(&x, 2, 2).unwrap();
+//! let x = b.flatten(&x).unwrap();
+//! let y = b.linear(&x, 10).unwrap();
+//! let g = b.finish(&[&y]).unwrap();
+//! assert_eq!(g.nodes.len(), 6);
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device};
+use rand::rngs::StdRng;
+
+use crate::error::{GraphError, Result};
+use crate::graph::{init_params, valid_name, Graph, InputKind, InputSpec, Node, Shapes};
+use crate::ops::*;
+
+/// A value produced while building: its name and per-sample shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+pub struct GraphBuilder {
+    graph: Graph,
+    shapes: Shapes,
+    rng: StdRng,
+    device: Device,
+    dtype: DType,
+    counters: HashMap<&'static str, usize>,
+    next_name: Option<String>,
+}
+
+impl GraphBuilder {
+    /// A builder whose parameters are initialised from `seed` (PyTorch's default inits).
+    pub fn new(name: &str, seed: u64) -> Self {
+        Self {
+            graph: Graph {
+                name: name.to_string(),
+                inputs: Vec::new(),
+                nodes: Vec::new(),
+                outputs: Vec::new(),
+                meta: BTreeMap::new(),
+            },
+            shapes: HashMap::new(),
+            rng: crate::graph::rng(seed),
+            device: crate::device::default_device(),
+            dtype: DType::F32,
+            counters: HashMap::new(),
+            next_name: None,
+        }
+    }
+
+    fn add_input(&mut self, name: &str, shape: &[usize], kind: InputKind) -> Value {
+        self.graph.inputs.push(InputSpec {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            kind,
+        });
+        self.shapes.insert(name.to_string(), shape.to_vec());
+        Value {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// A real-valued input with a per-sample shape.
+    pub fn input(&mut self, name: &str, shape: &[usize]) -> Value {
+        self.add_input(name, shape, InputKind::Float)
+    }
+
+    /// An integer-id input (tokens, categories).
+    pub fn ids_input(&mut self, name: &str, shape: &[usize]) -> Value {
+        self.add_input(name, shape, InputKind::Ids)
+    }
+
+    /// Names the next node (otherwise `<op><n>`).
+    pub fn named(&mut self, name: &str) -> &mut Self {
+        self.next_name = Some(name.to_string());
+        self
+    }
+
+    /// Metadata stored with the model.
+    pub fn meta(&mut self, key: &str, value: serde_json::Value) -> &mut Self {
+        self.graph.meta.insert(key.to_string(), value);
+        self
+    }
+
+    /// Adds any op: checks its shape rule and initialises its parameters.
+    pub fn node(&mut self, op: impl Into<Op>, inputs: &[&Value]) -> Result<Value> {
+        let op = op.into();
+        let name = match self.next_name.take() {
+            Some(n) => n,
+            None => {
+                let c = self.counters.entry(op.type_name()).or_insert(0);
+                *c += 1;
+                format!("{}{}", op.type_name(), c)
+            }
+        };
+        if !valid_name(&name) {
+            return Err(GraphError::InvalidName(name));
+        }
+        if self.shapes.contains_key(&name) {
+            return Err(GraphError::DuplicateName(name));
+        }
+        let ins: Vec<&[usize]> = inputs.iter().map(|v| v.shape.as_slice()).collect();
+        let shape = op
+            .rules()
+            .infer(&ins)
+            .map_err(|m| GraphError::shape(&name, op.type_name(), m))?;
+        let params = init_params(
+            &op.rules().params(),
+            self.dtype,
+            &self.device,
+            &mut self.rng,
+        )?;
+        self.graph.nodes.push(Node {
+            name: name.clone(),
+            op,
+            inputs: inputs.iter().map(|v| v.name.clone()).collect(),
+            params,
+        });
+        self.shapes.insert(name.clone(), shape.clone());
+        Ok(Value { name, shape })
+    }
+
+    fn channels(x: &Value) -> usize {
+        x.shape.first().copied().unwrap_or(0)
+    }
+
+    pub fn linear(&mut self, x: &Value, out: usize) -> Result<Value> {
+        let inf = x.shape.last().copied().unwrap_or(0);
+        self.node(Linear::new(inf, out), &[x])
+    }
+
+    /// Square-kernel convolution with stride and symmetric padding.
+    pub fn conv2d(
+        &mut self,
+        x: &Value,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Value> {
+        let mut c = Conv2d::new(Self::channels(x), out, kernel);
+        c.stride = stride;
+        c.padding = padding;
+        self.node(c, &[x])
+    }
+
+    /// Convolution without bias (followed by BatchNorm).
+    pub fn conv2d_no_bias(
+        &mut self,
+        x: &Value,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Value> {
+        let mut c = Conv2d::new(Self::channels(x), out, kernel);
+        c.stride = stride;
+        c.padding = padding;
+        c.bias = false;
+        self.node(c, &[x])
+    }
+
+    pub fn batch_norm(&mut self, x: &Value) -> Result<Value> {
+        self.node(BatchNorm::new(Self::channels(x)), &[x])
+    }
+
+    pub fn layer_norm(&mut self, x: &Value) -> Result<Value> {
+        self.node(LayerNorm::new(x.shape.last().copied().unwrap_or(0)), &[x])
+    }
+
+    pub fn embedding(&mut self, x: &Value, num: usize, dim: usize) -> Result<Value> {
+        self.node(
+            Embedding {
+                num_embeddings: num,
+                embedding_dim: dim,
+            },
+            &[x],
+        )
+    }
+
+    pub fn relu(&mut self, x: &Value) -> Result<Value> {
+        self.node(Relu {}, &[x])
+    }
+    pub fn gelu(&mut self, x: &Value) -> Result<Value> {
+        self.node(Gelu::default(), &[x])
+    }
+    pub fn silu(&mut self, x: &Value) -> Result<Value> {
+        self.node(Silu {}, &[x])
+    }
+    pub fn tanh(&mut self, x: &Value) -> Result<Value> {
+        self.node(Tanh {}, &[x])
+    }
+    pub fn sigmoid(&mut self, x: &Value) -> Result<Value> {
+        self.node(Sigmoid {}, &[x])
+    }
+    pub fn softmax(&mut self, x: &Value) -> Result<Value> {
+        self.node(Softmax::default(), &[x])
+    }
+    pub fn dropout(&mut self, x: &Value, p: f64) -> Result<Value> {
+        self.node(Dropout { p }, &[x])
+    }
+    pub fn add(&mut self, a: &Value, b: &Value) -> Result<Value> {
+        self.node(Add {}, &[a, b])
+    }
+    pub fn mul(&mut self, a: &Value, b: &Value) -> Result<Value> {
+        self.node(Mul {}, &[a, b])
+    }
+    pub fn concat(&mut self, xs: &[&Value], axis: isize) -> Result<Value> {
+        self.node(Concat { axis }, xs)
+    }
+    pub fn flatten(&mut self, x: &Value) -> Result<Value> {
+        self.node(Flatten {}, &[x])
+    }
+    pub fn reshape(&mut self, x: &Value, shape: &[usize]) -> Result<Value> {
+        self.node(
+            Reshape {
+                shape: shape.to_vec(),
+            },
+            &[x],
+        )
+    }
+    pub fn max_pool2d(&mut self, x: &Value, kernel: usize, stride: usize) -> Result<Value> {
+        self.node(MaxPool2d(pool::Pool2dAttrs::new(kernel, stride)), &[x])
+    }
+    pub fn avg_pool2d(&mut self, x: &Value, kernel: usize, stride: usize) -> Result<Value> {
+        self.node(AvgPool2d(pool::Pool2dAttrs::new(kernel, stride)), &[x])
+    }
+    pub fn global_avg_pool(&mut self, x: &Value) -> Result<Value> {
+        self.node(GlobalAvgPool {}, &[x])
+    }
+
+    /// Finishes the graph with its outputs and validates it.
+    pub fn finish(mut self, outputs: &[&Value]) -> Result<Graph> {
+        self.graph.outputs = outputs.iter().map(|v| v.name.clone()).collect();
+        self.graph.validate()?;
+        Ok(self.graph)
+    }
+}

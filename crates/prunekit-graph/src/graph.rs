@@ -1,0 +1,444 @@
+//! The model graph: named inputs, typed nodes in topological order with their parameters and masks,
+//! named outputs. Shapes are per sample; the batch axis is implicit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GraphError, Result};
+use crate::ops::{Init, Op, ParamDecl, Role};
+
+/// What a model input carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// real values (images, features)
+    #[default]
+    Float,
+    /// integer token or category ids (u32)
+    Ids,
+}
+
+/// A model input: its name and per-sample shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    #[serde(default)]
+    pub kind: InputKind,
+}
+
+/// A named parameter of a node. Masked positions (mask == 0) are kept exactly zero in `value`.
+#[derive(Debug)]
+pub struct Param {
+    pub value: Var,
+    pub mask: Option<Tensor>,
+    pub role: Role,
+}
+
+impl Param {
+    pub fn tensor(&self) -> &Tensor {
+        self.value.as_tensor()
+    }
+    fn deep_copy(&self) -> Result<Param> {
+        Ok(Param {
+            value: Var::from_tensor(&self.value.as_tensor().copy()?)?,
+            mask: self.mask.as_ref().map(|m| m.copy()).transpose()?,
+            role: self.role,
+        })
+    }
+}
+
+/// One op applied to named inputs, owning its parameters.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<String>,
+    pub params: BTreeMap<String, Param>,
+}
+
+/// A model: inputs, nodes in topological order, outputs, and free-form metadata (task, dataset,
+/// normalisation) that travels with the model file.
+#[derive(Debug)]
+pub struct Graph {
+    pub name: String,
+    pub inputs: Vec<InputSpec>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<String>,
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+/// Per-sample shape of every value (inputs and node outputs) by name.
+pub type Shapes = HashMap<String, Vec<usize>>;
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'))
+}
+
+/// Fresh parameters for a declaration list.
+pub fn init_params(
+    decls: &[ParamDecl],
+    dtype: DType,
+    device: &Device,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<BTreeMap<String, Param>> {
+    let mut out = BTreeMap::new();
+    for d in decls {
+        let n: usize = d.shape.iter().product();
+        let data: Vec<f32> = match d.init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::FanInUniform { fan_in } => {
+                let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+            }
+            Init::Normal { std } => (0..n)
+                .map(|_| {
+                    // Box-Muller from the seeded generator
+                    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                    let u2: f64 = rng.random();
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+                })
+                .collect(),
+        };
+        let t = Tensor::from_vec(data, d.shape.as_slice(), device)?.to_dtype(dtype)?;
+        out.insert(
+            d.name.to_string(),
+            Param {
+                value: Var::from_tensor(&t)?,
+                mask: None,
+                role: d.role,
+            },
+        );
+    }
+    Ok(out)
+}
+
+impl Clone for Graph {
+    /// A deep copy: the clone's parameters do not share storage with the original.
+    fn clone(&self) -> Self {
+        self.try_clone().expect("copying CPU tensors does not fail")
+    }
+}
+
+impl Graph {
+    pub fn try_clone(&self) -> Result<Graph> {
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let mut params = BTreeMap::new();
+            for (k, p) in &n.params {
+                params.insert(k.clone(), p.deep_copy()?);
+            }
+            nodes.push(Node {
+                name: n.name.clone(),
+                op: n.op.clone(),
+                inputs: n.inputs.clone(),
+                params,
+            });
+        }
+        Ok(Graph {
+            name: self.name.clone(),
+            inputs: self.inputs.clone(),
+            nodes,
+            outputs: self.outputs.clone(),
+            meta: self.meta.clone(),
+        })
+    }
+
+    /// Checks names, wiring, every op's shape rule and every parameter against its declaration;
+    /// returns the per-sample shape of every value.
+    pub fn validate(&self) -> Result<Shapes> {
+        let mut shapes: Shapes = HashMap::new();
+        for i in &self.inputs {
+            if !valid_name(&i.name) {
+                return Err(GraphError::InvalidName(i.name.clone()));
+            }
+            if shapes.insert(i.name.clone(), i.shape.clone()).is_some() {
+                return Err(GraphError::DuplicateName(i.name.clone()));
+            }
+        }
+        for node in &self.nodes {
+            if !valid_name(&node.name) {
+                return Err(GraphError::InvalidName(node.name.clone()));
+            }
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for i in &node.inputs {
+                ins.push(shapes.get(i).ok_or_else(|| GraphError::UnknownInput {
+                    node: node.name.clone(),
+                    input: i.clone(),
+                })?);
+            }
+            let ins: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
+            let out = node
+                .op
+                .rules()
+                .infer(&ins)
+                .map_err(|m| GraphError::shape(&node.name, node.op.type_name(), m))?;
+            self.check_params(node)?;
+            if shapes.insert(node.name.clone(), out).is_some() {
+                return Err(GraphError::DuplicateName(node.name.clone()));
+            }
+        }
+        if self.outputs.is_empty() {
+            return Err(GraphError::Invalid("the graph has no outputs".into()));
+        }
+        for o in &self.outputs {
+            if !shapes.contains_key(o) {
+                return Err(GraphError::UnknownOutput(o.clone()));
+            }
+        }
+        Ok(shapes)
+    }
+
+    fn check_params(&self, node: &Node) -> Result<()> {
+        let decls = node.op.rules().params();
+        for d in &decls {
+            let p = node
+                .params
+                .get(d.name)
+                .ok_or_else(|| GraphError::param(&node.name, d.name, "missing"))?;
+            if p.tensor().dims() != d.shape.as_slice() {
+                return Err(GraphError::param(
+                    &node.name,
+                    d.name,
+                    format!(
+                        "has shape {:?}, the op's attributes need {:?}",
+                        p.tensor().dims(),
+                        d.shape
+                    ),
+                ));
+            }
+            if let Some(m) = &p.mask {
+                if m.dims() != d.shape.as_slice() {
+                    return Err(GraphError::param(
+                        &node.name,
+                        d.name,
+                        format!("mask has shape {:?}, expected {:?}", m.dims(), d.shape),
+                    ));
+                }
+            }
+        }
+        for k in node.params.keys() {
+            if !decls.iter().any(|d| d.name == k) {
+                return Err(GraphError::param(
+                    &node.name,
+                    k,
+                    format!("is not a parameter of a {} op", node.op.type_name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shapes(&self) -> Result<Shapes> {
+        self.validate()
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| GraphError::UnknownNode(name.to_string()))
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| GraphError::UnknownNode(name.to_string()))
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Nodes that read the value `name`, with the input position.
+    pub fn consumers(&self, name: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for (pos, inp) in n.inputs.iter().enumerate() {
+                if inp == name {
+                    out.push((i, pos));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn device(&self) -> Device {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.params.values())
+            .next()
+            .map(|p| p.tensor().device().clone())
+            .unwrap_or_else(crate::device::default_device)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.params.values())
+            .next()
+            .map(|p| p.tensor().dtype())
+            .unwrap_or(DType::F32)
+    }
+
+    /// Converts every parameter and mask to `dtype` (f64 for gradient checks).
+    pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
+        for n in &mut self.nodes {
+            for p in n.params.values_mut() {
+                p.value = Var::from_tensor(&p.tensor().to_dtype(dtype)?)?;
+                p.mask = p.mask.as_ref().map(|m| m.to_dtype(dtype)).transpose()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (node, param name, param) in order.
+    pub fn params(&self) -> impl Iterator<Item = (&Node, &String, &Param)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.params.iter().map(move |(k, p)| (n, k, p)))
+    }
+
+    /// Trainable parameters (weights and biases; not running statistics).
+    pub fn trainable(&self) -> impl Iterator<Item = (&Node, &String, &Param)> {
+        self.params().filter(|(_, _, p)| p.role.trainable())
+    }
+
+    /// Number of trainable parameter values.
+    pub fn param_count(&self) -> usize {
+        self.trainable()
+            .map(|(_, _, p)| p.tensor().elem_count())
+            .sum()
+    }
+
+    /// Number of nonzero trainable parameter values.
+    pub fn nonzero_count(&self) -> Result<usize> {
+        let mut nz = 0usize;
+        for (_, _, p) in self.trainable() {
+            nz += p
+                .tensor()
+                .ne(0.0)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()? as usize;
+        }
+        Ok(nz)
+    }
+
+    /// Multiply-accumulates per sample, counted from the ops and the inferred shapes.
+    pub fn macs(&self) -> Result<u64> {
+        let shapes = self.validate()?;
+        let mut total = 0u64;
+        for n in &self.nodes {
+            let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+            total += n.op.rules().macs(&ins, &shapes[&n.name]);
+        }
+        Ok(total)
+    }
+
+    /// Multiply-accumulates per sample when zero weights are skipped: each op's MACs scaled by the
+    /// density of its weight.
+    pub fn effective_macs(&self) -> Result<u64> {
+        let shapes = self.validate()?;
+        let mut total = 0f64;
+        for n in &self.nodes {
+            let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+            let macs = n.op.rules().macs(&ins, &shapes[&n.name]) as f64;
+            let density = match n.params.get("weight") {
+                Some(w) if macs > 0.0 => {
+                    let t = w.tensor();
+                    t.ne(0.0)?
+                        .to_dtype(DType::F32)?
+                        .sum_all()?
+                        .to_scalar::<f32>()? as f64
+                        / t.elem_count() as f64
+                }
+                _ => 1.0,
+            };
+            total += macs * density;
+        }
+        Ok(total.round() as u64)
+    }
+
+    /// Sets a mask on a parameter and zeroes the masked values. The mask holds 0 (pruned) and 1 (kept).
+    pub fn set_mask(&mut self, node: &str, param: &str, mask: Tensor) -> Result<()> {
+        let n = self.node_mut(node)?;
+        let p = n
+            .params
+            .get_mut(param)
+            .ok_or_else(|| GraphError::param(node, param, "no such parameter"))?;
+        if mask.dims() != p.tensor().dims() {
+            return Err(GraphError::param(
+                node,
+                param,
+                format!(
+                    "mask shape {:?} differs from the parameter's {:?}",
+                    mask.dims(),
+                    p.tensor().dims()
+                ),
+            ));
+        }
+        let mask = mask.to_dtype(p.tensor().dtype())?;
+        p.value.set(&(p.tensor() * &mask)?)?;
+        p.mask = Some(mask);
+        Ok(())
+    }
+
+    /// Re-applies every mask (after an optimizer step): masked values become exactly zero.
+    pub fn apply_masks(&self) -> Result<()> {
+        for (_, _, p) in self.params() {
+            if let Some(m) = &p.mask {
+                p.value.set(&(p.tensor() * m)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes entries `keep`'s complement along `axis` of a parameter (and its mask), then lets the
+    /// op re-derive its attributes. The graph may be inconsistent until every coupled slice is done.
+    pub fn select(&mut self, node: &str, param: &str, axis: usize, keep: &[u32]) -> Result<()> {
+        let n = self.node_mut(node)?;
+        let p = n
+            .params
+            .get_mut(param)
+            .ok_or_else(|| GraphError::param(node, param, "no such parameter"))?;
+        let idx = Tensor::new(keep, p.tensor().device())?;
+        let v = p.tensor().index_select(&idx, axis)?;
+        p.value = Var::from_tensor(&v)?;
+        p.mask = p
+            .mask
+            .as_ref()
+            .map(|m| m.index_select(&idx, axis))
+            .transpose()?;
+        let shapes: BTreeMap<String, Vec<usize>> = n
+            .params
+            .iter()
+            .map(|(k, p)| (k.clone(), p.tensor().dims().to_vec()))
+            .collect();
+        n.op.rules_mut().resize(&shapes);
+        Ok(())
+    }
+
+    /// Names of the values each node reads, for checks that need wiring only.
+    pub fn value_names(&self) -> HashSet<&str> {
+        self.inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(self.nodes.iter().map(|n| n.name.as_str()))
+            .collect()
+    }
+}
+
+/// A seeded generator from a u64 seed; every random choice in prunekit goes through one.
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}

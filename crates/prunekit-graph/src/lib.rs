@@ -1,0 +1,16 @@
+//! prunekit's model graph: typed ops with their rules, the graph and its builder, our model format,
+//! and the candle runtime that executes graphs forward and backward.
+
+pub mod builder;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod graph;
+pub mod ops;
+pub mod runtime;
+
+pub use builder::{GraphBuilder, Value};
+pub use error::{GraphError, Result};
+pub use graph::{Graph, InputKind, InputSpec, Node, Param, Shapes};
+pub use ops::{ChannelAxis, ChannelRule, Op, OpRules, Role};
+pub use runtime::{param_grads, Executor, Hooks, Mode};

@@ -1,0 +1,113 @@
+//! Multi-input ops: Add and Mul (numpy broadcasting over per-sample shapes) and Concat.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{resolve_axis, Ctx, OpRules, ParamView};
+
+/// numpy broadcasting of per-sample shapes.
+fn broadcast(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+    if inputs.len() < 2 {
+        return Err(format!("expects at least 2 inputs, got {}", inputs.len()));
+    }
+    let rank = inputs.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; rank];
+    for s in inputs {
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(format!("input shapes {inputs:?} do not broadcast"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fold(
+    xs: &[Tensor],
+    f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut acc = xs[0].clone();
+    for x in &xs[1..] {
+        acc = f(&acc, x)?;
+    }
+    Ok(acc)
+}
+
+/// Sum of two or more inputs (a residual connection).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Add {}
+
+impl OpRules for Add {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        broadcast(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        fold(xs, |a, b| a.broadcast_add(b))
+    }
+}
+
+/// Product of two or more inputs (gating).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mul {}
+
+impl OpRules for Mul {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        broadcast(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        fold(xs, |a, b| a.broadcast_mul(b))
+    }
+}
+
+/// Concatenation along a per-sample axis (0 = channels of an NCHW tensor).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concat {
+    pub axis: isize,
+}
+
+impl OpRules for Concat {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let first = inputs.first().ok_or("expects at least 1 input")?;
+        let axis = resolve_axis(self.axis, first.len())?;
+        let mut out = first.to_vec();
+        for s in &inputs[1..] {
+            let fits = s.len() == first.len()
+                && s.iter()
+                    .zip(first.iter())
+                    .enumerate()
+                    .all(|(i, (a, b))| i == axis || a == b);
+            if !fits {
+                return Err(format!(
+                    "input shapes {inputs:?} differ outside axis {axis}"
+                ));
+            }
+            out[axis] += s[axis];
+        }
+        Ok(out)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        let axis = resolve_axis(self.axis, xs[0].rank() - 1).map_err(candle_core::Error::Msg)?;
+        Tensor::cat(xs, axis + 1)
+    }
+}

@@ -1,0 +1,258 @@
+//! Typed ops. Each op lives in one file with all of its rules together: its attributes (serialised in
+//! model.json), its shape rule, the parameters it owns, its MAC count, its forward pass (candle; the
+//! backward comes from candle's autodiff or from the op's own custom kernel), and its channel rule
+//! (how pruning one channel of its input or output touches its parameters).
+//!
+//! Adding an op: write a struct implementing [`OpRules`] in a file here, then add one line to the
+//! `ops!` list below. Every pass (shape inference, counting, format, runtime, pruning) then knows it.
+
+pub mod activation;
+pub mod conv;
+pub mod elementwise;
+pub mod embedding;
+pub mod linear;
+pub mod norm;
+pub mod pool;
+pub mod shape;
+
+use std::collections::BTreeMap;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+pub use activation::{Dropout, Gelu, Relu, Sigmoid, Silu, Softmax, Tanh};
+pub use conv::Conv2d;
+pub use elementwise::{Add, Concat, Mul};
+pub use embedding::Embedding;
+pub use linear::Linear;
+pub use norm::{BatchNorm, LayerNorm};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use shape::{Flatten, Reshape};
+
+use crate::graph::Param;
+
+/// What a parameter is for: trainable weights and biases, or buffers (running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Weight,
+    Bias,
+    Buffer,
+}
+
+impl Role {
+    pub fn trainable(self) -> bool {
+        !matches!(self, Role::Buffer)
+    }
+}
+
+/// How a fresh parameter is initialised (PyTorch's defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's kaiming_uniform(a=sqrt(5)) for weights and its bias rule.
+    FanInUniform {
+        fan_in: usize,
+    },
+    Zeros,
+    Ones,
+    Normal {
+        std: f64,
+    },
+}
+
+/// A parameter an op owns: its name, its shape as the op's attributes dictate, its role and its init.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDecl {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub role: Role,
+    pub init: Init,
+}
+
+impl ParamDecl {
+    pub fn new(name: &'static str, shape: Vec<usize>, role: Role, init: Init) -> Self {
+        Self {
+            name,
+            shape,
+            role,
+            init,
+        }
+    }
+}
+
+/// Which axis of the per-sample tensor carries channels for an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelAxis {
+    /// axis 0 of the per-sample shape (NCHW convolutions, batch norm)
+    First,
+    /// the last axis (Linear, LayerNorm)
+    Last,
+    /// any axis (elementwise activations)
+    Any,
+}
+
+/// How an op relates the channel spaces of its input and output: the dependency analysis reads this
+/// and nothing else. `(param, axis)` pairs name the parameter slices indexed by a channel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChannelRule {
+    /// Consumes the input's channel space and creates a new one on its output (Linear, Conv2d).
+    Transform {
+        input_axis: ChannelAxis,
+        output_axis: ChannelAxis,
+        /// slices removed with an output channel
+        out_params: Vec<(&'static str, usize)>,
+        /// slices removed with an input channel
+        in_params: Vec<(&'static str, usize)>,
+    },
+    /// Output channel i is input channel i (BatchNorm, activations, pooling, dropout).
+    PassThrough {
+        axis: ChannelAxis,
+        params: Vec<(&'static str, usize)>,
+    },
+    /// [C, rest..] -> [C * prod(rest)]: channel c becomes the block of features c*prod(rest)..(c+1)*prod(rest).
+    Flatten,
+    /// No rule yet: channels touching this op are not prunable.
+    Opaque,
+}
+
+/// Execution context of one forward pass.
+pub struct Ctx<'a> {
+    /// training mode: batch statistics and running-stat updates in BatchNorm, active dropout
+    pub train: bool,
+    /// seeded generator for dropout masks
+    pub rng: &'a mut rand::rngs::StdRng,
+}
+
+/// The parameters of one node as the forward pass sees them: tracked variables when gradients are
+/// wanted, detached tensors otherwise.
+pub struct ParamView<'a> {
+    pub node: &'a str,
+    pub params: &'a BTreeMap<String, Param>,
+    pub track_grad: bool,
+}
+
+impl ParamView<'_> {
+    pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        let p = self.var(name)?;
+        Ok(if self.track_grad {
+            p.as_tensor().clone()
+        } else {
+            p.as_tensor().detach()
+        })
+    }
+    pub fn opt(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
+        if self.params.contains_key(name) {
+            self.get(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    pub fn var(&self, name: &str) -> candle_core::Result<&Var> {
+        self.params.get(name).map(|p| &p.value).ok_or_else(|| {
+            candle_core::Error::Msg(format!("node `{}`: missing parameter `{name}`", self.node))
+        })
+    }
+}
+
+/// The rules every op provides. Shapes are per sample (the batch axis is implicit and never named).
+pub trait OpRules {
+    /// Output shape from input shapes, or a message saying what does not fit.
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String>;
+    /// The parameters this op owns, with shapes following from its attributes.
+    fn params(&self) -> Vec<ParamDecl> {
+        Vec::new()
+    }
+    /// Multiply-accumulates per sample.
+    fn macs(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        0
+    }
+    /// Forward pass on batched tensors (axis 0 is the batch).
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
+    /// How channels flow through this op (for pruning).
+    fn channels(&self) -> ChannelRule {
+        ChannelRule::Opaque
+    }
+    /// Re-derive attributes from parameter shapes after parameters were sliced.
+    fn resize(&mut self, _shapes: &BTreeMap<String, Vec<usize>>) {}
+}
+
+macro_rules! ops {
+    ($($variant:ident = $tag:literal),* $(,)?) => {
+        /// Every op the graph knows, serialised as `{"type": "<tag>", ...attributes}`.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum Op {
+            $( #[serde(rename = $tag)] $variant($variant), )*
+        }
+
+        impl Op {
+            /// The op's type name as written in model.json.
+            pub fn type_name(&self) -> &'static str {
+                match self { $(Op::$variant(_) => $tag,)* }
+            }
+            /// Every type name, for error messages and docs.
+            pub fn all_type_names() -> &'static [&'static str] {
+                &[$($tag,)*]
+            }
+            pub fn rules(&self) -> &dyn OpRules {
+                match self { $(Op::$variant(o) => o,)* }
+            }
+            pub fn rules_mut(&mut self) -> &mut dyn OpRules {
+                match self { $(Op::$variant(o) => o,)* }
+            }
+        }
+        $( impl From<$variant> for Op { fn from(o: $variant) -> Op { Op::$variant(o) } } )*
+    };
+}
+
+ops! {
+    Linear = "linear",
+    Conv2d = "conv2d",
+    BatchNorm = "batch_norm",
+    LayerNorm = "layer_norm",
+    Embedding = "embedding",
+    Relu = "relu",
+    Gelu = "gelu",
+    Silu = "silu",
+    Tanh = "tanh",
+    Sigmoid = "sigmoid",
+    Softmax = "softmax",
+    Dropout = "dropout",
+    Add = "add",
+    Mul = "mul",
+    Concat = "concat",
+    Flatten = "flatten",
+    Reshape = "reshape",
+    MaxPool2d = "max_pool2d",
+    AvgPool2d = "avg_pool2d",
+    GlobalAvgPool = "global_avg_pool",
+}
+
+/// Checks the input count; shared by every op's `infer`.
+pub(crate) fn expect_inputs<'a>(
+    inputs: &[&'a [usize]],
+    n: usize,
+) -> Result<Vec<&'a [usize]>, String> {
+    if inputs.len() != n {
+        return Err(format!("expects {n} input(s), got {}", inputs.len()));
+    }
+    Ok(inputs.to_vec())
+}
+
+/// Resolves a possibly negative per-sample axis.
+pub(crate) fn resolve_axis(axis: isize, rank: usize) -> Result<usize, String> {
+    let a = if axis < 0 { axis + rank as isize } else { axis };
+    if a < 0 || a as usize >= rank {
+        return Err(format!(
+            "axis {axis} is out of range for a rank-{rank} input"
+        ));
+    }
+    Ok(a as usize)
+}
+
+pub(crate) fn numel(shape: &[usize]) -> u64 {
+    shape.iter().map(|&d| d as u64).product()
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,210 @@
+//! Normalisations, composed from differentiable candle ops (candle's fused layer_norm drops gradients).
+
+use std::collections::BTreeMap;
+
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    default_true, expect_inputs, ChannelAxis, ChannelRule, Ctx, Init, OpRules, ParamDecl,
+    ParamView, Role,
+};
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_momentum() -> f64 {
+    0.1
+}
+
+/// Batch normalisation over channel axis 0 of the per-sample shape ([C], [C, L] or [C, H, W]): BatchNorm1d
+/// and BatchNorm2d. Training mode uses batch statistics and updates the running statistics (PyTorch's rule,
+/// unbiased running variance); eval mode uses the running statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNorm {
+    pub num_features: usize,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default = "default_true")]
+    pub affine: bool,
+}
+
+impl BatchNorm {
+    pub fn new(num_features: usize) -> Self {
+        Self {
+            num_features,
+            eps: default_eps(),
+            momentum: default_momentum(),
+            affine: true,
+        }
+    }
+}
+
+impl OpRules for BatchNorm {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        match x.first() {
+            Some(&c) if c == self.num_features => Ok(x.to_vec()),
+            _ => Err(format!(
+                "input shape {x:?} does not start with num_features = {}",
+                self.num_features
+            )),
+        }
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        let c = vec![self.num_features];
+        let mut p = Vec::new();
+        if self.affine {
+            p.push(ParamDecl::new(
+                "weight",
+                c.clone(),
+                Role::Weight,
+                Init::Ones,
+            ));
+            p.push(ParamDecl::new("bias", c.clone(), Role::Bias, Init::Zeros));
+        }
+        p.push(ParamDecl::new(
+            "running_mean",
+            c.clone(),
+            Role::Buffer,
+            Init::Zeros,
+        ));
+        p.push(ParamDecl::new("running_var", c, Role::Buffer, Init::Ones));
+        p
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        let c = self.num_features;
+        // [B, C, rest..] -> [C, B*rest]: the statistics are one contiguous reduction per channel.
+        let dims = x.dims().to_vec();
+        let mut bshape = vec![1usize; dims.len()];
+        bshape[1] = c;
+        if ctx.train {
+            let xt = x.transpose(0, 1)?;
+            let tdims = xt.dims().to_vec();
+            let xt = xt.flatten_from(1)?.contiguous()?;
+            let n = xt.dim(1)?;
+            if n < 2 {
+                candle_core::bail!(
+                    "batch norm in training mode needs more than one value per channel"
+                );
+            }
+            let mean = xt.mean_keepdim(1)?;
+            let xc = xt.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(1)?;
+            let m = self.momentum;
+            let rm = p.var("running_mean")?;
+            rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean.flatten_all()?.detach() * m)?)?)?;
+            let rv = p.var("running_var")?;
+            let unbiased = var.flatten_all()?.detach() * (m * n as f64 / (n as f64 - 1.0));
+            rv.set(&((rv.as_tensor() * (1.0 - m))? + unbiased?)?)?;
+            let mut y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            if self.affine {
+                y = y
+                    .broadcast_mul(&p.get("weight")?.reshape((c, 1))?)?
+                    .broadcast_add(&p.get("bias")?.reshape((c, 1))?)?;
+            }
+            y.reshape(tdims)?.transpose(0, 1)
+        } else {
+            // y = x * scale + shift with scale = gamma / sqrt(var + eps), shift = beta - mean * scale
+            let inv = (p.get("running_var")? + self.eps)?.sqrt()?.recip()?;
+            let (scale, shift) = if self.affine {
+                let scale = (p.get("weight")? * inv)?;
+                let shift = (p.get("bias")? - (p.get("running_mean")? * &scale)?)?;
+                (scale, shift)
+            } else {
+                let shift = (p.get("running_mean")?.neg()? * &inv)?;
+                (inv, shift)
+            };
+            x.broadcast_mul(&scale.reshape(bshape.as_slice())?)?
+                .broadcast_add(&shift.reshape(bshape.as_slice())?)
+        }
+    }
+
+    fn channels(&self) -> ChannelRule {
+        let mut params = vec![("running_mean", 0), ("running_var", 0)];
+        if self.affine {
+            params.extend([("weight", 0), ("bias", 0)]);
+        }
+        ChannelRule::PassThrough {
+            axis: ChannelAxis::First,
+            params,
+        }
+    }
+
+    fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
+        if let Some(s) = shapes.get("running_mean") {
+            self.num_features = s[0];
+        }
+    }
+}
+
+/// Layer normalisation over the last axis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerNorm {
+    pub normalized_shape: usize,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_true")]
+    pub affine: bool,
+}
+
+impl LayerNorm {
+    pub fn new(normalized_shape: usize) -> Self {
+        Self {
+            normalized_shape,
+            eps: default_eps(),
+            affine: true,
+        }
+    }
+}
+
+impl OpRules for LayerNorm {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        match x.last() {
+            Some(&c) if c == self.normalized_shape => Ok(x.to_vec()),
+            _ => Err(format!(
+                "input shape {x:?} does not end in normalized_shape = {}",
+                self.normalized_shape
+            )),
+        }
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        if !self.affine {
+            return Vec::new();
+        }
+        let c = vec![self.normalized_shape];
+        vec![
+            ParamDecl::new("weight", c.clone(), Role::Weight, Init::Ones),
+            ParamDecl::new("bias", c, Role::Bias, Init::Zeros),
+        ]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        if self.affine {
+            y.broadcast_mul(&p.get("weight")?)?
+                .broadcast_add(&p.get("bias")?)
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
+        if let Some(s) = shapes.get("weight") {
+            self.normalized_shape = s[0];
+        }
+    }
+}

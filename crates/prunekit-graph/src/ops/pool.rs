@@ -1,0 +1,349 @@
+//! Pooling. Max and average 2-D pooling run through our own candle custom ops (forward and backward
+//! for any kernel, stride and padding; candle's own pooling has no backward when kernel != stride).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{expect_inputs, ChannelAxis, ChannelRule, Ctx, OpRules, ParamView};
+
+/// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool2dAttrs {
+    pub kernel: [usize; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<[usize; 2]>,
+    #[serde(default)]
+    pub padding: [usize; 2],
+}
+
+impl Pool2dAttrs {
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        Self {
+            kernel: [kernel, kernel],
+            stride: Some([stride, stride]),
+            padding: [0, 0],
+        }
+    }
+    pub fn stride(&self) -> [usize; 2] {
+        self.stride.unwrap_or(self.kernel)
+    }
+
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        let [c, h, w] = x else {
+            return Err(format!(
+                "expects a [channels, height, width] input, got {x:?}"
+            ));
+        };
+        let s = self.stride();
+        if self.kernel.contains(&0) || s.contains(&0) {
+            return Err("kernel and stride must be positive".into());
+        }
+        if self.padding[0] * 2 > self.kernel[0] || self.padding[1] * 2 > self.kernel[1] {
+            return Err(format!(
+                "padding {:?} exceeds half the kernel {:?}",
+                self.padding, self.kernel
+            ));
+        }
+        let out = |len: usize, i: usize| {
+            let padded = len + 2 * self.padding[i];
+            (padded >= self.kernel[i]).then(|| (padded - self.kernel[i]) / s[i] + 1)
+        };
+        match (out(*h, 0), out(*w, 1)) {
+            (Some(oh), Some(ow)) => Ok(vec![*c, oh, ow]),
+            _ => Err(format!(
+                "kernel {:?} does not fit the input {h}x{w}",
+                self.kernel
+            )),
+        }
+    }
+
+    fn run(&self, x: &Tensor, max: bool) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let s = self.stride();
+        let geom = Geom {
+            h,
+            w,
+            kh: self.kernel[0],
+            kw: self.kernel[1],
+            sh: s[0],
+            sw: s[1],
+            ph: self.padding[0],
+            pw: self.padding[1],
+            oh: (h + 2 * self.padding[0] - self.kernel[0]) / s[0] + 1,
+            ow: (w + 2 * self.padding[1] - self.kernel[1]) / s[1] + 1,
+        };
+        x.contiguous()?.apply_op1(Pool2d { geom, max })
+    }
+}
+
+fn pool_channels() -> ChannelRule {
+    ChannelRule::PassThrough {
+        axis: ChannelAxis::First,
+        params: Vec::new(),
+    }
+}
+
+/// Max pooling; padded positions never win.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MaxPool2d(pub Pool2dAttrs);
+
+/// Average pooling; padded positions count as zeros (PyTorch's count_include_pad = true).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AvgPool2d(pub Pool2dAttrs);
+
+impl OpRules for MaxPool2d {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        self.0.infer(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        self.0.run(&xs[0], true)
+    }
+    fn channels(&self) -> ChannelRule {
+        pool_channels()
+    }
+}
+
+impl OpRules for AvgPool2d {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        self.0.infer(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        self.0.run(&xs[0], false)
+    }
+    fn channels(&self) -> ChannelRule {
+        pool_channels()
+    }
+}
+
+/// Mean over every axis after the channel axis: [C, H, W] -> [C].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalAvgPool {}
+
+impl OpRules for GlobalAvgPool {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        if x.len() < 2 {
+            return Err(format!("expects a [channels, spatial..] input, got {x:?}"));
+        }
+        Ok(vec![x[0]])
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        xs[0].flatten_from(2)?.mean(2)
+    }
+    fn channels(&self) -> ChannelRule {
+        pool_channels()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels: one plane (one sample, one channel) per rayon task.
+
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    /// In-bounds input rows and columns of the window of output (oy, ox).
+    #[inline]
+    fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let y0 = (oy * self.sh) as isize - self.ph as isize;
+        let x0 = (ox * self.sw) as isize - self.pw as isize;
+        let ys = y0.max(0) as usize..((y0 + self.kh as isize).min(self.h as isize)).max(0) as usize;
+        let xs = x0.max(0) as usize..((x0 + self.kw as isize).min(self.w as isize)).max(0) as usize;
+        (ys, xs)
+    }
+
+    /// Index (within the plane) of the first maximum of the window of output (oy, ox).
+    #[inline]
+    fn argmax<T: Float>(&self, plane: &[T], oy: usize, ox: usize) -> usize {
+        let (ys, xs) = self.window(oy, ox);
+        let mut best = ys.start * self.w + xs.start;
+        let mut m = T::neg_infinity();
+        for iy in ys {
+            for ix in xs.clone() {
+                let v = plane[iy * self.w + ix];
+                if v > m || v.is_nan() {
+                    m = v;
+                    best = iy * self.w + ix;
+                }
+            }
+        }
+        best
+    }
+
+    fn fwd<T: Float + Send + Sync>(&self, x: &[T], max: bool) -> Vec<T> {
+        let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        let mut out = vec![T::zero(); x.len() / hw * ohw];
+        let div = T::from(self.kh * self.kw).unwrap_or_else(T::one);
+        out.par_chunks_mut(ohw)
+            .zip(x.par_chunks(hw))
+            .for_each(|(o, plane)| {
+                for oy in 0..self.oh {
+                    for ox in 0..self.ow {
+                        o[oy * self.ow + ox] = if max {
+                            plane[self.argmax(plane, oy, ox)]
+                        } else {
+                            let (ys, xs) = self.window(oy, ox);
+                            let mut s = T::zero();
+                            for iy in ys {
+                                for ix in xs.clone() {
+                                    s = s + plane[iy * self.w + ix];
+                                }
+                            }
+                            s / div
+                        };
+                    }
+                }
+            });
+        out
+    }
+
+    fn bwd<T: Float + Send + Sync>(&self, x: &[T], g: &[T], max: bool) -> Vec<T> {
+        let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        let mut dx = vec![T::zero(); x.len()];
+        let div = T::from(self.kh * self.kw).unwrap_or_else(T::one);
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw).zip(g.par_chunks(ohw)))
+            .for_each(|(d, (plane, gp))| {
+                for oy in 0..self.oh {
+                    for ox in 0..self.ow {
+                        let gv = gp[oy * self.ow + ox];
+                        if max {
+                            let i = self.argmax(plane, oy, ox);
+                            d[i] = d[i] + gv;
+                        } else {
+                            let (ys, xs) = self.window(oy, ox);
+                            let share = gv / div;
+                            for iy in ys {
+                                for ix in xs.clone() {
+                                    d[iy * self.w + ix] = d[iy * self.w + ix] + share;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        dx
+    }
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expects a contiguous tensor"),
+    }
+}
+
+/// Forward pooling custom op (max or average).
+struct Pool2d {
+    geom: Geom,
+    max: bool,
+}
+
+impl CustomOp1 for Pool2d {
+    fn name(&self) -> &'static str {
+        if self.max {
+            "prunekit-max-pool2d"
+        } else {
+            "prunekit-avg-pool2d"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, _, _) = l.shape().dims4()?;
+        let shape = Shape::from((n, c, self.geom.oh, self.geom.ow));
+        let out = match s {
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(self.geom.fwd(contiguous(v, l, self.name())?, self.max))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(self.geom.fwd(contiguous(v, l, self.name())?, self.max))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(
+            &g,
+            &Pool2dBackward {
+                geom: self.geom,
+                max: self.max,
+            },
+        )?))
+    }
+}
+
+/// Gradient of [`Pool2d`] with respect to its input: (input, output gradient) -> input gradient.
+struct Pool2dBackward {
+    geom: Geom,
+    max: bool,
+}
+
+impl CustomOp2 for Pool2dBackward {
+    fn name(&self) -> &'static str {
+        "prunekit-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.geom.bwd(
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
+                self.max,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.geom.bwd(
+                contiguous(x, l1, self.name())?,
+                contiguous(g, l2, self.name())?,
+                self.max,
+            )),
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

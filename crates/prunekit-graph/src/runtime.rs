@@ -1,0 +1,216 @@
+//! Executes a graph with candle: forward in eval or training mode, with or without gradient tracking,
+//! with hooks that capture the inputs and outputs of chosen nodes. Backward is candle's autodiff
+//! (`loss.backward()`), through our custom ops where candle lacks a backward.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+
+use crate::error::{GraphError, Result};
+use crate::graph::{Graph, InputKind};
+use crate::ops::{Ctx, ParamView};
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    /// training behaviour of BatchNorm (batch statistics, running-stat updates) and Dropout
+    pub train: bool,
+    /// build candle's autodiff graph through the parameters
+    pub grad: bool,
+}
+
+impl Mode {
+    /// Inference: eval behaviour, no gradients.
+    pub const EVAL: Mode = Mode {
+        train: false,
+        grad: false,
+    };
+    /// Training: train behaviour and gradients.
+    pub const TRAIN: Mode = Mode {
+        train: true,
+        grad: true,
+    };
+    /// Eval behaviour with gradients (gradient-based importance on a trained model).
+    pub const EVAL_GRAD: Mode = Mode {
+        train: false,
+        grad: true,
+    };
+}
+
+/// Capture requests and captured tensors. Captured outputs of a pass with `grad` on stay in the
+/// autodiff graph, so `GradStore::get` on them gives activation gradients after `backward()`.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    pub capture_outputs: HashSet<String>,
+    pub capture_inputs: HashSet<String>,
+    pub outputs: HashMap<String, Tensor>,
+    pub inputs: HashMap<String, Vec<Tensor>>,
+}
+
+impl Hooks {
+    pub fn outputs_of<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            capture_outputs: names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+    pub fn inputs_of<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            capture_inputs: names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs graphs; owns the seeded generator used by dropout.
+pub struct Executor {
+    rng: StdRng,
+}
+
+impl Executor {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: crate::graph::rng(seed),
+        }
+    }
+
+    /// Eval-mode forward without gradients; one tensor per graph output.
+    pub fn eval(&mut self, g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.run(g, inputs, Mode::EVAL, None)
+    }
+
+    /// Forward pass in `mode`, filling `hooks` when given.
+    pub fn run(
+        &mut self,
+        g: &Graph,
+        inputs: &[Tensor],
+        mode: Mode,
+        mut hooks: Option<&mut Hooks>,
+    ) -> Result<Vec<Tensor>> {
+        check_inputs(g, inputs)?;
+        // index of every value, and the last node that reads it, so values are dropped early
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, spec) in g.inputs.iter().enumerate() {
+            index.insert(spec.name.as_str(), i);
+        }
+        let base = g.inputs.len();
+        for (i, n) in g.nodes.iter().enumerate() {
+            index.insert(n.name.as_str(), base + i);
+        }
+        let mut last_use = vec![usize::MAX; base + g.nodes.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            for inp in &n.inputs {
+                let v = *index
+                    .get(inp.as_str())
+                    .ok_or_else(|| GraphError::UnknownInput {
+                        node: n.name.clone(),
+                        input: inp.clone(),
+                    })?;
+                last_use[v] = i;
+            }
+        }
+        for o in &g.outputs {
+            let v = *index
+                .get(o.as_str())
+                .ok_or_else(|| GraphError::UnknownOutput(o.clone()))?;
+            last_use[v] = usize::MAX - 1; // never dropped
+        }
+        let mut values: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
+        values.resize(base + g.nodes.len(), None);
+        let mut ctx = Ctx {
+            train: mode.train,
+            rng: &mut self.rng,
+        };
+        for (i, n) in g.nodes.iter().enumerate() {
+            let xs: Vec<Tensor> = n
+                .inputs
+                .iter()
+                .map(|inp| {
+                    values[index[inp.as_str()]]
+                        .clone()
+                        .expect("inputs computed before use")
+                })
+                .collect();
+            let view = ParamView {
+                node: &n.name,
+                params: &n.params,
+                track_grad: mode.grad,
+            };
+            let y =
+                n.op.rules()
+                    .forward(&xs, &view, &mut ctx)
+                    .map_err(|e| GraphError::Forward {
+                        node: n.name.clone(),
+                        op: n.op.type_name().to_string(),
+                        source: e,
+                    })?;
+            if let Some(h) = hooks.as_deref_mut() {
+                if h.capture_inputs.contains(&n.name) {
+                    h.inputs.insert(n.name.clone(), xs.clone());
+                }
+                if h.capture_outputs.contains(&n.name) {
+                    h.outputs.insert(n.name.clone(), y.clone());
+                }
+            }
+            values[base + i] = Some(y);
+            for inp in &n.inputs {
+                let v = index[inp.as_str()];
+                if last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+        }
+        Ok(g.outputs
+            .iter()
+            .map(|o| values[index[o.as_str()]].clone().expect("outputs kept"))
+            .collect())
+    }
+}
+
+fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<()> {
+    if inputs.len() != g.inputs.len() {
+        return Err(GraphError::Invalid(format!(
+            "the model takes {} input(s) ({}), got {}",
+            g.inputs.len(),
+            g.inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            inputs.len()
+        )));
+    }
+    for (spec, t) in g.inputs.iter().zip(inputs) {
+        let dims = t.dims();
+        if dims.is_empty() || &dims[1..] != spec.shape.as_slice() {
+            return Err(GraphError::Input {
+                name: spec.name.clone(),
+                msg: format!("expects [batch, {:?}], got {dims:?}", spec.shape),
+            });
+        }
+        let ok = match spec.kind {
+            InputKind::Float => t.dtype().is_float(),
+            InputKind::Ids => matches!(t.dtype(), DType::U32 | DType::I64 | DType::U8),
+        };
+        if !ok {
+            return Err(GraphError::Input {
+                name: spec.name.clone(),
+                msg: format!("expects {:?} values, got {:?}", spec.kind, t.dtype()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gradients of every trainable parameter present in `grads`, keyed by (node, param).
+pub fn param_grads(g: &Graph, grads: &GradStore) -> HashMap<(String, String), Tensor> {
+    g.trainable()
+        .filter_map(|(n, k, p)| {
+            grads
+                .get(p.tensor())
+                .map(|t| ((n.name.clone(), k.clone()), t.clone()))
+        })
+        .collect()
+}

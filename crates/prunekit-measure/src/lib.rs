@@ -1,0 +1,121 @@
+//! Measuring a model for real: accuracy on held-out data, parameter and nonzero counts, MACs counted
+//! from the graph, the size of the saved files, and latency (median of many timed runs after warm-up).
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use prunekit_data::Dataset;
+use prunekit_graph::{format, Executor, Graph, InputKind};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error(transparent)]
+    Graph(#[from] prunekit_graph::GraphError),
+    #[error(transparent)]
+    Train(#[from] prunekit_train::TrainError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, MeasureError>;
+
+/// Latency statistics in milliseconds.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Latency {
+    pub batch: usize,
+    pub runs: usize,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub threads: usize,
+}
+
+/// Every number of a before/after table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
+    pub params: usize,
+    pub nonzeros: usize,
+    pub macs: u64,
+    /// MACs when zero weights are skipped
+    pub effective_macs: u64,
+    /// median batch-1 latency
+    pub latency_ms: f64,
+    pub latency: Latency,
+    pub file_bytes: u64,
+}
+
+/// Threads the CPU kernels use (rayon's pool, which candle's gemm shares).
+pub fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// A random input batch matching the model's first input.
+pub fn random_input(g: &Graph, batch: usize) -> Result<Tensor> {
+    let spec = g
+        .inputs
+        .first()
+        .ok_or_else(|| prunekit_graph::GraphError::Invalid("the model has no input".into()))?;
+    let mut dims = vec![batch];
+    dims.extend_from_slice(&spec.shape);
+    let device = g.device();
+    Ok(match spec.kind {
+        InputKind::Float => Tensor::randn(0f32, 1.0, dims, &device)?.to_dtype(g.dtype())?,
+        InputKind::Ids => Tensor::zeros(dims, DType::U32, &device)?,
+    })
+}
+
+/// Eval-mode forward latency at `batch`: `warmup` untimed runs, then the median and 90th percentile
+/// of `runs` timed runs.
+pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<Latency> {
+    let x = random_input(g, batch)?;
+    let mut exec = Executor::new(0);
+    for _ in 0..warmup {
+        exec.eval(g, std::slice::from_ref(&x))?;
+    }
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        exec.eval(g, std::slice::from_ref(&x))?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
+    Ok(Latency {
+        batch,
+        runs: times.len(),
+        median_ms: q(0.5),
+        p90_ms: q(0.9),
+        threads: threads(),
+    })
+}
+
+/// Size in bytes of the model as written in our format.
+pub fn file_size(g: &Graph) -> Result<u64> {
+    let dir = tempfile::tempdir()?;
+    format::save(g, dir.path())?;
+    Ok(format::model_size(dir.path())?)
+}
+
+/// Measures a classification model: accuracy and loss on `test` (when given), counts, size and
+/// batch-1 latency.
+pub fn summarize(g: &Graph, test: Option<&Dataset>) -> Result<Summary> {
+    let eval = test
+        .map(|t| prunekit_train::evaluate(g, t, 256))
+        .transpose()?;
+    let lat = latency(g, 1, 10, 50)?;
+    Ok(Summary {
+        accuracy: eval.map(|e| e.accuracy),
+        loss: eval.map(|e| e.loss),
+        params: g.param_count(),
+        nonzeros: g.nonzero_count()?,
+        macs: g.macs()?,
+        effective_macs: g.effective_macs()?,
+        latency_ms: lat.median_ms,
+        latency: lat,
+        file_bytes: file_size(g)?,
+    })
+}

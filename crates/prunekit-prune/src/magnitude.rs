@@ -1,0 +1,247 @@
+//! Unstructured magnitude pruning: the smallest |w| are masked, per layer or across all layers.
+
+use candle_core::{DType, Tensor};
+use prunekit_graph::{Graph, Role};
+use serde::Serialize;
+
+use crate::{check_ratio, PruneError, Result};
+
+/// How much to prune.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// this fraction of the weights end up zero (already-masked weights count)
+    Ratio(f64),
+    /// every weight with |w| < threshold is masked
+    Threshold(f64),
+}
+
+/// Where a ratio applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// every layer reaches the ratio
+    Layer,
+    /// the ratio holds over all prunable weights together
+    Global,
+}
+
+/// Sparsity of one weight after pruning.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerSparsity {
+    pub node: String,
+    pub param: String,
+    pub total: usize,
+    pub zeros: usize,
+}
+
+/// The weights unstructured pruning touches: every weight matrix or kernel (rank >= 2) of
+/// Linear, Conv and Embedding ops. Norm scales and biases are left dense.
+pub fn prunable_weights(g: &Graph) -> Vec<(String, String)> {
+    g.params()
+        .filter(|(_, _, p)| p.role == Role::Weight && p.tensor().rank() >= 2)
+        .map(|(n, k, _)| (n.name.clone(), k.clone()))
+        .collect()
+}
+
+/// Keep-masks (1 keep, 0 prune) for `values` so that exactly `k` of the smallest are pruned; ties are
+/// broken by position so the result is deterministic.
+fn smallest_k(values: &[f32], k: usize) -> Vec<f32> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    if k < values.len() && k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| {
+            values[a].total_cmp(&values[b]).then(a.cmp(&b))
+        });
+    }
+    let mut keep = vec![1f32; values.len()];
+    for &i in order.iter().take(k.min(values.len())) {
+        keep[i] = 0.0;
+    }
+    keep
+}
+
+/// Masks weights by magnitude. Existing masks are kept (a pruned weight stays pruned).
+pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Vec<LayerSparsity>> {
+    if let Target::Ratio(r) = target {
+        check_ratio("unstructured", r)?;
+    }
+    if let Target::Threshold(t) = target {
+        if !(t >= 0.0) {
+            return Err(PruneError::Invalid(format!(
+                "threshold {t} must be a non-negative number"
+            )));
+        }
+    }
+    let names = prunable_weights(g);
+    if names.is_empty() {
+        return Err(PruneError::Invalid(
+            "the model has no prunable weights".into(),
+        ));
+    }
+    let mut values: Vec<Vec<f32>> = Vec::with_capacity(names.len());
+    let mut dims = Vec::with_capacity(names.len());
+    for (n, k) in &names {
+        let t = g.node(n)?.params[k].tensor();
+        dims.push(t.dims().to_vec());
+        values.push(
+            t.abs()?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    let keeps: Vec<Vec<f32>> = match (target, scope) {
+        (Target::Threshold(t), _) => values
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .map(|&x| if (x as f64) < t { 0.0 } else { 1.0 })
+                    .collect()
+            })
+            .collect(),
+        (Target::Ratio(r), Scope::Layer) => values
+            .iter()
+            .map(|v| smallest_k(v, (r * v.len() as f64).round() as usize))
+            .collect(),
+        (Target::Ratio(r), Scope::Global) => {
+            let all: Vec<f32> = values.concat();
+            let keep = smallest_k(&all, (r * all.len() as f64).round() as usize);
+            let mut out = Vec::with_capacity(values.len());
+            let mut off = 0;
+            for v in &values {
+                out.push(keep[off..off + v.len()].to_vec());
+                off += v.len();
+            }
+            out
+        }
+    };
+    let mut report = Vec::with_capacity(names.len());
+    for (((n, k), keep), d) in names.iter().zip(keeps).zip(dims) {
+        let p = &g.node(n)?.params[k];
+        let dtype = p.tensor().dtype();
+        let mut mask =
+            Tensor::from_vec(keep, d.as_slice(), p.tensor().device())?.to_dtype(dtype)?;
+        if let Some(old) = &p.mask {
+            mask = (mask * old)?;
+        }
+        let zeros = mask
+            .eq(0.0)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        report.push(LayerSparsity {
+            node: n.clone(),
+            param: k.clone(),
+            total: mask.elem_count(),
+            zeros,
+        });
+        g.set_mask(n, k, mask)?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prunekit_graph::GraphBuilder;
+
+    fn mlp() -> Graph {
+        let mut b = GraphBuilder::new("mlp", 3);
+        let x = b.input("x", &[16]);
+        let h = b.linear(&x, 32).unwrap();
+        let h = b.relu(&h).unwrap();
+        let y = b.linear(&h, 4).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    fn zeros_of(g: &Graph, n: &str) -> usize {
+        let t = g.node(n).unwrap().params["weight"].tensor().clone();
+        t.eq(0.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as usize
+    }
+
+    #[test]
+    fn layerwise_ratio_prunes_each_layer_exactly() {
+        let mut g = mlp();
+        magnitude_prune(&mut g, Target::Ratio(0.5), Scope::Layer).unwrap();
+        assert_eq!(zeros_of(&g, "linear1"), 256);
+        assert_eq!(zeros_of(&g, "linear2"), 64);
+    }
+
+    #[test]
+    fn global_ratio_hits_the_total_and_removes_the_smallest() {
+        let mut g = mlp();
+        let before: Vec<f32> = prunable_weights(&g)
+            .iter()
+            .flat_map(|(n, k)| {
+                g.node(n).unwrap().params[k]
+                    .tensor()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        magnitude_prune(&mut g, Target::Ratio(0.75), Scope::Global).unwrap();
+        let total = zeros_of(&g, "linear1") + zeros_of(&g, "linear2");
+        assert_eq!(total, (0.75f64 * 640.0).round() as usize);
+        // every surviving weight is at least as large as every pruned one
+        let after: Vec<f32> = prunable_weights(&g)
+            .iter()
+            .flat_map(|(n, k)| {
+                g.node(n).unwrap().params[k]
+                    .tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let max_pruned = before
+            .iter()
+            .zip(&after)
+            .filter(|(_, a)| **a == 0.0)
+            .map(|(b, _)| *b)
+            .fold(0f32, f32::max);
+        let min_kept = before
+            .iter()
+            .zip(&after)
+            .filter(|(_, a)| **a != 0.0)
+            .map(|(b, _)| *b)
+            .fold(f32::MAX, f32::min);
+        assert!(max_pruned <= min_kept);
+    }
+
+    #[test]
+    fn threshold_masks_small_weights_and_masks_accumulate() {
+        let mut g = mlp();
+        magnitude_prune(&mut g, Target::Threshold(0.1), Scope::Layer).unwrap();
+        let w = g.node("linear1").unwrap().params["weight"]
+            .tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(w.iter().all(|v| *v == 0.0 || v.abs() >= 0.1));
+        let z1 = zeros_of(&g, "linear1");
+        magnitude_prune(&mut g, Target::Ratio(0.1), Scope::Layer).unwrap();
+        assert!(
+            zeros_of(&g, "linear1") >= z1,
+            "an earlier mask is never undone"
+        );
+    }
+
+    #[test]
+    fn bad_ratio_is_an_error() {
+        let mut g = mlp();
+        assert!(magnitude_prune(&mut g, Target::Ratio(1.0), Scope::Layer).is_err());
+        assert!(magnitude_prune(&mut g, Target::Ratio(-0.1), Scope::Global).is_err());
+        assert!(magnitude_prune(&mut g, Target::Threshold(f64::NAN), Scope::Global).is_err());
+    }
+}

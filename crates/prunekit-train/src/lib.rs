@@ -1,0 +1,25 @@
+//! Training and evaluation of prunekit graphs.
+
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use loss::{accuracy, cross_entropy, mse};
+pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
+pub use schedule::LrSchedule;
+pub use trainer::{evaluate, fit, EpochLog, EvalResult, TrainConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Graph(#[from] prunekit_graph::GraphError),
+    #[error(transparent)]
+    Data(#[from] prunekit_data::DataError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,207 @@
+//! The training loop and evaluation for classification graphs (one input, logits output).
+
+use std::time::Instant;
+
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use prunekit_data::{Augment, Batches, Dataset};
+use prunekit_graph::{Executor, Graph, Mode};
+use serde::Serialize;
+
+use crate::loss::{accuracy, cross_entropy};
+use crate::optim::OptimizerKind;
+use crate::schedule::LrSchedule;
+use crate::{Result, TrainError};
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// base learning rate
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub schedule: LrSchedule,
+    pub augment: Augment,
+    pub seed: u64,
+    /// draw a progress bar on stderr
+    pub progress: bool,
+    /// label shown on the progress bar
+    pub label: String,
+}
+
+impl TrainConfig {
+    /// SGD with momentum 0.9, weight decay 5e-4 and a cosine schedule over all steps of `train`.
+    pub fn sgd_cosine(epochs: usize, batch_size: usize, lr: f64, n_train: usize) -> Self {
+        let steps = epochs * n_train.div_ceil(batch_size.max(1));
+        Self {
+            epochs,
+            batch_size,
+            lr,
+            optimizer: OptimizerKind::sgd(0.9, 5e-4),
+            schedule: LrSchedule::Cosine {
+                total_steps: steps,
+                min_factor: 0.0,
+            },
+            augment: Augment::default(),
+            seed: 0,
+            progress: true,
+            label: "train".into(),
+        }
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Loss and accuracy over a dataset.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+}
+
+fn progress_bar(show: bool, len: u64, label: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_prefix(label.to_string());
+    pb
+}
+
+fn check_task(g: &Graph, data: &Dataset) -> Result<()> {
+    let input = g
+        .inputs
+        .first()
+        .ok_or_else(|| TrainError::Invalid("the model has no input".into()))?;
+    if g.inputs.len() != 1 || g.outputs.len() != 1 {
+        return Err(TrainError::Invalid(
+            "training needs a model with one input and one output".into(),
+        ));
+    }
+    if input.shape != data.sample_shape {
+        return Err(TrainError::Invalid(format!(
+            "the model's input `{}` has shape {:?} but the dataset `{}` has samples of shape {:?}",
+            input.name, input.shape, data.name, data.sample_shape
+        )));
+    }
+    if data.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "dataset `{}` is empty",
+            data.name
+        )));
+    }
+    Ok(())
+}
+
+/// Trains `g` in place (its parameters are variables); masks stay fixed.
+pub fn fit(
+    g: &Graph,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+) -> Result<Vec<EpochLog>> {
+    check_task(g, train)?;
+    if cfg.batch_size == 0 {
+        return Err(TrainError::Invalid("batch size must be positive".into()));
+    }
+    g.apply_masks()?;
+    let device = g.device();
+    let mut opt = cfg.optimizer.build(cfg.lr);
+    let mut exec = Executor::new(cfg.seed);
+    let mut rng = prunekit_graph::graph::rng(cfg.seed ^ 0x5eed);
+    // drop the last partial batch (a batch of one breaks training-mode BatchNorm) unless it is the only one
+    let batches = Batches::new(
+        train.len(),
+        cfg.batch_size,
+        true,
+        train.len() > cfg.batch_size,
+        cfg.seed,
+    );
+    let pb = progress_bar(
+        cfg.progress,
+        (cfg.epochs * batches.num_batches()) as u64,
+        &cfg.label,
+    );
+    let mut logs = Vec::new();
+    let mut step = 0usize;
+    for epoch in 0..cfg.epochs {
+        let t0 = Instant::now();
+        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        for idx in batches.epoch(epoch) {
+            opt.set_lr(cfg.schedule.lr_at(cfg.lr, step));
+            let (x, y) = if cfg.augment.is_identity() {
+                train.batch(&idx, &device)?
+            } else {
+                train.batch_augmented(&idx, &cfg.augment, &mut rng, &device)?
+            };
+            let logits = exec.run(g, &[x], Mode::TRAIN, None)?.remove(0);
+            let loss = cross_entropy(&logits, &y)?;
+            let grads = loss.backward()?;
+            opt.step(g, &grads)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "the loss became {l} at epoch {epoch}, step {step}: lower the learning rate"
+                )));
+            }
+            loss_sum += l * idx.len() as f64;
+            hits += accuracy(&logits, &y)?;
+            seen += idx.len();
+            step += 1;
+            pb.inc(1);
+            pb.set_message(format!(
+                "epoch {} loss {:.4}",
+                epoch + 1,
+                loss_sum / seen as f64
+            ));
+        }
+        let eval = test.map(|t| evaluate(g, t, 256)).transpose()?;
+        logs.push(EpochLog {
+            epoch: epoch + 1,
+            lr: opt.lr(),
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: hits as f64 / seen.max(1) as f64,
+            test_loss: eval.map(|e| e.loss),
+            test_accuracy: eval.map(|e| e.accuracy),
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    pb.finish_and_clear();
+    Ok(logs)
+}
+
+/// Eval-mode loss and accuracy over a whole dataset.
+pub fn evaluate(g: &Graph, data: &Dataset, batch_size: usize) -> Result<EvalResult> {
+    check_task(g, data)?;
+    let device: Device = g.device();
+    let mut exec = Executor::new(0);
+    let (mut loss_sum, mut hits) = (0f64, 0usize);
+    let all: Vec<usize> = (0..data.len()).collect();
+    for idx in all.chunks(batch_size.max(1)) {
+        let (x, y) = data.batch(idx, &device)?;
+        let logits = exec.eval(g, &[x])?.remove(0);
+        loss_sum += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+        hits += accuracy(&logits, &y)?;
+    }
+    Ok(EvalResult {
+        loss: loss_sum / data.len() as f64,
+        accuracy: hits as f64 / data.len() as f64,
+        samples: data.len(),
+    })
+}
