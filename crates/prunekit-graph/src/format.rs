@@ -110,7 +110,11 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
     for (n, k, p) in g.params() {
         tensors.insert(format!("{}.{k}", n.name), p.tensor().clone());
         if let Some(m) = &p.mask {
-            tensors.insert(format!("{}.{k}.mask", n.name), m.clone());
+            // masks hold 0/1: stored as u8, a quarter of the bytes of the weights
+            tensors.insert(
+                format!("{}.{k}.mask", n.name),
+                m.to_dtype(candle_core::DType::U8)?,
+            );
         }
     }
     let weights_path = dir.join(WEIGHTS_FILE);
@@ -191,7 +195,22 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
                     ),
                 ));
             }
-            let mask = tensors.remove(&format!("{key}.mask"));
+            let mask = tensors
+                .remove(&format!("{key}.mask"))
+                .map(|m| m.to_dtype(t.dtype()))
+                .transpose()?;
+            if let Some(m) = &mask {
+                if m.dims() != t.dims() {
+                    return Err(GraphError::file(
+                        &weights_path,
+                        format!(
+                            "mask `{key}.mask` has shape {:?}, its parameter {:?}",
+                            m.dims(),
+                            t.dims()
+                        ),
+                    ));
+                }
+            }
             params.insert(
                 d.name.to_string(),
                 Param {

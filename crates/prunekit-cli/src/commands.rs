@@ -1,0 +1,562 @@
+//! The subcommands. Each loads its inputs with errors that name the file, does its job through the
+//! library crates, and prints a table or (with --json) one JSON object on stdout.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use prunekit_data::{Augment, Split};
+use prunekit_graph::{format, Graph};
+use prunekit_measure::{summarize, Summary};
+use prunekit_prune::{magnitude_prune, prune_channels, Norm, Scope, Target};
+use prunekit_train::{fit, LrSchedule, OptimizerKind, TrainConfig};
+use serde_json::json;
+
+use crate::table::{human, render};
+use crate::{Command, Criterion, DataArgs, OptimizerArg, ScheduleArg, ScopeArg, TrainArgs};
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Demo { save, json, seed } => demo(save.as_deref(), json, seed),
+        Command::Info { model, json } => info(&model, json),
+        Command::Train {
+            model,
+            arch,
+            output,
+            data,
+            train,
+            json,
+        } => {
+            let g = match (model, arch) {
+                (Some(m), _) => load_model(&m)?,
+                (None, Some(a)) => prunekit_zoo::build(&a, train.seed)?,
+                (None, None) => bail!("pass --model DIR or --arch NAME"),
+            };
+            train_cmd(g, &output, &data, &train, json, "train")
+        }
+        Command::Finetune {
+            model,
+            output,
+            data,
+            train,
+            json,
+        } => {
+            let g = load_model(&model)?;
+            check_output(&model, &output)?;
+            train_cmd(g, &output, &data, &train, json, "finetune")
+        }
+        Command::Prune {
+            model,
+            output,
+            structured,
+            criterion,
+            round_to,
+            unstructured,
+            threshold,
+            scope,
+            json,
+        } => prune_cmd(
+            &model,
+            &output,
+            structured,
+            criterion,
+            round_to,
+            unstructured,
+            threshold,
+            scope,
+            json,
+        ),
+        Command::Eval { model, data, json } => eval_cmd(&model, &data, json),
+        Command::Bench { iters, json } => crate::bench::run(iters, json),
+    }
+}
+
+fn load_model(path: &Path) -> Result<Graph> {
+    format::load(path, &prunekit_graph::device::default_device())
+        .with_context(|| format!("cannot load model {}", path.display()))
+}
+
+fn check_output(input: &Path, output: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            bail!(
+                "{}: refusing to overwrite the input model; choose another output directory",
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Result<()> {
+    format::save_protected(g, output, input)
+        .with_context(|| format!("cannot save model to {}", output.display()))
+}
+
+/// Resolves `--data` (or the dataset recorded in the model) to a train/test split.
+fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
+    let recorded = g
+        .meta
+        .get("dataset")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let Some(name) = arg.data.clone().or(recorded) else {
+        bail!(
+            "no dataset: pass --data {} or a directory of Fashion-MNIST-style idx files",
+            prunekit_data::DATASETS.join("|")
+        );
+    };
+    if prunekit_data::DATASETS.contains(&name.as_str()) {
+        let (split, _) = prunekit_data::load(&name, None, seed)
+            .with_context(|| format!("cannot load dataset `{name}`"))?;
+        return Ok((split, name));
+    }
+    let dir = Path::new(&name);
+    if !dir.exists() {
+        bail!(
+            "data path `{name}` does not exist (known datasets: {})",
+            prunekit_data::DATASETS.join(", ")
+        );
+    }
+    let (split, _) = prunekit_data::fashion_mnist(Some(dir))
+        .with_context(|| format!("cannot load data from {}", dir.display()))?;
+    Ok((split, "fashion-mnist".into()))
+}
+
+fn train_config(a: &TrainArgs, n_train: usize, progress: bool, label: &str) -> Result<TrainConfig> {
+    if a.batch_size == 0 || a.epochs == 0 {
+        bail!("--epochs and --batch-size must be positive");
+    }
+    if !(a.lr > 0.0) {
+        bail!("--lr must be positive, got {}", a.lr);
+    }
+    let steps = a.epochs * n_train.div_ceil(a.batch_size);
+    Ok(TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        optimizer: match a.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::sgd(a.momentum, a.weight_decay),
+            OptimizerArg::Adamw => OptimizerKind::adamw(a.weight_decay),
+        },
+        schedule: match a.schedule {
+            ScheduleArg::Cosine => LrSchedule::Cosine {
+                total_steps: steps,
+                min_factor: 0.0,
+            },
+            ScheduleArg::Step => LrSchedule::Step {
+                step_size: (steps / 3).max(1),
+                gamma: 0.1,
+            },
+            ScheduleArg::Constant => LrSchedule::Constant,
+        },
+        augment: Augment {
+            crop_padding: a.crop_padding,
+            hflip: a.hflip,
+        },
+        seed: a.seed,
+        progress,
+        label: label.to_string(),
+    })
+}
+
+fn train_cmd(
+    g: Graph,
+    output: &Path,
+    data: &DataArgs,
+    a: &TrainArgs,
+    json: bool,
+    label: &str,
+) -> Result<()> {
+    let mut g = g;
+    let (split, name) = load_data(data, &g, a.seed)?;
+    g.meta.insert("dataset".into(), json!(name));
+    let cfg = train_config(a, split.train.len(), !json, label)?;
+    let t0 = Instant::now();
+    let logs = fit(&g, &split.train, Some(&split.test), &cfg)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    save_model(&g, output, None)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "epochs": logs, "seconds": seconds, "output": output })
+            )?
+        );
+    } else {
+        let rows: Vec<Vec<String>> = logs
+            .iter()
+            .map(|l| {
+                vec![
+                    l.epoch.to_string(),
+                    format!("{:.4}", l.lr),
+                    format!("{:.4}", l.train_loss),
+                    format!("{:.2}%", 100.0 * l.train_accuracy),
+                    l.test_loss.map_or("-".into(), |v| format!("{v:.4}")),
+                    l.test_accuracy
+                        .map_or("-".into(), |v| format!("{:.2}%", 100.0 * v)),
+                    format!("{:.1}s", l.seconds),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            render(
+                &[
+                    "epoch",
+                    "lr",
+                    "train loss",
+                    "train acc",
+                    "test loss",
+                    "test acc",
+                    "time"
+                ],
+                &rows
+            )
+        );
+        println!("saved {} ({:.1}s)", output.display(), seconds);
+    }
+    Ok(())
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    json!({
+        "accuracy": s.accuracy,
+        "loss": s.loss,
+        "params": s.params,
+        "nonzeros": s.nonzeros,
+        "macs": s.macs,
+        "effective_macs": s.effective_macs,
+        "latency_ms": s.latency_ms,
+        "latency": s.latency,
+        "file_bytes": s.file_bytes,
+    })
+}
+
+/// The before/after table: one row per measure, with the ratio after/before.
+fn before_after_table(b: &Summary, a: &Summary) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
+    let ratio = |x: f64, y: f64| {
+        if x > 0.0 {
+            format!("{:.2}x", y / x)
+        } else {
+            "-".into()
+        }
+    };
+    let rows = vec![
+        vec![
+            "accuracy".into(),
+            pct(b.accuracy),
+            pct(a.accuracy),
+            match (b.accuracy, a.accuracy) {
+                (Some(x), Some(y)) => format!("{:+.2} pt", 100.0 * (y - x)),
+                _ => "-".into(),
+            },
+        ],
+        vec![
+            "params".into(),
+            human(b.params as f64),
+            human(a.params as f64),
+            ratio(b.params as f64, a.params as f64),
+        ],
+        vec![
+            "nonzeros".into(),
+            human(b.nonzeros as f64),
+            human(a.nonzeros as f64),
+            ratio(b.nonzeros as f64, a.nonzeros as f64),
+        ],
+        vec![
+            "MACs".into(),
+            human(b.macs as f64),
+            human(a.macs as f64),
+            ratio(b.macs as f64, a.macs as f64),
+        ],
+        vec![
+            "MACs (zeros skipped)".into(),
+            human(b.effective_macs as f64),
+            human(a.effective_macs as f64),
+            ratio(b.effective_macs as f64, a.effective_macs as f64),
+        ],
+        vec![
+            "latency (batch 1)".into(),
+            format!("{:.3} ms", b.latency_ms),
+            format!("{:.3} ms", a.latency_ms),
+            ratio(b.latency_ms, a.latency_ms),
+        ],
+        vec![
+            "file size".into(),
+            format!("{:.1} KB", b.file_bytes as f64 / 1024.0),
+            format!("{:.1} KB", a.file_bytes as f64 / 1024.0),
+            ratio(b.file_bytes as f64, a.file_bytes as f64),
+        ],
+    ];
+    render(&["", "before", "after", "after/before"], &rows)
+}
+
+fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
+    let t0 = Instant::now();
+    let log = |msg: &str| {
+        if !json {
+            eprintln!("{msg}");
+        }
+    };
+    let (split, _) = prunekit_data::digits(seed, 0.2)?;
+    let mut dense = prunekit_zoo::build("digits-cnn", seed)?;
+    dense.meta.insert("dataset".into(), json!("digits"));
+    log(&format!(
+        "digits: {} train / {} test images of 8x8; model digits-cnn ({} params)",
+        split.train.len(),
+        split.test.len(),
+        human(dense.param_count() as f64)
+    ));
+    let mut cfg = TrainConfig::sgd_cosine(15, 32, 0.05, split.train.len());
+    cfg.seed = seed;
+    cfg.progress = !json;
+    fit(&dense, &split.train, None, &cfg)?;
+    let before = summarize(&dense, Some(&split.test))?;
+
+    let mut pruned = dense.clone();
+    let groups = prune_channels(&mut pruned, 0.5, Norm::L1, 1)?;
+    for gp in &groups {
+        log(&format!(
+            "structured: {} {} -> {} channels (L1 norm)",
+            gp.source, gp.before, gp.after
+        ));
+    }
+    magnitude_prune(&mut pruned, Target::Ratio(0.5), Scope::Layer)?;
+    log("unstructured: 50% of the remaining weights of every layer masked by magnitude");
+    let just_pruned = prunekit_train::evaluate(&pruned, &split.test, 256)?;
+    log(&format!(
+        "accuracy right after pruning: {:.2}%",
+        100.0 * just_pruned.accuracy
+    ));
+    let mut ft = TrainConfig::sgd_cosine(8, 32, 0.02, split.train.len());
+    ft.seed = seed;
+    ft.progress = !json;
+    ft.label = "finetune".into();
+    fit(&pruned, &split.train, None, &ft)?;
+    let after = summarize(&pruned, Some(&split.test))?;
+    if let Some(dir) = save {
+        save_model(&dense, &dir.join("dense"), None)?;
+        save_model(&pruned, &dir.join("pruned"), None)?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    if json {
+        let out = json!({
+            "before": summary_json(&before),
+            "after": summary_json(&after),
+            "after_pruning_before_finetune": { "accuracy": just_pruned.accuracy },
+            "groups": groups,
+            "wall_seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", before_after_table(&before, &after));
+        if let Some(dir) = save {
+            println!(
+                "saved {} and {}",
+                dir.join("dense").display(),
+                dir.join("pruned").display()
+            );
+        }
+        println!(
+            "demo finished in {seconds:.1}s ({} threads)",
+            prunekit_measure::threads()
+        );
+    }
+    Ok(())
+}
+
+fn info(path: &Path, json: bool) -> Result<()> {
+    let g = load_model(path)?;
+    let shapes = g.validate()?;
+    let mut layers = Vec::new();
+    for n in &g.nodes {
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+        let macs = n.op.rules().macs(&ins, &shapes[&n.name]);
+        let (mut params, mut zeros) = (0usize, 0usize);
+        for p in n.params.values().filter(|p| p.role.trainable()) {
+            params += p.tensor().elem_count();
+            zeros += p
+                .tensor()
+                .eq(0.0)?
+                .to_dtype(candle_core::DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()? as usize;
+        }
+        layers.push(json!({
+            "name": n.name, "op": n.op.type_name(), "inputs": n.inputs, "shape": shapes[&n.name],
+            "params": params, "zeros": zeros, "macs": macs,
+            "sparsity": if params > 0 { zeros as f64 / params as f64 } else { 0.0 },
+        }));
+    }
+    let params = g.param_count();
+    let nonzeros = g.nonzero_count()?;
+    let macs = g.macs()?;
+    if json {
+        let out = json!({
+            "name": g.name, "inputs": g.inputs, "outputs": g.outputs, "layers": layers,
+            "params": params, "nonzeros": nonzeros, "macs": macs, "effective_macs": g.effective_macs()?,
+            "sparsity": 1.0 - nonzeros as f64 / params.max(1) as f64, "meta": g.meta,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("model {} ({})", g.name, path.display());
+    for i in &g.inputs {
+        println!("input {}: {:?} ({:?})", i.name, i.shape, i.kind);
+    }
+    let rows: Vec<Vec<String>> = layers
+        .iter()
+        .map(|l| {
+            vec![
+                l["name"].as_str().unwrap_or("").to_string(),
+                l["op"].as_str().unwrap_or("").to_string(),
+                l["shape"].to_string(),
+                human(l["params"].as_f64().unwrap_or(0.0)),
+                human(l["macs"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}%", 100.0 * l["sparsity"].as_f64().unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        render(
+            &["node", "op", "output", "params", "MACs", "sparsity"],
+            &rows
+        )
+    );
+    println!(
+        "total: {} params, {} nonzero ({:.1}% sparse), {} MACs per sample; outputs: {}",
+        human(params as f64),
+        human(nonzeros as f64),
+        100.0 * (1.0 - nonzeros as f64 / params.max(1) as f64),
+        human(macs as f64),
+        g.outputs.join(", ")
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prune_cmd(
+    model: &Path,
+    output: &Path,
+    structured: Option<f64>,
+    criterion: Criterion,
+    round_to: usize,
+    unstructured: Option<f64>,
+    threshold: Option<f64>,
+    scope: ScopeArg,
+    json: bool,
+) -> Result<()> {
+    if structured.is_none() && unstructured.is_none() && threshold.is_none() {
+        bail!("nothing to do: pass --structured RATIO, --unstructured RATIO or --threshold T");
+    }
+    if round_to == 0 {
+        bail!("--round-to must be at least 1");
+    }
+    let mut g = load_model(model)?;
+    check_output(model, output)?;
+    let counts = |g: &Graph| -> Result<serde_json::Value> {
+        Ok(
+            json!({ "params": g.param_count(), "nonzeros": g.nonzero_count()?, "macs": g.macs()?, "effective_macs": g.effective_macs()? }),
+        )
+    };
+    let before = counts(&g)?;
+    let mut groups = Vec::new();
+    if let Some(r) = structured {
+        let norm = match criterion {
+            Criterion::L1 => Norm::L1,
+            Criterion::L2 => Norm::L2,
+        };
+        groups = prune_channels(&mut g, r, norm, round_to)?;
+    }
+    let scope = match scope {
+        ScopeArg::Layer => Scope::Layer,
+        ScopeArg::Global => Scope::Global,
+    };
+    let mut layers = Vec::new();
+    if let Some(r) = unstructured {
+        layers = magnitude_prune(&mut g, Target::Ratio(r), scope)?;
+    } else if let Some(t) = threshold {
+        layers = magnitude_prune(&mut g, Target::Threshold(t), scope)?;
+    }
+    let after = counts(&g)?;
+    save_model(&g, output, Some(model))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "before": before, "after": after, "groups": groups, "layers": layers, "output": output })
+            )?
+        );
+    } else {
+        for gp in &groups {
+            println!("{}: {} -> {} channels", gp.source, gp.before, gp.after);
+        }
+        for l in &layers {
+            println!(
+                "{}.{}: {:.1}% zero",
+                l.node,
+                l.param,
+                100.0 * l.zeros as f64 / l.total.max(1) as f64
+            );
+        }
+        let f = |v: &serde_json::Value, k: &str| human(v[k].as_f64().unwrap_or(0.0));
+        println!(
+            "params {} -> {}, nonzeros {} -> {}, MACs {} -> {}; saved {}",
+            f(&before, "params"),
+            f(&after, "params"),
+            f(&before, "nonzeros"),
+            f(&after, "nonzeros"),
+            f(&before, "macs"),
+            f(&after, "macs"),
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+fn eval_cmd(model: &Path, data: &DataArgs, json: bool) -> Result<()> {
+    let g = load_model(model)?;
+    let (split, name) = load_data(data, &g, 0)?;
+    let s = summarize(&g, Some(&split.test))?;
+    if json {
+        let mut v = summary_json(&s);
+        v["dataset"] = json!(name);
+        v["samples"] = json!(split.test.len());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let rows = vec![
+            vec![
+                "dataset".into(),
+                format!("{name} (test, {} samples)", split.test.len()),
+            ],
+            vec![
+                "accuracy".into(),
+                s.accuracy
+                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+            ],
+            vec![
+                "loss".into(),
+                s.loss.map_or("-".into(), |l| format!("{l:.4}")),
+            ],
+            vec!["params".into(), human(s.params as f64)],
+            vec!["nonzeros".into(), human(s.nonzeros as f64)],
+            vec!["MACs".into(), human(s.macs as f64)],
+            vec![
+                "latency (batch 1)".into(),
+                format!(
+                    "{:.3} ms (p90 {:.3})",
+                    s.latency.median_ms, s.latency.p90_ms
+                ),
+            ],
+            vec![
+                "file size".into(),
+                format!("{:.1} KB", s.file_bytes as f64 / 1024.0),
+            ],
+        ];
+        println!("{}", render(&["", "value"], &rows));
+    }
+    Ok(())
+}

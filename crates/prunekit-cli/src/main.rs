@@ -1,0 +1,185 @@
+//! `prunekit`: prune neural networks end to end from the command line.
+
+mod bench;
+mod commands;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "prunekit",
+    version,
+    about = "Prune neural networks end to end: analyse, prune, recover, measure, write back"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a small CNN on the built-in digits, prune half its channels and half the remaining
+    /// weights, fine-tune, and print a before/after table.
+    Demo {
+        /// also write the dense and pruned models under DIR (DIR/dense, DIR/pruned)
+        #[arg(long)]
+        save: Option<PathBuf>,
+        /// print one JSON object instead of the table
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Layers, shapes, parameters, MACs and sparsity of a model.
+    Info {
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a model directory (or a built-in architecture) on a dataset.
+    Train {
+        /// model directory to start from
+        #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
+        model: Option<PathBuf>,
+        /// built-in architecture to start from (see `prunekit-zoo`): digits-mlp, digits-cnn, fashion-cnn, reference-cnn
+        #[arg(long)]
+        arch: Option<String>,
+        /// output model directory
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prune a model: structured channel groups and/or unstructured magnitude masks.
+    Prune {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// fraction of the channels of every prunable group to remove, in [0, 1)
+        #[arg(long)]
+        structured: Option<f64>,
+        /// channel importance
+        #[arg(long, value_enum, default_value_t = Criterion::L1)]
+        criterion: Criterion,
+        /// keep structured widths a multiple of N
+        #[arg(long, default_value_t = 1)]
+        round_to: usize,
+        /// fraction of the weights to mask by magnitude, in [0, 1)
+        #[arg(long, conflicts_with = "threshold")]
+        unstructured: Option<f64>,
+        /// mask every weight with |w| below T
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// whether the unstructured ratio holds per layer or over all layers
+        #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
+        scope: ScopeArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fine-tune a (pruned) model with its masks held fixed.
+    Finetune {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a model: accuracy, loss, params, nonzeros, MACs, latency, file size.
+    Eval {
+        model: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the graph runtime against the same network written directly with candle-nn.
+    Bench {
+        /// timed iterations per measurement
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// dataset: `digits` (built in), `fashion-mnist` (Debian package dataset-fashion-mnist), or a
+    /// directory holding Fashion-MNIST-style idx files; defaults to the model's training set
+    #[arg(long)]
+    data: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    optimizer: OptimizerArg,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    schedule: ScheduleArg,
+    /// random crop with this much zero padding (0: off)
+    #[arg(long, default_value_t = 0)]
+    crop_padding: usize,
+    /// random horizontal flips
+    #[arg(long)]
+    hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Criterion {
+    L1,
+    L2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    Layer,
+    Global,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Cosine,
+    Step,
+    Constant,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

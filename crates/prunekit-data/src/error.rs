@@ -1,0 +1,172 @@
+//! Error type of the data crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or batching a dataset.
+///
+/// Variants that concern a file name the file, so the message alone tells
+/// the user what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The dataset directory does not exist (or is not a directory).
+    #[error(
+        "{}: no such directory (install the Debian package dataset-fashion-mnist with scripts/install-data.sh or pass --data DIR)",
+        .path.display()
+    )]
+    NoSuchDirectory {
+        /// The directory that was looked for.
+        path: PathBuf,
+    },
+
+    /// A required file of a dataset is missing from its directory.
+    #[error("{}: missing {name}.gz (or uncompressed {name})", .dir.display())]
+    MissingFile {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// The base name of the file, without `.gz`.
+        name: String,
+    },
+
+    /// An I/O error while reading a file.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file being read.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The gzip stream of a file is corrupt.
+    #[error("{}: corrupt gzip data ({source})", .path.display())]
+    BadGzip {
+        /// The file being read.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file ends before the header or the data it announces.
+    #[error("{}: truncated idx file", .path.display())]
+    Truncated {
+        /// The file being read.
+        path: PathBuf,
+    },
+
+    /// The file does not start with an idx magic number (`00 00 tt nn`).
+    #[error("{}: bad magic number {magic:02x?} (not an idx file)", .path.display())]
+    BadMagic {
+        /// The file being read.
+        path: PathBuf,
+        /// The first (up to) four bytes of the (decompressed) file.
+        magic: Vec<u8>,
+    },
+
+    /// The idx element type is not unsigned byte (0x08).
+    #[error(
+        "{}: unsupported idx element type 0x{code:02x} (only unsigned byte, 0x08, is supported)",
+        .path.display()
+    )]
+    UnsupportedIdxType {
+        /// The file being read.
+        path: PathBuf,
+        /// The element type code from the magic number.
+        code: u8,
+    },
+
+    /// The file holds more bytes than its header announces.
+    #[error("{}: {extra} unexpected trailing bytes after the idx data", .path.display())]
+    TrailingData {
+        /// The file being read.
+        path: PathBuf,
+        /// How many bytes follow the announced data.
+        extra: usize,
+    },
+
+    /// An idx file has the wrong number of dimensions for its role.
+    #[error("{}: expected {expected}, found dimensions {found:?}", .path.display())]
+    BadShape {
+        /// The file being read.
+        path: PathBuf,
+        /// What was expected, in words.
+        expected: String,
+        /// The dimensions found in the file.
+        found: Vec<usize>,
+    },
+
+    /// Image and label files disagree on the number of samples.
+    #[error(
+        "label/image count mismatch: {} has {images} images but {} has {labels} labels",
+        .images_path.display(),
+        .labels_path.display()
+    )]
+    CountMismatch {
+        /// The image file.
+        images_path: PathBuf,
+        /// Number of images in it.
+        images: usize,
+        /// The label file.
+        labels_path: PathBuf,
+        /// Number of labels in it.
+        labels: usize,
+    },
+
+    /// A label is outside `0..num_classes`.
+    #[error("{source_name}: label {label} out of range (expected 0..{num_classes})")]
+    BadLabel {
+        /// The file or dataset holding the label.
+        source_name: String,
+        /// The offending label value.
+        label: f64,
+        /// Number of classes of the dataset.
+        num_classes: usize,
+    },
+
+    /// Inconsistent buffers given to [`crate::Dataset::new`].
+    #[error("dataset {name}: {problem}")]
+    Inconsistent {
+        /// Name of the dataset.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+
+    /// A dataset name that is not one of [`crate::DATASETS`].
+    #[error("unknown dataset {name:?} (known datasets: {known})")]
+    UnknownDataset {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+
+    /// A dataset (or one side of a split) has no samples.
+    #[error("dataset {name} is empty")]
+    EmptyDataset {
+        /// Name of the dataset (or split).
+        name: String,
+    },
+
+    /// A sample index beyond the end of the dataset.
+    #[error("dataset {name}: sample index {index} out of range (dataset has {len} samples)")]
+    IndexOutOfRange {
+        /// Name of the dataset.
+        name: String,
+        /// The offending index.
+        index: usize,
+        /// Number of samples in the dataset.
+        len: usize,
+    },
+
+    /// An argument outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An error from candle while building tensors.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result type of the data crate.
+pub type Result<T> = std::result::Result<T, DataError>;

@@ -1,0 +1,294 @@
+//! Fashion-MNIST, read from the idx-ubyte(-gzip) files of the Debian package
+//! `dataset-fashion-mnist` (or any directory holding the same files).
+
+use std::path::{Path, PathBuf};
+
+use crate::dataset::{Dataset, Normalization, Split};
+use crate::error::{DataError, Result};
+use crate::idx::read_idx;
+
+/// Where the Debian package `dataset-fashion-mnist` installs its files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+/// Number of Fashion-MNIST classes.
+pub const FASHION_MNIST_CLASSES: usize = 10;
+/// Names of the Fashion-MNIST classes, by label.
+pub const FASHION_MNIST_CLASS_NAMES: [&str; FASHION_MNIST_CLASSES] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// Base names (without `.gz`) of the four files: train images, train labels,
+/// test images, test labels.
+const FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// Finds `base.gz` or, failing that, uncompressed `base` in `dir`.
+fn locate(dir: &Path, base: &str) -> Result<PathBuf> {
+    [format!("{base}.gz"), base.to_string()]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| DataError::MissingFile {
+            dir: dir.to_path_buf(),
+            name: base.to_string(),
+        })
+}
+
+/// Raw images and labels of one side of the split.
+struct RawPart {
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+    height: usize,
+    width: usize,
+}
+
+fn read_part(dir: &Path, images_base: &str, labels_base: &str) -> Result<RawPart> {
+    let images_path = locate(dir, images_base)?;
+    let labels_path = locate(dir, labels_base)?;
+    let (idims, pixels) = read_idx(&images_path)?;
+    let (ldims, labels) = read_idx(&labels_path)?;
+    if idims.len() != 3 {
+        return Err(DataError::BadShape {
+            path: images_path,
+            expected: "3 dimensions [n, height, width]".into(),
+            found: idims,
+        });
+    }
+    if ldims.len() != 1 {
+        return Err(DataError::BadShape {
+            path: labels_path,
+            expected: "1 dimension [n]".into(),
+            found: ldims,
+        });
+    }
+    if idims[0] != ldims[0] {
+        return Err(DataError::CountMismatch {
+            images_path,
+            images: idims[0],
+            labels_path,
+            labels: ldims[0],
+        });
+    }
+    if idims[0] == 0 {
+        return Err(DataError::EmptyDataset {
+            name: images_path.display().to_string(),
+        });
+    }
+    if let Some(&bad) = labels
+        .iter()
+        .find(|&&l| usize::from(l) >= FASHION_MNIST_CLASSES)
+    {
+        return Err(DataError::BadLabel {
+            source_name: labels_path.display().to_string(),
+            label: f64::from(bad),
+            num_classes: FASHION_MNIST_CLASSES,
+        });
+    }
+    Ok(RawPart {
+        pixels,
+        labels,
+        height: idims[1],
+        width: idims[2],
+    })
+}
+
+/// Mean and std of `pixel / 255` over `pixels`, computed exactly from a histogram.
+fn pixel_normalization(pixels: &[u8]) -> Normalization {
+    let mut hist = [0u64; 256];
+    for &p in pixels {
+        hist[usize::from(p)] += 1;
+    }
+    let n = pixels.len() as f64;
+    if n == 0.0 {
+        return Normalization::default();
+    }
+    let value = |p: usize| p as f64 / 255.0;
+    let mean = hist
+        .iter()
+        .enumerate()
+        .map(|(p, &c)| c as f64 * value(p))
+        .sum::<f64>()
+        / n;
+    let var = hist
+        .iter()
+        .enumerate()
+        .map(|(p, &c)| c as f64 * (value(p) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    Normalization::from_moments(mean, var)
+}
+
+fn to_dataset(name: &str, part: RawPart, lut: &[f32; 256]) -> Result<Dataset> {
+    let x: Vec<f32> = part.pixels.iter().map(|&p| lut[usize::from(p)]).collect();
+    let y: Vec<u32> = part.labels.iter().map(|&l| u32::from(l)).collect();
+    Dataset::new(
+        name,
+        x,
+        y,
+        vec![1, part.height, part.width],
+        FASHION_MNIST_CLASSES,
+    )
+}
+
+/// Fashion-MNIST from the idx-ubyte files in `dir` (default [`FASHION_MNIST_DIR`]).
+///
+/// Reads `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+/// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each gzipped
+/// (`.gz`, preferred) or uncompressed. Samples are `[1, 28, 28]` with values
+/// `pixel / 255`, then normalised with the train mean/std (returned);
+/// 60,000 train and 10,000 test samples in 10 classes.
+pub fn fashion_mnist(dir: Option<&Path>) -> Result<(Split, Normalization)> {
+    let dir = dir.unwrap_or_else(|| Path::new(FASHION_MNIST_DIR));
+    if !dir.is_dir() {
+        return Err(DataError::NoSuchDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let train = read_part(dir, FILES[0], FILES[1])?;
+    let test = read_part(dir, FILES[2], FILES[3])?;
+    if (test.height, test.width) != (train.height, train.width) {
+        return Err(DataError::BadShape {
+            path: locate(dir, FILES[2])?,
+            expected: format!(
+                "images of {}x{} like the training set",
+                train.height, train.width
+            ),
+            found: vec![test.labels.len(), test.height, test.width],
+        });
+    }
+    let norm = pixel_normalization(&train.pixels);
+    let inv = 1.0 / norm.std;
+    let mut lut = [0.0f32; 256];
+    for (p, v) in lut.iter_mut().enumerate() {
+        *v = (p as f32 / 255.0 - norm.mean) * inv;
+    }
+    let train = to_dataset("fashion-mnist/train", train, &lut)?;
+    let test = to_dataset("fashion-mnist/test", test, &lut)?;
+    Ok((Split { train, test }, norm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idx::encode_idx;
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+    use std::io::Write;
+
+    fn write_gz(path: &Path, bytes: &[u8]) {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(bytes).expect("gzip");
+        std::fs::write(path, enc.finish().expect("gzip")).expect("write");
+    }
+
+    /// A miniature Fashion-MNIST: 6 train / 3 test images of 2x3; train gzipped, test raw.
+    fn write_fake(dir: &Path) {
+        let train_px: Vec<u8> = (0..36).map(|v| (v * 7) as u8).collect();
+        write_gz(
+            &dir.join("train-images-idx3-ubyte.gz"),
+            &encode_idx(&[6, 2, 3], &train_px),
+        );
+        write_gz(
+            &dir.join("train-labels-idx1-ubyte.gz"),
+            &encode_idx(&[6], &[0, 1, 2, 9, 9, 3]),
+        );
+        std::fs::write(
+            dir.join("t10k-images-idx3-ubyte"),
+            encode_idx(&[3, 2, 3], &[255; 18]),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[3], &[4, 5, 6]),
+        )
+        .expect("write");
+    }
+
+    #[test]
+    fn loads_a_miniature_copy_gz_and_raw() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_fake(dir.path());
+        let (split, norm) = fashion_mnist(Some(dir.path())).expect("load");
+        assert_eq!((split.train.len(), split.test.len()), (6, 3));
+        assert_eq!(split.train.sample_shape, vec![1, 2, 3]);
+        assert_eq!(split.test.y, vec![4, 5, 6]);
+        assert_eq!(split.train.class_counts()[9], 2);
+        let raw: Vec<f32> = (0..36).map(|v| (v * 7) as f32 / 255.0).collect();
+        let want = Normalization::compute(&raw);
+        assert!((norm.mean - want.mean).abs() < 1e-6 && (norm.std - want.std).abs() < 1e-6);
+        assert!((norm.invert(split.test.x[0]) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn clear_errors() {
+        let missing = Path::new("/nonexistent/prunekit-fashion");
+        let err = fashion_mnist(Some(missing)).expect_err("missing dir");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/prunekit-fashion: no such directory")
+                && msg.contains("dataset-fashion-mnist")
+                && msg.contains("scripts/install-data.sh"),
+            "{msg}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_fake(dir.path());
+        std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).expect("rm");
+        let err = fashion_mnist(Some(dir.path())).expect_err("missing file");
+        assert!(matches!(err, DataError::MissingFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("t10k-labels-idx1-ubyte"));
+
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[2], &[4, 5]),
+        )
+        .expect("write");
+        let err = fashion_mnist(Some(dir.path())).expect_err("count mismatch");
+        assert!(matches!(err, DataError::CountMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains("label/image count mismatch"));
+
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[3], &[4, 5, 10]),
+        )
+        .expect("write");
+        let err = fashion_mnist(Some(dir.path())).expect_err("bad label");
+        assert!(matches!(err, DataError::BadLabel { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn real_fashion_mnist_if_installed() {
+        let dir = Path::new(FASHION_MNIST_DIR);
+        if !dir.is_dir() {
+            println!(
+                "skipping: {FASHION_MNIST_DIR} is absent (install it with scripts/install-data.sh)"
+            );
+            return;
+        }
+        let start = std::time::Instant::now();
+        let (split, norm) = fashion_mnist(None).expect("load Fashion-MNIST");
+        println!("loaded Fashion-MNIST in {:?} ({norm:?})", start.elapsed());
+        assert_eq!(split.train.len(), 60_000);
+        assert_eq!(split.test.len(), 10_000);
+        assert_eq!(split.train.sample_shape, vec![1, 28, 28]);
+        assert_eq!(split.train.num_classes, 10);
+        assert_eq!(split.train.class_counts(), vec![6_000; 10]);
+        assert_eq!(split.test.class_counts(), vec![1_000; 10]);
+        assert!(norm.mean > 0.2 && norm.mean < 0.4, "{norm:?}");
+        let n = split.train.x.len() as f64;
+        let mean = split.train.x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        assert!(mean.abs() < 1e-3, "normalised train mean {mean}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Datasets for prunekit.
+//!
+//! * [`digits`]: the UCI 8x8 digits set compiled into smartcore (always available).
+//! * [`fashion_mnist`]: Fashion-MNIST from idx files, by default those of the
+//!   Debian package `dataset-fashion-mnist` in [`FASHION_MNIST_DIR`]
+//!   (install it with `scripts/install-data.sh`).
+//! * [`load`]: either of them by name (see [`DATASETS`]).
+//!
+//! Datasets live in memory as [`Dataset`]s of f32 samples; [`Batches`] yields
+//! seeded shuffled mini-batches of indices, [`Dataset::batch`] turns them into
+//! candle tensors, optionally through an [`Augment`]ation. Nothing here
+//! touches the network.
+
+#![warn(missing_docs)]
+
+mod augment;
+mod batches;
+mod dataset;
+mod digits;
+mod error;
+mod fashion;
+mod idx;
+
+use std::path::Path;
+
+pub use augment::Augment;
+pub use batches::Batches;
+pub use dataset::{Dataset, Normalization, Split};
+pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
+pub use error::{DataError, Result};
+pub use fashion::{
+    fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
+};
+pub use idx::{encode_idx, read_idx};
+
+/// Names accepted by [`load`].
+pub const DATASETS: &[&str] = &["digits", "fashion-mnist"];
+
+/// Loads a dataset by name: `"digits"` (split with `seed` and
+/// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
+/// `dir`, default [`FASHION_MNIST_DIR`]; `seed` is ignored, the split is the
+/// official one). Unknown names give an error listing the known ones.
+pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
+    match name {
+        "digits" => digits(seed, DIGITS_TEST_FRACTION),
+        "fashion-mnist" => fashion_mnist(dir),
+        _ => Err(DataError::UnknownDataset {
+            name: name.to_string(),
+            known: DATASETS.join(", "),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_by_name() {
+        let (split, norm) = load("digits", None, 3).expect("digits");
+        let (direct, dnorm) = digits(3, DIGITS_TEST_FRACTION).expect("digits");
+        assert_eq!(split, direct);
+        assert_eq!(norm, dnorm);
+
+        let err = load("cifar-10", None, 0).expect_err("unknown");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cifar-10") && msg.contains("digits") && msg.contains("fashion-mnist"),
+            "{msg}"
+        );
+
+        let err =
+            load("fashion-mnist", Some(Path::new("/nonexistent/fm")), 0).expect_err("missing dir");
+        assert!(matches!(err, DataError::NoSuchDirectory { .. }), "{err:?}");
+    }
+}

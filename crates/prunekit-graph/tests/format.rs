@@ -1,0 +1,612 @@
+//! The model format: save then load is bit-exact (parameters, masks, running statistics, structure,
+//! outputs), sliced (non-uniform) graphs and masks survive, and every kind of bad input gives an
+//! error naming the file and the problem instead of a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use prunekit_graph::format::{
+    self, load, model_size, save, save_protected, STRUCTURE_FILE, WEIGHTS_FILE,
+};
+use prunekit_graph::ops::Conv2d;
+use prunekit_graph::{Executor, Graph, GraphBuilder, GraphError, InputKind, Mode};
+
+fn cnn() -> Graph {
+    let mut b = GraphBuilder::new("tiny-cnn", 5);
+    b.meta("task", serde_json::json!("classification"));
+    b.meta(
+        "normalize",
+        serde_json::json!({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}),
+    );
+    let x = b.input("image", &[3, 8, 8]);
+    let x = b.named("conv1").conv2d(&x, 8, 3, 1, 1).unwrap();
+    let x = b.batch_norm(&x).unwrap();
+    let x = b.relu(&x).unwrap();
+    let x = b.max_pool2d(&x, 2, 2).unwrap();
+    let x = b.named("conv2").conv2d_no_bias(&x, 6, 3, 1, 1).unwrap();
+    let x = b.batch_norm(&x).unwrap();
+    let x = b.relu(&x).unwrap();
+    let x = b.global_avg_pool(&x).unwrap();
+    let y = b.linear(&x, 5).unwrap();
+    b.finish(&[&y]).unwrap()
+}
+
+fn transformer() -> Graph {
+    let mut b = GraphBuilder::new("tiny-lm", 6);
+    let t = b.ids_input("tokens", &[4]);
+    let e = b.embedding(&t, 12, 6).unwrap();
+    let h = b.layer_norm(&e).unwrap();
+    let h = b.linear(&h, 10).unwrap();
+    let h = b.gelu(&h).unwrap();
+    let h = b.dropout(&h, 0.1).unwrap();
+    let h = b.linear(&h, 6).unwrap();
+    let h = b.add(&e, &h).unwrap();
+    let h = b.softmax(&h).unwrap();
+    let f = b.flatten(&h).unwrap();
+    let y = b.named("head").linear(&f, 3).unwrap();
+    b.finish(&[&y, &h]).unwrap()
+}
+
+/// Updates the running statistics (one training forward) so they are not the initial 0 / 1.
+fn train_once(g: &Graph) {
+    Executor::new(0)
+        .run(g, &[randn_f32(&[4, 3, 8, 8], 1)], Mode::TRAIN, None)
+        .unwrap();
+}
+
+fn random_mask(shape: &[usize], seed: u64) -> Tensor {
+    let u = uniform(shape, 0.0, 1.0, seed);
+    u.ge(0.5).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+/// Every structural field, every parameter (role, dtype, bits) and every mask (bits) is equal.
+fn assert_same_graph(a: &Graph, b: &Graph) {
+    assert_eq!(a.name, b.name);
+    assert_eq!(a.inputs, b.inputs);
+    assert_eq!(a.outputs, b.outputs);
+    assert_eq!(a.meta, b.meta);
+    assert_eq!(a.nodes.len(), b.nodes.len());
+    for (na, nb) in a.nodes.iter().zip(&b.nodes) {
+        assert_eq!(na.name, nb.name);
+        assert_eq!(na.op, nb.op, "node {}", na.name);
+        assert_eq!(na.inputs, nb.inputs, "node {}", na.name);
+        assert_eq!(
+            na.params.keys().collect::<Vec<_>>(),
+            nb.params.keys().collect::<Vec<_>>(),
+            "node {}",
+            na.name
+        );
+        for (k, pa) in &na.params {
+            let pb = &nb.params[k];
+            let what = format!("{}.{k}", na.name);
+            assert_eq!(pa.role, pb.role, "{what}");
+            assert_eq!(pa.tensor().dtype(), pb.tensor().dtype(), "{what}");
+            assert_eq!(pa.tensor().dims(), pb.tensor().dims(), "{what}");
+            assert_eq!(
+                bits(pa.tensor()),
+                bits(pb.tensor()),
+                "{what}: values differ"
+            );
+            match (&pa.mask, &pb.mask) {
+                (None, None) => {}
+                (Some(ma), Some(mb)) => {
+                    assert_eq!(ma.dtype(), mb.dtype(), "{what} mask");
+                    assert_eq!(ma.dims(), mb.dims(), "{what} mask");
+                    assert_eq!(bits(ma), bits(mb), "{what}: masks differ");
+                }
+                (ma, mb) => panic!("{what}: mask present {} vs {}", ma.is_some(), mb.is_some()),
+            }
+        }
+    }
+}
+
+fn assert_same_outputs(a: &Graph, b: &Graph, inputs: &[Tensor]) {
+    let ya = Executor::new(0).eval(a, inputs).unwrap();
+    let yb = Executor::new(0).eval(b, inputs).unwrap();
+    assert_eq!(ya.len(), yb.len());
+    for (ta, tb) in ya.iter().zip(&yb) {
+        assert_eq!(ta.dims(), tb.dims());
+        assert_eq!(bits(ta), bits(tb), "eval outputs differ");
+    }
+}
+
+fn roundtrip(g: &Graph) -> (tempfile::TempDir, Graph) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save(g, &dir).unwrap();
+    let back = load(&dir, &Device::Cpu).unwrap();
+    (tmp, back)
+}
+
+// ----------------------------------------------------------------------------------------------
+// round trips
+
+#[test]
+fn cnn_roundtrip_is_bit_exact() {
+    let mut g = cnn();
+    train_once(&g);
+    randomize_params(&g, 3);
+    g.set_mask("conv1", "weight", random_mask(&[8, 3, 3, 3], 4))
+        .unwrap();
+    let (tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    assert_same_outputs(&g, &back, &[randn_f32(&[3, 3, 8, 8], 5)]);
+
+    // only the two files are left behind (no temporary files)
+    let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("model"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![STRUCTURE_FILE.to_string(), WEIGHTS_FILE.to_string()]
+    );
+    let size = model_size(&tmp.path().join("model")).unwrap();
+    let on_disk: u64 = names
+        .iter()
+        .map(|n| {
+            std::fs::metadata(tmp.path().join("model").join(n))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(size, on_disk);
+}
+
+#[test]
+fn transformer_roundtrip_is_bit_exact() {
+    let g = transformer();
+    randomize_params(&g, 7);
+    let (_tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    assert_eq!(back.inputs[0].kind, InputKind::Ids);
+    assert_eq!(back.outputs.len(), 2);
+    assert_same_outputs(&g, &back, &[ids(&[2, 4], 12, 8)]);
+}
+
+#[test]
+fn f64_roundtrip_is_bit_exact() {
+    let mut g = cnn();
+    g.to_dtype(DType::F64).unwrap();
+    randomize_params(&g, 9);
+    g.set_mask("linear1", "weight", random_mask(&[5, 6], 10))
+        .unwrap();
+    let (_tmp, back) = roundtrip(&g);
+    assert_eq!(back.dtype(), DType::F64);
+    assert_same_graph(&g, &back);
+    assert_same_outputs(&g, &back, &[randn(&[2, 3, 8, 8], 11)]);
+}
+
+#[test]
+fn load_accepts_the_model_json_path() {
+    let g = cnn();
+    let tmp = tempfile::tempdir().unwrap();
+    save(&g, tmp.path()).unwrap();
+    let back = load(&tmp.path().join(STRUCTURE_FILE), &Device::Cpu).unwrap();
+    assert_same_graph(&g, &back);
+}
+
+/// `load("model.json")` from inside the model directory: `Path::parent` of a bare file name is
+/// `Some("")`, not `None`, so the directory becomes "" and "".exists() is false.
+#[test]
+#[ignore = "bug (src/format.rs:122, load): a bare `model.json` path gives dir = \"\" (Path::parent returns Some(\"\")), \
+            so load fails with `: no such model directory`; filter empty parents as atomic_write does"]
+fn load_accepts_a_bare_model_json_in_the_current_dir() {
+    let g = cnn();
+    let tmp = tempfile::tempdir().unwrap();
+    save(&g, tmp.path()).unwrap();
+    let old = std::env::current_dir().unwrap();
+    std::env::set_current_dir(tmp.path()).unwrap();
+    let r = load(Path::new(STRUCTURE_FILE), &Device::Cpu);
+    std::env::set_current_dir(old).unwrap();
+    assert_same_graph(&g, &r.unwrap());
+}
+
+#[test]
+fn saving_twice_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g1 = cnn();
+    save(&g1, tmp.path()).unwrap();
+    let g2 = transformer();
+    save(&g2, tmp.path()).unwrap();
+    let back = load(tmp.path(), &Device::Cpu).unwrap();
+    assert_same_graph(&g2, &back);
+}
+
+#[test]
+fn sliced_graph_with_non_uniform_widths_roundtrips() {
+    let mut g = cnn();
+    train_once(&g);
+    // conv1: 8 -> 5 output channels, with the coupled batch norm and conv2's input
+    let keep1 = [0u32, 2, 3, 5, 7];
+    g.set_mask("conv2", "weight", random_mask(&[6, 8, 3, 3], 12))
+        .unwrap();
+    for p in ["weight", "bias"] {
+        g.select("conv1", p, 0, &keep1).unwrap();
+    }
+    for p in ["weight", "bias", "running_mean", "running_var"] {
+        g.select("batch_norm1", p, 0, &keep1).unwrap();
+    }
+    g.select("conv2", "weight", 1, &keep1).unwrap();
+    // conv2: 6 -> 3 output channels (no bias), its batch norm and the linear layer's input
+    let keep2 = [1u32, 4, 5];
+    g.select("conv2", "weight", 0, &keep2).unwrap();
+    for p in ["weight", "bias", "running_mean", "running_var"] {
+        g.select("batch_norm2", p, 0, &keep2).unwrap();
+    }
+    g.select("linear1", "weight", 1, &keep2).unwrap();
+
+    let shapes = g.validate().unwrap();
+    assert_eq!(shapes["conv1"], vec![5, 8, 8]);
+    assert_eq!(shapes["conv2"], vec![3, 4, 4]);
+    assert_eq!(shapes["linear1"], vec![5]);
+    let conv2 = match &g.node("conv2").unwrap().op {
+        prunekit_graph::Op::Conv2d(c) => c.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((conv2.in_channels, conv2.out_channels), (5, 3));
+    assert_eq!(
+        g.node("conv2").unwrap().params["weight"]
+            .mask
+            .as_ref()
+            .unwrap()
+            .dims(),
+        &[3, 5, 3, 3]
+    );
+
+    let (tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    assert_same_outputs(&g, &back, &[randn_f32(&[2, 3, 8, 8], 13)]);
+    let json = std::fs::read_to_string(tmp.path().join("model").join(STRUCTURE_FILE)).unwrap();
+    assert!(json.contains("\"out_channels\": 5"), "{json}");
+    assert!(json.contains("\"num_features\": 3"), "{json}");
+}
+
+#[test]
+fn odd_widths_built_directly_roundtrip() {
+    let mut b = GraphBuilder::new("odd", 1);
+    let x = b.input("x", &[3, 7, 5]);
+    let mut c = Conv2d::new(3, 7, 3);
+    c.kernel = [3, 1];
+    c.stride = 2;
+    let x = b.node(c, &[&x]).unwrap();
+    let x = b.batch_norm(&x).unwrap();
+    let x = b.conv2d(&x, 5, 1, 1, 0).unwrap();
+    let x = b.flatten(&x).unwrap();
+    let y = b.linear(&x, 11).unwrap();
+    let g = b.finish(&[&y]).unwrap();
+    let (_tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    assert_same_outputs(&g, &back, &[randn_f32(&[2, 3, 7, 5], 14)]);
+}
+
+#[test]
+fn masks_survive_and_keep_working() {
+    let mut g = cnn();
+    let m1 = random_mask(&[8, 3, 3, 3], 15);
+    let m2 = random_mask(&[5, 6], 16);
+    g.set_mask("conv1", "weight", m1.clone()).unwrap();
+    g.set_mask("linear1", "weight", m2.clone()).unwrap();
+    let (_tmp, back) = roundtrip(&g);
+    for (node, m) in [("conv1", &m1), ("linear1", &m2)] {
+        let p = &back.node(node).unwrap().params["weight"];
+        assert_eq!(bits(p.mask.as_ref().unwrap()), bits(m));
+        // masked values are exactly zero after loading
+        let masked = (p.tensor() * (1.0 - m).unwrap()).unwrap();
+        assert_eq!(
+            masked
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        // and stay zero after a change and apply_masks
+        p.value
+            .set(&Tensor::ones(p.tensor().dims(), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        back.apply_masks().unwrap();
+        assert_eq!(bits(p.tensor()), bits(m));
+    }
+    // parameters without a mask still have none
+    assert!(back.node("conv2").unwrap().params["weight"].mask.is_none());
+}
+
+// ----------------------------------------------------------------------------------------------
+// bad input: errors, not panics, naming the file and the problem
+
+fn saved_cnn() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save(&cnn(), &dir).unwrap();
+    (tmp, dir)
+}
+
+/// Loads and expects an error; a panic fails with a clear message.
+fn load_err(path: &Path) -> GraphError {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(path, &Device::Cpu)));
+    match r {
+        Err(_) => panic!("load panicked instead of returning an error"),
+        Ok(Ok(_)) => panic!("load succeeded on bad input"),
+        Ok(Err(e)) => e,
+    }
+}
+
+fn assert_mentions(e: &GraphError, parts: &[&str]) {
+    let msg = e.to_string();
+    for p in parts {
+        assert!(msg.contains(p), "error `{msg}` does not mention `{p}`");
+    }
+}
+
+fn edit_json(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join(STRUCTURE_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn node_json<'a>(v: &'a mut serde_json::Value, name: &str) -> &'a mut serde_json::Value {
+    v["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+fn rewrite_weights(dir: &Path, f: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let p = dir.join(WEIGHTS_FILE);
+    let mut t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    f(&mut t);
+    candle_core::safetensors::save(&t, &p).unwrap();
+}
+
+#[test]
+fn missing_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("no-such-model");
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+    assert_mentions(&e, &["no-such-model", "no such model directory"]);
+}
+
+#[test]
+fn missing_model_json() {
+    let (_tmp, dir) = saved_cnn();
+    std::fs::remove_file(dir.join(STRUCTURE_FILE)).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::Io { .. }), "{e:?}");
+    assert_mentions(&e, &[STRUCTURE_FILE]);
+}
+
+#[test]
+fn missing_weights_file() {
+    let (_tmp, dir) = saved_cnn();
+    std::fs::remove_file(dir.join(WEIGHTS_FILE)).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::Io { .. }), "{e:?}");
+    assert_mentions(&e, &[WEIGHTS_FILE]);
+}
+
+#[test]
+fn truncated_weights_file() {
+    let (_tmp, dir) = saved_cnn();
+    let p = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&p).unwrap();
+    for len in [bytes.len() / 2, bytes.len() - 1, 12, 4, 0] {
+        std::fs::write(&p, &bytes[..len]).unwrap();
+        let e = load_err(&dir);
+        assert!(matches!(e, GraphError::File { .. }), "{len} bytes: {e:?}");
+        assert_mentions(&e, &[WEIGHTS_FILE, "corrupt or truncated"]);
+    }
+}
+
+#[test]
+fn corrupt_json() {
+    let (_tmp, dir) = saved_cnn();
+    let p = dir.join(STRUCTURE_FILE);
+    let text = std::fs::read_to_string(&p).unwrap();
+    for bad in ["{ not json", &text[..text.len() / 2], "", "[]"] {
+        std::fs::write(&p, bad).unwrap();
+        let e = load_err(&dir);
+        assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+        assert_mentions(&e, &[STRUCTURE_FILE]);
+    }
+}
+
+#[test]
+fn unknown_op_type() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "relu1")["op"]["type"] = "fancy_relu".into()
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "unknown variant", "fancy_relu"]);
+}
+
+#[test]
+fn unknown_attribute() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "conv1")["op"]["kernal"] = serde_json::json!([3, 3])
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "kernal"]);
+}
+
+#[test]
+fn attributes_that_do_not_fit_the_weights() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "linear1")["op"]["in_features"] = 7.into()
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &["linear1.weight", "[5, 6]", "[5, 7]"]);
+    assert!(
+        e.to_string().contains(STRUCTURE_FILE) || e.to_string().contains(WEIGHTS_FILE),
+        "{e}"
+    );
+}
+
+#[test]
+fn shapes_that_do_not_fit_each_other() {
+    // the weights match every op's attributes, but the input no longer fits conv1
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        v["inputs"][0]["shape"] = serde_json::json!([4, 8, 8])
+    });
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+    assert_mentions(&e, &[STRUCTURE_FILE, "conv1", "4 channels"]);
+
+    // a node reading a value that is not defined before it
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "relu1")["inputs"] = serde_json::json!(["nowhere"])
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "relu1", "nowhere"]);
+
+    // an output that does not exist
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| v["outputs"] = serde_json::json!(["logits"]));
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "logits"]);
+}
+
+#[test]
+fn wrong_format_version() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| v["version"] = 2.into());
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+    assert_mentions(&e, &[STRUCTURE_FILE, "version 2", "not supported"]);
+    assert_eq!(format::FORMAT_VERSION, 1);
+}
+
+#[test]
+fn wrong_format_name() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| v["format"] = "onnx".into());
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "onnx", format::FORMAT_NAME]);
+}
+
+#[test]
+fn extra_tensor_in_weights() {
+    let (_tmp, dir) = saved_cnn();
+    rewrite_weights(&dir, |t| {
+        t.insert(
+            "ghost.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&dir);
+    assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+    assert_mentions(
+        &e,
+        &[WEIGHTS_FILE, "ghost.weight", "belongs to no parameter"],
+    );
+}
+
+#[test]
+fn missing_tensor_in_weights() {
+    let (_tmp, dir) = saved_cnn();
+    rewrite_weights(&dir, |t| {
+        t.remove("batch_norm2.running_var").unwrap();
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[WEIGHTS_FILE, "batch_norm2.running_var", "missing"]);
+}
+
+#[test]
+fn tensor_of_the_wrong_shape() {
+    let (_tmp, dir) = saved_cnn();
+    rewrite_weights(&dir, |t| {
+        t.insert(
+            "conv1.bias".into(),
+            Tensor::zeros(9, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[WEIGHTS_FILE, "conv1.bias", "[9]", "[8]"]);
+}
+
+#[test]
+fn mask_of_the_wrong_shape() {
+    let (_tmp, dir) = saved_cnn();
+    rewrite_weights(&dir, |t| {
+        t.insert(
+            "conv1.weight.mask".into(),
+            Tensor::ones((8, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &["conv1", "weight", "mask"]);
+}
+
+#[test]
+fn save_protected_refuses_the_input_dir() {
+    let (tmp, dir) = saved_cnn();
+    let before_json = std::fs::read(dir.join(STRUCTURE_FILE)).unwrap();
+    let before_weights = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let other = transformer();
+    // the same directory, spelled three ways
+    let spellings = [
+        dir.clone(),
+        dir.join("."),
+        tmp.path().join("model/../model"),
+    ];
+    for out in &spellings {
+        let r = save_protected(&other, out, Some(&dir));
+        let e = r.expect_err("save_protected wrote over its input");
+        assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+        assert_mentions(&e, &["model", "refusing to overwrite"]);
+    }
+    assert_eq!(
+        std::fs::read(dir.join(STRUCTURE_FILE)).unwrap(),
+        before_json
+    );
+    assert_eq!(
+        std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(),
+        before_weights
+    );
+
+    // another directory is fine, and so is no protection
+    let out = tmp.path().join("pruned");
+    save_protected(&other, &out, Some(&dir)).unwrap();
+    assert_same_graph(&other, &load(&out, &Device::Cpu).unwrap());
+    save_protected(&other, &out, None).unwrap();
+}
+
+/// `load` accepts a model directory or its model.json, so the input model may be named either way.
+#[test]
+#[ignore = "bug (src/format.rs:64-69, same_path/save_protected): protect given as `<dir>/model.json` (a path load \
+            accepts) is compared to the output dir as is, so save_protected overwrites the input model"]
+fn save_protected_refuses_the_input_given_as_its_model_json() {
+    let (_tmp, dir) = saved_cnn();
+    let before = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let r = save_protected(&transformer(), &dir, Some(&dir.join(STRUCTURE_FILE)));
+    assert!(r.is_err(), "save_protected wrote over its input");
+    assert_eq!(std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(), before);
+}
+
+#[test]
+fn save_rejects_an_invalid_graph_and_writes_nothing() {
+    let mut g = cnn();
+    g.outputs = vec!["nowhere".into()];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    let e = save(&g, &dir).unwrap_err();
+    assert!(matches!(e, GraphError::UnknownOutput(_)), "{e:?}");
+    assert!(!dir.exists());
+}
