@@ -151,8 +151,14 @@ pub fn run(iters: usize, json_out: bool) -> Result<()> {
 
         let (fg, fd) = race(
             iters,
-            &mut || Ok(drop(exec.eval(&g, std::slice::from_ref(&x))?)),
-            &mut || Ok(drop(direct.forward(&x, false)?)),
+            &mut || {
+                exec.eval(&g, std::slice::from_ref(&x))?;
+                Ok(())
+            },
+            &mut || {
+                direct.forward(&x, false)?;
+                Ok(())
+            },
         )?;
         let mut exec = Executor::new(0);
         let mut opt = prunekit_train::OptimizerKind::sgd(0.0, 0.0).build(lr);

@@ -77,13 +77,11 @@ fn load_model(path: &Path) -> Result<Graph> {
 }
 
 fn check_output(input: &Path, output: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-        if a == b {
-            bail!(
-                "{}: refusing to overwrite the input model; choose another output directory",
-                output.display()
-            );
-        }
+    if format::same_model(input, output) {
+        bail!(
+            "{}: refusing to overwrite the input model; choose another output directory",
+            output.display()
+        );
     }
     Ok(())
 }
@@ -127,7 +125,7 @@ fn train_config(a: &TrainArgs, n_train: usize, progress: bool, label: &str) -> R
     if a.batch_size == 0 || a.epochs == 0 {
         bail!("--epochs and --batch-size must be positive");
     }
-    if !(a.lr > 0.0) {
+    if a.lr.is_nan() || a.lr <= 0.0 {
         bail!("--lr must be positive, got {}", a.lr);
     }
     let steps = a.epochs * n_train.div_ceil(a.batch_size);

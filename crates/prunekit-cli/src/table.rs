@@ -60,7 +60,7 @@ mod tests {
     #[test]
     fn aligns_columns() {
         let t = render(&["a", "bb"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "a     bb\n---  --\nxyz   1");
+        assert_eq!(t, "a    bb\n---  --\nxyz   1");
         assert_eq!(human(1_234_567.0), "1.23M");
         assert_eq!(human(999.0), "999");
     }

@@ -43,10 +43,16 @@ pub enum GraphError {
         node: String,
         op: String,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<candle_core::Error> for GraphError {
+    fn from(e: candle_core::Error) -> Self {
+        GraphError::Candle(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, GraphError>;

@@ -63,8 +63,21 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
+/// The model directory of a path that names either the directory or its model.json.
+pub fn model_dir(path: &Path) -> PathBuf {
+    if path.file_name().is_some_and(|f| f == STRUCTURE_FILE) {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Whether two paths name the same model directory (either may name its model.json).
+pub fn same_model(a: &Path, b: &Path) -> bool {
+    match (model_dir(a).canonicalize(), model_dir(b).canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
@@ -73,7 +86,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 /// Saves a graph into `dir` (created if needed). Refuses to write over `protect` (the input model).
 pub fn save_protected(g: &Graph, dir: &Path, protect: Option<&Path>) -> Result<()> {
     if let Some(p) = protect {
-        if same_path(p, dir) {
+        if same_model(p, dir) {
             return Err(GraphError::file(
                 dir,
                 "refusing to overwrite the input model; choose another output directory",
@@ -132,11 +145,7 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
 
 /// Loads a model directory (or a path to its model.json) onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Graph> {
-    let dir: PathBuf = if path.file_name().is_some_and(|f| f == STRUCTURE_FILE) {
-        path.parent().unwrap_or(Path::new(".")).to_path_buf()
-    } else {
-        path.to_path_buf()
-    };
+    let dir = model_dir(path);
     if !dir.exists() {
         return Err(GraphError::file(&dir, "no such model directory"));
     }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use rand::rngs::StdRng;
 
 use crate::error::{GraphError, Result};
@@ -39,14 +39,19 @@ impl Mode {
     };
 }
 
-/// Capture requests and captured tensors. Captured outputs of a pass with `grad` on stay in the
-/// autodiff graph, so `GradStore::get` on them gives activation gradients after `backward()`.
+/// Capture requests and captured tensors.
+///
+/// candle's `backward` keeps gradients of variables only, so for the nodes in `capture_grads` the
+/// runtime adds a zero variable (a probe) to the node's output in a pass with `grad` on;
+/// [`Hooks::output_grad`] then reads the activation gradient from the probe after `backward()`.
 #[derive(Debug, Default)]
 pub struct Hooks {
     pub capture_outputs: HashSet<String>,
     pub capture_inputs: HashSet<String>,
+    pub capture_grads: HashSet<String>,
     pub outputs: HashMap<String, Tensor>,
     pub inputs: HashMap<String, Vec<Tensor>>,
+    probes: HashMap<String, Var>,
 }
 
 impl Hooks {
@@ -61,6 +66,18 @@ impl Hooks {
             capture_inputs: names.into_iter().map(Into::into).collect(),
             ..Default::default()
         }
+    }
+    pub fn grads_of<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            capture_grads: names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+    /// Gradient of the loss with respect to the output of node `name` (requested in `capture_grads`).
+    pub fn output_grad(&self, name: &str, grads: &GradStore) -> Option<Tensor> {
+        self.probes
+            .get(name)
+            .and_then(|v| grads.get(v.as_tensor()).cloned())
     }
 }
 
@@ -144,9 +161,15 @@ impl Executor {
                     .map_err(|e| GraphError::Forward {
                         node: n.name.clone(),
                         op: n.op.type_name().to_string(),
-                        source: e,
+                        source: Box::new(e),
                     })?;
+            let mut y = y;
             if let Some(h) = hooks.as_deref_mut() {
+                if mode.grad && h.capture_grads.contains(&n.name) {
+                    let probe = Var::zeros(y.shape(), y.dtype(), y.device())?;
+                    y = (y + probe.as_tensor())?;
+                    h.probes.insert(n.name.clone(), probe);
+                }
                 if h.capture_inputs.contains(&n.name) {
                     h.inputs.insert(n.name.clone(), xs.clone());
                 }

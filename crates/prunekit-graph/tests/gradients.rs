@@ -195,9 +195,6 @@ fn conv2d_rectangular_kernel() {
 /// Non-square input with stride 2 where height and width need different `out_padding` in the
 /// transposed convolution of the input gradient.
 #[test]
-#[ignore = "bug (src/ops/conv.rs forward relies on candle-core 0.11.1's Conv2D backward, backprop.rs:283-289, which \
-            derives the input gradient's out_padding from the height only): a stride-2 conv on a 7x8 input fails in \
-            backward with `shape mismatch in add, lhs: [2, 2, 7, 8], rhs: [2, 2, 7, 7]`"]
 fn conv2d_stride2_non_square_input() {
     let c = check_op(
         conv(2, 2, 3, 2, 1, 1, 1),
@@ -443,8 +440,6 @@ fn add_broadcasting_same_rank() {
 /// on per-sample shapes), but the forward broadcasts the batched tensors [B, 3, 4] and [B, 4], so
 /// the batch axis of the lower-rank input is aligned with a per-sample axis.
 #[test]
-#[ignore = "bug (src/ops/elementwise.rs, Add/Mul forward `fold`): inputs of lower per-sample rank are broadcast \
-            with their batch axis right-aligned against a per-sample axis; [B,3,4] + [B,4] fails with a shape mismatch"]
 fn add_broadcasting_lower_rank() {
     let c = check_op(
         Add {},
@@ -491,8 +486,6 @@ fn mul_broadcasting() {
 }
 
 #[test]
-#[ignore = "bug (src/ops/elementwise.rs, Add/Mul forward `fold`): inputs of lower per-sample rank are broadcast \
-            with their batch axis right-aligned against a per-sample axis; [B,3,5,4] * [B,4] fails with a shape mismatch"]
 fn mul_broadcasting_lower_rank() {
     let c = check_op(
         Mul {},
@@ -809,4 +802,32 @@ fn small_transformer_gradients_match_finite_differences() {
     randomize_params(&g, 104);
     let c = grad_check(&g, &[ids(&[2, 6], 10, 105)], false);
     assert_eq!(c.len(), 13);
+}
+
+#[test]
+fn one_value_read_twice_by_one_node() {
+    // x * x and x + x: both uses of the value accumulate into its gradient
+    let mut b = GraphBuilder::new("square", 0);
+    let x = b.input("x", &[5]);
+    let sq = b.mul(&x, &x).unwrap();
+    let y = b.add(&sq, &sq).unwrap();
+    let g = f64_graph(b.finish(&[&y]).unwrap(), 0);
+    let c = grad_check(&g, &[randn(&[3, 5], 110)], true);
+    expect_checked(&c, &["input 0"]);
+}
+
+#[test]
+fn residual_fan_out_and_two_outputs() {
+    // x feeds a conv branch and a 1x1 skip; the sum is both an output and pooled into a head
+    let mut b = GraphBuilder::new("residual", 2);
+    let x = b.input("x", &[2, 5, 5]);
+    let c = b.conv2d(&x, 3, 3, 1, 1).unwrap();
+    let c = b.tanh(&c).unwrap();
+    let s = b.conv2d(&x, 3, 1, 1, 0).unwrap();
+    let sum = b.add(&c, &s).unwrap();
+    let p = b.global_avg_pool(&sum).unwrap();
+    let y = b.linear(&p, 2).unwrap();
+    let g = f64_graph(b.finish(&[&y, &sum]).unwrap(), 111);
+    let c = grad_check(&g, &[randn(&[2, 2, 5, 5], 112)], true);
+    assert_eq!(c.len(), 7);
 }

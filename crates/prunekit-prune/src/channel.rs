@@ -300,7 +300,7 @@ mod tests {
 
     fn output(g: &Graph, x: &Tensor) -> Vec<f32> {
         Executor::new(0)
-            .run(g, &[x.clone()], Mode::EVAL, None)
+            .run(g, std::slice::from_ref(x), Mode::EVAL, None)
             .unwrap()[0]
             .flatten_all()
             .unwrap()

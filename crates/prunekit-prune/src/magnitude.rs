@@ -64,7 +64,7 @@ pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Ve
         check_ratio("unstructured", r)?;
     }
     if let Target::Threshold(t) = target {
-        if !(t >= 0.0) {
+        if t.is_nan() || t < 0.0 {
             return Err(PruneError::Invalid(format!(
                 "threshold {t} must be a non-negative number"
             )));

@@ -157,8 +157,8 @@ impl OpRules for Dropout {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.p;
-        let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
+        let scale = 1.0 / keep;
+        let mask: Vec<f64> = (0..x.elem_count())
             .map(|_| {
                 if ctx.rng.random::<f64>() < keep {
                     scale

@@ -25,13 +25,25 @@ fn broadcast(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// Folds batched inputs with `f`, first giving lower-rank inputs unit axes after the batch axis so
+/// broadcasting aligns per-sample axes from the right (the batch axis stays first).
 fn fold(
     xs: &[Tensor],
     f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let mut acc = xs[0].clone();
+    let rank = xs.iter().map(|x| x.rank()).max().unwrap_or(0);
+    let align = |x: &Tensor| -> candle_core::Result<Tensor> {
+        if x.rank() == rank {
+            return Ok(x.clone());
+        }
+        let mut dims = vec![x.dim(0)?];
+        dims.extend(std::iter::repeat_n(1, rank - x.rank()));
+        dims.extend_from_slice(&x.dims()[1..]);
+        x.reshape(dims)
+    };
+    let mut acc = align(&xs[0])?;
     for x in &xs[1..] {
-        acc = f(&acc, x)?;
+        acc = f(&acc, &align(x)?)?;
     }
     Ok(acc)
 }

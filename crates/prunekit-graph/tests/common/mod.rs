@@ -150,7 +150,11 @@ fn assert_close(what: &str, analytic: &[f64], numeric: &[f64]) {
         let tol = ATOL + RTOL * a.abs().max(n.abs());
         let within = err <= tol; // false for NaN
         if !within {
-            let ratio = if err.is_nan() { f64::INFINITY } else { err / tol };
+            let ratio = if err.is_nan() {
+                f64::INFINITY
+            } else {
+                err / tol
+            };
             match worst {
                 Some((_, r)) if r >= ratio => {}
                 _ => worst = Some((i, ratio)),

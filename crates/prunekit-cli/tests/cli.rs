@@ -1,0 +1,221 @@
+//! End-to-end tests of the `prunekit` binary: the commands chain on model directories, `--json` prints
+//! what it promises, and bad input is a one-line error with a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn prunekit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prunekit"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = prunekit(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, one line of error mentioning every `needles`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = prunekit(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: expected a one-line error, got: {err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{args:?}: error `{err}` does not mention `{n}`"
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A small trained model (one epoch of the digits MLP).
+fn trained_model(dir: &Path) -> PathBuf {
+    let m = dir.join("mlp");
+    let v = ok_json(&[
+        "train",
+        "--arch",
+        "digits-mlp",
+        "--data",
+        "digits",
+        "--epochs",
+        "5",
+        "-o",
+        s(&m),
+        "--json",
+    ]);
+    assert_eq!(v["epochs"].as_array().map(|a| a.len()), Some(5));
+    m
+}
+
+#[test]
+fn train_info_prune_finetune_eval_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    let info = ok_json(&["info", s(&m), "--json"]);
+    assert_eq!(
+        info["params"],
+        64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    );
+    assert_eq!(info["layers"].as_array().unwrap().len(), 6);
+
+    let p = tmp.path().join("pruned");
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&p),
+        "--structured",
+        "0.5",
+        "--unstructured",
+        "0.5",
+        "--json",
+    ]);
+    let (b, a) = (
+        v["before"]["params"].as_u64().unwrap(),
+        v["after"]["params"].as_u64().unwrap(),
+    );
+    assert!(
+        a < b / 2,
+        "structured 0.5 removes at least half the params: {b} -> {a}"
+    );
+    assert!(v["after"]["nonzeros"].as_u64().unwrap() < a);
+    let info = ok_json(&["info", s(&p), "--json"]);
+    assert_eq!(
+        info["params"].as_u64(),
+        Some(a),
+        "the saved model has the pruned widths"
+    );
+
+    let f = tmp.path().join("finetuned");
+    ok_json(&["finetune", s(&p), "-o", s(&f), "--epochs", "3", "--json"]);
+    let e = ok_json(&["eval", s(&f), "--json"]);
+    assert_eq!(
+        e["dataset"], "digits",
+        "the dataset is remembered in the model"
+    );
+    assert!(e["accuracy"].as_f64().unwrap() > 0.5);
+    assert_eq!(
+        e["nonzeros"], v["after"]["nonzeros"],
+        "fine-tuning keeps the masks"
+    );
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    fails_with(&["info", "/no/such/model"], &["/no/such/model"]);
+    fails_with(
+        &["prune", s(&m), "-o", s(&m), "--structured", "0.5"],
+        &["overwrite"],
+    );
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            s(&tmp.path().join("x")),
+            "--structured",
+            "1.5",
+        ],
+        &["1.5"],
+    );
+    fails_with(
+        &["eval", s(&m), "--data", "/no/such/data"],
+        &["/no/such/data", "does not exist"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--arch",
+            "resnet-9000",
+            "--data",
+            "digits",
+            "-o",
+            s(&tmp.path().join("y")),
+        ],
+        &["resnet-9000"],
+    );
+
+    // corrupt files, each in a copy of the model
+    let copy = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["model.json", "model.safetensors"] {
+            std::fs::copy(m.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let d = copy("truncated");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["info", s(&d)], &["model.safetensors"]);
+
+    let d = copy("badjson");
+    std::fs::write(d.join("model.json"), "{ not json").unwrap();
+    fails_with(&["info", s(&d)], &["model.json"]);
+
+    let d = copy("unknownop");
+    let text = std::fs::read_to_string(d.join("model.json"))
+        .unwrap()
+        .replacen("\"relu\"", "\"frobnicate\"", 1);
+    std::fs::write(d.join("model.json"), text).unwrap();
+    fails_with(&["info", s(&d)], &["model.json", "frobnicate"]);
+
+    let d = copy("misfit");
+    let text = std::fs::read_to_string(d.join("model.json"))
+        .unwrap()
+        .replacen("\"in_features\": 128", "\"in_features\": 127", 1);
+    std::fs::write(d.join("model.json"), text).unwrap();
+    fails_with(&["info", s(&d)], &["linear2"]);
+
+    let d = copy("nosafetensors");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    fails_with(&["eval", s(&d)], &["model.safetensors"]);
+    // the input model was never touched
+    assert!(m.join("model.json").exists() && m.join("model.safetensors").exists());
+}
+
+#[test]
+fn demo_json_has_before_and_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = ok_json(&["demo", "--json", "--save", s(tmp.path())]);
+    for side in ["before", "after"] {
+        for key in ["accuracy", "params", "nonzeros", "macs", "latency_ms"] {
+            assert!(v[side][key].is_number(), "{side}.{key} missing in {v}");
+        }
+    }
+    let (b, a) = (&v["before"], &v["after"]);
+    assert!(
+        b["accuracy"].as_f64().unwrap() > 0.9,
+        "the dense CNN learns digits: {b}"
+    );
+    assert!(
+        a["accuracy"].as_f64().unwrap() > 0.85,
+        "the pruned CNN recovers: {a}"
+    );
+    assert!(a["macs"].as_u64().unwrap() * 3 < b["macs"].as_u64().unwrap());
+    assert!(a["nonzeros"].as_u64().unwrap() * 5 < b["nonzeros"].as_u64().unwrap());
+    assert!(tmp.path().join("pruned/model.json").exists());
+}
