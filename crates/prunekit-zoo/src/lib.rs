@@ -109,6 +109,37 @@ mod tests {
     }
 
     #[test]
+    fn every_trainable_parameter_of_every_model_gets_a_gradient() {
+        use prunekit_graph::{param_grads, Executor, Mode};
+        for name in names() {
+            let g = build(name, 1).unwrap();
+            let mut dims = vec![4];
+            dims.extend_from_slice(&g.inputs[0].shape);
+            let x = candle_core::Tensor::randn(0f32, 1.0, dims, &candle_core::Device::Cpu).unwrap();
+            let y = Executor::new(0)
+                .run(&g, &[x], Mode::TRAIN, None)
+                .unwrap()
+                .remove(0);
+            let w = candle_core::Tensor::randn(0f32, 1.0, y.shape(), y.device()).unwrap();
+            let grads = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = param_grads(&g, &grads);
+            for (n, k, _) in g.trainable() {
+                let gr = got
+                    .get(&(n.name.clone(), k.clone()))
+                    .unwrap_or_else(|| panic!("{name}: no gradient for {}.{k}", n.name));
+                let mag = gr
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(mag > 0.0, "{name}: zero gradient for {}.{k}", n.name);
+            }
+        }
+    }
+
+    #[test]
     fn unknown_name_lists_the_known_ones() {
         let err = build("resnet-9000", 0).unwrap_err().to_string();
         assert!(err.contains("digits-cnn"), "{err}");
