@@ -231,16 +231,27 @@ fn summary_json(s: &Summary) -> serde_json::Value {
     })
 }
 
+fn ratio(before: f64, after: f64) -> String {
+    if before > 0.0 {
+        format!("{:.2}x", after / before)
+    } else {
+        "-".into()
+    }
+}
+
+/// A row of counts: before, after, after/before.
+fn count_row(label: &str, before: f64, after: f64) -> Vec<String> {
+    vec![
+        label.into(),
+        human(before),
+        human(after),
+        ratio(before, after),
+    ]
+}
+
 /// The before/after table: one row per measure, with the ratio after/before.
 fn before_after_table(b: &Summary, a: &Summary) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
-    let ratio = |x: f64, y: f64| {
-        if x > 0.0 {
-            format!("{:.2}x", y / x)
-        } else {
-            "-".into()
-        }
-    };
     let rows = vec![
         vec![
             "accuracy".into(),
@@ -251,30 +262,14 @@ fn before_after_table(b: &Summary, a: &Summary) -> String {
                 _ => "-".into(),
             },
         ],
-        vec![
-            "params".into(),
-            human(b.params as f64),
-            human(a.params as f64),
-            ratio(b.params as f64, a.params as f64),
-        ],
-        vec![
-            "nonzeros".into(),
-            human(b.nonzeros as f64),
-            human(a.nonzeros as f64),
-            ratio(b.nonzeros as f64, a.nonzeros as f64),
-        ],
-        vec![
-            "MACs".into(),
-            human(b.macs as f64),
-            human(a.macs as f64),
-            ratio(b.macs as f64, a.macs as f64),
-        ],
-        vec![
-            "MACs (zeros skipped)".into(),
-            human(b.effective_macs as f64),
-            human(a.effective_macs as f64),
-            ratio(b.effective_macs as f64, a.effective_macs as f64),
-        ],
+        count_row("params", b.params as f64, a.params as f64),
+        count_row("nonzeros", b.nonzeros as f64, a.nonzeros as f64),
+        count_row("MACs", b.macs as f64, a.macs as f64),
+        count_row(
+            "MACs (zeros skipped)",
+            b.effective_macs as f64,
+            a.effective_macs as f64,
+        ),
         vec![
             "latency (batch 1)".into(),
             format!("{:.3} ms", b.latency_ms),

@@ -59,23 +59,6 @@ fn linear_without_bias() {
     expect_checked(&c, &["op.weight", "input 0"]);
 }
 
-fn conv(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    groups: usize,
-) -> Conv2d {
-    let mut c = Conv2d::new(cin, cout, k);
-    c.stride = stride;
-    c.padding = padding;
-    c.dilation = dilation;
-    c.groups = groups;
-    c
-}
-
 #[test]
 fn conv2d_plain() {
     let c = check_op(

@@ -25,23 +25,6 @@ fn shape_macs(op: impl Into<Op>, ins: &[&[usize]]) -> (Vec<usize>, u64) {
     (out, macs)
 }
 
-fn conv(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    groups: usize,
-) -> Conv2d {
-    let mut c = Conv2d::new(cin, cout, k);
-    c.stride = stride;
-    c.padding = padding;
-    c.dilation = dilation;
-    c.groups = groups;
-    c
-}
-
 fn pool(k: usize, s: usize, p: usize) -> Pool2dAttrs {
     Pool2dAttrs {
         kernel: [k, k],

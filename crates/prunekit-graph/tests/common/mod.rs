@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
+use prunekit_graph::ops::Conv2d;
 use prunekit_graph::{param_grads, Executor, Graph, GraphBuilder, Mode, Op, Role, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -291,4 +292,22 @@ pub fn bits(t: &Tensor) -> Vec<u64> {
             .collect(),
         other => panic!("bits: unsupported dtype {other:?}"),
     }
+}
+
+/// A conv2d op with every geometry attribute set.
+pub fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> Conv2d {
+    let mut c = Conv2d::new(cin, cout, k);
+    c.stride = stride;
+    c.padding = padding;
+    c.dilation = dilation;
+    c.groups = groups;
+    c
 }
