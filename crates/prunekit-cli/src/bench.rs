@@ -131,11 +131,12 @@ fn race(
     Ok((median(ta), median(tb)))
 }
 
-pub fn run(iters: usize, json_out: bool) -> Result<()> {
+pub fn run(iters: usize, profile: bool, json_out: bool) -> Result<()> {
     let batch = 32;
     let lr = 0.01;
     let mut rows = Vec::new();
     let mut results = Vec::new();
+    let mut profiles = Vec::new();
     for arch in ["digits-cnn", "reference-cnn"] {
         let g = prunekit_zoo::build(arch, 0)?;
         let direct = Direct::from_graph(&g)?;
@@ -180,6 +181,10 @@ pub fn run(iters: usize, json_out: bool) -> Result<()> {
                 Ok(())
             },
         )?;
+        if profile {
+            let ops = prunekit_measure::profile::profile_training_step(&g, &x, iters)?;
+            profiles.push(json!({ "model": arch, "batch": batch, "ops": ops }));
+        }
         for (what, a, b) in [("forward (eval)", fg, fd), ("training step", tg, td)] {
             rows.push(vec![
                 arch.to_string(),
@@ -196,7 +201,7 @@ pub fn run(iters: usize, json_out: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "batch": batch, "iters": iters, "threads": threads, "results": results })
+                &json!({ "batch": batch, "iters": iters, "threads": threads, "results": results, "profiles": profiles })
             )?
         );
     } else {
@@ -214,6 +219,41 @@ pub fn run(iters: usize, json_out: bool) -> Result<()> {
                 &rows
             )
         );
+        for p in &profiles {
+            print_profile(p, iters);
+        }
     }
     Ok(())
+}
+
+/// Prints one model's per-op profile with each op's share of the step.
+fn print_profile(p: &serde_json::Value, iters: usize) {
+    let ops = p["ops"].as_array().cloned().unwrap_or_default();
+    let num = |o: &serde_json::Value, k: &str| o[k].as_f64().unwrap_or(0.0);
+    let total: f64 = ops
+        .iter()
+        .map(|o| num(o, "forward_ms") + num(o, "backward_ms"))
+        .sum();
+    println!(
+        "\nper-op training-step profile: {} (batch {}, median of {iters}; total {total:.3} ms)",
+        p["model"].as_str().unwrap_or(""),
+        p["batch"]
+    );
+    let rows: Vec<Vec<String>> = ops
+        .iter()
+        .map(|o| {
+            let (f, b) = (num(o, "forward_ms"), num(o, "backward_ms"));
+            vec![
+                o["node"].as_str().unwrap_or("").to_string(),
+                o["op"].as_str().unwrap_or("").to_string(),
+                format!("{f:.3}"),
+                format!("{b:.3}"),
+                format!("{:.1}%", 100.0 * (f + b) / total.max(1e-12)),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        render(&["node", "op", "forward ms", "backward ms", "share"], &rows)
+    );
 }

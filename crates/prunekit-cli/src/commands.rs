@@ -67,7 +67,11 @@ pub fn run(cmd: Command) -> Result<()> {
             json,
         ),
         Command::Eval { model, data, json } => eval_cmd(&model, &data, json),
-        Command::Bench { iters, json } => crate::bench::run(iters, json),
+        Command::Bench {
+            iters,
+            profile,
+            json,
+        } => crate::bench::run(iters, profile, json),
     }
 }
 

@@ -109,6 +109,9 @@ enum Command {
         /// timed iterations per measurement
         #[arg(long, default_value_t = 30)]
         iters: usize,
+        /// also print each op's forward and backward time in a training step
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         json: bool,
     },

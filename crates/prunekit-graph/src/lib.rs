@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod graph;
+pub mod kernels;
 pub mod ops;
 pub mod runtime;
 

@@ -1,6 +1,8 @@
 //! Measuring a model for real: accuracy on held-out data, parameter and nonzero counts, MACs counted
 //! from the graph, the size of the saved files, and latency (median of many timed runs after warm-up).
 
+pub mod profile;
+
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};

@@ -122,28 +122,14 @@ impl OpRules for Conv2d {
     }
 
     fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
-        let x = &xs[0];
-        let w = p.get("weight")?;
-        let (_, _, h, wd) = x.dims4()?;
-        let span = |k: usize| self.dilation * (k - 1) + 1;
-        let slack = |len: usize, k: usize| (len + 2 * self.padding - span(k)) % self.stride;
-        let y = if slack(h, self.kernel[0]) == slack(wd, self.kernel[1]) {
-            x.conv2d(&w, self.padding, self.stride, self.dilation, self.groups)?
-        } else {
-            // candle's conv backward derives the input gradient's extent from the height alone, so
-            // when height and width leave different remainders under the stride, pad explicitly
-            // and crop what no window reads: both remainders become zero.
-            let (oh, ow) = (
-                (h + 2 * self.padding - span(self.kernel[0])) / self.stride + 1,
-                (wd + 2 * self.padding - span(self.kernel[1])) / self.stride + 1,
-            );
-            let pad = self.padding;
-            x.pad_with_zeros(2, pad, pad)?
-                .pad_with_zeros(3, pad, pad)?
-                .narrow(2, 0, (oh - 1) * self.stride + span(self.kernel[0]))?
-                .narrow(3, 0, (ow - 1) * self.stride + span(self.kernel[1]))?
-                .conv2d(&w, 0, self.stride, self.dilation, self.groups)?
-        };
+        let y = crate::kernels::conv::conv2d(
+            &xs[0],
+            &p.get("weight")?,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )?;
         match p.opt("bias")? {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),

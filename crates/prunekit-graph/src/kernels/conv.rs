@@ -1,0 +1,516 @@
+//! 2-D convolution on the CPU: im2col + GEMM forward, and both backward passes (GEMM + col2im for the
+//! input gradient, GEMM over im2col for the weight gradient). 1x1 convolutions with stride 1 and no
+//! padding skip im2col. Work is split over samples when the batch can feed every thread, otherwise
+//! inside the GEMM.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{matmul, Elem, Mat};
+
+/// The geometry of one convolution call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub dil: usize,
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Rows of the im2col matrix of one group.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    /// 1x1, stride 1, no padding: the input plane block is already the im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Input column of output column `o` for kernel tap `t`, or None in the padding.
+    #[inline]
+    fn src(&self, o: usize, t: usize, len: usize) -> Option<usize> {
+        let i = (o * self.stride + t * self.dil) as isize - self.pad as isize;
+        (i >= 0 && (i as usize) < len).then_some(i as usize)
+    }
+
+    /// col[k, oh*ow] from one group's input planes x[cg, h, w].
+    fn im2col<T: Elem>(&self, x: &[T], col: &mut [T]) {
+        let (ohw, hw) = (self.ohw(), self.hw());
+        for ci in 0..self.cg() {
+            let plane = &x[ci * hw..(ci + 1) * hw];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let dst = &mut col[row * ohw..(row + 1) * ohw];
+                    for oy in 0..self.oh {
+                        let d = &mut dst[oy * self.ow..(oy + 1) * self.ow];
+                        match self.src(oy, ky, self.h) {
+                            None => d.iter_mut().for_each(|v| *v = T::zero()),
+                            Some(iy) => {
+                                let src_row = &plane[iy * self.w..(iy + 1) * self.w];
+                                for (ox, v) in d.iter_mut().enumerate() {
+                                    *v = self
+                                        .src(ox, kx, self.w)
+                                        .map_or(T::zero(), |ix| src_row[ix]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds col[k, oh*ow] back onto one group's input-gradient planes dx[cg, h, w].
+    fn col2im<T: Elem>(&self, col: &[T], dx: &mut [T]) {
+        let (ohw, hw) = (self.ohw(), self.hw());
+        for ci in 0..self.cg() {
+            let plane = &mut dx[ci * hw..(ci + 1) * hw];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let src = &col[row * ohw..(row + 1) * ohw];
+                    for oy in 0..self.oh {
+                        let Some(iy) = self.src(oy, ky, self.h) else {
+                            continue;
+                        };
+                        let s = &src[oy * self.ow..(oy + 1) * self.ow];
+                        let dst_row = &mut plane[iy * self.w..(iy + 1) * self.w];
+                        for (ox, v) in s.iter().enumerate() {
+                            if let Some(ix) = self.src(ox, kx, self.w) {
+                                dst_row[ix] = dst_row[ix] + *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn threads() -> usize {
+        rayon::current_num_threads()
+    }
+
+    /// Whether to split over samples (each GEMM single-threaded) or inside each GEMM.
+    fn per_sample(&self) -> bool {
+        self.n >= Self::threads()
+    }
+
+    fn forward<T: Elem>(&self, x: &[T], wt: &[T]) -> Vec<T> {
+        let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
+        let mut out = vec![T::zero(); self.n * self.o * ohw];
+        let gemm_threads = if self.per_sample() {
+            1
+        } else {
+            Self::threads()
+        };
+        let one = |col: &mut Vec<T>, (y, xn): (&mut [T], &[T])| {
+            for g in 0..self.groups {
+                let xg = &xn[g * cg * hw..(g + 1) * cg * hw];
+                let b = if self.pointwise() {
+                    Mat::rows(xg, ohw)
+                } else {
+                    self.im2col(xg, col);
+                    Mat::rows(col.as_slice(), ohw)
+                };
+                let a = Mat::rows(&wt[g * og * k..(g + 1) * og * k], k);
+                matmul(
+                    og,
+                    ohw,
+                    k,
+                    &mut y[g * og * ohw..(g + 1) * og * ohw],
+                    a,
+                    b,
+                    false,
+                    gemm_threads,
+                );
+            }
+        };
+        let col_len = if self.pointwise() { 0 } else { k * ohw };
+        let items = out
+            .par_chunks_mut(self.o * ohw)
+            .zip(x.par_chunks(self.c * hw));
+        if self.per_sample() {
+            items.for_each_init(|| vec![T::zero(); col_len], one);
+        } else {
+            let mut col = vec![T::zero(); col_len];
+            out.chunks_mut(self.o * ohw)
+                .zip(x.chunks(self.c * hw))
+                .for_each(|p| one(&mut col, p));
+        }
+        out
+    }
+
+    fn backward_input<T: Elem>(&self, gy: &[T], wt: &[T]) -> Vec<T> {
+        let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
+        let mut dx = vec![T::zero(); self.n * self.c * hw];
+        let gemm_threads = if self.per_sample() {
+            1
+        } else {
+            Self::threads()
+        };
+        let one = |col: &mut Vec<T>, (dxn, gyn): (&mut [T], &[T])| {
+            for g in 0..self.groups {
+                // dcol[k, ohw] = W_g^T [k, og] x gy_g [og, ohw]
+                let a = Mat::transposed(&wt[g * og * k..(g + 1) * og * k], k);
+                let b = Mat::rows(&gyn[g * og * ohw..(g + 1) * og * ohw], ohw);
+                let dxg = &mut dxn[g * cg * hw..(g + 1) * cg * hw];
+                if self.pointwise() {
+                    matmul(k, ohw, og, dxg, a, b, false, gemm_threads);
+                } else {
+                    matmul(k, ohw, og, col, a, b, false, gemm_threads);
+                    self.col2im(col, dxg);
+                }
+            }
+        };
+        let col_len = if self.pointwise() { 0 } else { k * ohw };
+        if self.per_sample() {
+            dx.par_chunks_mut(self.c * hw)
+                .zip(gy.par_chunks(self.o * ohw))
+                .for_each_init(|| vec![T::zero(); col_len], one);
+        } else {
+            let mut col = vec![T::zero(); col_len];
+            dx.chunks_mut(self.c * hw)
+                .zip(gy.chunks(self.o * ohw))
+                .for_each(|p| one(&mut col, p));
+        }
+        dx
+    }
+
+    fn backward_weight<T: Elem>(&self, x: &[T], gy: &[T]) -> Vec<T> {
+        let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
+        let wlen = self.o * k;
+        let col_len = if self.pointwise() { 0 } else { k * ohw };
+        let gemm_threads = if self.per_sample() {
+            1
+        } else {
+            Self::threads()
+        };
+        // dW_g [og, k] += gy_g [og, ohw] x col^T [ohw, k], summed over samples
+        let accumulate = |(mut dw, mut col): (Vec<T>, Vec<T>), (xn, gyn): (&[T], &[T])| {
+            for g in 0..self.groups {
+                let xg = &xn[g * cg * hw..(g + 1) * cg * hw];
+                let b = if self.pointwise() {
+                    Mat::transposed(xg, ohw)
+                } else {
+                    self.im2col(xg, &mut col);
+                    Mat::transposed(col.as_slice(), ohw)
+                };
+                let a = Mat::rows(&gyn[g * og * ohw..(g + 1) * og * ohw], ohw);
+                matmul(
+                    og,
+                    k,
+                    ohw,
+                    &mut dw[g * og * k..(g + 1) * og * k],
+                    a,
+                    b,
+                    true,
+                    gemm_threads,
+                );
+            }
+            (dw, col)
+        };
+        let init = || (vec![T::zero(); wlen], vec![T::zero(); col_len]);
+        if self.per_sample() {
+            x.par_chunks(self.c * hw)
+                .zip(gy.par_chunks(self.o * ohw))
+                .fold(init, accumulate)
+                .map(|(dw, _)| dw)
+                .reduce(
+                    || vec![T::zero(); wlen],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x = *x + y);
+                        a
+                    },
+                )
+        } else {
+            x.chunks(self.c * hw)
+                .zip(gy.chunks(self.o * ohw))
+                .fold(init(), accumulate)
+                .0
+        }
+    }
+}
+
+fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expects contiguous tensors"),
+    }
+}
+
+/// Runs `f` on two storages of the same float type.
+macro_rules! dispatch2 {
+    ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                let ($a, $b) = (slice(x, $l1, $name)?, slice(y, $l2, $name)?);
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                let ($a, $b) = (slice(x, $l1, $name)?, slice(y, $l2, $name)?);
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 of one type are supported", $name),
+        }
+    };
+}
+
+struct ConvForward(ConvGeom);
+struct ConvBackwardInput(ConvGeom);
+struct ConvBackwardWeight(ConvGeom);
+
+impl CustomOp2 for ConvForward {
+    fn name(&self) -> &'static str {
+        "prunekit-conv2d"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch2!(self.name(), s1, l1, s2, l2, |x, w| g.forward(x, w));
+        Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let dx = gy.apply_op2_no_bwd(w, &ConvBackwardInput(self.0))?;
+        let dw = x.apply_op2_no_bwd(&gy, &ConvBackwardWeight(self.0))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for ConvBackwardInput {
+    fn name(&self) -> &'static str {
+        "prunekit-conv2d-backward-input"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch2!(self.name(), s1, l1, s2, l2, |gy, w| g.backward_input(gy, w));
+        Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+impl CustomOp2 for ConvBackwardWeight {
+    fn name(&self) -> &'static str {
+        "prunekit-conv2d-backward-weight"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = dispatch2!(self.name(), s1, l1, s2, l2, |x, gy| g
+            .backward_weight(x, gy));
+        Ok((out, Shape::from((g.o, g.c / g.groups, g.kh, g.kw))))
+    }
+}
+
+/// Convolution of x [N, C, H, W] with w [O, C/groups, kh, kw] (no bias). Our kernels on CPU f32/f64;
+/// candle's conv2d elsewhere.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let fast = x.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+        && x.dtype() == w.dtype();
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, cg, kh, kw) = w.dims4()?;
+    if !fast {
+        return candle_conv2d(x, w, stride, pad, dil, groups);
+    }
+    if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 || dil == 0 {
+        candle_core::bail!(
+            "conv2d: input {:?} and kernel {:?} do not fit groups = {groups}",
+            x.dims(),
+            w.dims()
+        );
+    }
+    let span = |k: usize| dil * (k - 1) + 1;
+    if h + 2 * pad < span(kh) || wd + 2 * pad < span(kw) {
+        candle_core::bail!("conv2d: kernel {kh}x{kw} does not fit the input {h}x{wd}");
+    }
+    let geom = ConvGeom {
+        n,
+        c,
+        h,
+        w: wd,
+        o,
+        kh,
+        kw,
+        stride,
+        pad,
+        dil,
+        groups,
+        oh: (h + 2 * pad - span(kh)) / stride + 1,
+        ow: (wd + 2 * pad - span(kw)) / stride + 1,
+    };
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvForward(geom))
+}
+
+/// candle's conv2d, made safe for its backward: candle derives the input gradient's extent from the
+/// height alone, so when height and width leave different remainders under the stride, pad
+/// explicitly and crop what no window reads (both remainders become zero).
+fn candle_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let span = |k: usize| dil * (k - 1) + 1;
+    let slack = |len: usize, k: usize| (len + 2 * pad).saturating_sub(span(k)) % stride.max(1);
+    if slack(h, kh) == slack(wd, kw) {
+        return x.conv2d(w, pad, stride, dil, groups);
+    }
+    let (oh, ow) = (
+        (h + 2 * pad - span(kh)) / stride + 1,
+        (wd + 2 * pad - span(kw)) / stride + 1,
+    );
+    x.pad_with_zeros(2, pad, pad)?
+        .pad_with_zeros(3, pad, pad)?
+        .narrow(2, 0, (oh - 1) * stride + span(kh))?
+        .narrow(3, 0, (ow - 1) * stride + span(kw))?
+        .conv2d(w, 0, stride, dil, groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::Rng;
+        let mut r = crate::graph::rng(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Outputs and both gradients equal candle's conv2d (the reference) on odd shapes, strides,
+    /// padding, dilation and groups. (candle's own backward is wrong when height and width leave
+    /// different remainders under the stride, so those shapes are checked against finite
+    /// differences in tests/gradients.rs instead.)
+    #[test]
+    fn matches_candle_forward_and_backward() {
+        let cases = [
+            // n, c, h, w, o, k, stride, pad, dil, groups
+            (2, 3, 7, 9, 4, 3, 1, 1, 1, 1),
+            (3, 4, 8, 8, 6, 3, 2, 1, 1, 2),
+            (1, 2, 9, 7, 3, 1, 1, 0, 1, 1),
+            (2, 4, 11, 11, 4, 3, 1, 2, 2, 4),
+            (4, 6, 6, 4, 6, 2, 2, 0, 1, 3),
+            (2, 3, 5, 5, 5, 5, 1, 2, 1, 1),
+            (1, 1, 10, 7, 2, 3, 3, 1, 1, 1),
+        ];
+        for (i, &(n, c, h, w, o, k, s, p, d, g)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c / g, k, k], 100 + i as u64)).unwrap();
+            let ours = conv2d(&x, &wt, s, p, d, g).unwrap();
+            let reference = x.conv2d(&wt, p, s, d, g).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            assert!(max_abs_diff(&ours, &reference) < 1e-12, "case {i}: forward");
+            let r = rand(ours.dims(), 200 + i as u64);
+            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&reference * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-11,
+                "case {i}: input gradient"
+            );
+            assert!(
+                max_abs_diff(g1.get(&wt).unwrap(), g2.get(&wt).unwrap()) < 1e-11,
+                "case {i}: weight gradient"
+            );
+        }
+    }
+
+    #[test]
+    fn f32_and_non_contiguous_inputs() {
+        let x = rand(&[2, 5, 6, 3], 1)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        let w = rand(&[4, 5, 3, 3], 2).to_dtype(DType::F32).unwrap();
+        let ours = conv2d(&x, &w, 1, 1, 1, 1).unwrap();
+        let reference = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        let diff = (ours - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Fast CPU kernels used as candle custom ops: convolution (im2col + GEMM), with forward and both
+//! backward passes. Each public function falls back to candle's own op on other devices or dtypes, so
+//! the same graph runs everywhere and candle stays the reference in tests.
+
+pub mod conv;
+
+use num_traits::Float;
+
+/// Element types the kernels run on.
+pub trait Elem: Float + Send + Sync + 'static {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// A row-major matrix view: element (r, c) at `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A contiguous row-major [rows, cols] matrix.
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a contiguous row-major [rows, cols] matrix.
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+    fn span(&self, rows: usize, cols: usize) -> usize {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * self.rs + (cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// dst[m, n] (row-major, contiguous) = a[m, k] x b[k, n] (+ dst when `accumulate`), with the gemm
+/// crate candle uses. `threads` > 1 lets gemm split the work.
+pub(crate) fn matmul<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    a: Mat<T>,
+    b: Mat<T>,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(dst.len() >= m * n, "matmul: destination too small");
+    assert!(
+        a.data.len() >= a.span(m, k) && b.data.len() >= b.span(k, n),
+        "matmul: operand too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|v| *v = T::zero());
+        }
+        return;
+    }
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the strides can reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs PyTorch (CPU use; the default Linux wheel also pulls the nvidia-* packages, about 4 GB) into
+# a virtual environment for the runtime benchmark: scripts/bench_torch.py times the same networks.
+# Usage: scripts/setup-torch.sh [VENV_DIR]   (default: .venv-torch in the repository root)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${1:-$root/.venv-torch}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --upgrade pip
+"$venv/bin/pip" install --quiet torch
+"$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "threads", torch.get_num_threads())'
+echo "PyTorch is in $venv; run: $venv/bin/python scripts/bench_torch.py"
