@@ -2,9 +2,33 @@
 //! backward passes. Each public function falls back to candle's own op on other devices or dtypes, so
 //! the same graph runs everywhere and candle stays the reference in tests.
 
+pub mod activation;
+pub mod batch_norm;
 pub mod conv;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use num_traits::Float;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Switches the custom kernels on or off process-wide; off, every op runs candle's own ops (the
+/// reference, and the "stock candle" column of the benchmark).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the custom kernels are on (the default).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the CPU kernels can run on `x`: kernels on, CPU tensor, f32 or f64.
+pub fn supported(x: &candle_core::Tensor) -> bool {
+    enabled()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
 
 /// Element types the kernels run on.
 pub trait Elem: Float + Send + Sync + 'static {}
@@ -45,6 +69,7 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the GEMM shape (m, n, k) reads best spelled out
 /// dst[m, n] (row-major, contiguous) = a[m, k] x b[k, n] (+ dst when `accumulate`), with the gemm
 /// crate candle uses. `threads` > 1 lets gemm split the work.
 pub(crate) fn matmul<T: Elem>(

@@ -45,7 +45,7 @@ macro_rules! activation {
     };
 }
 
-activation!(Relu, "max(x, 0)", |x| x.relu());
+activation!(Relu, "max(x, 0)", |x| crate::kernels::activation::relu(x));
 activation!(Silu, "x * sigmoid(x)", |x| x.silu());
 activation!(Tanh, "tanh(x)", |x| x.tanh());
 activation!(Sigmoid, "1 / (1 + exp(-x))", |x| candle_nn::ops::sigmoid(x));

@@ -84,7 +84,36 @@ impl OpRules for BatchNorm {
         let dims = x.dims().to_vec();
         let mut bshape = vec![1usize; dims.len()];
         bshape[1] = c;
-        if ctx.train {
+        if ctx.train && crate::kernels::supported(x) {
+            // fused kernel: one pass for the statistics, one to normalise (and the same backward)
+            let (gamma, beta) = if self.affine {
+                (p.get("weight")?, p.get("bias")?)
+            } else {
+                let dt = x.dtype();
+                (
+                    Tensor::ones(c, dt, x.device())?,
+                    Tensor::zeros(c, dt, x.device())?,
+                )
+            };
+            let (y, mean, var) = crate::kernels::batch_norm::train(x, &gamma, &beta, self.eps)?;
+            let n = x.elem_count() / c;
+            if n < 2 {
+                candle_core::bail!(
+                    "batch norm in training mode needs more than one value per channel"
+                );
+            }
+            let m = self.momentum;
+            let unbiased = n as f64 / (n as f64 - 1.0);
+            for (name, stat, factor) in
+                [("running_mean", mean, 1.0), ("running_var", var, unbiased)]
+            {
+                let v = p.var(name)?;
+                let upd: Vec<f64> = stat.iter().map(|s| s * factor * m).collect();
+                let upd = Tensor::from_vec(upd, c, x.device())?.to_dtype(v.dtype())?;
+                v.set(&((v.as_tensor() * (1.0 - m))? + upd)?)?;
+            }
+            Ok(y)
+        } else if ctx.train {
             let xt = x.transpose(0, 1)?;
             let tdims = xt.dims().to_vec();
             let xt = xt.flatten_from(1)?.contiguous()?;

@@ -76,6 +76,15 @@ impl Pool2dAttrs {
             oh: (h + 2 * self.padding[0] - self.kernel[0]) / s[0] + 1,
             ow: (w + 2 * self.padding[1] - self.kernel[1]) / s[1] + 1,
         };
+        if !crate::kernels::enabled() && s == self.kernel && self.padding == [0, 0] {
+            // candle's own pooling, the reference (its backward needs kernel == stride)
+            let k = (self.kernel[0], self.kernel[1]);
+            return if max {
+                x.max_pool2d_with_stride(k, k)
+            } else {
+                x.avg_pool2d_with_stride(k, k)
+            };
+        }
         x.contiguous()?.apply_op1(Pool2d { geom, max })
     }
 }

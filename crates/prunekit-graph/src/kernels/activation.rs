@@ -1,0 +1,135 @@
+//! ReLU on the CPU with a one-pass backward (candle's takes five passes: zeros, compare, convert,
+//! multiply, add).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::Elem;
+
+const CHUNK: usize = 1 << 14;
+
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("relu kernel: expects contiguous tensors"),
+    }
+}
+
+fn map<T: Elem>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    out
+}
+
+fn zip<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (x, y))| {
+            o.iter_mut()
+                .zip(x.iter().zip(y))
+                .for_each(|(o, (&p, &q))| *o = f(p, q))
+        });
+    out
+}
+
+struct Relu;
+struct ReluBackward;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "prunekit-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(map(slice(x, l)?, |v| if v > 0.0 { v } else { 0.0 }))
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(map(slice(x, l)?, |v| if v > 0.0 { v } else { 0.0 }))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, res: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&gy.contiguous()?, &ReluBackward)?,
+        ))
+    }
+}
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "prunekit-relu-backward"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
+                CpuStorage::F32(zip(slice(y, l1)?, slice(g, l2)?, |y, g| {
+                    if y > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    }
+                }))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
+                CpuStorage::F64(zip(slice(y, l1)?, slice(g, l2)?, |y, g| {
+                    if y > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    }
+                }))
+            }
+            _ => candle_core::bail!(
+                "{}: only f32 and f64 of one type are supported",
+                self.name()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// max(x, 0): our kernel on CPU f32/f64, candle's relu elsewhere.
+pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if super::supported(x) {
+        x.contiguous()?.apply_op1(Relu)
+    } else {
+        x.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_candle_relu_and_its_gradient() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 50_000), &Device::Cpu).unwrap())
+            .unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 50_000), &Device::Cpu).unwrap();
+        let (a, b) = (relu(&x).unwrap(), x.relu().unwrap());
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        assert_eq!(
+            ga.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            gb.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,359 @@
+//! Batch normalisation on the CPU, fused: training forward is one pass for the per-channel statistics
+//! and one to normalise; its backward is one pass for the per-channel sums and one for the input
+//! gradient, producing the input, scale and shift gradients together. Layout: x [N, C, S] (S = the
+//! product of the spatial axes), channels in parallel for the statistics, (sample, channel) planes in
+//! parallel for the elementwise passes.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::Elem;
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    s: usize,
+}
+
+impl Dims {
+    fn of(shape: &Shape) -> candle_core::Result<Self> {
+        let d = shape.dims();
+        if d.len() < 2 {
+            candle_core::bail!("batch norm expects [batch, channels, ...], got {d:?}");
+        }
+        Ok(Self {
+            n: d[0],
+            c: d[1],
+            s: d[2..].iter().product(),
+        })
+    }
+    /// Per-channel sums of the pair f(flat index, channel) over samples and positions.
+    fn channel_sums(&self, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+        (0..self.c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut a, mut b) = (0f64, 0f64);
+                for n in 0..self.n {
+                    let base = (n * self.c + ch) * self.s;
+                    for i in base..base + self.s {
+                        let (p, q) = f(i, ch);
+                        a += p;
+                        b += q;
+                    }
+                }
+                (a, b)
+            })
+            .collect()
+    }
+}
+
+fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("batch norm kernel: expects contiguous tensors"),
+    }
+}
+
+/// Batch statistics of the last training forward: per-channel mean and biased variance.
+pub type Stats = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
+
+struct TrainForward {
+    eps: f64,
+    stats: Stats,
+}
+
+fn train_forward<T: Elem>(
+    d: Dims,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+) -> (Vec<T>, Vec<f64>, Vec<f64>) {
+    let m = (d.n * d.s) as f64;
+    let sums = d.channel_sums(|i, _| {
+        let v = x[i].to_f64().unwrap_or(0.0);
+        (v, 0.0)
+    });
+    let mean: Vec<f64> = sums.iter().map(|(s, _)| s / m).collect();
+    // second pass for the variance: exact even when |mean| >> std
+    let var: Vec<f64> = d
+        .channel_sums(|i, ch| {
+            let v = x[i].to_f64().unwrap_or(0.0) - mean[ch];
+            (v * v, 0.0)
+        })
+        .iter()
+        .map(|(s, _)| s / m)
+        .collect();
+    let mut y = vec![T::zero(); x.len()];
+    let scale: Vec<T> = (0..d.c)
+        .map(|ch| gamma[ch] * T::from(1.0 / (var[ch] + eps).sqrt()).unwrap_or_else(T::zero))
+        .collect();
+    let shift: Vec<T> = (0..d.c)
+        .map(|ch| beta[ch] - T::from(mean[ch]).unwrap_or_else(T::zero) * scale[ch])
+        .collect();
+    y.par_chunks_mut(d.s)
+        .zip(x.par_chunks(d.s))
+        .enumerate()
+        .for_each(|(plane, (yo, xi))| {
+            let ch = plane % d.c;
+            let (a, b) = (scale[ch], shift[ch]);
+            yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * a + b);
+        });
+    (y, mean, var)
+}
+
+impl CustomOp3 for TrainForward {
+    fn name(&self) -> &'static str {
+        "prunekit-batch-norm-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1.shape())?;
+        let (out, mean, var) = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
+                let (y, m, v) =
+                    train_forward(d, slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, self.eps);
+                (CpuStorage::F32(y), m, v)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
+                let (y, m, v) =
+                    train_forward(d, slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, self.eps);
+                (CpuStorage::F64(y), m, v)
+            }
+            _ => candle_core::bail!(
+                "{}: only f32 and f64 of one type are supported",
+                self.name()
+            ),
+        };
+        if let Ok(mut s) = self.stats.lock() {
+            *s = Some((mean, var));
+        }
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (mean, var) = match self.stats.lock().ok().and_then(|s| s.clone()) {
+            Some(s) => s,
+            None => candle_core::bail!("{}: backward before forward", self.name()),
+        };
+        let c = gamma.dim(0)?;
+        let packed = x.apply_op3_no_bwd(
+            gamma,
+            &gy.contiguous()?,
+            &TrainBackward {
+                eps: self.eps,
+                mean,
+                var,
+            },
+        )?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, numel, c)?;
+        let dbeta = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// (x, gamma, dy) -> [dx (flattened), dgamma, dbeta] in one tensor.
+struct TrainBackward {
+    eps: f64,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+}
+
+impl TrainBackward {
+    fn run<T: Elem>(&self, d: Dims, x: &[T], gamma: &[T], gy: &[T]) -> Vec<T> {
+        let m = (d.n * d.s) as f64;
+        let inv: Vec<f64> = self
+            .var
+            .iter()
+            .map(|v| 1.0 / (v + self.eps).sqrt())
+            .collect();
+        let sums = d.channel_sums(|i, ch| {
+            let g = gy[i].to_f64().unwrap_or(0.0);
+            let xhat = (x[i].to_f64().unwrap_or(0.0) - self.mean[ch]) * inv[ch];
+            (g, g * xhat)
+        });
+        let mut out = vec![T::zero(); x.len() + 2 * d.c];
+        let (dx, rest) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(d.s).enumerate().for_each(|(plane, o)| {
+            let ch = plane % d.c;
+            let (sg, sgx) = sums[ch];
+            let k = gamma[ch].to_f64().unwrap_or(0.0) * inv[ch] / m;
+            let base = plane * d.s;
+            for (j, v) in o.iter_mut().enumerate() {
+                let xhat = (x[base + j].to_f64().unwrap_or(0.0) - self.mean[ch]) * inv[ch];
+                let g = gy[base + j].to_f64().unwrap_or(0.0);
+                *v = T::from(k * (m * g - sg - xhat * sgx)).unwrap_or_else(T::zero);
+            }
+        });
+        for ch in 0..d.c {
+            rest[ch] = T::from(sums[ch].1).unwrap_or_else(T::zero);
+            rest[d.c + ch] = T::from(sums[ch].0).unwrap_or_else(T::zero);
+        }
+        out
+    }
+}
+
+impl CustomOp3 for TrainBackward {
+    fn name(&self) -> &'static str {
+        "prunekit-batch-norm-train-backward"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1.shape())?;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {
+                CpuStorage::F32(self.run(d, slice(x, l1)?, slice(g, l2)?, slice(dy, l3)?))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(dy)) => {
+                CpuStorage::F64(self.run(d, slice(x, l1)?, slice(g, l2)?, slice(dy, l3)?))
+            }
+            _ => candle_core::bail!(
+                "{}: only f32 and f64 of one type are supported",
+                self.name()
+            ),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * d.c)))
+    }
+}
+
+/// Training-mode batch norm of x [N, C, ...] with scale `gamma` and shift `beta` [C]; returns the
+/// output and the batch's per-channel mean and biased variance (for the running statistics).
+pub fn train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Vec<f64>, Vec<f64>)> {
+    let stats: Stats = Arc::new(Mutex::new(None));
+    let y = x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        TrainForward {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    let taken = stats.lock().ok().and_then(|s| s.clone());
+    match taken {
+        Some((m, v)) => Ok((y, m, v)),
+        None => candle_core::bail!("batch norm kernel: statistics missing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {
+        use rand::Rng;
+        let mut r = crate::graph::rng(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| r.random_range(lo..hi)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The composed reference: (x - mean) / sqrt(var + eps) * gamma + beta over (N, S).
+    fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+        let c = g.dim(0).unwrap();
+        let xt = x.transpose(0, 1).unwrap().flatten_from(1).unwrap();
+        let mean = xt.mean_keepdim(1).unwrap();
+        let xc = xt.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(1).unwrap();
+        let y = xc
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        let y = y
+            .broadcast_mul(&g.reshape((c, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&b.reshape((c, 1)).unwrap())
+            .unwrap();
+        let mut dims = x.dims().to_vec();
+        dims.swap(0, 1);
+        y.reshape(dims).unwrap().transpose(0, 1).unwrap()
+    }
+
+    #[test]
+    fn matches_the_composed_reference_with_gradients() {
+        for (i, shape) in [
+            vec![4, 3, 5, 7],
+            vec![6, 5],
+            vec![2, 4, 9],
+            vec![3, 2, 1, 1],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = shape[1];
+            let x = Var::from_tensor(&rand(&shape, i as u64, 2.0, 5.0)).unwrap();
+            let g = Var::from_tensor(&rand(&[c], 10 + i as u64, 0.5, 1.5)).unwrap();
+            let b = Var::from_tensor(&rand(&[c], 20 + i as u64, -1.0, 1.0)).unwrap();
+            let (ours, mean, _) = train(&x, &g, &b, 1e-5).unwrap();
+            let refy = reference(&x, &g, &b, 1e-5);
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            assert!(diff(&ours, &refy) < 1e-12, "case {i} forward");
+            let want_mean = x
+                .transpose(0, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+                .mean(1)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            assert!(mean
+                .iter()
+                .zip(&want_mean)
+                .all(|(a, b)| (a - b).abs() < 1e-12));
+            let r = rand(&shape, 30 + i as u64, -1.0, 1.0);
+            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&refy * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [
+                ("x", x.as_tensor()),
+                ("gamma", g.as_tensor()),
+                ("beta", b.as_tensor()),
+            ] {
+                assert!(
+                    diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-10,
+                    "case {i}: gradient of {name}"
+                );
+            }
+        }
+    }
+}
