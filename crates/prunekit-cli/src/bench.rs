@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use candle_core::{Module, ModuleT, Tensor, Var};
 use candle_nn::Optimizer as _;
 use prunekit_graph::{Executor, Graph, Mode, Op};
@@ -113,115 +116,279 @@ fn time(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
-/// (graph ms, candle-nn ms) medians for `a` and `b`, alternating.
-fn race(
-    iters: usize,
-    a: &mut dyn FnMut() -> Result<()>,
-    b: &mut dyn FnMut() -> Result<()>,
-) -> Result<(f64, f64)> {
-    for _ in 0..3 {
-        a()?;
-        b()?;
+/// Medians (ms) of several contenders, measured in alternation after two warm-up runs each. The run
+/// count is `iters`, lowered for slow cases so each contender gets about 8 s (never below 5).
+fn race(iters: usize, fs: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<f64>> {
+    let mut slowest = 0f64;
+    for f in fs.iter_mut() {
+        f()?;
+        slowest = slowest.max(time(*f)?);
     }
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..iters.max(1) {
-        ta.push(time(a)?);
-        tb.push(time(b)?);
+    let runs = iters.min((8000.0 / slowest.max(1e-3)) as usize).max(5);
+    let mut times = vec![Vec::with_capacity(runs); fs.len()];
+    for _ in 0..runs {
+        for (f, t) in fs.iter_mut().zip(times.iter_mut()) {
+            t.push(time(*f)?);
+        }
     }
-    Ok((median(ta), median(tb)))
+    Ok(times.into_iter().map(median).collect())
 }
 
-pub fn run(iters: usize, profile: bool, json_out: bool) -> Result<()> {
-    let batch = 32;
+fn input_batch(g: &Graph, batch: usize) -> Result<(Tensor, Tensor)> {
+    let mut dims = vec![batch];
+    dims.extend_from_slice(&g.inputs[0].shape);
+    let x = Tensor::randn(0f32, 1.0, dims, &g.device())?;
+    let y = Tensor::from_vec(
+        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        batch,
+        &g.device(),
+    )?;
+    Ok((x, y))
+}
+
+/// A training step of the graph runtime: forward, cross-entropy, backward, plain SGD.
+fn graph_step(
+    exec: &mut Executor,
+    g: &Graph,
+    opt: &mut dyn prunekit_train::Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    let logits = exec
+        .run(g, std::slice::from_ref(x), Mode::TRAIN, None)?
+        .remove(0);
+    let grads = prunekit_train::cross_entropy(&logits, y)?.backward()?;
+    opt.step(g, &grads)?;
+    Ok(())
+}
+
+/// Runs `f` with the custom kernels switched on or off.
+fn with_kernels<T>(on: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = prunekit_graph::kernels::enabled();
+    prunekit_graph::kernels::set_enabled(on);
+    let out = f();
+    prunekit_graph::kernels::set_enabled(before);
+    out
+}
+
+/// Milliseconds keyed by (model, measure, batch).
+type TorchTimes = HashMap<(String, String, usize), f64>;
+
+/// PyTorch timings from scripts/bench_torch.py, keyed by (model, measure, batch).
+fn torch_times(
+    python: &Path,
+    iters: usize,
+) -> Result<(String, TorchTimes)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--threads",
+            &prunekit_measure::threads().to_string(),
+            "--iters",
+            &iters.min(30).to_string(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("bench_torch.py printed no JSON")?;
+    let mut map = HashMap::new();
+    for r in v["results"].as_array().cloned().unwrap_or_default() {
+        let key = (
+            r["model"].as_str().unwrap_or("").to_string(),
+            r["measure"].as_str().unwrap_or("").to_string(),
+            r["batch"].as_u64().unwrap_or(0) as usize,
+        );
+        map.insert(key, r["ms"].as_f64().unwrap_or(f64::NAN));
+    }
+    Ok((v["torch"].as_str().unwrap_or("?").to_string(), map))
+}
+
+pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) -> Result<()> {
+    let threads = prunekit_measure::threads();
     let lr = 0.01;
-    let mut rows = Vec::new();
-    let mut results = Vec::new();
+
+    // 1. graph runtime overhead: the graph on candle's own ops vs the same network in candle-nn
+    let batch = 32;
+    let mut overhead_rows = Vec::new();
+    let mut overhead = Vec::new();
     let mut profiles = Vec::new();
     for arch in ["digits-cnn", "reference-cnn"] {
         let g = prunekit_zoo::build(arch, 0)?;
         let direct = Direct::from_graph(&g)?;
-        let mut dims = vec![batch];
-        dims.extend_from_slice(&g.inputs[0].shape);
-        let x = Tensor::randn(0f32, 1.0, dims, &g.device())?;
-        let y = Tensor::from_vec(
-            (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
-            batch,
-            &g.device(),
-        )?;
+        let (x, y) = input_batch(&g, batch)?;
         let mut exec = Executor::new(0);
-
-        let (fg, fd) = race(
-            iters,
-            &mut || {
-                exec.eval(&g, std::slice::from_ref(&x))?;
-                Ok(())
-            },
-            &mut || {
-                direct.forward(&x, false)?;
-                Ok(())
-            },
-        )?;
-        let mut exec = Executor::new(0);
+        let fwd = with_kernels(false, || {
+            race(
+                iters,
+                &mut [
+                    &mut || {
+                        Executor::new(0).eval(&g, std::slice::from_ref(&x))?;
+                        Ok(())
+                    },
+                    &mut || {
+                        direct.forward(&x, false)?;
+                        Ok(())
+                    },
+                ],
+            )
+        })?;
         let mut opt = prunekit_train::OptimizerKind::sgd(0.0, 0.0).build(lr);
         let mut sgd = candle_nn::SGD::new(direct.vars.clone(), lr)?;
-        let (tg, td) = race(
-            iters,
-            &mut || {
-                let logits = exec
-                    .run(&g, std::slice::from_ref(&x), Mode::TRAIN, None)?
-                    .remove(0);
-                let grads = prunekit_train::cross_entropy(&logits, &y)?.backward()?;
-                opt.step(&g, &grads)?;
-                Ok(())
-            },
-            &mut || {
-                let logits = direct.forward(&x, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                sgd.backward_step(&loss)?;
-                Ok(())
-            },
-        )?;
+        let train = with_kernels(false, || {
+            race(
+                iters,
+                &mut [
+                    &mut || graph_step(&mut exec, &g, opt.as_mut(), &x, &y),
+                    &mut || {
+                        let logits = direct.forward(&x, true)?;
+                        sgd.backward_step(&candle_nn::loss::cross_entropy(&logits, &y)?)?;
+                        Ok(())
+                    },
+                ],
+            )
+        })?;
         if profile {
             let ops = prunekit_measure::profile::profile_training_step(&g, &x, iters)?;
             profiles.push(json!({ "model": arch, "batch": batch, "ops": ops }));
         }
-        for (what, a, b) in [("forward (eval)", fg, fd), ("training step", tg, td)] {
-            rows.push(vec![
+        for (what, t) in [("forward (eval)", &fwd), ("training step", &train)] {
+            overhead_rows.push(vec![
                 arch.to_string(),
                 what.to_string(),
-                format!("{a:.3}"),
-                format!("{b:.3}"),
-                format!("{:.3}x", a / b),
+                format!("{:.3}", t[0]),
+                format!("{:.3}", t[1]),
+                format!("{:.3}x", t[0] / t[1]),
             ]);
-            results.push(json!({ "model": arch, "measure": what, "batch": batch, "graph_ms": a, "candle_nn_ms": b, "ratio": a / b }));
+            overhead.push(json!({ "model": arch, "measure": what, "batch": batch, "graph_ms": t[0], "candle_nn_ms": t[1], "ratio": t[0] / t[1] }));
         }
     }
-    let threads = prunekit_measure::threads();
-    if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "batch": batch, "iters": iters, "threads": threads, "results": results, "profiles": profiles })
-            )?
-        );
-    } else {
-        println!("batch {batch}, median of {iters} runs after 3 warm-up runs each, {threads} threads, alternating");
-        println!(
-            "{}",
-            render(
-                &[
-                    "model",
-                    "measure",
-                    "graph ms",
-                    "candle-nn ms",
-                    "graph / candle-nn"
-                ],
-                &rows
-            )
-        );
-        for p in &profiles {
-            print_profile(p, iters);
+
+    // 2. kernels: ours vs stock candle ops vs PyTorch
+    let torch = match torch
+        .or_else(|| Some(PathBuf::from(".venv-torch/bin/python")).filter(|p| p.exists()))
+    {
+        Some(p) => Some(torch_times(&p, iters)?),
+        None => None,
+    };
+    let mut speed_rows = Vec::new();
+    let mut speed = Vec::new();
+    for arch in ["reference-cnn", "resnet20"] {
+        let g = prunekit_zoo::build(arch, 0)?;
+        let cases: Vec<(&str, usize)> =
+            vec![("train", 32), ("train", 128), ("infer", 1), ("infer", 64)];
+        for (measure, b) in cases {
+            let (x, y) = input_batch(&g, b)?;
+            let mut e1 = Executor::new(0);
+            let mut e2 = Executor::new(0);
+            let mut o1 = prunekit_train::OptimizerKind::sgd(0.0, 0.0).build(lr);
+            let mut o2 = prunekit_train::OptimizerKind::sgd(0.0, 0.0).build(lr);
+            let t = if measure == "train" {
+                race(
+                    iters,
+                    &mut [
+                        &mut || with_kernels(true, || graph_step(&mut e1, &g, o1.as_mut(), &x, &y)),
+                        &mut || {
+                            with_kernels(false, || graph_step(&mut e2, &g, o2.as_mut(), &x, &y))
+                        },
+                    ],
+                )?
+            } else {
+                race(
+                    iters,
+                    &mut [
+                        &mut || {
+                            with_kernels(true, || {
+                                Ok(e1.eval(&g, std::slice::from_ref(&x)).map(drop)?)
+                            })
+                        },
+                        &mut || {
+                            with_kernels(false, || {
+                                Ok(e2.eval(&g, std::slice::from_ref(&x)).map(drop)?)
+                            })
+                        },
+                    ],
+                )?
+            };
+            let pt = torch
+                .as_ref()
+                .and_then(|(_, m)| m.get(&(arch.to_string(), measure.to_string(), b)).copied());
+            let label = if measure == "train" {
+                "training step"
+            } else {
+                "inference"
+            };
+            speed_rows.push(vec![
+                arch.to_string(),
+                label.to_string(),
+                b.to_string(),
+                format!("{:.3}", t[0]),
+                format!("{:.3}", t[1]),
+                pt.map_or("-".into(), |v| format!("{v:.3}")),
+                format!("{:.2}x", t[1] / t[0]),
+                pt.map_or("-".into(), |v| format!("{:.2}x", t[0] / v)),
+            ]);
+            speed.push(json!({ "model": arch, "measure": measure, "batch": b, "prunekit_ms": t[0], "stock_candle_ms": t[1], "pytorch_ms": pt }));
         }
+    }
+
+    if json_out {
+        let out = json!({
+            "threads": threads, "iters": iters, "graph_overhead": overhead, "kernels": speed,
+            "pytorch": torch.as_ref().map(|(v, _)| v.clone()), "profiles": profiles,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{threads} threads; medians of up to {iters} alternating runs after warm-up\n");
+    println!(
+        "graph runtime vs the same network in candle-nn (both on candle's own ops), batch {batch}"
+    );
+    println!(
+        "{}",
+        render(
+            &[
+                "model",
+                "measure",
+                "graph ms",
+                "candle-nn ms",
+                "graph / candle-nn"
+            ],
+            &overhead_rows
+        )
+    );
+    match &torch {
+        Some((v, _)) => println!("\nprunekit kernels vs stock candle ops vs PyTorch {v} (same thread count)"),
+        None => println!("\nprunekit kernels vs stock candle ops (PyTorch not found: scripts/setup-torch.sh, or --torch PYTHON)"),
+    }
+    println!(
+        "{}",
+        render(
+            &[
+                "model",
+                "measure",
+                "batch",
+                "prunekit ms",
+                "stock candle ms",
+                "PyTorch ms",
+                "speed-up vs candle",
+                "prunekit / PyTorch"
+            ],
+            &speed_rows
+        )
+    );
+    for p in &profiles {
+        print_profile(p, iters);
     }
     Ok(())
 }

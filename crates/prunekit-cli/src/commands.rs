@@ -70,8 +70,9 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Bench {
             iters,
             profile,
+            torch,
             json,
-        } => crate::bench::run(iters, profile, json),
+        } => crate::bench::run(iters, profile, torch, json),
     }
 }
 

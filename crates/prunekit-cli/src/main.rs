@@ -104,7 +104,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time the graph runtime against the same network written directly with candle-nn.
+    /// Time the graph runtime against plain candle-nn, and prunekit's kernels against stock candle
+    /// ops and PyTorch.
     Bench {
         /// timed iterations per measurement
         #[arg(long, default_value_t = 30)]
@@ -112,6 +113,9 @@ enum Command {
         /// also print each op's forward and backward time in a training step
         #[arg(long)]
         profile: bool,
+        /// Python with PyTorch for the comparison columns (default: .venv-torch/bin/python if present)
+        #[arg(long)]
+        torch: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

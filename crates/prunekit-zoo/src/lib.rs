@@ -31,6 +31,40 @@ fn conv_bn_relu(b: &mut GraphBuilder, x: &Value, out: usize) -> Result<Value> {
     b.relu(&h)
 }
 
+/// A basic residual block: conv-BN-ReLU-conv-BN plus the shortcut (identity, or a strided 1x1
+/// conv + BN when the shape changes), then ReLU.
+fn basic_block(b: &mut GraphBuilder, x: &Value, out: usize, stride: usize) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, out, 3, stride, 1)?;
+    let h = b.batch_norm(&h)?;
+    let h = b.relu(&h)?;
+    let h = b.conv2d_no_bias(&h, out, 3, 1, 1)?;
+    let h = b.batch_norm(&h)?;
+    let short = if stride != 1 || x.shape[0] != out {
+        let s = b.conv2d_no_bias(x, out, 1, stride, 0)?;
+        b.batch_norm(&s)?
+    } else {
+        x.clone()
+    };
+    let y = b.add(&h, &short)?;
+    b.relu(&y)
+}
+
+/// CIFAR ResNet (He et al. 2016) with `n` blocks per stage: 6n + 2 layers.
+fn cifar_resnet(b: &mut GraphBuilder, n: usize) -> Result<Value> {
+    let x = b.input("image", &[3, 32, 32]);
+    let h = b.conv2d_no_bias(&x, 16, 3, 1, 1)?;
+    let h = b.batch_norm(&h)?;
+    let mut h = b.relu(&h)?;
+    for (stage, width) in [16, 32, 64].into_iter().enumerate() {
+        for block in 0..n {
+            let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+            h = basic_block(b, &h, width, stride)?;
+        }
+    }
+    let h = b.global_avg_pool(&h)?;
+    b.named("classifier").linear(&h, 10)
+}
+
 /// Builds a built-in architecture by name with seeded weights.
 pub fn build(name: &str, seed: u64) -> Result<Graph> {
     let mut b = GraphBuilder::new(name, seed);
@@ -76,6 +110,8 @@ pub fn build(name: &str, seed: u64) -> Result<Graph> {
             let h = b.flatten(&h)?;
             b.named("classifier").linear(&h, 10)?
         }
+        "resnet20" => cifar_resnet(&mut b, 3)?,
+        "resnet56" => cifar_resnet(&mut b, 9)?,
         other => {
             return Err(GraphError::Invalid(format!(
                 "unknown architecture `{other}`; known: {}",
@@ -137,6 +173,27 @@ mod tests {
                 assert!(mag > 0.0, "{name}: zero gradient for {}.{k}", n.name);
             }
         }
+    }
+
+    #[test]
+    fn resnets_have_the_published_sizes() {
+        // ResNet-20 has 269,722 parameters and ResNet-56 ~0.85M (He et al. 2016, option-A shortcuts;
+        // the 1x1 projections here add 16*32 + 32*64 weights and their BN)
+        let r20 = build("resnet20", 0).unwrap();
+        let r56 = build("resnet56", 0).unwrap();
+        assert_eq!(r20.param_count(), 269_722 + 512 + 2048 + 2 * (32 + 64));
+        assert!(
+            (850_000..870_000).contains(&r56.param_count()),
+            "{}",
+            r56.param_count()
+        );
+        assert_eq!(
+            r20.nodes
+                .iter()
+                .filter(|n| n.op.type_name() == "conv2d")
+                .count(),
+            19 + 2
+        );
     }
 
     #[test]
