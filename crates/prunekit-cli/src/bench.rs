@@ -175,10 +175,7 @@ fn with_kernels<T>(on: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
 type TorchTimes = HashMap<(String, String, usize), f64>;
 
 /// PyTorch timings from scripts/bench_torch.py, keyed by (model, measure, batch).
-fn torch_times(
-    python: &Path,
-    iters: usize,
-) -> Result<(String, TorchTimes)> {
+fn torch_times(python: &Path, iters: usize) -> Result<(String, TorchTimes)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
     let out = std::process::Command::new(python)
         .arg(&script)

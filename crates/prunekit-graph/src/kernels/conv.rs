@@ -356,9 +356,7 @@ pub fn conv2d(
     dil: usize,
     groups: usize,
 ) -> candle_core::Result<Tensor> {
-    let fast = x.device().is_cpu()
-        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
-        && x.dtype() == w.dtype();
+    let fast = super::supported(x) && x.dtype() == w.dtype();
     let (n, c, h, wd) = x.dims4()?;
     let (o, cg, kh, kw) = w.dims4()?;
     if !fast {

@@ -216,26 +216,31 @@ impl Geom {
         let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
         let mut out = vec![T::zero(); x.len() / hw * ohw];
         let div = T::from(self.kh * self.kw).unwrap_or_else(T::one);
-        out.par_chunks_mut(ohw)
-            .zip(x.par_chunks(hw))
-            .for_each(|(o, plane)| {
-                for oy in 0..self.oh {
-                    for ox in 0..self.ow {
-                        o[oy * self.ow + ox] = if max {
-                            plane[self.argmax(plane, oy, ox)]
-                        } else {
-                            let (ys, xs) = self.window(oy, ox);
-                            let mut s = T::zero();
-                            for iy in ys {
-                                for ix in xs.clone() {
-                                    s = s + plane[iy * self.w + ix];
-                                }
-                            }
-                            s / div
-                        };
+        let plane = |(o, plane): (&mut [T], &[T])| {
+            for oy in 0..self.oh {
+                let (ys, _) = self.window(oy, 0);
+                let orow = &mut o[oy * self.ow..(oy + 1) * self.ow];
+                for (ox, ov) in orow.iter_mut().enumerate() {
+                    let (_, xs) = self.window(0, ox);
+                    let mut acc = if max { T::neg_infinity() } else { T::zero() };
+                    for iy in ys.clone() {
+                        let row = &plane[iy * self.w..(iy + 1) * self.w];
+                        for &v in &row[xs.clone()] {
+                            acc = if max { acc.max(v) } else { acc + v };
+                        }
                     }
+                    *ov = if max { acc } else { acc / div };
                 }
-            });
+            }
+        };
+        // planes in parallel only when there is enough work to pay for the threads
+        if x.len() >= 1 << 16 {
+            out.par_chunks_mut(ohw)
+                .zip(x.par_chunks(hw))
+                .for_each(plane);
+        } else {
+            out.chunks_mut(ohw).zip(x.chunks(hw)).for_each(plane);
+        }
         out
     }
 
