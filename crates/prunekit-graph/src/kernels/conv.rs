@@ -305,9 +305,14 @@ impl CustomOp2 for ConvForward {
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
-        let dx = gy.apply_op2_no_bwd(w, &ConvBackwardInput(self.0))?;
+        // no input gradient for a model input (the first layer's is the costliest)
+        let dx = if x.track_op() {
+            Some(gy.apply_op2_no_bwd(w, &ConvBackwardInput(self.0))?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(&gy, &ConvBackwardWeight(self.0))?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Pooling. Max and average 2-D pooling run through our own candle custom ops (forward and backward
 //! for any kernel, stride and padding; candle's own pooling has no backward when kernel != stride).
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -85,7 +87,8 @@ impl Pool2dAttrs {
                 x.avg_pool2d_with_stride(k, k)
             };
         }
-        x.contiguous()?.apply_op1(Pool2d { geom, max })
+        let argmax = (max && x.track_op()).then(|| Arc::new(Mutex::new(None)));
+        x.contiguous()?.apply_op1(Pool2d { geom, max, argmax })
     }
 }
 
@@ -244,6 +247,27 @@ impl Geom {
         out
     }
 
+    /// Max pooling that also returns, per output, the in-plane index of its window's first maximum.
+    fn fwd_argmax<T: Float + Send + Sync>(&self, x: &[T]) -> (Vec<T>, Vec<u32>) {
+        let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        let planes = x.len() / hw;
+        let mut out = vec![T::zero(); planes * ohw];
+        let mut idx = vec![0u32; planes * ohw];
+        out.par_chunks_mut(ohw)
+            .zip(idx.par_chunks_mut(ohw))
+            .zip(x.par_chunks(hw))
+            .for_each(|((o, ix), plane)| {
+                for oy in 0..self.oh {
+                    for ox in 0..self.ow {
+                        let i = self.argmax(plane, oy, ox);
+                        o[oy * self.ow + ox] = plane[i];
+                        ix[oy * self.ow + ox] = i as u32;
+                    }
+                }
+            });
+        (out, idx)
+    }
+
     fn bwd<T: Float + Send + Sync>(&self, x: &[T], g: &[T], max: bool) -> Vec<T> {
         let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
         let mut dx = vec![T::zero(); x.len()];
@@ -284,6 +308,8 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<
 struct Pool2d {
     geom: Geom,
     max: bool,
+    /// under autodiff, max pooling records each window's maximum here so the backward is one scatter
+    argmax: Option<Arc<Mutex<Option<Vec<u32>>>>>,
 }
 
 impl CustomOp1 for Pool2d {
@@ -298,7 +324,26 @@ impl CustomOp1 for Pool2d {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, _, _) = l.shape().dims4()?;
         let shape = Shape::from((n, c, self.geom.oh, self.geom.ow));
+        let record = |idx: Vec<u32>| -> candle_core::Result<()> {
+            if let Some(slot) = &self.argmax {
+                *slot
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("pool: poisoned lock".into()))? =
+                    Some(idx);
+            }
+            Ok(())
+        };
         let out = match s {
+            CpuStorage::F32(v) if self.argmax.is_some() => {
+                let (out, idx) = self.geom.fwd_argmax(contiguous(v, l, self.name())?);
+                record(idx)?;
+                CpuStorage::F32(out)
+            }
+            CpuStorage::F64(v) if self.argmax.is_some() => {
+                let (out, idx) = self.geom.fwd_argmax(contiguous(v, l, self.name())?);
+                record(idx)?;
+                CpuStorage::F64(out)
+            }
             CpuStorage::F32(v) => {
                 CpuStorage::F32(self.geom.fwd(contiguous(v, l, self.name())?, self.max))
             }
@@ -317,6 +362,18 @@ impl CustomOp1 for Pool2d {
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let g = grad.contiguous()?;
+        let recorded = self
+            .argmax
+            .as_ref()
+            .and_then(|slot| slot.lock().ok().and_then(|s| s.clone()));
+        if let Some(idx) = recorded {
+            let plane = self.geom.h * self.geom.w;
+            return Ok(Some(g.apply_op1_no_bwd(&Scatter {
+                idx,
+                plane,
+                shape: arg.shape().clone(),
+            })?));
+        }
         Ok(Some(arg.apply_op2_no_bwd(
             &g,
             &Pool2dBackward {
@@ -324,6 +381,45 @@ impl CustomOp1 for Pool2d {
                 max: self.max,
             },
         )?))
+    }
+}
+
+/// Max-pool gradient from the recorded maxima: dx[plane][idx[o]] += g[o].
+struct Scatter {
+    idx: Vec<u32>,
+    plane: usize,
+    shape: Shape,
+}
+
+impl Scatter {
+    fn run<T: Float + Send + Sync>(&self, g: &[T]) -> Vec<T> {
+        let mut dx = vec![T::zero(); self.shape.elem_count()];
+        let per = g.len() / (dx.len() / self.plane.max(1)).max(1);
+        dx.par_chunks_mut(self.plane)
+            .zip(
+                g.par_chunks(per.max(1))
+                    .zip(self.idx.par_chunks(per.max(1))),
+            )
+            .for_each(|(d, (gp, ip))| {
+                for (&v, &i) in gp.iter().zip(ip) {
+                    d[i as usize] = d[i as usize] + v;
+                }
+            });
+        dx
+    }
+}
+
+impl CustomOp1 for Scatter {
+    fn name(&self) -> &'static str {
+        "prunekit-max-pool2d-backward"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(g) => CpuStorage::F32(self.run(contiguous(g, l, self.name())?)),
+            CpuStorage::F64(g) => CpuStorage::F64(self.run(contiguous(g, l, self.name())?)),
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, self.shape.clone()))
     }
 }
 
