@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod batch_norm;
+pub mod channel;
 pub mod conv;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -131,7 +131,7 @@ impl OpRules for Conv2d {
             self.groups,
         )?;
         match p.opt("bias")? {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => crate::kernels::channel::channel_bias(&y, &b),
             None => Ok(y),
         }
     }

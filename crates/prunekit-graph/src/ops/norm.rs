@@ -150,8 +150,7 @@ impl OpRules for BatchNorm {
                 let shift = (p.get("running_mean")?.neg()? * &inv)?;
                 (inv, shift)
             };
-            x.broadcast_mul(&scale.reshape(bshape.as_slice())?)?
-                .broadcast_add(&shift.reshape(bshape.as_slice())?)
+            crate::kernels::channel::channel_affine(x, &scale, &shift)
         }
     }
 
