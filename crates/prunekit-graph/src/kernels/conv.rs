@@ -118,6 +118,129 @@ impl ConvGeom {
         self.n >= Self::threads()
     }
 
+    /// Stride-1 convolutions run as shifted GEMMs instead of im2col: with the input zero-padded once,
+    /// the input seen by kernel tap (ky, kx) is the padded plane read from offset ky*dil*pw + kx*dil,
+    /// so out[o, :] += W[:, :, ky, kx] x padded[:, offset..] computes the output on the padded width
+    /// (the extra columns are dropped at the end). No k*k-fold im2col copy is written.
+    fn shifted(&self) -> bool {
+        self.stride == 1 && !self.pointwise()
+    }
+
+    /// (padded width, padded plane stride incl. tail, rows of output on the padded grid)
+    fn shifted_dims(&self) -> (usize, usize) {
+        let pw = self.w + 2 * self.pad;
+        let ph = self.h + 2 * self.pad;
+        (pw, ph * pw + self.dil * (self.kw - 1))
+    }
+
+    fn shifted_scratch(&self) -> usize {
+        let (pw, plane) = self.shifted_dims();
+        self.cg() * plane + self.og() * self.oh * pw
+    }
+
+    fn shifted_group<T: Elem>(
+        &self,
+        xg: &[T],
+        wg: &[T],
+        yg: &mut [T],
+        scratch: &mut [T],
+        threads: usize,
+    ) {
+        let (pw, plane) = self.shifted_dims();
+        let (cg, og, kk) = (self.cg(), self.og(), self.kh * self.kw);
+        let (padded, acc) = scratch.split_at_mut(cg * plane);
+        padded.iter_mut().for_each(|v| *v = T::zero());
+        for c in 0..cg {
+            for iy in 0..self.h {
+                let dst = c * plane + (iy + self.pad) * pw + self.pad;
+                padded[dst..dst + self.w].copy_from_slice(
+                    &xg[(c * self.h + iy) * self.w..(c * self.h + iy + 1) * self.w],
+                );
+            }
+        }
+        let n = self.oh * pw;
+        let acc = &mut acc[..og * n];
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                let tap = ky * self.kw + kx;
+                let off = ky * self.dil * pw + kx * self.dil;
+                let a = Mat {
+                    data: &wg[tap..],
+                    rs: cg * kk,
+                    cs: kk,
+                };
+                let b = Mat {
+                    data: &padded[off..],
+                    rs: plane,
+                    cs: 1,
+                };
+                matmul(og, n, cg, acc, a, b, tap > 0, threads);
+            }
+        }
+        for o in 0..og {
+            for oy in 0..self.oh {
+                let src = o * n + oy * pw;
+                let dst = (o * self.oh + oy) * self.ow;
+                yg[dst..dst + self.ow].copy_from_slice(&acc[src..src + self.ow]);
+            }
+        }
+    }
+
+    /// Weight gradient of one group and sample by shifted GEMMs (see [`Self::shifted`]): with the output
+    /// gradient laid on the padded grid (zeros in the extra columns), dW[:, :, ky, kx] += gy x
+    /// padded[:, offset..]^T.
+    fn shifted_weight_grad<T: Elem>(
+        &self,
+        xg: &[T],
+        gyg: &[T],
+        dwg: &mut [T],
+        scratch: &mut [T],
+        threads: usize,
+    ) {
+        let (pw, plane) = self.shifted_dims();
+        let (cg, og, kk) = (self.cg(), self.og(), self.kh * self.kw);
+        let n = self.oh * pw;
+        let (padded, rest) = scratch.split_at_mut(cg * plane);
+        let (gpad, tap_grad) = rest.split_at_mut(og * n);
+        padded.iter_mut().for_each(|v| *v = T::zero());
+        for c in 0..cg {
+            for iy in 0..self.h {
+                let dst = c * plane + (iy + self.pad) * pw + self.pad;
+                padded[dst..dst + self.w].copy_from_slice(
+                    &xg[(c * self.h + iy) * self.w..(c * self.h + iy + 1) * self.w],
+                );
+            }
+        }
+        gpad.iter_mut().for_each(|v| *v = T::zero());
+        for o in 0..og {
+            for oy in 0..self.oh {
+                let src = (o * self.oh + oy) * self.ow;
+                gpad[o * n + oy * pw..o * n + oy * pw + self.ow]
+                    .copy_from_slice(&gyg[src..src + self.ow]);
+            }
+        }
+        let tap_grad = &mut tap_grad[..og * cg];
+        for ky in 0..self.kh {
+            for kx in 0..self.kw {
+                let tap = ky * self.kw + kx;
+                let off = ky * self.dil * pw + kx * self.dil;
+                let a = Mat::rows(gpad, n);
+                let b = Mat {
+                    data: &padded[off..],
+                    rs: 1,
+                    cs: plane,
+                };
+                matmul(og, cg, n, tap_grad, a, b, false, threads);
+                for o in 0..og {
+                    for c in 0..cg {
+                        let d = (o * cg + c) * kk + tap;
+                        dwg[d] = dwg[d] + tap_grad[o * cg + c];
+                    }
+                }
+            }
+        }
+    }
+
     fn forward<T: Elem>(&self, x: &[T], wt: &[T]) -> Vec<T> {
         let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
         let mut out = vec![T::zero(); self.n * self.o * ohw];
@@ -126,9 +249,21 @@ impl ConvGeom {
         } else {
             Self::threads()
         };
+        let shifted = self.shifted();
         let one = |col: &mut Vec<T>, (y, xn): (&mut [T], &[T])| {
             for g in 0..self.groups {
                 let xg = &xn[g * cg * hw..(g + 1) * cg * hw];
+                if shifted {
+                    let wg = &wt[g * og * k..(g + 1) * og * k];
+                    self.shifted_group(
+                        xg,
+                        wg,
+                        &mut y[g * og * ohw..(g + 1) * og * ohw],
+                        col,
+                        gemm_threads,
+                    );
+                    continue;
+                }
                 let b = if self.pointwise() {
                     Mat::rows(xg, ohw)
                 } else {
@@ -148,7 +283,13 @@ impl ConvGeom {
                 );
             }
         };
-        let col_len = if self.pointwise() { 0 } else { k * ohw };
+        let col_len = if shifted {
+            self.shifted_scratch()
+        } else if self.pointwise() {
+            0
+        } else {
+            k * ohw
+        };
         let items = out
             .par_chunks_mut(self.o * ohw)
             .zip(x.par_chunks(self.c * hw));
@@ -163,7 +304,53 @@ impl ConvGeom {
         out
     }
 
+    /// For a stride-1 convolution with a square kernel, the input gradient is itself a convolution:
+    /// of the output gradient, with the kernel flipped and its in/out channels swapped within each
+    /// group, padding dil*(k-1) - pad. That runs as a forward pass (GEMMs whose inner dimension is
+    /// out_channels * k * k instead of out_channels, and no col2im scatter).
+    fn as_transposed_forward(&self) -> Option<ConvGeom> {
+        let span = self.dil * (self.kh - 1);
+        (self.stride == 1 && self.kh == self.kw && self.pad <= span && !self.pointwise()).then(
+            || ConvGeom {
+                n: self.n,
+                c: self.o,
+                h: self.oh,
+                w: self.ow,
+                o: self.c,
+                kh: self.kh,
+                kw: self.kw,
+                stride: 1,
+                pad: span - self.pad,
+                dil: self.dil,
+                groups: self.groups,
+                oh: self.h,
+                ow: self.w,
+            },
+        )
+    }
+
+    /// The kernel [O, C/g, kh, kw] flipped spatially with in/out channels swapped per group: [C, O/g, kh, kw].
+    fn flipped_transposed<T: Elem>(&self, wt: &[T]) -> Vec<T> {
+        let (og, cg, kk) = (self.og(), self.cg(), self.kh * self.kw);
+        let mut out = vec![T::zero(); wt.len()];
+        for g in 0..self.groups {
+            for ol in 0..og {
+                for cl in 0..cg {
+                    let src = ((g * og + ol) * cg + cl) * kk;
+                    let dst = ((g * cg + cl) * og + ol) * kk;
+                    for t in 0..kk {
+                        out[dst + t] = wt[src + kk - 1 - t];
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn backward_input<T: Elem>(&self, gy: &[T], wt: &[T]) -> Vec<T> {
+        if let Some(t) = self.as_transposed_forward() {
+            return t.forward(gy, &self.flipped_transposed(wt));
+        }
         let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
         let mut dx = vec![T::zero(); self.n * self.c * hw];
         let gemm_threads = if self.per_sample() {
@@ -202,7 +389,15 @@ impl ConvGeom {
     fn backward_weight<T: Elem>(&self, x: &[T], gy: &[T]) -> Vec<T> {
         let (og, k, ohw, cg, hw) = (self.og(), self.k(), self.ohw(), self.cg(), self.hw());
         let wlen = self.o * k;
-        let col_len = if self.pointwise() { 0 } else { k * ohw };
+        // shifted GEMMs pay off for the weight gradient on larger planes (measured: slower at 8x8)
+        let shifted = self.shifted() && ohw >= 256;
+        let col_len = if shifted {
+            self.shifted_scratch() + og * cg
+        } else if self.pointwise() {
+            0
+        } else {
+            k * ohw
+        };
         let gemm_threads = if self.per_sample() {
             1
         } else {
@@ -212,6 +407,17 @@ impl ConvGeom {
         let accumulate = |(mut dw, mut col): (Vec<T>, Vec<T>), (xn, gyn): (&[T], &[T])| {
             for g in 0..self.groups {
                 let xg = &xn[g * cg * hw..(g + 1) * cg * hw];
+                if shifted {
+                    let gyg = &gyn[g * og * ohw..(g + 1) * og * ohw];
+                    self.shifted_weight_grad(
+                        xg,
+                        gyg,
+                        &mut dw[g * og * k..(g + 1) * og * k],
+                        &mut col,
+                        gemm_threads,
+                    );
+                    continue;
+                }
                 let b = if self.pointwise() {
                     Mat::transposed(xg, ohw)
                 } else {
@@ -466,6 +672,8 @@ mod tests {
             (2, 4, 11, 11, 4, 3, 1, 2, 2, 4),
             (4, 6, 6, 4, 6, 2, 2, 0, 1, 3),
             (2, 3, 5, 5, 5, 5, 1, 2, 1, 1),
+            (2, 4, 7, 6, 6, 3, 1, 0, 1, 2),
+            (1, 3, 9, 9, 2, 3, 1, 3, 2, 1),
             (1, 1, 10, 7, 2, 3, 3, 1, 1, 1),
         ];
         for (i, &(n, c, h, w, o, k, s, p, d, g)) in cases.iter().enumerate() {
