@@ -69,6 +69,33 @@ def median_ms(fn, warmup, iters):
     return statistics.median(times)
 
 
+def rss_kb():
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            fields[key] = rest.split()
+    return int(fields["VmRSS"][0]), int(fields["VmHWM"][0])
+
+
+def peak_memory(spec):
+    """Resident-set high-water mark minus the resident set before the first of 3 training steps."""
+    name, batch = spec.split(":")
+    b = int(batch)
+    model = MODELS[name]()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(b, 3, 32, 32)
+    y = torch.arange(b) % 10
+    model.train()
+    baseline, _ = rss_kb()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    _, peak = rss_kb()
+    return {"model": name, "batch": b, "baseline_kb": baseline, "peak_kb": peak, "delta_kb": peak - baseline}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -77,9 +104,13 @@ def main():
     ap.add_argument("--models", default="reference-cnn,resnet20")
     ap.add_argument("--train-batches", default="32,128")
     ap.add_argument("--infer-batches", default="1,64")
+    ap.add_argument("--memory", metavar="MODEL:BATCH", help="only measure the peak memory of 3 training steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.memory:
+        print(json.dumps(peak_memory(args.memory)))
+        return
     results = []
     for name in args.models.split(","):
         model = MODELS[name]()

@@ -211,6 +211,94 @@ fn torch_times(python: &Path, iters: usize) -> Result<(String, TorchTimes)> {
     Ok((v["torch"].as_str().unwrap_or("?").to_string(), map))
 }
 
+/// Resident and high-water-mark memory of this process in KiB (Linux /proc/self/status).
+fn memory_kb() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Child-process half of the memory measurement: builds MODEL, then runs 3 training steps at BATCH
+/// and prints {"baseline_kb", "peak_kb", "delta_kb"} (peak resident set minus the resident set
+/// before the first step).
+pub fn memory_child(spec: &str, stock: bool) -> Result<()> {
+    let (model, batch) = spec
+        .split_once(':')
+        .and_then(|(m, b)| b.parse::<usize>().ok().map(|b| (m, b)))
+        .with_context(|| format!("--memory-of expects MODEL:BATCH, got `{spec}`"))?;
+    prunekit_graph::kernels::set_enabled(!stock);
+    let g = prunekit_zoo::build(model, 0)?;
+    let (x, y) = input_batch(&g, batch)?;
+    let mut exec = Executor::new(0);
+    let mut opt = prunekit_train::OptimizerKind::sgd(0.0, 0.0).build(0.01);
+    let (baseline, _) =
+        memory_kb().context("memory is only measured on Linux (/proc/self/status)")?;
+    for _ in 0..3 {
+        graph_step(&mut exec, &g, opt.as_mut(), &x, &y)?;
+    }
+    let (_, peak) = memory_kb().context("cannot read /proc/self/status")?;
+    let delta = peak.saturating_sub(baseline);
+    println!(
+        "{}",
+        json!({ "model": model, "batch": batch, "stock": stock, "baseline_kb": baseline, "peak_kb": peak, "delta_kb": delta })
+    );
+    Ok(())
+}
+
+/// Runs the memory measurement of `spec` in a child process of this binary.
+fn memory_of_child(spec: &str, stock: bool) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find the prunekit binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "--memory-of", spec]);
+    if stock {
+        cmd.arg("--stock");
+    }
+    let out = cmd
+        .output()
+        .context("cannot run the memory child process")?;
+    if !out.status.success() {
+        bail!(
+            "memory measurement failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Peak-memory delta (KiB) of PyTorch training steps from scripts/bench_torch.py --memory.
+fn torch_memory(python: &Path, spec: &str) -> Result<u64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--threads",
+            &prunekit_measure::threads().to_string(),
+            "--memory",
+            spec,
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{} --memory failed: {}",
+            script.display(),
+            err.lines().last().unwrap_or("")
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("bench_torch.py --memory printed no JSON")?;
+    v["delta_kb"]
+        .as_u64()
+        .context("bench_torch.py --memory: no delta_kb")
+}
+
 pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) -> Result<()> {
     let threads = prunekit_measure::threads();
     let lr = 0.01;
@@ -272,10 +360,10 @@ pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) 
     }
 
     // 2. kernels: ours vs stock candle ops vs PyTorch
-    let torch = match torch
-        .or_else(|| Some(PathBuf::from(".venv-torch/bin/python")).filter(|p| p.exists()))
-    {
-        Some(p) => Some(torch_times(&p, iters)?),
+    let torch_python =
+        torch.or_else(|| Some(PathBuf::from(".venv-torch/bin/python")).filter(|p| p.exists()));
+    let torch = match &torch_python {
+        Some(p) => Some(torch_times(p, iters)?),
         None => None,
     };
     let mut speed_rows = Vec::new();
@@ -339,9 +427,20 @@ pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) 
         }
     }
 
+    // 3. peak memory of training steps, each in a fresh process
+    let mem_spec = "resnet20:128";
+    let ours = memory_of_child(mem_spec, false)?;
+    let stock = memory_of_child(mem_spec, true)?;
+    let torch_mem = match &torch_python {
+        Some(p) => Some(torch_memory(p, mem_spec)?),
+        None => None,
+    };
+    let mib = |v: &serde_json::Value| v["delta_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+    let memory = json!({ "spec": mem_spec, "prunekit_kb": ours["delta_kb"], "stock_candle_kb": stock["delta_kb"], "pytorch_kb": torch_mem });
+
     if json_out {
         let out = json!({
-            "threads": threads, "iters": iters, "graph_overhead": overhead, "kernels": speed,
+            "threads": threads, "iters": iters, "graph_overhead": overhead, "kernels": speed, "memory": memory,
             "pytorch": torch.as_ref().map(|(v, _)| v.clone()), "profiles": profiles,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -383,6 +482,16 @@ pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) 
             ],
             &speed_rows
         )
+    );
+    println!("\npeak memory of 3 training steps, {mem_spec}: resident-set high-water mark minus the resident set before the first step, a fresh process each");
+    let rows = vec![vec![
+        format!("{:.1} MiB", mib(&ours)),
+        format!("{:.1} MiB", mib(&stock)),
+        torch_mem.map_or("-".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+    ]];
+    println!(
+        "{}",
+        render(&["prunekit", "stock candle", "PyTorch"], &rows)
     );
     for p in &profiles {
         print_profile(p, iters);

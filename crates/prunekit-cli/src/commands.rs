@@ -68,10 +68,16 @@ pub fn run(cmd: Command) -> Result<()> {
         ),
         Command::Eval { model, data, json } => eval_cmd(&model, &data, json),
         Command::Bench {
+            memory_of: Some(spec),
+            stock,
+            ..
+        } => crate::bench::memory_child(&spec, stock),
+        Command::Bench {
             iters,
             profile,
             torch,
             json,
+            ..
         } => crate::bench::run(iters, profile, torch, json),
     }
 }

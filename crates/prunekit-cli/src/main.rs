@@ -122,6 +122,13 @@ enum Command {
         /// Python with PyTorch for the comparison columns (default: .venv-torch/bin/python if present)
         #[arg(long)]
         torch: Option<PathBuf>,
+        /// only measure the peak memory of training steps of MODEL at BATCH in this process
+        /// (`resnet20:128`); the full bench runs this in child processes
+        #[arg(long, value_name = "MODEL:BATCH")]
+        memory_of: Option<String>,
+        /// with --memory-of: use candle's own ops instead of prunekit's kernels
+        #[arg(long, requires = "memory_of")]
+        stock: bool,
         #[arg(long)]
         json: bool,
     },
