@@ -140,7 +140,12 @@ impl Executor {
             train: mode.train,
             rng: &mut self.rng,
         };
+        let fuse = relu_fusions(g, hooks.as_deref());
+        let mut skip = vec![false; g.nodes.len()];
         for (i, n) in g.nodes.iter().enumerate() {
+            if skip[i] {
+                continue;
+            }
             let xs: Vec<Tensor> = n
                 .inputs
                 .iter()
@@ -155,29 +160,50 @@ impl Executor {
                 params: &n.params,
                 track_grad: mode.grad,
             };
-            let y =
-                n.op.rules()
-                    .forward(&xs, &view, &mut ctx)
-                    .map_err(|e| GraphError::Forward {
-                        node: n.name.clone(),
-                        op: n.op.type_name().to_string(),
-                        source: Box::new(e),
-                    })?;
+            let forward_error = |e: candle_core::Error| GraphError::Forward {
+                node: n.name.clone(),
+                op: n.op.type_name().to_string(),
+                source: Box::new(e),
+            };
+            // a ReLU that is this node's only consumer may be fused into it: the ReLU's value is
+            // then produced here and the ReLU node is skipped
+            let fused = match fuse[i] {
+                Some(j) => {
+                    n.op.rules()
+                        .forward_fused_relu(&xs, &view, &mut ctx)
+                        .map_err(forward_error)?
+                        .map(|y| (j, y))
+                }
+                None => None,
+            };
+            let (out, y) = match fused {
+                Some((j, y)) => {
+                    skip[j] = true;
+                    (j, y)
+                }
+                None => (
+                    i,
+                    n.op.rules()
+                        .forward(&xs, &view, &mut ctx)
+                        .map_err(forward_error)?,
+                ),
+            };
+            let out_name = &g.nodes[out].name;
             let mut y = y;
             if let Some(h) = hooks.as_deref_mut() {
-                if mode.grad && h.capture_grads.contains(&n.name) {
+                if mode.grad && h.capture_grads.contains(out_name) {
                     let probe = Var::zeros(y.shape(), y.dtype(), y.device())?;
                     y = (y + probe.as_tensor())?;
-                    h.probes.insert(n.name.clone(), probe);
+                    h.probes.insert(out_name.clone(), probe);
                 }
                 if h.capture_inputs.contains(&n.name) {
                     h.inputs.insert(n.name.clone(), xs.clone());
                 }
-                if h.capture_outputs.contains(&n.name) {
-                    h.outputs.insert(n.name.clone(), y.clone());
+                if h.capture_outputs.contains(out_name) {
+                    h.outputs.insert(out_name.clone(), y.clone());
                 }
             }
-            values[base + i] = Some(y);
+            values[base + out] = Some(y);
             for inp in &n.inputs {
                 let v = index[inp.as_str()];
                 if last_use[v] == i {
@@ -190,6 +216,36 @@ impl Executor {
             .map(|o| values[index[o.as_str()]].clone().expect("outputs kept"))
             .collect())
     }
+}
+
+/// For each node, the ReLU node that may be fused into it: the ReLU is the node's only consumer,
+/// and neither the node's output nor the ReLU's input is a graph output or captured by a hook.
+fn relu_fusions(g: &Graph, hooks: Option<&Hooks>) -> Vec<Option<usize>> {
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (j, n) in g.nodes.iter().enumerate() {
+        for inp in &n.inputs {
+            readers.entry(inp.as_str()).or_default().push(j);
+        }
+    }
+    g.nodes
+        .iter()
+        .map(|n| {
+            let r = readers.get(n.name.as_str())?;
+            let j = *r.first()?;
+            let relu = &g.nodes[j];
+            let observed = hooks.is_some_and(|h| {
+                h.capture_outputs.contains(&n.name)
+                    || h.capture_grads.contains(&n.name)
+                    || h.capture_inputs.contains(&relu.name)
+            });
+            (r.len() == 1
+                && matches!(relu.op, crate::ops::Op::Relu(_))
+                && relu.inputs.len() == 1
+                && !g.outputs.contains(&n.name)
+                && !observed)
+                .then_some(j)
+        })
+        .collect()
 }
 
 fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<()> {

@@ -97,6 +97,12 @@ impl CustomOp2 for ReluBackward {
     }
 }
 
+/// The gradient through a ReLU given its output: gy where y > 0, else 0 (one pass).
+pub fn relu_grad(y: &Tensor, gy: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&gy.contiguous()?, &ReluBackward)
+}
+
 /// max(x, 0): our kernel on CPU f32/f64, candle's relu elsewhere.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     if super::supported(x) {

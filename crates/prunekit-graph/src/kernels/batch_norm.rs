@@ -62,6 +62,8 @@ pub type Stats = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
 struct TrainForward {
     eps: f64,
+    /// apply max(0, .) to the output (a following ReLU, fused)
+    relu: bool,
     stats: Stats,
 }
 
@@ -71,6 +73,7 @@ fn train_forward<T: Elem>(
     gamma: &[T],
     beta: &[T],
     eps: f64,
+    relu: bool,
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let m = (d.n * d.s) as f64;
     let sums = d.channel_sums(|i, _| {
@@ -100,7 +103,13 @@ fn train_forward<T: Elem>(
         .for_each(|(plane, (yo, xi))| {
             let ch = plane % d.c;
             let (a, b) = (scale[ch], shift[ch]);
-            yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * a + b);
+            if relu {
+                yo.iter_mut()
+                    .zip(xi)
+                    .for_each(|(o, &v)| *o = (v * a + b).max(T::zero()));
+            } else {
+                yo.iter_mut().zip(xi).for_each(|(o, &v)| *o = v * a + b);
+            }
         });
     (y, mean, var)
 }
@@ -121,13 +130,25 @@ impl CustomOp3 for TrainForward {
         let d = Dims::of(l1.shape())?;
         let (out, mean, var) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (y, m, v) =
-                    train_forward(d, slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, self.eps);
+                let (y, m, v) = train_forward(
+                    d,
+                    slice(x, l1)?,
+                    slice(g, l2)?,
+                    slice(b, l3)?,
+                    self.eps,
+                    self.relu,
+                );
                 (CpuStorage::F32(y), m, v)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (y, m, v) =
-                    train_forward(d, slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, self.eps);
+                let (y, m, v) = train_forward(
+                    d,
+                    slice(x, l1)?,
+                    slice(g, l2)?,
+                    slice(b, l3)?,
+                    self.eps,
+                    self.relu,
+                );
                 (CpuStorage::F64(y), m, v)
             }
             _ => candle_core::bail!(
@@ -145,9 +166,15 @@ impl CustomOp3 for TrainForward {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // with the ReLU fused, its gradient mask comes from the output
+        let gy = if self.relu {
+            super::activation::relu_grad(res, gy)?
+        } else {
+            gy.clone()
+        };
         let (mean, var) = match self.stats.lock().ok().and_then(|s| s.clone()) {
             Some(s) => s,
             None => candle_core::bail!("{}: backward before forward", self.name()),
@@ -248,6 +275,7 @@ pub fn train(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> candle_core::Result<(Tensor, Vec<f64>, Vec<f64>)> {
     let stats: Stats = Arc::new(Mutex::new(None));
     let y = x.contiguous()?.apply_op3(
@@ -255,6 +283,7 @@ pub fn train(
         &beta.contiguous()?,
         TrainForward {
             eps,
+            relu,
             stats: stats.clone(),
         },
     )?;
@@ -299,6 +328,45 @@ mod tests {
     }
 
     #[test]
+    fn fused_relu_equals_batch_norm_then_relu() {
+        let x = Var::from_tensor(&rand(&[4, 3, 5, 5], 1, -2.0, 2.0)).unwrap();
+        let g = Var::from_tensor(&rand(&[3], 2, 0.5, 1.5)).unwrap();
+        let b = Var::from_tensor(&rand(&[3], 3, -1.0, 1.0)).unwrap();
+        let (fused, _, _) = train(&x, &g, &b, 1e-5, true).unwrap();
+        let (plain, _, _) = train(&x, &g, &b, 1e-5, false).unwrap();
+        let plain = plain.relu().unwrap();
+        let r = rand(&[4, 3, 5, 5], 4, -1.0, 1.0);
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert!(diff(&fused, &plain) < 1e-12);
+        let g1 = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&plain * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [x.as_tensor(), g.as_tensor(), b.as_tensor()] {
+            assert!(diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-10);
+        }
+    }
+
+    #[test]
     fn matches_the_composed_reference_with_gradients() {
         for (i, shape) in [
             vec![4, 3, 5, 7],
@@ -313,7 +381,7 @@ mod tests {
             let x = Var::from_tensor(&rand(&shape, i as u64, 2.0, 5.0)).unwrap();
             let g = Var::from_tensor(&rand(&[c], 10 + i as u64, 0.5, 1.5)).unwrap();
             let b = Var::from_tensor(&rand(&[c], 20 + i as u64, -1.0, 1.0)).unwrap();
-            let (ours, mean, _) = train(&x, &g, &b, 1e-5).unwrap();
+            let (ours, mean, _) = train(&x, &g, &b, 1e-5, false).unwrap();
             let refy = reference(&x, &g, &b, 1e-5);
             let diff = |a: &Tensor, b: &Tensor| {
                 (a - b)

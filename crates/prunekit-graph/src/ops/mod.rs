@@ -171,6 +171,17 @@ pub trait OpRules {
     fn channels(&self) -> ChannelRule {
         ChannelRule::Opaque
     }
+    /// Forward pass with a following ReLU fused in, when the op has a fused kernel for it in this
+    /// context; None falls back to the two ops. The runtime calls this when a ReLU is the op's only
+    /// consumer (saves a pass each way and the intermediate tensor autodiff would keep).
+    fn forward_fused_relu(
+        &self,
+        _xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Re-derive attributes from parameter shapes after parameters were sliced.
     fn resize(&mut self, _shapes: &BTreeMap<String, Vec<usize>>) {}
 }

@@ -41,43 +41,15 @@ impl BatchNorm {
             affine: true,
         }
     }
-}
 
-impl OpRules for BatchNorm {
-    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
-        let x = expect_inputs(inputs, 1)?[0];
-        match x.first() {
-            Some(&c) if c == self.num_features => Ok(x.to_vec()),
-            _ => Err(format!(
-                "input shape {x:?} does not start with num_features = {}",
-                self.num_features
-            )),
-        }
-    }
-
-    fn params(&self) -> Vec<ParamDecl> {
-        let c = vec![self.num_features];
-        let mut p = Vec::new();
-        if self.affine {
-            p.push(ParamDecl::new(
-                "weight",
-                c.clone(),
-                Role::Weight,
-                Init::Ones,
-            ));
-            p.push(ParamDecl::new("bias", c.clone(), Role::Bias, Init::Zeros));
-        }
-        p.push(ParamDecl::new(
-            "running_mean",
-            c.clone(),
-            Role::Buffer,
-            Init::Zeros,
-        ));
-        p.push(ParamDecl::new("running_var", c, Role::Buffer, Init::Ones));
-        p
-    }
-
-    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    /// The forward pass; `fuse_relu` (honoured on the fused-kernel path only) applies a following ReLU.
+    fn forward_impl(
+        &self,
+        xs: &[Tensor],
+        p: &ParamView,
+        ctx: &mut Ctx,
+        fuse_relu: bool,
+    ) -> candle_core::Result<Tensor> {
         let x = &xs[0];
         let c = self.num_features;
         // [B, C, rest..] -> [C, B*rest]: the statistics are one contiguous reduction per channel.
@@ -95,7 +67,8 @@ impl OpRules for BatchNorm {
                     Tensor::zeros(c, dt, x.device())?,
                 )
             };
-            let (y, mean, var) = crate::kernels::batch_norm::train(x, &gamma, &beta, self.eps)?;
+            let (y, mean, var) =
+                crate::kernels::batch_norm::train(x, &gamma, &beta, self.eps, fuse_relu)?;
             let n = x.elem_count() / c;
             if n < 2 {
                 candle_core::bail!(
@@ -151,6 +124,58 @@ impl OpRules for BatchNorm {
                 (inv, shift)
             };
             crate::kernels::channel::channel_affine(x, &scale, &shift)
+        }
+    }
+}
+
+impl OpRules for BatchNorm {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        match x.first() {
+            Some(&c) if c == self.num_features => Ok(x.to_vec()),
+            _ => Err(format!(
+                "input shape {x:?} does not start with num_features = {}",
+                self.num_features
+            )),
+        }
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        let c = vec![self.num_features];
+        let mut p = Vec::new();
+        if self.affine {
+            p.push(ParamDecl::new(
+                "weight",
+                c.clone(),
+                Role::Weight,
+                Init::Ones,
+            ));
+            p.push(ParamDecl::new("bias", c.clone(), Role::Bias, Init::Zeros));
+        }
+        p.push(ParamDecl::new(
+            "running_mean",
+            c.clone(),
+            Role::Buffer,
+            Init::Zeros,
+        ));
+        p.push(ParamDecl::new("running_var", c, Role::Buffer, Init::Ones));
+        p
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        self.forward_impl(xs, p, ctx, false)
+    }
+
+    fn forward_fused_relu(
+        &self,
+        xs: &[Tensor],
+        p: &ParamView,
+        ctx: &mut Ctx,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if ctx.train && crate::kernels::supported(&xs[0]) {
+            self.forward_impl(xs, p, ctx, true).map(Some)
+        } else {
+            Ok(None)
         }
     }
 
