@@ -30,24 +30,30 @@ impl Dims {
             s: d[2..].iter().product(),
         })
     }
-    /// Per-channel sums of the pair f(flat index, channel) over samples and positions.
-    fn channel_sums(&self, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+    /// Per-channel sums over samples of the pair f(plane range, channel): each plane is summed in
+    /// the element type (vectorisable), the planes are accumulated in f64.
+    fn channel_sums(
+        &self,
+        f: impl Fn(std::ops::Range<usize>, usize) -> (f64, f64) + Sync,
+    ) -> Vec<(f64, f64)> {
         (0..self.c)
             .into_par_iter()
             .map(|ch| {
                 let (mut a, mut b) = (0f64, 0f64);
                 for n in 0..self.n {
                     let base = (n * self.c + ch) * self.s;
-                    for i in base..base + self.s {
-                        let (p, q) = f(i, ch);
-                        a += p;
-                        b += q;
-                    }
+                    let (p, q) = f(base..base + self.s, ch);
+                    a += p;
+                    b += q;
                 }
                 (a, b)
             })
             .collect()
     }
+}
+
+fn f64_of<T: Elem>(v: T) -> f64 {
+    v.to_f64().unwrap_or(f64::NAN)
 }
 
 fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
@@ -76,16 +82,16 @@ fn train_forward<T: Elem>(
     relu: bool,
 ) -> (Vec<T>, Vec<f64>, Vec<f64>) {
     let m = (d.n * d.s) as f64;
-    let sums = d.channel_sums(|i, _| {
-        let v = x[i].to_f64().unwrap_or(0.0);
-        (v, 0.0)
-    });
+    let sums = d.channel_sums(|r, _| (f64_of(x[r].iter().fold(T::zero(), |a, &v| a + v)), 0.0));
     let mean: Vec<f64> = sums.iter().map(|(s, _)| s / m).collect();
     // second pass for the variance: exact even when |mean| >> std
     let var: Vec<f64> = d
-        .channel_sums(|i, ch| {
-            let v = x[i].to_f64().unwrap_or(0.0) - mean[ch];
-            (v * v, 0.0)
+        .channel_sums(|r, ch| {
+            let m = T::from(mean[ch]).unwrap_or_else(T::zero);
+            (
+                f64_of(x[r].iter().fold(T::zero(), |a, &v| a + (v - m) * (v - m))),
+                0.0,
+            )
         })
         .iter()
         .map(|(s, _)| s / m)
@@ -212,22 +218,39 @@ impl TrainBackward {
             .iter()
             .map(|v| 1.0 / (v + self.eps).sqrt())
             .collect();
-        let sums = d.channel_sums(|i, ch| {
-            let g = gy[i].to_f64().unwrap_or(0.0);
-            let xhat = (x[i].to_f64().unwrap_or(0.0) - self.mean[ch]) * inv[ch];
-            (g, g * xhat)
+        let mean_t: Vec<T> = self
+            .mean
+            .iter()
+            .map(|&v| T::from(v).unwrap_or_else(T::zero))
+            .collect();
+        let inv_t: Vec<T> = inv
+            .iter()
+            .map(|&v| T::from(v).unwrap_or_else(T::zero))
+            .collect();
+        let sums = d.channel_sums(|r, ch| {
+            let (mu, iv) = (mean_t[ch], inv_t[ch]);
+            let (sg, sgx) = gy[r.clone()]
+                .iter()
+                .zip(&x[r])
+                .fold((T::zero(), T::zero()), |(a, b), (&g, &v)| {
+                    (a + g, b + g * (v - mu) * iv)
+                });
+            (f64_of(sg), f64_of(sgx))
         });
         let mut out = vec![T::zero(); x.len() + 2 * d.c];
         let (dx, rest) = out.split_at_mut(x.len());
         dx.par_chunks_mut(d.s).enumerate().for_each(|(plane, o)| {
             let ch = plane % d.c;
+            // dx = k * (m * g - sum(g) - xhat * sum(g * xhat)), k = gamma * inv / m, in the element type
             let (sg, sgx) = sums[ch];
             let k = gamma[ch].to_f64().unwrap_or(0.0) * inv[ch] / m;
+            let t = |v: f64| T::from(v).unwrap_or_else(T::zero);
+            let (km, c0, c1) = (t(k * m), t(k * sg), t(k * sgx));
+            let (mu, iv) = (mean_t[ch], inv_t[ch]);
             let base = plane * d.s;
-            for (j, v) in o.iter_mut().enumerate() {
-                let xhat = (x[base + j].to_f64().unwrap_or(0.0) - self.mean[ch]) * inv[ch];
-                let g = gy[base + j].to_f64().unwrap_or(0.0);
-                *v = T::from(k * (m * g - sg - xhat * sgx)).unwrap_or_else(T::zero);
+            let (xs, gs) = (&x[base..base + d.s], &gy[base..base + d.s]);
+            for ((v, &xv), &g) in o.iter_mut().zip(xs).zip(gs) {
+                *v = km * g - c0 - (xv - mu) * iv * c1;
             }
         });
         for ch in 0..d.c {
