@@ -6,15 +6,12 @@ use rayon::prelude::*;
 
 use super::Elem;
 
+fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    super::contiguous(v, l, "relu kernel")
+}
+
 /// Elements per parallel task; smaller tensors run on one thread (rayon's overhead would dominate).
 const CHUNK: usize = 1 << 16;
-
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("relu kernel: expects contiguous tensors"),
-    }
-}
 
 /// Elementwise map on one thread: memory-bound, and a collect without zero-filling vectorises.
 fn map<T: Elem>(x: &[T], f: impl Fn(T) -> T) -> Vec<T> {
@@ -45,8 +42,8 @@ impl CustomOp1 for Relu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(map(slice(x, l)?, |v| v.max(0.0))),
-            CpuStorage::F64(x) => CpuStorage::F64(map(slice(x, l)?, |v| v.max(0.0))),
+            CpuStorage::F32(x) => CpuStorage::F32(map(slice_of(x, l)?, |v| v.max(0.0))),
+            CpuStorage::F64(x) => CpuStorage::F64(map(slice_of(x, l)?, |v| v.max(0.0))),
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         };
         Ok((out, l.shape().clone()))
@@ -71,7 +68,7 @@ impl CustomOp2 for ReluBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
             (CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                CpuStorage::F32(zip(slice(y, l1)?, slice(g, l2)?, |y, g| {
+                CpuStorage::F32(zip(slice_of(y, l1)?, slice_of(g, l2)?, |y, g| {
                     if y > 0.0 {
                         g
                     } else {
@@ -80,7 +77,7 @@ impl CustomOp2 for ReluBackward {
                 }))
             }
             (CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                CpuStorage::F64(zip(slice(y, l1)?, slice(g, l2)?, |y, g| {
+                CpuStorage::F64(zip(slice_of(y, l1)?, slice_of(g, l2)?, |y, g| {
                     if y > 0.0 {
                         g
                     } else {

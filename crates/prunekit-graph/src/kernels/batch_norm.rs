@@ -11,6 +11,10 @@ use rayon::prelude::*;
 
 use super::Elem;
 
+fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    super::contiguous(v, l, "batch norm kernel")
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Dims {
     n: usize,
@@ -54,13 +58,6 @@ impl Dims {
 
 fn f64_of<T: Elem>(v: T) -> f64 {
     v.to_f64().unwrap_or(f64::NAN)
-}
-
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("batch norm kernel: expects contiguous tensors"),
-    }
 }
 
 /// Batch statistics of the last training forward: per-channel mean and biased variance.
@@ -138,9 +135,9 @@ impl CustomOp3 for TrainForward {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
                 let (y, m, v) = train_forward(
                     d,
-                    slice(x, l1)?,
-                    slice(g, l2)?,
-                    slice(b, l3)?,
+                    slice_of(x, l1)?,
+                    slice_of(g, l2)?,
+                    slice_of(b, l3)?,
                     self.eps,
                     self.relu,
                 );
@@ -149,9 +146,9 @@ impl CustomOp3 for TrainForward {
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
                 let (y, m, v) = train_forward(
                     d,
-                    slice(x, l1)?,
-                    slice(g, l2)?,
-                    slice(b, l3)?,
+                    slice_of(x, l1)?,
+                    slice_of(g, l2)?,
+                    slice_of(b, l3)?,
                     self.eps,
                     self.relu,
                 );
@@ -277,10 +274,10 @@ impl CustomOp3 for TrainBackward {
         let d = Dims::of(l1.shape())?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(self.run(d, slice(x, l1)?, slice(g, l2)?, slice(dy, l3)?))
+                CpuStorage::F32(self.run(d, slice_of(x, l1)?, slice_of(g, l2)?, slice_of(dy, l3)?))
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(self.run(d, slice(x, l1)?, slice(g, l2)?, slice(dy, l3)?))
+                CpuStorage::F64(self.run(d, slice_of(x, l1)?, slice_of(g, l2)?, slice_of(dy, l3)?))
             }
             _ => candle_core::bail!(
                 "{}: only f32 and f64 of one type are supported",
@@ -320,15 +317,9 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
-    fn rand(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {
-        use rand::Rng;
-        let mut r = crate::graph::rng(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| r.random_range(lo..hi)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::kernels::test_util::uniform as rand;
 
     /// The composed reference: (x - mean) / sqrt(var + eps) * gamma + beta over (N, S).
     fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
@@ -359,18 +350,7 @@ mod tests {
         let (plain, _, _) = train(&x, &g, &b, 1e-5, false).unwrap();
         let plain = plain.relu().unwrap();
         let r = rand(&[4, 3, 5, 5], 4, -1.0, 1.0);
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
+        let diff = crate::kernels::test_util::max_abs_diff;
         assert!(diff(&fused, &plain) < 1e-12);
         let g1 = (&fused * &r)
             .unwrap()
@@ -406,18 +386,7 @@ mod tests {
             let b = Var::from_tensor(&rand(&[c], 20 + i as u64, -1.0, 1.0)).unwrap();
             let (ours, mean, _) = train(&x, &g, &b, 1e-5, false).unwrap();
             let refy = reference(&x, &g, &b, 1e-5);
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
+            let diff = crate::kernels::test_util::max_abs_diff;
             assert!(diff(&ours, &refy) < 1e-12, "case {i} forward");
             let want_mean = x
                 .transpose(0, 1)

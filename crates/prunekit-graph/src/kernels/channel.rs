@@ -7,11 +7,8 @@ use rayon::prelude::*;
 
 use super::Elem;
 
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("channel kernel: expects contiguous tensors"),
-    }
+fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    super::contiguous(v, l, "channel kernel")
 }
 
 /// (channels, plane size) of an [N, C, S...] shape.
@@ -133,12 +130,12 @@ impl CustomOp3 for Affine {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(affine(slice(x, l1)?, slice(a, l2)?, slice(b, l3)?, c, s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(affine(slice(x, l1)?, slice(a, l2)?, slice(b, l3)?, c, s))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
+                affine(slice_of(x, l1)?, slice_of(a, l2)?, slice_of(b, l3)?, c, s),
+            ),
+            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(
+                affine(slice_of(x, l1)?, slice_of(a, l2)?, slice_of(b, l3)?, c, s),
+            ),
             _ => candle_core::bail!(
                 "{}: only f32 and f64 of one type are supported",
                 self.name()
@@ -190,8 +187,8 @@ impl CustomOp2 for Bias {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
         let out = float_storage2!(self.name(), s1, s2, |x, b| add_bias(
-            slice(x, l1)?,
-            slice(b, l2)?,
+            slice_of(x, l1)?,
+            slice_of(b, l2)?,
             c,
             s
         ));
@@ -224,8 +221,8 @@ impl CustomOp2 for AffineInputGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
         let out = float_storage2!(self.name(), s1, s2, |g, a| scale_planes(
-            slice(g, l1)?,
-            slice(a, l2)?,
+            slice_of(g, l1)?,
+            slice_of(a, l2)?,
             c,
             s
         ));
@@ -246,8 +243,8 @@ impl CustomOp2 for ChannelDot {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
         let out = float_storage2!(self.name(), s1, s2, |x, g| channel_reduce(
-            slice(x, l1)?,
-            Some(slice(g, l2)?),
+            slice_of(x, l1)?,
+            Some(slice_of(g, l2)?),
             c,
             s,
             |p, q| p * q
@@ -263,7 +260,7 @@ impl CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
         let out = float_storage!(self.name(), s1, |g| channel_reduce(
-            slice(g, l1)?,
+            slice_of(g, l1)?,
             None,
             c,
             s,
@@ -330,18 +327,7 @@ mod tests {
                 .broadcast_add(&b.reshape(bshape.as_slice()).unwrap())
                 .unwrap();
             let r = Tensor::randn(0f64, 1.0, shape.as_slice(), &Device::Cpu).unwrap();
-            let diff = |p: &Tensor, q: &Tensor| {
-                (p - q)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
+            let diff = crate::kernels::test_util::max_abs_diff;
             assert!(diff(&ours, &reference) < 1e-12);
             let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (&reference * &r)

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{matmul, Elem, Mat};
+use super::{contiguous as slice, matmul, Elem, Mat};
 
 /// The geometry of one convolution call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +133,19 @@ impl ConvGeom {
         (pw, ph * pw + self.dil * (self.kw - 1))
     }
 
+    /// Copies one group's planes x[cg, h, w] into the zeroed padded layout of [`Self::shifted_dims`].
+    fn pad_planes<T: Elem>(&self, xg: &[T], padded: &mut [T]) {
+        let (pw, plane) = self.shifted_dims();
+        padded.iter_mut().for_each(|v| *v = T::zero());
+        for c in 0..self.cg() {
+            for iy in 0..self.h {
+                let dst = c * plane + (iy + self.pad) * pw + self.pad;
+                let src = (c * self.h + iy) * self.w;
+                padded[dst..dst + self.w].copy_from_slice(&xg[src..src + self.w]);
+            }
+        }
+    }
+
     fn shifted_scratch(&self) -> usize {
         let (pw, plane) = self.shifted_dims();
         self.cg() * plane + self.og() * self.oh * pw
@@ -149,15 +162,7 @@ impl ConvGeom {
         let (pw, plane) = self.shifted_dims();
         let (cg, og, kk) = (self.cg(), self.og(), self.kh * self.kw);
         let (padded, acc) = scratch.split_at_mut(cg * plane);
-        padded.iter_mut().for_each(|v| *v = T::zero());
-        for c in 0..cg {
-            for iy in 0..self.h {
-                let dst = c * plane + (iy + self.pad) * pw + self.pad;
-                padded[dst..dst + self.w].copy_from_slice(
-                    &xg[(c * self.h + iy) * self.w..(c * self.h + iy + 1) * self.w],
-                );
-            }
-        }
+        self.pad_planes(xg, padded);
         let n = self.oh * pw;
         let acc = &mut acc[..og * n];
         for ky in 0..self.kh {
@@ -202,15 +207,7 @@ impl ConvGeom {
         let n = self.oh * pw;
         let (padded, rest) = scratch.split_at_mut(cg * plane);
         let (gpad, tap_grad) = rest.split_at_mut(og * n);
-        padded.iter_mut().for_each(|v| *v = T::zero());
-        for c in 0..cg {
-            for iy in 0..self.h {
-                let dst = c * plane + (iy + self.pad) * pw + self.pad;
-                padded[dst..dst + self.w].copy_from_slice(
-                    &xg[(c * self.h + iy) * self.w..(c * self.h + iy + 1) * self.w],
-                );
-            }
-        }
+        self.pad_planes(xg, padded);
         gpad.iter_mut().for_each(|v| *v = T::zero());
         for o in 0..og {
             for oy in 0..self.oh {
@@ -460,13 +457,6 @@ impl ConvGeom {
     }
 }
 
-fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expects contiguous tensors"),
-    }
-}
-
 /// Runs `f` on two storages of the same float type.
 macro_rules! dispatch2 {
     ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
@@ -635,27 +625,12 @@ fn candle_conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
+
+    use crate::kernels::test_util::max_abs_diff;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        use rand::Rng;
-        let mut r = crate::graph::rng(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        crate::kernels::test_util::uniform(shape, seed, -1.0, 1.0)
     }
 
     /// Outputs and both gradients equal candle's conv2d (the reference) on odd shapes, strides,

@@ -31,6 +31,18 @@ pub fn supported(x: &candle_core::Tensor) -> bool {
         && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
+/// The elements of a contiguous tensor's storage; `what` names the kernel in the error otherwise.
+pub(crate) fn contiguous<'a, T>(
+    v: &'a [T],
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expects contiguous tensors"),
+    }
+}
+
 /// Element types the kernels run on.
 pub trait Elem: Float + Send + Sync + 'static {}
 impl Elem for f32 {}
@@ -125,5 +137,30 @@ pub(crate) fn matmul<T: Elem>(
             false,
             par,
         );
+    }
+}
+
+/// Helpers shared by the kernels' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{Device, Tensor};
+    use rand::Rng;
+
+    /// Seeded uniform f64 values in [lo, hi).
+    pub fn uniform(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {
+        let mut r = crate::graph::rng(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| r.random_range(lo..hi)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches")
+    }
+
+    /// Largest absolute difference of two f64 tensors.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f64>())
+            .expect("same shapes, f64")
     }
 }

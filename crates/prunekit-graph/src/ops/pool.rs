@@ -8,6 +8,8 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::contiguous;
+
 use super::{expect_inputs, ChannelAxis, ChannelRule, Ctx, OpRules, ParamView};
 
 /// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
@@ -294,13 +296,6 @@ impl Geom {
                 }
             });
         dx
-    }
-}
-
-fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expects a contiguous tensor"),
     }
 }
 
