@@ -6,10 +6,6 @@ use rayon::prelude::*;
 
 use super::Elem;
 
-fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    super::contiguous(v, l, "relu kernel")
-}
-
 /// Elements per parallel task; smaller tensors run on one thread (rayon's overhead would dominate).
 const CHUNK: usize = 1 << 16;
 
@@ -41,11 +37,7 @@ impl CustomOp1 for Relu {
         "prunekit-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(map(slice_of(x, l)?, |v| v.max(0.0))),
-            CpuStorage::F64(x) => CpuStorage::F64(map(slice_of(x, l)?, |v| v.max(0.0))),
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = super::float_kernel!(self.name(); x = s, l => map(x, |v| v.max(num_traits::Zero::zero())));
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, res: &Tensor, gy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -66,30 +58,9 @@ impl CustomOp2 for ReluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                CpuStorage::F32(zip(slice_of(y, l1)?, slice_of(g, l2)?, |y, g| {
-                    if y > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                CpuStorage::F64(zip(slice_of(y, l1)?, slice_of(g, l2)?, |y, g| {
-                    if y > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
-                }))
-            }
-            _ => candle_core::bail!(
-                "{}: only f32 and f64 of one type are supported",
-                self.name()
-            ),
-        };
+        let out = super::float_kernel!(self.name(); y = s1, l1; g = s2, l2 => {
+            zip(y, g, |y, g| if y > num_traits::Zero::zero() { g } else { num_traits::Zero::zero() })
+        });
         Ok((out, l1.shape().clone()))
     }
 }

@@ -11,10 +11,6 @@ use rayon::prelude::*;
 
 use super::Elem;
 
-fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    super::contiguous(v, l, "batch norm kernel")
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Dims {
     n: usize,
@@ -131,34 +127,13 @@ impl CustomOp3 for TrainForward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.shape())?;
-        let (out, mean, var) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (y, m, v) = train_forward(
-                    d,
-                    slice_of(x, l1)?,
-                    slice_of(g, l2)?,
-                    slice_of(b, l3)?,
-                    self.eps,
-                    self.relu,
-                );
-                (CpuStorage::F32(y), m, v)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (y, m, v) = train_forward(
-                    d,
-                    slice_of(x, l1)?,
-                    slice_of(g, l2)?,
-                    slice_of(b, l3)?,
-                    self.eps,
-                    self.relu,
-                );
-                (CpuStorage::F64(y), m, v)
-            }
-            _ => candle_core::bail!(
-                "{}: only f32 and f64 of one type are supported",
-                self.name()
-            ),
-        };
+        let stats;
+        let out = super::float_kernel!(self.name(); x = s1, l1; g = s2, l2; b = s3, l3 => {
+            let (y, m, v) = train_forward(d, x, g, b, self.eps, self.relu);
+            stats = (m, v);
+            y
+        });
+        let (mean, var) = stats;
         if let Ok(mut s) = self.stats.lock() {
             *s = Some((mean, var));
         }
@@ -272,18 +247,7 @@ impl CustomOp3 for TrainBackward {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::of(l1.shape())?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(self.run(d, slice_of(x, l1)?, slice_of(g, l2)?, slice_of(dy, l3)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(self.run(d, slice_of(x, l1)?, slice_of(g, l2)?, slice_of(dy, l3)?))
-            }
-            _ => candle_core::bail!(
-                "{}: only f32 and f64 of one type are supported",
-                self.name()
-            ),
-        };
+        let out = super::float_kernel!(self.name(); x = s1, l1; g = s2, l2; dy = s3, l3 => self.run(d, x, g, dy));
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * d.c)))
     }
 }

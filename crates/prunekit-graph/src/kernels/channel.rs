@@ -7,10 +7,6 @@ use rayon::prelude::*;
 
 use super::Elem;
 
-fn slice_of<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    super::contiguous(v, l, "channel kernel")
-}
-
 /// (channels, plane size) of an [N, C, S...] shape.
 fn planes(shape: &Shape) -> candle_core::Result<(usize, usize)> {
     let d = shape.dims();
@@ -73,26 +69,6 @@ struct AffineInputGrad;
 struct ChannelDot;
 struct ChannelSum;
 
-macro_rules! float_storage {
-    ($name:expr, $s:expr, |$v:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32($v) => CpuStorage::F32($body),
-            CpuStorage::F64($v) => CpuStorage::F64($body),
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
-        }
-    };
-}
-
-macro_rules! float_storage2 {
-    ($name:expr, $s1:expr, $s2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32($a), CpuStorage::F32($b)) => CpuStorage::F32($body),
-            (CpuStorage::F64($a), CpuStorage::F64($b)) => CpuStorage::F64($body),
-            _ => candle_core::bail!("{}: only f32 and f64 of one type are supported", $name),
-        }
-    };
-}
-
 fn affine<T: Elem>(x: &[T], scale: &[T], shift: &[T], c: usize, s: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     for_planes(&mut out, s, |p, o| {
@@ -129,18 +105,7 @@ impl CustomOp3 for Affine {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
-                affine(slice_of(x, l1)?, slice_of(a, l2)?, slice_of(b, l3)?, c, s),
-            ),
-            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(
-                affine(slice_of(x, l1)?, slice_of(a, l2)?, slice_of(b, l3)?, c, s),
-            ),
-            _ => candle_core::bail!(
-                "{}: only f32 and f64 of one type are supported",
-                self.name()
-            ),
-        };
+        let out = super::float_kernel!(self.name(); x = s1, l1; a = s2, l2; b = s3, l3 => affine(x, a, b, c, s));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -186,12 +151,7 @@ impl CustomOp2 for Bias {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
-        let out = float_storage2!(self.name(), s1, s2, |x, b| add_bias(
-            slice_of(x, l1)?,
-            slice_of(b, l2)?,
-            c,
-            s
-        ));
+        let out = super::float_kernel!(self.name(); x = s1, l1; b = s2, l2 => add_bias(x, b, c, s));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -220,12 +180,8 @@ impl CustomOp2 for AffineInputGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
-        let out = float_storage2!(self.name(), s1, s2, |g, a| scale_planes(
-            slice_of(g, l1)?,
-            slice_of(a, l2)?,
-            c,
-            s
-        ));
+        let out =
+            super::float_kernel!(self.name(); g = s1, l1; a = s2, l2 => scale_planes(g, a, c, s));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -242,13 +198,7 @@ impl CustomOp2 for ChannelDot {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
-        let out = float_storage2!(self.name(), s1, s2, |x, g| channel_reduce(
-            slice_of(x, l1)?,
-            Some(slice_of(g, l2)?),
-            c,
-            s,
-            |p, q| p * q
-        ));
+        let out = super::float_kernel!(self.name(); x = s1, l1; g = s2, l2 => channel_reduce(x, Some(g), c, s, |p, q| p * q));
         Ok((out, Shape::from(c)))
     }
 }
@@ -259,13 +209,7 @@ impl CustomOp1 for ChannelSum {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c, s) = planes(l1.shape())?;
-        let out = float_storage!(self.name(), s1, |g| channel_reduce(
-            slice_of(g, l1)?,
-            None,
-            c,
-            s,
-            |p, _| p
-        ));
+        let out = super::float_kernel!(self.name(); g = s1, l1 => channel_reduce(g, None, c, s, |p, _| p));
         Ok((out, Shape::from(c)))
     }
 }

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous as slice, matmul, Elem, Mat};
+use super::{matmul, Elem, Mat};
 
 /// The geometry of one convolution call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -457,23 +457,6 @@ impl ConvGeom {
     }
 }
 
-/// Runs `f` on two storages of the same float type.
-macro_rules! dispatch2 {
-    ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                let ($a, $b) = (slice(x, $l1, $name)?, slice(y, $l2, $name)?);
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                let ($a, $b) = (slice(x, $l1, $name)?, slice(y, $l2, $name)?);
-                CpuStorage::F64($body)
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 of one type are supported", $name),
-        }
-    };
-}
-
 struct ConvForward(ConvGeom);
 struct ConvBackwardInput(ConvGeom);
 struct ConvBackwardWeight(ConvGeom);
@@ -490,7 +473,7 @@ impl CustomOp2 for ConvForward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = dispatch2!(self.name(), s1, l1, s2, l2, |x, w| g.forward(x, w));
+        let out = super::float_kernel!(self.name(); x = s1, l1; w = s2, l2 => g.forward(x, w));
         Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
     }
     fn bwd(
@@ -524,7 +507,8 @@ impl CustomOp2 for ConvBackwardInput {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = dispatch2!(self.name(), s1, l1, s2, l2, |gy, w| g.backward_input(gy, w));
+        let out =
+            super::float_kernel!(self.name(); gy = s1, l1; w = s2, l2 => g.backward_input(gy, w));
         Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -541,8 +525,8 @@ impl CustomOp2 for ConvBackwardWeight {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = dispatch2!(self.name(), s1, l1, s2, l2, |x, gy| g
-            .backward_weight(x, gy));
+        let out =
+            super::float_kernel!(self.name(); x = s1, l1; gy = s2, l2 => g.backward_weight(x, gy));
         Ok((out, Shape::from((g.o, g.c / g.groups, g.kh, g.kw))))
     }
 }

@@ -2,6 +2,46 @@
 //! backward passes. Each public function falls back to candle's own op on other devices or dtypes, so
 //! the same graph runs everywhere and candle stays the reference in tests.
 
+/// Runs `$body` on one, two or three CPU storages of the same float type (f32 or f64), each bound
+/// to the name before its `=` as a contiguous slice, and wraps the resulting Vec back into storage.
+/// Other dtypes are an error naming the kernel.
+macro_rules! float_kernel {
+    (@arm $name:expr, $variant:ident, [$($a:ident = $v:ident, $l:expr);+] => $body:expr) => {{
+        $(let $a = $crate::kernels::contiguous($v, $l, $name)?;)+
+        candle_core::CpuStorage::$variant($body)
+    }};
+    ($name:expr; $a:ident = $sa:expr, $la:expr => $body:expr) => {
+        match $sa {
+            candle_core::CpuStorage::F32(v) => $crate::kernels::float_kernel!(@arm $name, F32, [$a = v, $la] => $body),
+            candle_core::CpuStorage::F64(v) => $crate::kernels::float_kernel!(@arm $name, F64, [$a = v, $la] => $body),
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
+        }
+    };
+    ($name:expr; $a:ident = $sa:expr, $la:expr; $b:ident = $sb:expr, $lb:expr => $body:expr) => {
+        match ($sa, $sb) {
+            (candle_core::CpuStorage::F32(v), candle_core::CpuStorage::F32(w)) => {
+                $crate::kernels::float_kernel!(@arm $name, F32, [$a = v, $la; $b = w, $lb] => $body)
+            }
+            (candle_core::CpuStorage::F64(v), candle_core::CpuStorage::F64(w)) => {
+                $crate::kernels::float_kernel!(@arm $name, F64, [$a = v, $la; $b = w, $lb] => $body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 of one type are supported", $name),
+        }
+    };
+    ($name:expr; $a:ident = $sa:expr, $la:expr; $b:ident = $sb:expr, $lb:expr; $c:ident = $sc:expr, $lc:expr => $body:expr) => {
+        match ($sa, $sb, $sc) {
+            (candle_core::CpuStorage::F32(v), candle_core::CpuStorage::F32(w), candle_core::CpuStorage::F32(u)) => {
+                $crate::kernels::float_kernel!(@arm $name, F32, [$a = v, $la; $b = w, $lb; $c = u, $lc] => $body)
+            }
+            (candle_core::CpuStorage::F64(v), candle_core::CpuStorage::F64(w), candle_core::CpuStorage::F64(u)) => {
+                $crate::kernels::float_kernel!(@arm $name, F64, [$a = v, $la; $b = w, $lb; $c = u, $lc] => $body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 of one type are supported", $name),
+        }
+    };
+}
+pub(crate) use float_kernel;
+
 pub mod activation;
 pub mod batch_norm;
 pub mod channel;

@@ -8,8 +8,6 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::contiguous;
-
 use super::{expect_inputs, ChannelAxis, ChannelRule, Ctx, OpRules, ParamView};
 
 /// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
@@ -328,25 +326,15 @@ impl CustomOp1 for Pool2d {
             }
             Ok(())
         };
-        let out = match s {
-            CpuStorage::F32(v) if self.argmax.is_some() => {
-                let (out, idx) = self.geom.fwd_argmax(contiguous(v, l, self.name())?);
+        let out = crate::kernels::float_kernel!(self.name(); x = s, l => {
+            if self.argmax.is_some() {
+                let (out, idx) = self.geom.fwd_argmax(x);
                 record(idx)?;
-                CpuStorage::F32(out)
+                out
+            } else {
+                self.geom.fwd(x, self.max)
             }
-            CpuStorage::F64(v) if self.argmax.is_some() => {
-                let (out, idx) = self.geom.fwd_argmax(contiguous(v, l, self.name())?);
-                record(idx)?;
-                CpuStorage::F64(out)
-            }
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(self.geom.fwd(contiguous(v, l, self.name())?, self.max))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(self.geom.fwd(contiguous(v, l, self.name())?, self.max))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        });
         Ok((out, shape))
     }
 
@@ -409,11 +397,7 @@ impl CustomOp1 for Scatter {
         "prunekit-max-pool2d-backward"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(g) => CpuStorage::F32(self.run(contiguous(g, l, self.name())?)),
-            CpuStorage::F64(g) => CpuStorage::F64(self.run(contiguous(g, l, self.name())?)),
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = crate::kernels::float_kernel!(self.name(); g = s, l => self.run(g));
         Ok((out, self.shape.clone()))
     }
 }
@@ -436,19 +420,7 @@ impl CustomOp2 for Pool2dBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.geom.bwd(
-                contiguous(x, l1, self.name())?,
-                contiguous(g, l2, self.name())?,
-                self.max,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.geom.bwd(
-                contiguous(x, l1, self.name())?,
-                contiguous(g, l2, self.name())?,
-                self.max,
-            )),
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = crate::kernels::float_kernel!(self.name(); x = s1, l1; g = s2, l2 => self.geom.bwd(x, g, self.max));
         Ok((out, l1.shape().clone()))
     }
 }
