@@ -1,7 +1,7 @@
 //! The model graph: named inputs, typed nodes in topological order with their parameters and masks,
 //! named outputs. Shapes are per sample; the batch axis is implicit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -255,10 +255,6 @@ impl Graph {
             .ok_or_else(|| GraphError::UnknownNode(name.to_string()))
     }
 
-    pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
-    }
-
     /// Nodes that read the value `name`, with the input position.
     pub fn consumers(&self, name: &str) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
@@ -426,15 +422,6 @@ impl Graph {
             .collect();
         n.op.rules_mut().resize(&shapes);
         Ok(())
-    }
-
-    /// Names of the values each node reads, for checks that need wiring only.
-    pub fn value_names(&self) -> HashSet<&str> {
-        self.inputs
-            .iter()
-            .map(|i| i.name.as_str())
-            .chain(self.nodes.iter().map(|n| n.name.as_str()))
-            .collect()
     }
 }
 
