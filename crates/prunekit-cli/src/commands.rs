@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use prunekit_data::{Augment, Split};
 use prunekit_graph::{format, Graph};
 use prunekit_measure::{summarize, Summary};
-use prunekit_prune::{magnitude_prune, prune_channels, Norm, Scope, Target};
+use prunekit_prune::{magnitude_prune, prune_structured, Norm, Scope, StructuredConfig, Target};
 use prunekit_train::{fit, LrSchedule, OptimizerKind, TrainConfig};
 use serde_json::json;
 
@@ -320,11 +320,11 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
     let before = summarize(&dense, Some(&split.test))?;
 
     let mut pruned = dense.clone();
-    let groups = prune_channels(&mut pruned, 0.5, Norm::L1, 1)?;
-    for gp in &groups {
+    let report = prune_structured(&mut pruned, &StructuredConfig::new(0.5), &Norm::L1)?;
+    for gp in &report.groups {
         log(&format!(
-            "structured: {} {} -> {} channels (L1 norm)",
-            gp.source, gp.before, gp.after
+            "structured: {} {} -> {} {} (L1 norm)",
+            gp.group, gp.before, gp.after, gp.label
         ));
     }
     magnitude_prune(&mut pruned, Target::Ratio(0.5), Scope::Layer)?;
@@ -350,7 +350,7 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
             "before": summary_json(&before),
             "after": summary_json(&after),
             "after_pruning_before_finetune": { "accuracy": just_pruned.accuracy },
-            "groups": groups,
+            "groups": report.groups,
             "wall_seconds": seconds,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -473,7 +473,9 @@ fn prune_cmd(
             Criterion::L1 => Norm::L1,
             Criterion::L2 => Norm::L2,
         };
-        groups = prune_channels(&mut g, r, norm, round_to)?;
+        let mut cfg = StructuredConfig::new(r);
+        cfg.round_to = round_to;
+        groups = prune_structured(&mut g, &cfg, &norm)?.groups;
     }
     let scope = match scope {
         ScopeArg::Layer => Scope::Layer,
@@ -496,7 +498,7 @@ fn prune_cmd(
         );
     } else {
         for gp in &groups {
-            println!("{}: {} -> {} channels", gp.source, gp.before, gp.after);
+            println!("{}: {} -> {} {}", gp.group, gp.before, gp.after, gp.label);
         }
         for l in &layers {
             println!(

@@ -177,6 +177,58 @@ impl GraphBuilder {
         self.node(BatchNorm::new(Self::channels(x)), &[x])
     }
 
+    /// 1-D convolution over [channels, length] with stride and symmetric padding.
+    pub fn conv1d(
+        &mut self,
+        x: &Value,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Value> {
+        let mut c = Conv1d::new(Self::channels(x), out, kernel);
+        c.stride = stride;
+        c.padding = padding;
+        self.node(c, &[x])
+    }
+
+    /// Depthwise (groups = channels, `multiplier` outputs per channel) or grouped 2-D convolution.
+    pub fn conv2d_grouped(
+        &mut self,
+        x: &Value,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> Result<Value> {
+        let mut c = Conv2d::new(Self::channels(x), out, kernel);
+        c.stride = stride;
+        c.padding = padding;
+        c.groups = groups;
+        c.bias = false;
+        self.node(c, &[x])
+    }
+
+    pub fn group_norm(&mut self, x: &Value, groups: usize) -> Result<Value> {
+        self.node(GroupNorm::new(groups, Self::channels(x)), &[x])
+    }
+
+    pub fn rms_norm(&mut self, x: &Value) -> Result<Value> {
+        self.node(RmsNorm::new(x.shape.last().copied().unwrap_or(0)), &[x])
+    }
+
+    /// Splits `x` along `axis` into pieces of the given sizes (one Narrow node each).
+    pub fn split(&mut self, x: &Value, axis: isize, sizes: &[usize]) -> Result<Vec<Value>> {
+        let mut start = 0;
+        let mut out = Vec::with_capacity(sizes.len());
+        for &len in sizes {
+            out.push(self.node(Narrow { axis, start, len }, &[x])?);
+            start += len;
+        }
+        Ok(out)
+    }
+
     pub fn layer_norm(&mut self, x: &Value) -> Result<Value> {
         self.node(LayerNorm::new(x.shape.last().copied().unwrap_or(0)), &[x])
     }

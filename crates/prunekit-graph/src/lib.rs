@@ -2,6 +2,7 @@
 //! and the candle runtime that executes graphs forward and backward.
 
 pub mod builder;
+pub mod channels;
 pub mod device;
 pub mod error;
 pub mod format;
@@ -11,7 +12,8 @@ pub mod ops;
 pub mod runtime;
 
 pub use builder::{GraphBuilder, Value};
+pub use channels::{analyse, ChannelAnalysis, ChannelGroup, SliceKey, Unit};
 pub use error::{GraphError, Result};
 pub use graph::{Graph, InputKind, InputSpec, Node, Param, Shapes};
-pub use ops::{ChannelAxis, ChannelRule, Op, OpRules, Role};
+pub use ops::{Op, OpRules, Role};
 pub use runtime::{param_grads, Executor, Hooks, Mode};

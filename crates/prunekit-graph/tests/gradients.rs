@@ -814,3 +814,78 @@ fn residual_fan_out_and_two_outputs() {
     let c = grad_check(&g, &[randn(&[2, 2, 5, 5], 112)], true);
     assert_eq!(c.len(), 7);
 }
+
+// ----------------------------------------------------------------------------------------------
+// ops added for dependency-aware pruning
+
+#[test]
+fn conv1d_plain_strided_and_grouped() {
+    let mut c = Conv1d::new(3, 4, 3);
+    c.padding = 1;
+    let got = check_op(c.clone(), &[&[3, 7]], &[randn(&[2, 3, 7], 91)], true);
+    expect_checked(&got, &["op.weight", "op.bias", "input 0"]);
+    c.stride = 2;
+    c.dilation = 2;
+    let got = check_op(c, &[&[3, 9]], &[randn(&[2, 3, 9], 92)], true);
+    expect_checked(&got, &["op.weight", "op.bias", "input 0"]);
+    let mut dw = Conv1d::new(4, 8, 3);
+    dw.groups = 4;
+    dw.padding = 2;
+    let got = check_op(dw, &[&[4, 5]], &[randn(&[2, 4, 5], 93)], true);
+    expect_checked(&got, &["op.weight", "op.bias", "input 0"]);
+}
+
+#[test]
+fn group_norm() {
+    let c = check_op(
+        GroupNorm::new(2, 4),
+        &[&[4, 3, 2]],
+        &[randn(&[2, 4, 3, 2], 94)],
+        true,
+    );
+    expect_checked(&c, &["op.weight", "op.bias", "input 0"]);
+    let c = check_op(
+        GroupNorm::new(3, 6),
+        &[&[6, 5]],
+        &[randn(&[2, 6, 5], 95)],
+        false,
+    );
+    expect_checked(&c, &["op.weight", "op.bias", "input 0"]);
+}
+
+#[test]
+fn rms_norm() {
+    let c = check_op(RmsNorm::new(5), &[&[3, 5]], &[randn(&[2, 3, 5], 96)], true);
+    expect_checked(&c, &["op.weight", "input 0"]);
+}
+
+#[test]
+fn narrow_on_channels_and_last_axis() {
+    let n = Narrow {
+        axis: 0,
+        start: 1,
+        len: 2,
+    };
+    let c = check_op(n, &[&[4, 3, 3]], &[randn(&[2, 4, 3, 3], 97)], true);
+    expect_checked(&c, &["input 0"]);
+    let n = Narrow {
+        axis: -1,
+        start: 2,
+        len: 3,
+    };
+    let c = check_op(n, &[&[2, 6]], &[randn(&[2, 2, 6], 98)], true);
+    expect_checked(&c, &["input 0"]);
+}
+
+/// A masked normalisation weight makes the statistics skip the masked channels, so its gradients
+/// must still match finite differences.
+#[test]
+fn masked_norm_statistics() {
+    for op in [Op::from(LayerNorm::new(5)), Op::from(RmsNorm::new(5))] {
+        let mut g = f64_graph(single_op(op, &[&[3, 5]]), 99);
+        let m = Tensor::new(&[1f64, 0., 1., 1., 0.], &candle_core::Device::Cpu).unwrap();
+        g.set_mask("op", "weight", m).unwrap();
+        let c = grad_check(&g, &[randn(&[2, 3, 5], 100)], true);
+        assert!(c.contains(&"input 0".to_string()), "{c:?}");
+    }
+}

@@ -1,17 +1,18 @@
 //! Pruning passes over the model graph.
 //!
 //! - [`magnitude`]: unstructured masks by weight magnitude, by threshold or target ratio, per layer or global.
-//! - [`channel`]: channel groups found from every op's channel rule, scored by L1/L2 norm and removed
-//!   physically (the structured rewrite), or masked (the reference the rewrite must equal).
+//! - [`structured`]: units from the dependency analysis (channels, heads, recurrent units, conv
+//!   groups) scored by a criterion and removed physically with every coupled slice; `verify`
+//!   checks the result against the masked original.
 
-pub mod channel;
 pub mod magnitude;
+pub mod structured;
 
-pub use channel::{
-    channel_groups, group_scores, mask_channels, prune_channels, remove_channels, ChannelGroup,
-    GroupPruned, Norm, Slice,
-};
 pub use magnitude::{magnitude_prune, prunable_weights, LayerSparsity, Scope, Target};
+pub use structured::{
+    prune_structured, unit_scores, verify, Aggregate, Criterion, GroupPruned, Norm, Normalize,
+    StructuredConfig, StructuredReport, Verification,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {

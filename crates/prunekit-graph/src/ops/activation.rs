@@ -4,17 +4,14 @@ use candle_core::{Tensor, D};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{expect_inputs, resolve_axis, ChannelAxis, ChannelRule, Ctx, OpRules, ParamView};
+use super::{expect_inputs, resolve_axis, Chan, ChannelCx, Ctx, OpRules, ParamView};
 
 fn same_shape(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
     Ok(expect_inputs(inputs, 1)?[0].to_vec())
 }
 
-fn pass_through() -> ChannelRule {
-    ChannelRule::PassThrough {
-        axis: ChannelAxis::Any,
-        params: Vec::new(),
-    }
+fn pass_through(cx: &mut ChannelCx) -> Option<Chan> {
+    cx.pass(None, &[])
 }
 
 /// Declares a parameterless elementwise activation: `name, doc, |x| forward`.
@@ -38,8 +35,8 @@ macro_rules! activation {
                 let $x = &xs[0];
                 $body
             }
-            fn channels(&self) -> ChannelRule {
-                pass_through()
+            fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+                pass_through(cx)
             }
         }
     };
@@ -81,8 +78,8 @@ impl OpRules for Gelu {
             GeluApprox::Tanh => xs[0].gelu(),
         }
     }
-    fn channels(&self) -> ChannelRule {
-        pass_through()
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        pass_through(cx)
     }
 }
 
@@ -135,6 +132,15 @@ impl OpRules for Softmax {
         let axis = resolve_axis(self.axis, x.rank() - 1).map_err(candle_core::Error::Msg)?;
         softmax(x, axis + 1)
     }
+    /// Channels on another axis pass through; along the softmax axis every channel feeds every
+    /// output, so they are protected.
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let axis = resolve_axis(self.axis, cx.in_shape(0).len()).ok()?;
+        match cx.input(0) {
+            Some(c) if c.axis != axis => pass_through(cx),
+            _ => cx.opaque(),
+        }
+    }
 }
 
 /// Dropout: in training, zeroes each value with probability `p` and scales the rest by 1/(1-p).
@@ -170,7 +176,7 @@ impl OpRules for Dropout {
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
-    fn channels(&self) -> ChannelRule {
-        pass_through()
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        pass_through(cx)
     }
 }

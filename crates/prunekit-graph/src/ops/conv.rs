@@ -1,4 +1,4 @@
-//! 2-D convolution over NCHW inputs, with stride, symmetric padding, dilation and groups.
+//! 1-D and 2-D convolutions over NCL / NCHW inputs, with stride, symmetric padding, dilation and groups.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    default_true, expect_inputs, numel, ChannelAxis, ChannelRule, Ctx, Init, OpRules, ParamDecl,
+    default_true, expect_inputs, numel, AdaptInput, Chan, ChannelCx, Ctx, Init, OpRules, ParamDecl,
     ParamView, Role,
 };
 
@@ -53,6 +53,45 @@ impl Conv2d {
         let padded = len + 2 * self.padding;
         (padded >= span && self.stride > 0).then(|| (padded - span) / self.stride + 1)
     }
+}
+
+/// Grouped and depthwise convolutions: every input and output channel of one group forms one unit
+/// (removing it removes the group: its weight rows, its bias entries and its input channels).
+pub(crate) fn grouped_channels(cx: &mut ChannelCx, groups: usize) -> Option<Chan> {
+    let input = match cx.input(0) {
+        Some(c) if c.axis == 0 => c.elems.clone(),
+        _ => return cx.opaque(),
+    };
+    let out_n = cx.out_shape()[0];
+    let out = cx.new_space(out_n, "channels");
+    let (cin, cout) = (input.len() / groups, out_n / groups);
+    for k in 0..groups {
+        let head = out[k * cout];
+        for &e in &input[k * cin..(k + 1) * cin] {
+            cx.union(head, e);
+        }
+        for &e in &out[k * cout..(k + 1) * cout] {
+            cx.union(head, e);
+        }
+    }
+    cx.touch_all(&[("weight", 0), ("bias", 0)], &out);
+    Some(Chan {
+        axis: 0,
+        elems: out,
+    })
+}
+
+/// After whole groups were removed, the group count follows the input width (the channels per
+/// group stay).
+pub(crate) fn adapt_groups(in_channels: &mut usize, groups: &mut usize, inputs: &[AdaptInput]) {
+    let Some(new) = inputs.first().and_then(|i| i.new_shape.first().copied()) else {
+        return;
+    };
+    if *groups > 1 {
+        let per_group = (*in_channels / *groups).max(1);
+        *groups = (new / per_group).max(1);
+    }
+    *in_channels = new;
 }
 
 impl OpRules for Conv2d {
@@ -136,18 +175,11 @@ impl OpRules for Conv2d {
         }
     }
 
-    fn channels(&self) -> ChannelRule {
-        if self.groups != 1 {
-            // grouped and depthwise convolutions couple input and output channels: the dependency
-            // analysis issue adds that rule.
-            return ChannelRule::Opaque;
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        if self.groups == 1 {
+            return cx.transform(0, &[("weight", 1)], 0, &[("weight", 0), ("bias", 0)]);
         }
-        ChannelRule::Transform {
-            input_axis: ChannelAxis::First,
-            output_axis: ChannelAxis::First,
-            out_params: vec![("weight", 0), ("bias", 0)],
-            in_params: vec![("weight", 1)],
-        }
+        grouped_channels(cx, self.groups)
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
@@ -155,5 +187,132 @@ impl OpRules for Conv2d {
             self.out_channels = w[0];
             self.in_channels = w[1] * self.groups;
         }
+    }
+
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        adapt_groups(&mut self.in_channels, &mut self.groups, inputs);
+    }
+}
+
+/// 1-D convolution over [channels, length] inputs (speech, sequences). Runs as a 2-D convolution
+/// of height 1 on the same kernels; padding is applied along the length only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv1d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    #[serde(default = "one")]
+    pub stride: usize,
+    #[serde(default)]
+    pub padding: usize,
+    #[serde(default = "one")]
+    pub dilation: usize,
+    #[serde(default = "one")]
+    pub groups: usize,
+    #[serde(default = "default_true")]
+    pub bias: bool,
+}
+
+impl Conv1d {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+        }
+    }
+    /// The equivalent 2-D convolution (kernel 1 x k) for the shape rule.
+    fn as_2d(&self) -> Conv2d {
+        Conv2d {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            kernel: [1, self.kernel],
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+            bias: self.bias,
+        }
+    }
+}
+
+impl OpRules for Conv1d {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        let [c, l] = x else {
+            return Err(format!("expects a [channels, length] input, got {x:?}"));
+        };
+        // the 2-D rule on a unit height (whose padded output rows are not used)
+        let out = self.as_2d().infer(&[&[*c, 1, *l]])?;
+        Ok(vec![out[0], out[2]])
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        let cin = self.in_channels / self.groups.max(1);
+        let init = Init::FanInUniform {
+            fan_in: cin * self.kernel,
+        };
+        let mut p = vec![ParamDecl::new(
+            "weight",
+            vec![self.out_channels, cin, self.kernel],
+            Role::Weight,
+            init,
+        )];
+        if self.bias {
+            p.push(ParamDecl::new(
+                "bias",
+                vec![self.out_channels],
+                Role::Bias,
+                init,
+            ));
+        }
+        p
+    }
+
+    fn macs(&self, _inputs: &[&[usize]], output: &[usize]) -> u64 {
+        numel(output) * (self.in_channels / self.groups) as u64 * self.kernel as u64
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let x = xs[0]
+            .unsqueeze(2)?
+            .pad_with_zeros(3, self.padding, self.padding)?;
+        let y = crate::kernels::conv::conv2d(
+            &x,
+            &p.get("weight")?.unsqueeze(2)?,
+            self.stride,
+            0,
+            self.dilation,
+            self.groups,
+        )?
+        .squeeze(2)?;
+        match p.opt("bias")? {
+            Some(b) => crate::kernels::channel::channel_bias(&y, &b),
+            None => Ok(y),
+        }
+    }
+
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        if self.groups == 1 {
+            return cx.transform(0, &[("weight", 1)], 0, &[("weight", 0), ("bias", 0)]);
+        }
+        grouped_channels(cx, self.groups)
+    }
+
+    fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
+        if let Some(w) = shapes.get("weight") {
+            self.out_channels = w[0];
+            self.in_channels = w[1] * self.groups;
+        }
+    }
+
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        adapt_groups(&mut self.in_channels, &mut self.groups, inputs);
     }
 }

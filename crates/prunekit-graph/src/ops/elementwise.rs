@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{resolve_axis, Ctx, OpRules, ParamView};
+use super::{resolve_axis, Chan, ChannelCx, Ctx, OpRules, ParamView};
 
 /// numpy broadcasting of per-sample shapes.
 fn broadcast(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
@@ -65,6 +65,9 @@ impl OpRules for Add {
     ) -> candle_core::Result<Tensor> {
         fold(xs, |a, b| a.broadcast_add(b))
     }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.elementwise()
+    }
 }
 
 /// Product of two or more inputs (gating).
@@ -83,6 +86,9 @@ impl OpRules for Mul {
         _ctx: &mut Ctx,
     ) -> candle_core::Result<Tensor> {
         fold(xs, |a, b| a.broadcast_mul(b))
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.elementwise()
     }
 }
 
@@ -121,5 +127,34 @@ impl OpRules for Concat {
     ) -> candle_core::Result<Tensor> {
         let axis = resolve_axis(self.axis, xs[0].rank() - 1).map_err(candle_core::Error::Msg)?;
         Tensor::cat(xs, axis + 1)
+    }
+    /// Along the channel axis the inputs' channels lie side by side (offsets follow); along any
+    /// other axis the inputs are unified like an elementwise op.
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let axis = resolve_axis(self.axis, cx.in_shape(0).len()).ok()?;
+        let chans: Option<Vec<Chan>> = (0..cx.num_inputs()).map(|i| cx.input(i).cloned()).collect();
+        let Some(chans) = chans else {
+            return cx.opaque();
+        };
+        if chans.iter().all(|c| c.axis == axis) {
+            let elems = chans.into_iter().flat_map(|c| c.elems).collect();
+            return Some(Chan { axis, elems });
+        }
+        if chans
+            .iter()
+            .all(|c| c.axis != axis && c.axis == chans[0].axis)
+        {
+            let first = chans[0].elems.clone();
+            for c in &chans[1..] {
+                for (&a, &b) in first.iter().zip(&c.elems) {
+                    cx.union(a, b);
+                }
+            }
+            return Some(Chan {
+                axis: chans[0].axis,
+                elems: first,
+            });
+        }
+        cx.opaque()
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{expect_inputs, Ctx, Init, OpRules, ParamDecl, ParamView, Role};
+use super::{expect_inputs, Chan, ChannelCx, Ctx, Init, OpRules, ParamDecl, ParamView, Role};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +47,17 @@ impl OpRules for Embedding {
             );
         }
         p.get("weight")?.index_select(&flat, 0)?.reshape(out_dims)
+    }
+
+    /// The embedding width is a new channel space on the output's last axis.
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.protect_inputs();
+        let elems = cx.new_space(self.embedding_dim, "channels");
+        cx.touch_all(&[("weight", 1)], &elems);
+        Some(Chan {
+            axis: cx.out_shape().len() - 1,
+            elems,
+        })
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {

@@ -6,8 +6,8 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    default_true, expect_inputs, numel, ChannelAxis, ChannelRule, Ctx, Init, OpRules, ParamDecl,
-    ParamView, Role,
+    default_true, expect_inputs, numel, Chan, ChannelCx, Ctx, Init, OpRules, ParamDecl, ParamView,
+    Role,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,13 +74,9 @@ impl OpRules for Linear {
         candle_nn::Linear::new(p.get("weight")?, p.opt("bias")?).forward(&xs[0])
     }
 
-    fn channels(&self) -> ChannelRule {
-        ChannelRule::Transform {
-            input_axis: ChannelAxis::Last,
-            output_axis: ChannelAxis::Last,
-            out_params: vec![("weight", 0), ("bias", 0)],
-            in_params: vec![("weight", 1)],
-        }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let last = cx.last_axis(0);
+        cx.transform(last, &[("weight", 1)], last, &[("weight", 0), ("bias", 0)])
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {

@@ -21,14 +21,15 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use activation::{Dropout, Gelu, Relu, Sigmoid, Silu, Softmax, Tanh};
-pub use conv::Conv2d;
+pub use conv::{Conv1d, Conv2d};
 pub use elementwise::{Add, Concat, Mul};
 pub use embedding::Embedding;
 pub use linear::Linear;
-pub use norm::{BatchNorm, LayerNorm};
+pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
-pub use shape::{Flatten, Reshape};
+pub use shape::{Flatten, Narrow, Reshape};
 
+pub use crate::channels::{AdaptInput, Chan, ChannelCx};
 use crate::graph::Param;
 
 /// What a parameter is for: trainable weights and biases, or buffers (running statistics).
@@ -79,41 +80,6 @@ impl ParamDecl {
     }
 }
 
-/// Which axis of the per-sample tensor carries channels for an op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelAxis {
-    /// axis 0 of the per-sample shape (NCHW convolutions, batch norm)
-    First,
-    /// the last axis (Linear, LayerNorm)
-    Last,
-    /// any axis (elementwise activations)
-    Any,
-}
-
-/// How an op relates the channel spaces of its input and output: the dependency analysis reads this
-/// and nothing else. `(param, axis)` pairs name the parameter slices indexed by a channel.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ChannelRule {
-    /// Consumes the input's channel space and creates a new one on its output (Linear, Conv2d).
-    Transform {
-        input_axis: ChannelAxis,
-        output_axis: ChannelAxis,
-        /// slices removed with an output channel
-        out_params: Vec<(&'static str, usize)>,
-        /// slices removed with an input channel
-        in_params: Vec<(&'static str, usize)>,
-    },
-    /// Output channel i is input channel i (BatchNorm, activations, pooling, dropout).
-    PassThrough {
-        axis: ChannelAxis,
-        params: Vec<(&'static str, usize)>,
-    },
-    /// [C, rest..] -> [C * prod(rest)]: channel c becomes the block of features c*prod(rest)..(c+1)*prod(rest).
-    Flatten,
-    /// No rule yet: channels touching this op are not prunable.
-    Opaque,
-}
-
 /// Execution context of one forward pass.
 pub struct Ctx<'a> {
     /// training mode: batch statistics and running-stat updates in BatchNorm, active dropout
@@ -146,6 +112,10 @@ impl ParamView<'_> {
             Ok(None)
         }
     }
+    /// The mask of a parameter, if it has one (1 = kept, 0 = pruned).
+    pub fn mask(&self, name: &str) -> Option<&Tensor> {
+        self.params.get(name).and_then(|p| p.mask.as_ref())
+    }
     pub fn var(&self, name: &str) -> candle_core::Result<&Var> {
         self.params.get(name).map(|p| &p.value).ok_or_else(|| {
             candle_core::Error::Msg(format!("node `{}`: missing parameter `{name}`", self.node))
@@ -167,10 +137,15 @@ pub trait OpRules {
     }
     /// Forward pass on batched tensors (axis 0 is the batch).
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
-    /// How channels flow through this op (for pruning).
-    fn channels(&self) -> ChannelRule {
-        ChannelRule::Opaque
+    /// How channels flow through this op (for pruning): which parameter slices its inputs' and
+    /// output's channels index, and how they relate (see [`crate::channels`]). The default
+    /// protects every input channel: an op without a rule is never pruned through.
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.opaque()
     }
+    /// Re-derive attributes that depend on input widths but not on parameters (Narrow's offsets,
+    /// Reshape's target) after channels were removed.
+    fn adapt(&mut self, _inputs: &[AdaptInput]) {}
     /// Forward pass with a following ReLU fused in, when the op has a fused kernel for it in this
     /// context; None falls back to the two ops. The runtime calls this when a ReLU is the op's only
     /// consumer (saves a pass each way and the intermediate tensor autodiff would keep).
@@ -218,8 +193,11 @@ macro_rules! ops {
 ops! {
     Linear = "linear",
     Conv2d = "conv2d",
+    Conv1d = "conv1d",
     BatchNorm = "batch_norm",
     LayerNorm = "layer_norm",
+    RmsNorm = "rms_norm",
+    GroupNorm = "group_norm",
     Embedding = "embedding",
     Relu = "relu",
     Gelu = "gelu",
@@ -233,6 +211,7 @@ ops! {
     Concat = "concat",
     Flatten = "flatten",
     Reshape = "reshape",
+    Narrow = "narrow",
     MaxPool2d = "max_pool2d",
     AvgPool2d = "avg_pool2d",
     GlobalAvgPool = "global_avg_pool",

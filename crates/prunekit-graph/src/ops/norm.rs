@@ -6,7 +6,7 @@ use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    default_true, expect_inputs, ChannelAxis, ChannelRule, Ctx, Init, OpRules, ParamDecl,
+    default_true, expect_inputs, AdaptInput, Chan, ChannelCx, Ctx, Init, OpRules, ParamDecl,
     ParamView, Role,
 };
 
@@ -179,15 +179,16 @@ impl OpRules for BatchNorm {
         }
     }
 
-    fn channels(&self) -> ChannelRule {
-        let mut params = vec![("running_mean", 0), ("running_var", 0)];
-        if self.affine {
-            params.extend([("weight", 0), ("bias", 0)]);
-        }
-        ChannelRule::PassThrough {
-            axis: ChannelAxis::First,
-            params,
-        }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.pass(
+            Some(0),
+            &[
+                ("running_mean", 0),
+                ("running_var", 0),
+                ("weight", 0),
+                ("bias", 0),
+            ],
+        )
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
@@ -242,11 +243,7 @@ impl OpRules for LayerNorm {
     }
 
     fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
-        let x = &xs[0];
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let y = normalise_last(&xs[0], p.mask("weight"), self.eps, true)?;
         if self.affine {
             y.broadcast_mul(&p.get("weight")?)?
                 .broadcast_add(&p.get("bias")?)
@@ -255,9 +252,215 @@ impl OpRules for LayerNorm {
         }
     }
 
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        last_axis_norm_channels(cx, self.affine, &[("weight", 0), ("bias", 0)])
+    }
+
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
         if let Some(s) = shapes.get("weight") {
             self.normalized_shape = s[0];
         }
+    }
+}
+
+/// Normalises over the last axis: (x - mean) / sqrt(var + eps) when `center`, x / sqrt(mean(x^2) +
+/// eps) (RMSNorm) otherwise. With a channel mask (the weight's mask after structured masking), the
+/// statistics are taken over the kept channels only, so a masked model computes what the model
+/// with those channels removed computes.
+pub(crate) fn normalise_last(
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    eps: f64,
+    center: bool,
+) -> candle_core::Result<Tensor> {
+    let mean = |t: &Tensor| -> candle_core::Result<Tensor> {
+        match mask {
+            Some(m) => {
+                let kept = m
+                    .to_dtype(candle_core::DType::F64)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+                t.broadcast_mul(&m.to_dtype(t.dtype())?)?
+                    .sum_keepdim(D::Minus1)?
+                    .affine(1.0 / kept.max(1.0), 0.0)
+            }
+            None => t.mean_keepdim(D::Minus1),
+        }
+    };
+    let xc = if center {
+        x.broadcast_sub(&mean(x)?)?
+    } else {
+        x.clone()
+    };
+    let var = mean(&xc.sqr()?)?;
+    xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// Channel rule of a normalisation over the last axis: channels on that axis pass through and
+/// index `params` (the weight's mask then carries which are kept); without a weight to carry the
+/// mask they are protected. Channels on another axis pass through untouched.
+pub(crate) fn last_axis_norm_channels(
+    cx: &mut ChannelCx,
+    has_weight: bool,
+    params: &[(&'static str, usize)],
+) -> Option<Chan> {
+    let last = cx.last_axis(0);
+    match cx.input(0) {
+        Some(c) if c.axis == last && has_weight => cx.pass(Some(last), params),
+        Some(c) if c.axis == last => cx.opaque(),
+        Some(_) => cx.pass(None, &[]),
+        None => None,
+    }
+}
+
+/// Root-mean-square normalisation over the last axis (Llama): x / sqrt(mean(x^2) + eps) * weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmsNorm {
+    pub dim: usize,
+    #[serde(default = "default_rms_eps")]
+    pub eps: f64,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            eps: default_rms_eps(),
+        }
+    }
+}
+
+impl OpRules for RmsNorm {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        match x.last() {
+            Some(&c) if c == self.dim => Ok(x.to_vec()),
+            _ => Err(format!(
+                "input shape {x:?} does not end in dim = {}",
+                self.dim
+            )),
+        }
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        vec![ParamDecl::new(
+            "weight",
+            vec![self.dim],
+            Role::Weight,
+            Init::Ones,
+        )]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        normalise_last(&xs[0], p.mask("weight"), self.eps, false)?.broadcast_mul(&p.get("weight")?)
+    }
+
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        last_axis_norm_channels(cx, true, &[("weight", 0)])
+    }
+
+    fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
+        if let Some(s) = shapes.get("weight") {
+            self.dim = s[0];
+        }
+    }
+}
+
+/// Group normalisation over channel axis 0 of [C, rest..]: statistics per group of C / num_groups
+/// channels (over the group's channels and every position), then a per-channel affine map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupNorm {
+    pub num_groups: usize,
+    pub num_channels: usize,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_true")]
+    pub affine: bool,
+}
+
+impl GroupNorm {
+    pub fn new(num_groups: usize, num_channels: usize) -> Self {
+        Self {
+            num_groups,
+            num_channels,
+            eps: default_eps(),
+            affine: true,
+        }
+    }
+}
+
+impl OpRules for GroupNorm {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        if x.first() != Some(&self.num_channels) {
+            return Err(format!(
+                "input shape {x:?} does not start with num_channels = {}",
+                self.num_channels
+            ));
+        }
+        if self.num_groups == 0 || !self.num_channels.is_multiple_of(self.num_groups) {
+            return Err(format!(
+                "num_groups = {} must divide num_channels = {}",
+                self.num_groups, self.num_channels
+            ));
+        }
+        Ok(x.to_vec())
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        if !self.affine {
+            return Vec::new();
+        }
+        let c = vec![self.num_channels];
+        vec![
+            ParamDecl::new("weight", c.clone(), Role::Weight, Init::Ones),
+            ParamDecl::new("bias", c, Role::Bias, Init::Zeros),
+        ]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        let dims = x.dims().to_vec();
+        let b = dims[0];
+        let g = x.reshape((b, self.num_groups, ()))?;
+        let y = normalise_last(&g, None, self.eps, true)?.reshape(dims.clone())?;
+        if !self.affine {
+            return Ok(y);
+        }
+        let mut bshape = vec![1usize; dims.len()];
+        bshape[1] = self.num_channels;
+        y.broadcast_mul(&p.get("weight")?.reshape(bshape.clone())?)?
+            .broadcast_add(&p.get("bias")?.reshape(bshape)?)
+    }
+
+    /// The channels of one group form one unit: removing it removes the whole group, so the
+    /// statistics of the kept groups are unchanged.
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let c = match cx.input(0) {
+            Some(c) if c.axis == 0 => c.clone(),
+            _ => return cx.opaque(),
+        };
+        let per = c.elems.len() / self.num_groups.max(1);
+        for k in 0..self.num_groups {
+            for &e in &c.elems[k * per + 1..(k + 1) * per] {
+                cx.union(c.elems[k * per], e);
+            }
+        }
+        cx.pass(Some(0), &[("weight", 0), ("bias", 0)])
+    }
+
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        let Some(&new) = inputs.first().and_then(|i| i.new_shape.first()) else {
+            return;
+        };
+        let per = (self.num_channels / self.num_groups.max(1)).max(1);
+        self.num_groups = (new / per).max(1);
+        self.num_channels = new;
     }
 }

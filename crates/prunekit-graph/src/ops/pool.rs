@@ -8,7 +8,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{expect_inputs, ChannelAxis, ChannelRule, Ctx, OpRules, ParamView};
+use super::{expect_inputs, Chan, ChannelCx, Ctx, OpRules, ParamView};
 
 /// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,11 +92,8 @@ impl Pool2dAttrs {
     }
 }
 
-fn pool_channels() -> ChannelRule {
-    ChannelRule::PassThrough {
-        axis: ChannelAxis::First,
-        params: Vec::new(),
-    }
+fn pool_channels(cx: &mut ChannelCx) -> Option<Chan> {
+    cx.pass(Some(0), &[])
 }
 
 /// Max pooling; padded positions never win.
@@ -121,8 +118,8 @@ impl OpRules for MaxPool2d {
     ) -> candle_core::Result<Tensor> {
         self.0.run(&xs[0], true)
     }
-    fn channels(&self) -> ChannelRule {
-        pool_channels()
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        pool_channels(cx)
     }
 }
 
@@ -138,8 +135,8 @@ impl OpRules for AvgPool2d {
     ) -> candle_core::Result<Tensor> {
         self.0.run(&xs[0], false)
     }
-    fn channels(&self) -> ChannelRule {
-        pool_channels()
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        pool_channels(cx)
     }
 }
 
@@ -164,8 +161,8 @@ impl OpRules for GlobalAvgPool {
     ) -> candle_core::Result<Tensor> {
         xs[0].flatten_from(2)?.mean(2)
     }
-    fn channels(&self) -> ChannelRule {
-        pool_channels()
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        pool_channels(cx)
     }
 }
 

@@ -1,0 +1,649 @@
+//! Dependency analysis: which parameter slices must be removed together.
+//!
+//! Every value that carries channels has a *channel axis*, and every position along it carries one
+//! *element*. Ops state, in their [`OpRules::channels`] rule, how the elements of their inputs relate
+//! to those of their output and to their own parameters, through a [`ChannelCx`]:
+//!
+//! - a Linear or Conv2d *consumes* its input's elements (each indexes a column of the weight) and
+//!   *creates* a fresh space of elements for its output (each indexes a row);
+//! - BatchNorm, activations, pooling and dropout pass the elements through (BatchNorm's per-channel
+//!   parameters are indexed by them);
+//! - Add and Mul *unify* the elements of their inputs position by position (residual connections,
+//!   gating): one element of each input becomes one unit;
+//! - Concat lays its inputs' elements side by side, Narrow (Split) takes a range of them;
+//! - Flatten repeats an element over the block of features it becomes;
+//! - grouped and depthwise convolutions unify all input and output channels of one group;
+//! - attention creates a space of heads (or of KV groups and of query heads within a group), LSTM and
+//!   GRU a space of hidden units that index rows of every gate and the recurrent weight's columns.
+//!
+//! Elements that are unified form one *unit*: the smallest thing that can be removed. A unit's slices
+//! are every (parameter, axis, index) its elements touch; removing the unit deletes all of them at
+//! once, and the model stays a valid graph computing the same function as the unpruned model with
+//! those slices zeroed (normalisations over a pruned axis take statistics over the kept channels
+//! only: their weight's mask says which). Units whose elements reach a graph input or output, or
+//! an op without a rule, are protected. Units that grew from connected spaces form a *group* (a
+//! layer's channels, or a residual stream shared by many layers): the pruner ranks units within groups.
+//!
+//! Union-find over elements makes every coupling, however indirect, a single pass over the graph.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::error::{GraphError, Result};
+use crate::graph::{Graph, InputKind, Node};
+
+/// One channel position in the analysis (an index into its union-find).
+pub type Elem = usize;
+
+/// The sentinel element every protected element is unified with.
+const PROTECTED: Elem = 0;
+
+/// The channel axis of a value and the element each position along it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chan {
+    pub axis: usize,
+    pub elems: Vec<Elem>,
+}
+
+struct Space {
+    node: String,
+    label: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    parent: Vec<usize>,
+    /// the space each element was created in
+    space: Vec<usize>,
+    spaces: Vec<Space>,
+    /// (node, param, axis, index, element)
+    touches: Vec<(usize, &'static str, usize, usize, Elem)>,
+}
+
+impl State {
+    fn new() -> Self {
+        let mut s = State::default();
+        s.spaces.push(Space {
+            node: String::new(),
+            label: "protected",
+        });
+        s.parent.push(PROTECTED);
+        s.space.push(0);
+        s
+    }
+    fn find(&mut self, mut e: Elem) -> Elem {
+        while self.parent[e] != e {
+            self.parent[e] = self.parent[self.parent[e]];
+            e = self.parent[e];
+        }
+        e
+    }
+    fn union(&mut self, a: Elem, b: Elem) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            // the protected sentinel (0) stays a root
+            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.parent[hi] = lo;
+        }
+    }
+}
+
+/// What an op's channel rule sees and records: its inputs' channels and shapes, its output shape,
+/// and calls that create spaces, unify elements, protect them and record parameter slices.
+pub struct ChannelCx<'a> {
+    state: &'a mut State,
+    node_index: usize,
+    node: &'a Node,
+    inputs: Vec<Option<Chan>>,
+    in_shapes: Vec<Vec<usize>>,
+    out_shape: Vec<usize>,
+}
+
+impl ChannelCx<'_> {
+    pub fn num_inputs(&self) -> usize {
+        self.inputs.len()
+    }
+    /// The channels of input `i`, or None when it carries none.
+    pub fn input(&self, i: usize) -> Option<&Chan> {
+        self.inputs.get(i).and_then(|c| c.as_ref())
+    }
+    pub fn in_shape(&self, i: usize) -> &[usize] {
+        &self.in_shapes[i]
+    }
+    pub fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+    /// The last axis of input `i`'s per-sample shape.
+    pub fn last_axis(&self, i: usize) -> usize {
+        self.in_shapes[i].len().saturating_sub(1)
+    }
+
+    /// A fresh space of `n` prunable elements created by this node (`label` names what they are:
+    /// "channels", "heads", "kv_groups", "units").
+    pub fn new_space(&mut self, n: usize, label: &'static str) -> Vec<Elem> {
+        let s = self.state.spaces.len();
+        self.state.spaces.push(Space {
+            node: self.node.name.clone(),
+            label,
+        });
+        let start = self.state.parent.len();
+        for e in start..start + n {
+            self.state.parent.push(e);
+            self.state.space.push(s);
+        }
+        (start..start + n).collect()
+    }
+    pub fn union(&mut self, a: Elem, b: Elem) {
+        self.state.union(a, b);
+    }
+    /// Marks elements as not removable.
+    pub fn protect(&mut self, elems: &[Elem]) {
+        for &e in elems {
+            self.state.union(e, PROTECTED);
+        }
+    }
+    /// Protects every input's channels.
+    pub fn protect_inputs(&mut self) {
+        let all: Vec<Elem> = self
+            .inputs
+            .iter()
+            .flatten()
+            .flat_map(|c| c.elems.clone())
+            .collect();
+        self.protect(&all);
+    }
+    /// The rule of an op that cannot follow channels: its inputs are protected, its output carries none.
+    pub fn opaque(&mut self) -> Option<Chan> {
+        self.protect_inputs();
+        None
+    }
+    /// Records that removing element `e` removes `index` along `axis` of parameter `param` (ignored
+    /// when the node has no such parameter, e.g. an absent bias).
+    pub fn touch(&mut self, param: &'static str, axis: usize, index: usize, e: Elem) {
+        if self.node.params.contains_key(param) {
+            self.state
+                .touches
+                .push((self.node_index, param, axis, index, e));
+        }
+    }
+    /// Index i along each `(param, axis)` belongs to `elems[i]`.
+    pub fn touch_all(&mut self, params: &[(&'static str, usize)], elems: &[Elem]) {
+        for &(p, axis) in params {
+            for (i, &e) in elems.iter().enumerate() {
+                self.touch(p, axis, i, e);
+            }
+        }
+    }
+
+    /// Input 0's channels pass through unchanged, indexing `params`. With `axis` given, the
+    /// channels must lie on it (else the op is opaque); None accepts any axis.
+    pub fn pass(&mut self, axis: Option<usize>, params: &[(&'static str, usize)]) -> Option<Chan> {
+        let c = self.input(0)?.clone();
+        if axis.is_some_and(|a| a != c.axis) {
+            return self.opaque();
+        }
+        self.touch_all(params, &c.elems);
+        Some(c)
+    }
+
+    /// Consumes input 0's channels on `in_axis` (indexing `in_params`) and creates a new space for
+    /// the output's `out_axis` (indexing `out_params`). Channels on another axis are protected.
+    pub fn transform(
+        &mut self,
+        in_axis: usize,
+        in_params: &[(&'static str, usize)],
+        out_axis: usize,
+        out_params: &[(&'static str, usize)],
+    ) -> Option<Chan> {
+        if let Some(c) = self.input(0).cloned() {
+            if c.axis == in_axis {
+                self.touch_all(in_params, &c.elems);
+            } else {
+                self.protect(&c.elems);
+            }
+        }
+        let n = self.out_shape.get(out_axis).copied().unwrap_or(0);
+        let elems = self.new_space(n, "channels");
+        self.touch_all(out_params, &elems);
+        Some(Chan {
+            axis: out_axis,
+            elems,
+        })
+    }
+
+    /// Elementwise ops with numpy broadcasting (Add, Mul): inputs whose channels span the output's
+    /// channel axis are unified position by position; anything that cannot be followed (channels
+    /// on different axes, an input of unknown channels spanning the axis, a broadcast channel axis)
+    /// is protected.
+    pub fn elementwise(&mut self) -> Option<Chan> {
+        let rank = self.out_shape.len();
+        let mut axis = None;
+        let mut participants: Vec<Vec<Elem>> = Vec::new();
+        let mut conflict = false;
+        for (i, c) in self.inputs.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let offset = rank - self.in_shapes[i].len();
+            let a = c.axis + offset;
+            if self.in_shapes[i][c.axis] != self.out_shape[a] {
+                conflict = true;
+                continue;
+            }
+            if axis.is_some_and(|x| x != a) {
+                conflict = true;
+            }
+            axis.get_or_insert(a);
+            participants.push(c.elems.clone());
+        }
+        let Some(a) = axis else {
+            return self.opaque();
+        };
+        // an input without channel information that spans the axis
+        for (i, c) in self.inputs.iter().enumerate() {
+            let offset = rank - self.in_shapes[i].len();
+            if c.is_none() && a >= offset && self.in_shapes[i][a - offset] != 1 {
+                conflict = true;
+            }
+        }
+        if conflict {
+            return self.opaque();
+        }
+        let first = participants[0].clone();
+        for p in &participants[1..] {
+            for (&x, &y) in first.iter().zip(p) {
+                self.union(x, y);
+            }
+        }
+        Some(Chan {
+            axis: a,
+            elems: first,
+        })
+    }
+}
+
+/// A (node, parameter, axis) a unit removes indices from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SliceKey {
+    pub node: String,
+    pub param: String,
+    pub axis: usize,
+}
+
+/// The smallest removable structure: unified channel elements and every parameter slice they index.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unit {
+    pub id: usize,
+    pub group: usize,
+    /// (node, param, axis) -> sorted indices along that axis
+    pub slices: BTreeMap<SliceKey, Vec<usize>>,
+}
+
+impl Unit {
+    /// Parameter elements this unit owns (sum over its slices of the slice sizes).
+    pub fn param_count(&self, g: &Graph) -> usize {
+        self.slices
+            .iter()
+            .map(|(k, idx)| {
+                let t = g
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == k.node)
+                    .and_then(|n| n.params.get(&k.param));
+                t.map_or(0, |p| {
+                    let d = p.tensor().dims();
+                    idx.len() * d.iter().product::<usize>() / d[k.axis].max(1)
+                })
+            })
+            .sum()
+    }
+}
+
+/// Units grown from connected spaces: one layer's channels, a residual stream, one attention's heads.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelGroup {
+    /// the node that created the group's first space, and what its elements are
+    pub name: String,
+    pub label: String,
+    pub units: Vec<usize>,
+    /// every node whose parameters the group's units touch
+    pub nodes: Vec<String>,
+}
+
+/// The result of the dependency analysis of one graph.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelAnalysis {
+    pub units: Vec<Unit>,
+    pub groups: Vec<ChannelGroup>,
+    /// per value: its channel axis and the unit at each position (None: protected or untouched)
+    #[serde(skip)]
+    values: HashMap<String, (usize, Vec<Option<usize>>)>,
+}
+
+/// Runs every op's channel rule over the graph.
+pub fn analyse(g: &Graph) -> Result<ChannelAnalysis> {
+    let shapes = g.validate()?;
+    let mut st = State::new();
+    let mut chans: HashMap<String, Option<Chan>> = HashMap::new();
+    for input in &g.inputs {
+        let chan = match input.kind {
+            InputKind::Ids => None,
+            _ => {
+                let rank = input.shape.len();
+                let axis = if rank >= 3 { 0 } else { rank.saturating_sub(1) };
+                let n = input.shape.get(axis).copied().unwrap_or(1);
+                let start = st.parent.len();
+                let s = st.spaces.len();
+                st.spaces.push(Space {
+                    node: input.name.clone(),
+                    label: "input",
+                });
+                for e in start..start + n {
+                    st.parent.push(e);
+                    st.space.push(s);
+                    st.union(e, PROTECTED);
+                }
+                Some(Chan {
+                    axis,
+                    elems: (start..start + n).collect(),
+                })
+            }
+        };
+        chans.insert(input.name.clone(), chan);
+    }
+    for (ni, node) in g.nodes.iter().enumerate() {
+        let inputs: Vec<Option<Chan>> = node
+            .inputs
+            .iter()
+            .map(|i| chans.get(i).cloned().flatten())
+            .collect();
+        let in_shapes: Vec<Vec<usize>> = node.inputs.iter().map(|i| shapes[i].clone()).collect();
+        let mut cx = ChannelCx {
+            state: &mut st,
+            node_index: ni,
+            node,
+            inputs,
+            in_shapes,
+            out_shape: shapes[&node.name].clone(),
+        };
+        let out = node.op.rules().channels(&mut cx);
+        if let Some(c) = &out {
+            let len = shapes[&node.name].get(c.axis).copied();
+            if len != Some(c.elems.len()) {
+                return Err(GraphError::Invalid(format!(
+                    "node `{}`: the {} op's channel rule gave {} channels on axis {} of {:?}",
+                    node.name,
+                    node.op.type_name(),
+                    c.elems.len(),
+                    c.axis,
+                    shapes[&node.name]
+                )));
+            }
+        }
+        chans.insert(node.name.clone(), out);
+    }
+    for o in &g.outputs {
+        if let Some(Some(c)) = chans.get(o) {
+            for &e in &c.elems {
+                st.union(e, PROTECTED);
+            }
+        }
+    }
+    Ok(collect(g, st, &chans))
+}
+
+fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> ChannelAnalysis {
+    let protected = st.find(PROTECTED);
+    // unit per root that has touches and is not protected
+    let mut unit_of_root: BTreeMap<Elem, usize> = BTreeMap::new();
+    let mut slices: Vec<BTreeMap<SliceKey, BTreeSet<usize>>> = Vec::new();
+    let mut roots_in_order: Vec<Elem> = Vec::new();
+    let touches = std::mem::take(&mut st.touches);
+    for &(ni, param, axis, index, e) in &touches {
+        let r = st.find(e);
+        if r == protected {
+            continue;
+        }
+        let u = *unit_of_root.entry(r).or_insert_with(|| {
+            slices.push(BTreeMap::new());
+            roots_in_order.push(r);
+            slices.len() - 1
+        });
+        slices[u]
+            .entry(SliceKey {
+                node: g.nodes[ni].name.clone(),
+                param: param.to_string(),
+                axis,
+            })
+            .or_default()
+            .insert(index);
+    }
+    // groups: spaces connected through unified elements
+    let nspaces = st.spaces.len();
+    let mut sp: Vec<usize> = (0..nspaces).collect();
+    fn sfind(sp: &mut [usize], mut x: usize) -> usize {
+        while sp[x] != x {
+            sp[x] = sp[sp[x]];
+            x = sp[x];
+        }
+        x
+    }
+    let mut first_space_of_root: HashMap<Elem, usize> = HashMap::new();
+    for e in 1..st.parent.len() {
+        let r = st.find(e);
+        let s = st.space[e];
+        match first_space_of_root.get(&r) {
+            Some(&s0) => {
+                let (a, b) = (sfind(&mut sp, s0), sfind(&mut sp, s));
+                if a != b {
+                    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                    sp[hi] = lo;
+                }
+            }
+            None => {
+                first_space_of_root.insert(r, s);
+            }
+        }
+    }
+    let mut group_of_space: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut groups: Vec<ChannelGroup> = Vec::new();
+    let mut units = Vec::with_capacity(slices.len());
+    for (u, r) in roots_in_order.iter().enumerate() {
+        let s = sfind(&mut sp, first_space_of_root[r]);
+        let gi = *group_of_space.entry(s).or_insert_with(|| {
+            groups.push(ChannelGroup {
+                name: st.spaces[s].node.clone(),
+                label: st.spaces[s].label.to_string(),
+                units: Vec::new(),
+                nodes: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[gi].units.push(u);
+        let sl: BTreeMap<SliceKey, Vec<usize>> = std::mem::take(&mut slices[u])
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        for k in sl.keys() {
+            if !groups[gi].nodes.contains(&k.node) {
+                groups[gi].nodes.push(k.node.clone());
+            }
+        }
+        units.push(Unit {
+            id: u,
+            group: gi,
+            slices: sl,
+        });
+    }
+    let values = chans
+        .iter()
+        .filter_map(|(name, c)| {
+            let c = c.as_ref()?;
+            let ids = c
+                .elems
+                .iter()
+                .map(|&e| unit_of_root.get(&st.find(e)).copied())
+                .collect();
+            Some((name.clone(), (c.axis, ids)))
+        })
+        .collect();
+    ChannelAnalysis {
+        units,
+        groups,
+        values,
+    }
+}
+
+/// What an op's `adapt` sees of one input after units were removed.
+pub struct AdaptInput<'a> {
+    pub old_shape: &'a [usize],
+    pub new_shape: &'a [usize],
+    /// the input's channel axis and which positions along it were kept (None: no channels)
+    pub kept: Option<(usize, Vec<bool>)>,
+}
+
+impl ChannelAnalysis {
+    /// Per (node, param, axis): the indices the given units remove. Checks unit ids.
+    pub fn removal_plan(&self, remove: &[usize]) -> Result<BTreeMap<SliceKey, BTreeSet<usize>>> {
+        let mut plan: BTreeMap<SliceKey, BTreeSet<usize>> = BTreeMap::new();
+        for &u in remove {
+            let unit = self.units.get(u).ok_or_else(|| {
+                GraphError::Invalid(format!(
+                    "unit {u} does not exist (the analysis has {} units)",
+                    self.units.len()
+                ))
+            })?;
+            for (k, idx) in &unit.slices {
+                plan.entry(k.clone())
+                    .or_default()
+                    .extend(idx.iter().copied());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Checks that no parameter axis would be emptied, returning what each slicing keeps.
+    fn kept_indices(&self, g: &Graph, remove: &[usize]) -> Result<Vec<Sliced>> {
+        let plan = self.removal_plan(remove)?;
+        let mut out = Vec::with_capacity(plan.len());
+        for (key, removed) in plan {
+            let len = param_len(g, &key)?;
+            let kept: Vec<u32> = (0..len)
+                .filter(|i| !removed.contains(i))
+                .map(|i| i as u32)
+                .collect();
+            if kept.is_empty() {
+                return Err(GraphError::Invalid(format!(
+                    "removing these channels would leave `{}` with zero width ({} has {len} \
+                     entries along axis {}, all removed)",
+                    key.node, key.param, key.axis
+                )));
+            }
+            out.push(Sliced { key, kept, len });
+        }
+        Ok(out)
+    }
+
+    /// Physically removes the units: every slice they index is deleted, ops re-derive their
+    /// attributes, and the graph is validated. On error the graph is unchanged. Returns what each
+    /// sliced parameter axis kept.
+    pub fn remove(&self, g: &mut Graph, remove: &[usize]) -> Result<Vec<Sliced>> {
+        let sliced = self.kept_indices(g, remove)?;
+        let old_shapes = g.validate()?;
+        let mut work = g.try_clone()?;
+        for s in &sliced {
+            work.select(&s.key.node, &s.key.param, s.key.axis, &s.kept)?;
+        }
+        let removed: BTreeSet<usize> = remove.iter().copied().collect();
+        let mut new_shapes: HashMap<String, Vec<usize>> = work
+            .inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect();
+        for node in &mut work.nodes {
+            let kept_of = |v: &str| {
+                self.values.get(v).map(|(axis, ids)| {
+                    let k = ids
+                        .iter()
+                        .map(|u| !u.is_some_and(|u| removed.contains(&u)))
+                        .collect();
+                    (*axis, k)
+                })
+            };
+            let ins: Vec<AdaptInput> = node
+                .inputs
+                .iter()
+                .map(|i| AdaptInput {
+                    old_shape: &old_shapes[i],
+                    new_shape: &new_shapes[i],
+                    kept: kept_of(i),
+                })
+                .collect();
+            node.op.rules_mut().adapt(&ins);
+            let in_shapes: Vec<&[usize]> = ins.iter().map(|a| a.new_shape).collect();
+            let out = node
+                .op
+                .rules()
+                .infer(&in_shapes)
+                .map_err(|m| GraphError::shape(&node.name, node.op.type_name(), m))?;
+            new_shapes.insert(node.name.clone(), out);
+        }
+        work.validate()?;
+        *g = work;
+        Ok(sliced)
+    }
+
+    /// The masked reference of [`remove`](Self::remove): see [`mask_slices`].
+    pub fn mask(&self, g: &mut Graph, remove: &[usize]) -> Result<()> {
+        self.kept_indices(g, remove)?;
+        mask_slices(g, &self.removal_plan(remove)?)
+    }
+
+    /// The units of the group named `name` (the node that created it).
+    pub fn group(&self, name: &str) -> Option<&ChannelGroup> {
+        self.groups.iter().find(|gr| gr.name == name)
+    }
+}
+
+/// One parameter axis sliced by a removal: its length before, and the indices it kept.
+#[derive(Clone, Debug)]
+pub struct Sliced {
+    pub key: SliceKey,
+    pub kept: Vec<u32>,
+    pub len: usize,
+}
+
+fn param_len(g: &Graph, key: &SliceKey) -> Result<usize> {
+    Ok(g.node(&key.node)?
+        .params
+        .get(&key.param)
+        .ok_or_else(|| GraphError::param(&key.node, &key.param, "no such parameter"))?
+        .tensor()
+        .dim(key.axis)?)
+}
+
+/// Zeroes every listed index of every (node, param, axis) through the parameter's mask (combined
+/// with any mask it has). Normalisations read their weight's mask to take statistics over kept
+/// channels only, so masking computes the same function as removing.
+pub fn mask_slices(g: &mut Graph, removed: &BTreeMap<SliceKey, BTreeSet<usize>>) -> Result<()> {
+    for (k, removed) in removed {
+        let p = &g.node(&k.node)?.params[&k.param];
+        let t = p.tensor();
+        let len = param_len(g, k)?;
+        let v: Vec<f32> = (0..len)
+            .map(|i| if removed.contains(&i) { 0.0 } else { 1.0 })
+            .collect();
+        let mut bshape = vec![1usize; t.rank()];
+        bshape[k.axis] = len;
+        let m = Tensor::from_vec(v, bshape, t.device())?
+            .to_dtype(t.dtype())?
+            .broadcast_as(t.shape())?
+            .contiguous()?;
+        let m = match &p.mask {
+            Some(old) => (old * m)?,
+            None => m,
+        };
+        g.set_mask(&k.node, &k.param, m)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! Structured pruning over the dependency analysis ([`prunekit_graph::channels`]): units (channels,
+//! heads, KV groups, recurrent units, whole conv groups) are scored by a [`Criterion`], ranked within
+//! their group (per-layer) or across groups (global), and removed physically: every coupled slice at
+//! once, so the pruned graph computes what the unpruned graph computes with those slices masked.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use candle_core::{DType, Tensor};
+use prunekit_graph::channels::{analyse, mask_slices, ChannelAnalysis, SliceKey};
+use prunekit_graph::{Executor, Graph, Mode, Role};
+use serde::Serialize;
+
+use crate::magnitude::Scope;
+use crate::{check_ratio, PruneError, Result};
+
+/// Importance of parameters for structured pruning: an element-wise score tensor per parameter;
+/// a unit's score per parameter is the (reduced) sum over its slice.
+pub trait Criterion {
+    fn name(&self) -> &'static str;
+    /// Element-wise importance of `param` of `node` (same shape), or None to leave it out.
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>>;
+    /// Turns the sum of importance over a slice into the slice's score (sqrt for L2).
+    fn reduce(&self, sum: f64) -> f64 {
+        sum
+    }
+}
+
+/// L1 (sum of |w|) or L2 (sqrt of the sum of w^2) norm of every weight slice (biases and buffers
+/// are left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    L1,
+    L2,
+}
+
+impl Criterion for Norm {
+    fn name(&self) -> &'static str {
+        match self {
+            Norm::L1 => "l1",
+            Norm::L2 => "l2",
+        }
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let p = g
+            .node(node)?
+            .params
+            .get(param)
+            .ok_or_else(|| PruneError::Invalid(format!("node `{node}` has no `{param}`")))?;
+        if p.role != Role::Weight {
+            return Ok(None);
+        }
+        let w = p.tensor().to_dtype(DType::F64)?;
+        Ok(Some(match self {
+            Norm::L1 => w.abs()?,
+            Norm::L2 => w.sqr()?,
+        }))
+    }
+    fn reduce(&self, sum: f64) -> f64 {
+        match self {
+            Norm::L1 => sum,
+            Norm::L2 => sum.sqrt(),
+        }
+    }
+}
+
+/// How a unit's per-parameter scores combine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Aggregate {
+    #[default]
+    Sum,
+    Mean,
+    Max,
+}
+
+/// How scores are normalised within a group before ranking (matters for global ranking).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Normalize {
+    None,
+    /// divide by the group's mean score
+    #[default]
+    Mean,
+    /// divide by the group's largest score
+    Max,
+}
+
+/// Every knob of one structured pruning run.
+#[derive(Clone, Debug)]
+pub struct StructuredConfig {
+    /// fraction of units to remove, in [0, 1)
+    pub ratio: f64,
+    /// rank within each group (Layer) or across all groups (Global)
+    pub scope: Scope,
+    /// each group loses at least this fraction of its units
+    pub min_ratio: f64,
+    /// and at most this fraction (at least one unit always stays)
+    pub max_ratio: f64,
+    /// kept unit counts are rounded up to a multiple of this (capped at the group's size)
+    pub round_to: usize,
+    /// node names whose parameters must not lose any slice
+    pub protected: Vec<String>,
+    /// prune in this many rounds, re-analysing and re-scoring between them
+    pub steps: usize,
+    pub aggregate: Aggregate,
+    pub normalize: Normalize,
+}
+
+impl StructuredConfig {
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            scope: Scope::Layer,
+            min_ratio: 0.0,
+            max_ratio: 1.0,
+            round_to: 1,
+            protected: Vec::new(),
+            steps: 1,
+            aggregate: Aggregate::Sum,
+            normalize: Normalize::Mean,
+        }
+    }
+}
+
+/// What happened to one group in one pruning run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupPruned {
+    pub group: String,
+    pub label: String,
+    pub before: usize,
+    pub after: usize,
+}
+
+/// The outcome: per-group widths, and for every sliced parameter axis its original length and the
+/// original indices that were kept (what [`verify`] needs to build the masked reference).
+#[derive(Clone, Debug, Serialize)]
+pub struct StructuredReport {
+    pub criterion: String,
+    pub groups: Vec<GroupPruned>,
+    #[serde(skip)]
+    pub kept: BTreeMap<SliceKey, (usize, Vec<usize>)>,
+}
+
+impl StructuredReport {
+    /// Removed original indices per sliced parameter axis.
+    pub fn removed(&self) -> BTreeMap<SliceKey, BTreeSet<usize>> {
+        self.kept
+            .iter()
+            .map(|(k, (len, kept))| {
+                let kept: BTreeSet<usize> = kept.iter().copied().collect();
+                (k.clone(), (0..*len).filter(|i| !kept.contains(i)).collect())
+            })
+            .collect()
+    }
+}
+
+/// The score of every unit of the analysis (higher is more important).
+pub fn unit_scores(
+    g: &Graph,
+    a: &ChannelAnalysis,
+    criterion: &dyn Criterion,
+    aggregate: Aggregate,
+    normalize: Normalize,
+) -> Result<Vec<f64>> {
+    // per slice key: the importance summed over every axis but the key's
+    let mut per_index: HashMap<SliceKey, Option<Vec<f64>>> = HashMap::new();
+    for u in &a.units {
+        for k in u.slices.keys() {
+            if per_index.contains_key(k) {
+                continue;
+            }
+            let sums = match criterion.importance(g, &k.node, &k.param)? {
+                Some(t) => Some(
+                    t.to_dtype(DType::F64)?
+                        .transpose(0, k.axis)?
+                        .flatten_from(1)?
+                        .sum(1)?
+                        .to_vec1::<f64>()?,
+                ),
+                None => None,
+            };
+            per_index.insert(k.clone(), sums);
+        }
+    }
+    let mut scores: Vec<f64> = a
+        .units
+        .iter()
+        .map(|u| {
+            let parts: Vec<f64> = u
+                .slices
+                .iter()
+                .filter_map(|(k, idx)| {
+                    let s = per_index[k].as_ref()?;
+                    Some(criterion.reduce(idx.iter().map(|&i| s[i]).sum()))
+                })
+                .collect();
+            match aggregate {
+                _ if parts.is_empty() => 0.0,
+                Aggregate::Sum => parts.iter().sum(),
+                Aggregate::Mean => parts.iter().sum::<f64>() / parts.len() as f64,
+                Aggregate::Max => parts.iter().copied().fold(f64::MIN, f64::max),
+            }
+        })
+        .collect();
+    for group in &a.groups {
+        let vals: Vec<f64> = group.units.iter().map(|&u| scores[u]).collect();
+        let div = match normalize {
+            Normalize::None => 1.0,
+            Normalize::Mean => vals.iter().sum::<f64>() / vals.len().max(1) as f64,
+            Normalize::Max => vals.iter().copied().fold(0.0, f64::max),
+        };
+        if div > 0.0 {
+            for &u in &group.units {
+                scores[u] /= div;
+            }
+        }
+    }
+    Ok(scores)
+}
+
+/// Units whose slices touch a protected node, after checking every protected name exists.
+fn protected_units(
+    g: &Graph,
+    a: &ChannelAnalysis,
+    protected: &[String],
+) -> Result<BTreeSet<usize>> {
+    for name in protected {
+        if g.node(name).is_err() {
+            return Err(PruneError::Invalid(format!(
+                "protected node `{name}` is not in the model"
+            )));
+        }
+    }
+    Ok(a.units
+        .iter()
+        .filter(|u| u.slices.keys().any(|k| protected.contains(&k.node)))
+        .map(|u| u.id)
+        .collect())
+}
+
+/// How many units of a group of `n` (of which `eligible` may go) to remove at `ratio`.
+fn removal_count(cfg: &StructuredConfig, ratio: f64, n: usize, eligible: usize) -> usize {
+    let lo = (cfg.min_ratio * n as f64).ceil() as usize;
+    let hi = ((cfg.max_ratio * n as f64).floor() as usize).min(n.saturating_sub(1));
+    let want = ((ratio * n as f64).floor() as usize).clamp(lo.min(hi), hi);
+    round_kept(n, want, cfg.round_to).min(eligible)
+}
+
+/// Rounds the kept count up to a multiple of `round_to` (capped at n); returns the removal count.
+fn round_kept(n: usize, remove: usize, round_to: usize) -> usize {
+    if round_to <= 1 {
+        return remove;
+    }
+    let kept = (n - remove).div_ceil(round_to) * round_to;
+    n - kept.min(n)
+}
+
+/// Chooses the units to remove in one round.
+fn choose(
+    a: &ChannelAnalysis,
+    scores: &[f64],
+    locked: &BTreeSet<usize>,
+    cfg: &StructuredConfig,
+    ratio: f64,
+) -> Vec<usize> {
+    let ranked = |units: &[usize]| -> Vec<usize> {
+        let mut v: Vec<usize> = units
+            .iter()
+            .copied()
+            .filter(|u| !locked.contains(u))
+            .collect();
+        v.sort_by(|&x, &y| scores[x].total_cmp(&scores[y]).then(x.cmp(&y)));
+        v
+    };
+    let mut out = Vec::new();
+    match cfg.scope {
+        Scope::Layer => {
+            for group in &a.groups {
+                let r = ranked(&group.units);
+                let k = removal_count(cfg, ratio, group.units.len(), r.len());
+                out.extend_from_slice(&r[..k]);
+            }
+        }
+        Scope::Global => {
+            let total: usize = a.groups.iter().map(|gr| gr.units.len()).sum();
+            let target = (ratio * total as f64).floor() as usize;
+            let mut order: Vec<(usize, usize)> = Vec::new(); // (unit, group)
+            for (gi, group) in a.groups.iter().enumerate() {
+                order.extend(ranked(&group.units).into_iter().map(|u| (u, gi)));
+            }
+            order.sort_by(|x, y| scores[x.0].total_cmp(&scores[y.0]).then(x.0.cmp(&y.0)));
+            let mut per_group = vec![0usize; a.groups.len()];
+            let cap = |gi: usize| {
+                let n = a.groups[gi].units.len();
+                ((cfg.max_ratio * n as f64).floor() as usize).min(n.saturating_sub(1))
+            };
+            let mut taken = 0;
+            for &(_, gi) in &order {
+                if taken == target {
+                    break;
+                }
+                if per_group[gi] < cap(gi) {
+                    per_group[gi] += 1;
+                    taken += 1;
+                }
+            }
+            for (gi, group) in a.groups.iter().enumerate() {
+                let n = group.units.len();
+                let r = ranked(&group.units);
+                let lo = ((cfg.min_ratio * n as f64).ceil() as usize).min(cap(gi));
+                let k = round_kept(n, per_group[gi].max(lo), cfg.round_to).min(r.len());
+                out.extend_from_slice(&r[..k]);
+            }
+        }
+    }
+    out
+}
+
+/// Prunes `g` in place by `cfg`, scoring with `criterion`.
+pub fn prune_structured(
+    g: &mut Graph,
+    cfg: &StructuredConfig,
+    criterion: &dyn Criterion,
+) -> Result<StructuredReport> {
+    check_ratio("structured", cfg.ratio)?;
+    for (what, r) in [("min", cfg.min_ratio), ("max", cfg.max_ratio)] {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(PruneError::Invalid(format!(
+                "{what} ratio {r} is outside [0, 1]"
+            )));
+        }
+    }
+    if cfg.steps == 0 || cfg.round_to == 0 {
+        return Err(PruneError::Invalid(
+            "steps and round_to must be at least 1".into(),
+        ));
+    }
+    let first = analyse(g)?;
+    if first.groups.is_empty() {
+        return Err(PruneError::Invalid(
+            "the model has no prunable channel groups".into(),
+        ));
+    }
+    let before: Vec<(String, String, usize)> = first
+        .groups
+        .iter()
+        .map(|gr| (gr.name.clone(), gr.label.clone(), gr.units.len()))
+        .collect();
+    // per sliced parameter axis: original length, and the original index of each current index
+    let mut origin: BTreeMap<SliceKey, (usize, Vec<usize>)> = BTreeMap::new();
+    let step_ratio = 1.0 - (1.0 - cfg.ratio).powf(1.0 / cfg.steps as f64);
+    let mut a = first;
+    for step in 0..cfg.steps {
+        if step > 0 {
+            a = analyse(g)?;
+        }
+        let locked = protected_units(g, &a, &cfg.protected)?;
+        let scores = unit_scores(g, &a, criterion, cfg.aggregate, cfg.normalize)?;
+        let remove = choose(&a, &scores, &locked, cfg, step_ratio);
+        if remove.is_empty() {
+            continue;
+        }
+        for sliced in a.remove(g, &remove)? {
+            let map = origin
+                .entry(sliced.key)
+                .or_insert_with(|| (sliced.len, (0..sliced.len).collect()));
+            map.1 = sliced.kept.iter().map(|&i| map.1[i as usize]).collect();
+        }
+    }
+    let after = analyse(g)?;
+    let groups = before
+        .into_iter()
+        .map(|(name, label, n)| GroupPruned {
+            after: after
+                .groups
+                .iter()
+                .find(|gr| gr.name == name && gr.label == label)
+                .map_or(n, |gr| gr.units.len()),
+            group: name,
+            label,
+            before: n,
+        })
+        .collect();
+    Ok(StructuredReport {
+        criterion: criterion.name().to_string(),
+        groups,
+        kept: origin,
+    })
+}
+
+/// Output of `verify`: the largest relative error between the masked original and the pruned model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub max_rel_error: f64,
+    pub batches: usize,
+}
+
+/// Reruns `original` with every removed slice masked and compares it with `pruned` on `inputs`
+/// (eval mode): relative error ||a - b|| / ||a|| per output, the largest over outputs and inputs.
+pub fn verify(
+    original: &Graph,
+    pruned: &Graph,
+    removed: &BTreeMap<SliceKey, BTreeSet<usize>>,
+    inputs: &[Vec<Tensor>],
+) -> Result<Verification> {
+    let mut masked = original.try_clone()?;
+    mask_slices(&mut masked, removed)?;
+    let mut worst = 0f64;
+    let mut exec = Executor::new(0);
+    for xs in inputs {
+        let a = exec.run(&masked, xs, Mode::EVAL, None)?;
+        let b = exec.run(pruned, xs, Mode::EVAL, None)?;
+        for (x, y) in a.iter().zip(&b) {
+            let x = x.to_dtype(DType::F64)?.flatten_all()?;
+            let y = y.to_dtype(DType::F64)?.flatten_all()?;
+            let num = (&x - &y)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+            let den = x.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt().max(1e-30);
+            worst = worst.max(num / den);
+        }
+    }
+    Ok(Verification {
+        max_rel_error: worst,
+        batches: inputs.len(),
+    })
+}
