@@ -243,6 +243,73 @@ impl GraphBuilder {
         )
     }
 
+    /// Learned positional embedding added to a sequence [T, D], for sequences up to `max_len`.
+    pub fn positional_embedding(&mut self, x: &Value, max_len: usize) -> Result<Value> {
+        let dim = x.shape.last().copied().unwrap_or(0);
+        self.node(PositionalEmbedding { max_len, dim }, &[x])
+    }
+
+    /// LSTM over a sequence [T, I]: [T, hidden] with `return_sequences`, else the last step's [hidden].
+    pub fn lstm(&mut self, x: &Value, hidden: usize, return_sequences: bool) -> Result<Value> {
+        let mut op = Lstm::new(x.shape.last().copied().unwrap_or(0), hidden);
+        op.return_sequences = return_sequences;
+        self.node(op, &[x])
+    }
+
+    /// GRU over a sequence [T, I]: [T, hidden] with `return_sequences`, else the last step's [hidden].
+    pub fn gru(&mut self, x: &Value, hidden: usize, return_sequences: bool) -> Result<Value> {
+        let mut op = Gru::new(x.shape.last().copied().unwrap_or(0), hidden);
+        op.return_sequences = return_sequences;
+        self.node(op, &[x])
+    }
+
+    fn attention_op(
+        x: &Value,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        causal: bool,
+        rope_theta: Option<f64>,
+    ) -> Attention {
+        let mut op = Attention::new(x.shape.last().copied().unwrap_or(0), heads, head_dim);
+        op.num_kv_heads = kv_heads;
+        op.causal = causal;
+        op.rope_theta = rope_theta;
+        op
+    }
+
+    /// Self-attention over a sequence [T, E] -> [T, E] with biases: `heads` query heads sharing
+    /// `kv_heads` key/value heads (== heads for plain multi-head attention), optionally causal and
+    /// with rotary position embedding of base `rope_theta`.
+    pub fn attention(
+        &mut self,
+        x: &Value,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        causal: bool,
+        rope_theta: Option<f64>,
+    ) -> Result<Value> {
+        let op = Self::attention_op(x, heads, kv_heads, head_dim, causal, rope_theta);
+        self.node(op, &[x])
+    }
+
+    /// [`attention`](Self::attention) with a key padding mask [T] (1.0 = attend, 0.0 = padding).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_masked(
+        &mut self,
+        x: &Value,
+        mask: &Value,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        causal: bool,
+        rope_theta: Option<f64>,
+    ) -> Result<Value> {
+        let op = Self::attention_op(x, heads, kv_heads, head_dim, causal, rope_theta);
+        self.node(op, &[x, mask])
+    }
+
     pub fn relu(&mut self, x: &Value) -> Result<Value> {
         self.node(Relu {}, &[x])
     }

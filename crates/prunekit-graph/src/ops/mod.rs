@@ -7,12 +7,14 @@
 //! `ops!` list below. Every pass (shape inference, counting, format, runtime, pruning) then knows it.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
 pub mod linear;
 pub mod norm;
 pub mod pool;
+pub mod recurrent;
 pub mod shape;
 
 use std::collections::BTreeMap;
@@ -21,12 +23,14 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use activation::{Dropout, Gelu, Relu, Sigmoid, Silu, Softmax, Tanh};
+pub use attention::Attention;
 pub use conv::{Conv1d, Conv2d};
 pub use elementwise::{Add, Concat, Mul};
-pub use embedding::Embedding;
+pub use embedding::{Embedding, PositionalEmbedding};
 pub use linear::Linear;
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use recurrent::{Gru, Lstm};
 pub use shape::{Flatten, Narrow, Reshape};
 
 pub use crate::channels::{AdaptInput, Chan, ChannelCx};
@@ -215,6 +219,10 @@ ops! {
     MaxPool2d = "max_pool2d",
     AvgPool2d = "avg_pool2d",
     GlobalAvgPool = "global_avg_pool",
+    Lstm = "lstm",
+    Gru = "gru",
+    Attention = "attention",
+    PositionalEmbedding = "positional_embedding",
 }
 
 /// Checks the input count; shared by every op's `infer`.
