@@ -275,6 +275,8 @@ pub struct SliceKey {
 pub struct Unit {
     pub id: usize,
     pub group: usize,
+    /// the nodes whose channel spaces the unit's elements were created in (its "output of")
+    pub sources: Vec<String>,
     /// (node, param, axis) -> sorted indices along that axis
     pub slices: BTreeMap<SliceKey, Vec<usize>>,
 }
@@ -472,8 +474,18 @@ fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> C
         units.push(Unit {
             id: u,
             group: gi,
+            sources: Vec::new(),
             slices: sl,
         });
+    }
+    for e in 1..st.parent.len() {
+        let r = st.find(e);
+        if let Some(&u) = unit_of_root.get(&r) {
+            let node = &st.spaces[st.space[e]].node;
+            if !units[u].sources.contains(node) {
+                units[u].sources.push(node.clone());
+            }
+        }
     }
     let values = chans
         .iter()
@@ -542,6 +554,54 @@ impl ChannelAnalysis {
             out.push(Sliced { key, kept, len });
         }
         Ok(out)
+    }
+
+    /// Takes units out of `remove` until no parameter axis and no value's channel axis would lose
+    /// all its entries: for each that would be emptied, the unit in it with the highest
+    /// `priority` stays.
+    pub fn keep_nonempty(
+        &self,
+        g: &Graph,
+        remove: &mut Vec<usize>,
+        priority: &dyn Fn(usize) -> f64,
+    ) -> Result<()> {
+        loop {
+            let plan = self.removal_plan(remove)?;
+            let mut emptied: Option<BTreeSet<usize>> = None;
+            for (key, removed) in &plan {
+                if removed.len() >= param_len(g, key)? {
+                    let units = remove
+                        .iter()
+                        .copied()
+                        .filter(|&u| self.units[u].slices.contains_key(key));
+                    emptied = Some(units.collect());
+                    break;
+                }
+            }
+            if emptied.is_none() {
+                let removed: BTreeSet<usize> = remove.iter().copied().collect();
+                emptied = self
+                    .values
+                    .values()
+                    .find(|(_, ids)| ids.iter().all(|u| u.is_some_and(|u| removed.contains(&u))))
+                    .map(|(_, ids)| ids.iter().flatten().copied().collect());
+            }
+            let Some(candidates) = emptied else {
+                return Ok(());
+            };
+            let best = remove
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| candidates.contains(u))
+                .max_by(|a, b| priority(*a.1).total_cmp(&priority(*b.1)))
+                .map(|(i, _)| i);
+            match best {
+                Some(i) => {
+                    remove.swap_remove(i);
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Physically removes the units: every slice they index is deleted, ops re-derive their

@@ -7,12 +7,14 @@
 
 pub mod magnitude;
 pub mod structured;
+pub mod verify;
 
 pub use magnitude::{magnitude_prune, prunable_weights, LayerSparsity, Scope, Target};
 pub use structured::{
-    prune_structured, unit_scores, verify, Aggregate, Criterion, GroupPruned, Norm, Normalize,
-    StructuredConfig, StructuredReport, Verification,
+    prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, Norm, Normalize,
+    StructuredConfig, StructuredReport,
 };
+pub use verify::{random_inputs, random_removal_error, rel_error, verify, Verification};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use candle_core::{DType, Tensor};
-use prunekit_graph::channels::{analyse, mask_slices, ChannelAnalysis, SliceKey};
-use prunekit_graph::{Executor, Graph, Mode, Role};
+use prunekit_graph::channels::{analyse, ChannelAnalysis, SliceKey};
+use prunekit_graph::{Graph, Role};
 use serde::Serialize;
 
 use crate::magnitude::Scope;
@@ -168,13 +168,17 @@ pub fn unit_scores(
                 continue;
             }
             let sums = match criterion.importance(g, &k.node, &k.param)? {
-                Some(t) => Some(
-                    t.to_dtype(DType::F64)?
-                        .transpose(0, k.axis)?
-                        .flatten_from(1)?
-                        .sum(1)?
-                        .to_vec1::<f64>()?,
-                ),
+                Some(t) => {
+                    let len = t.dim(k.axis)?;
+                    Some(
+                        t.to_dtype(DType::F64)?
+                            .transpose(0, k.axis)?
+                            .contiguous()?
+                            .reshape((len, ()))?
+                            .sum(1)?
+                            .to_vec1::<f64>()?,
+                    )
+                }
                 None => None,
             };
             per_index.insert(k.clone(), sums);
@@ -216,7 +220,8 @@ pub fn unit_scores(
     Ok(scores)
 }
 
-/// Units whose slices touch a protected node, after checking every protected name exists.
+/// Units created by a protected node (its output channels, heads or hidden units, and everything
+/// coupled to them), after checking every protected name exists.
 fn protected_units(
     g: &Graph,
     a: &ChannelAnalysis,
@@ -231,7 +236,7 @@ fn protected_units(
     }
     Ok(a.units
         .iter()
-        .filter(|u| u.slices.keys().any(|k| protected.contains(&k.node)))
+        .filter(|u| u.sources.iter().any(|s| protected.contains(s)))
         .map(|u| u.id)
         .collect())
 }
@@ -354,7 +359,8 @@ pub fn prune_structured(
         }
         let locked = protected_units(g, &a, &cfg.protected)?;
         let scores = unit_scores(g, &a, criterion, cfg.aggregate, cfg.normalize)?;
-        let remove = choose(&a, &scores, &locked, cfg, step_ratio);
+        let mut remove = choose(&a, &scores, &locked, cfg, step_ratio);
+        a.keep_nonempty(g, &mut remove, &|u| scores[u])?;
         if remove.is_empty() {
             continue;
         }
@@ -383,41 +389,5 @@ pub fn prune_structured(
         criterion: criterion.name().to_string(),
         groups,
         kept: origin,
-    })
-}
-
-/// Output of `verify`: the largest relative error between the masked original and the pruned model.
-#[derive(Clone, Debug, Serialize)]
-pub struct Verification {
-    pub max_rel_error: f64,
-    pub batches: usize,
-}
-
-/// Reruns `original` with every removed slice masked and compares it with `pruned` on `inputs`
-/// (eval mode): relative error ||a - b|| / ||a|| per output, the largest over outputs and inputs.
-pub fn verify(
-    original: &Graph,
-    pruned: &Graph,
-    removed: &BTreeMap<SliceKey, BTreeSet<usize>>,
-    inputs: &[Vec<Tensor>],
-) -> Result<Verification> {
-    let mut masked = original.try_clone()?;
-    mask_slices(&mut masked, removed)?;
-    let mut worst = 0f64;
-    let mut exec = Executor::new(0);
-    for xs in inputs {
-        let a = exec.run(&masked, xs, Mode::EVAL, None)?;
-        let b = exec.run(pruned, xs, Mode::EVAL, None)?;
-        for (x, y) in a.iter().zip(&b) {
-            let x = x.to_dtype(DType::F64)?.flatten_all()?;
-            let y = y.to_dtype(DType::F64)?.flatten_all()?;
-            let num = (&x - &y)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-            let den = x.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt().max(1e-30);
-            worst = worst.max(num / den);
-        }
-    }
-    Ok(Verification {
-        max_rel_error: worst,
-        batches: inputs.len(),
     })
 }

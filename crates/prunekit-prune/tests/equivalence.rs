@@ -1,0 +1,505 @@
+//! Every structured rewrite is checked against masking: for every op (placed between prunable
+//! layers) and random graphs, removing random units physically gives the outputs of the unpruned
+//! model with those units' slices masked (relative error <= 1e-5, eval mode, random inputs).
+
+use candle_core::Tensor;
+use prunekit_graph::channels::analyse;
+use prunekit_graph::{format, Graph, GraphBuilder, Role, Value};
+use prunekit_prune::{
+    prune_structured, random_inputs, random_removal_error, Norm, StructuredConfig,
+};
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-5;
+
+/// Gives biases, norm weights and running statistics non-trivial values so every slice matters.
+fn randomise(g: &Graph, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for (_, k, p) in g.params() {
+        let t = p.tensor();
+        if p.role == Role::Weight && t.rank() >= 2 {
+            continue;
+        }
+        let n = t.elem_count();
+        let (lo, hi) = if k == "running_var" || p.role == Role::Weight {
+            (0.5, 1.5)
+        } else {
+            (-0.5, 0.5)
+        };
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+        let v = Tensor::from_vec(v, t.shape(), t.device())
+            .unwrap()
+            .to_dtype(t.dtype())
+            .unwrap();
+        p.value.set(&v).unwrap();
+    }
+}
+
+/// Removal equals masking over several random unit choices; returns the largest error.
+fn check(g: &Graph, trials: u64) -> f64 {
+    randomise(g, 1);
+    let a = analyse(g).unwrap();
+    assert!(!a.groups.is_empty(), "{}: no prunable groups", g.name);
+    let mut worst = 0f64;
+    for t in 0..trials {
+        let (pruned, err) = random_removal_error(g, t).unwrap();
+        pruned.validate().unwrap();
+        assert!(err <= TOL, "{} trial {t}: relative error {err}", g.name);
+        if pruned.param_count() < g.param_count() {
+            // the check can fail: against the unmasked model the pruned one differs
+            let x = vec![random_inputs(g, 3, t).unwrap()];
+            let v = prunekit_prune::verify(g, &pruned, &Default::default(), &x).unwrap();
+            assert!(v.max_rel_error > 1e-4, "{}: pruning changed nothing", g.name);
+        }
+        worst = worst.max(err);
+    }
+    worst
+}
+
+fn group_labels(g: &Graph) -> Vec<(String, String, usize)> {
+    analyse(g)
+        .unwrap()
+        .groups
+        .iter()
+        .map(|gr| (gr.name.clone(), gr.label.clone(), gr.units.len()))
+        .collect()
+}
+
+/// input -> [before] -> op -> [after] -> output, where `body` builds the middle.
+fn sandwich(
+    name: &str,
+    shape: &[usize],
+    body: impl FnOnce(&mut GraphBuilder, &Value) -> prunekit_graph::Result<Value>,
+) -> Graph {
+    let mut b = GraphBuilder::new(name, 3);
+    let x = b.input("x", shape);
+    let y = body(&mut b, &x).unwrap();
+    b.finish(&[&y]).unwrap()
+}
+
+fn image(
+    name: &str,
+    f: impl FnOnce(&mut GraphBuilder, &Value) -> prunekit_graph::Result<Value>,
+) -> Graph {
+    sandwich(name, &[3, 8, 8], |b, x| {
+        let h = b.conv2d(x, 8, 3, 1, 1)?;
+        let h = f(b, &h)?;
+        let h = b.conv2d(&h, 4, 3, 1, 1)?;
+        let h = b.flatten(&h)?;
+        b.linear(&h, 3)
+    })
+}
+
+fn sequence(
+    name: &str,
+    f: impl FnOnce(&mut GraphBuilder, &Value) -> prunekit_graph::Result<Value>,
+) -> Graph {
+    sandwich(name, &[5, 6], |b, x| {
+        let h = b.linear(x, 16)?;
+        let h = f(b, &h)?;
+        b.linear(&h, 3)
+    })
+}
+
+#[test]
+fn convolutions_norms_pools_and_activations() {
+    let graphs = vec![
+        image("conv_bn_relu_pool", |b, h| {
+            let h = b.batch_norm(h)?;
+            let h = b.relu(&h)?;
+            b.max_pool2d(&h, 2, 2)
+        }),
+        image("avg_pool_gelu_dropout", |b, h| {
+            let h = b.gelu(h)?;
+            let h = b.dropout(&h, 0.2)?;
+            b.avg_pool2d(&h, 2, 2)
+        }),
+        image("group_norm", |b, h| {
+            let h = b.group_norm(h, 4)?;
+            b.silu(&h)
+        }),
+        image("grouped_conv", |b, h| {
+            let h = b.conv2d_grouped(h, 8, 3, 1, 1, 4)?;
+            b.tanh(&h)
+        }),
+        image("depthwise_multiplier_2", |b, h| {
+            let h = b.conv2d_grouped(h, 16, 3, 2, 1, 8)?;
+            let h = b.batch_norm(&h)?;
+            b.sigmoid(&h)
+        }),
+        image("reshape_keeps_channels", |b, h| {
+            let h = b.reshape(h, &[8, 64])?;
+            b.reshape(&h, &[8, 8, 8])
+        }),
+        sandwich("global_pool", &[3, 8, 8], |b, x| {
+            let h = b.conv2d(x, 8, 3, 1, 1)?;
+            let h = b.global_avg_pool(&h)?;
+            let h = b.linear(&h, 6)?;
+            b.linear(&h, 2)
+        }),
+        sandwich("reshape_flattens", &[3, 6, 6], |b, x| {
+            let h = b.conv2d(x, 5, 3, 1, 1)?;
+            let h = b.reshape(&h, &[180])?;
+            b.linear(&h, 2)
+        }),
+        sandwich("conv1d", &[3, 12], |b, x| {
+            let h = b.conv1d(x, 8, 3, 1, 1)?;
+            let h = b.batch_norm(&h)?;
+            let h = b.relu(&h)?;
+            let h = b.conv1d(&h, 6, 3, 2, 0)?;
+            let h = b.flatten(&h)?;
+            b.linear(&h, 2)
+        }),
+    ];
+    for g in &graphs {
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+}
+
+#[test]
+fn residual_concat_split_and_gating() {
+    let graphs = vec![
+        image("residual_add", |b, h| {
+            let r = b.conv2d(h, 8, 3, 1, 1)?;
+            let r = b.batch_norm(&r)?;
+            let y = b.add(&r, h)?;
+            b.relu(&y)
+        }),
+        image("concat_channels", |b, h| {
+            let a = b.conv2d(h, 5, 3, 1, 1)?;
+            let c = b.conv2d(h, 3, 1, 1, 0)?;
+            b.concat(&[&a, &c, h], 0)
+        }),
+        image("split_channels", |b, h| {
+            let parts = b.split(h, 0, &[3, 5])?;
+            let a = b.conv2d(&parts[0], 4, 3, 1, 1)?;
+            b.concat(&[&a, &parts[1]], 0)
+        }),
+        image("squeeze_excite_gating", |b, h| {
+            let s = b.global_avg_pool(h)?;
+            let s = b.linear(&s, 4)?;
+            let s = b.relu(&s)?;
+            let s = b.linear(&s, 8)?;
+            let s = b.sigmoid(&s)?;
+            let s = b.reshape(&s, &[8, 1, 1])?;
+            b.mul(h, &s)
+        }),
+        sequence("swiglu", |b, h| {
+            let gate = b.linear(h, 12)?;
+            let gate = b.silu(&gate)?;
+            let up = b.linear(h, 12)?;
+            let m = b.mul(&gate, &up)?;
+            let d = b.linear(&m, 16)?;
+            b.add(h, &d)
+        }),
+    ];
+    for g in &graphs {
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+}
+
+#[test]
+fn sequence_ops_norms_attention_and_recurrent() {
+    let graphs = vec![
+        sequence("layer_norm", |b, h| b.layer_norm(h)),
+        sequence("rms_norm_softmax_other_axis", |b, h| {
+            let h = b.rms_norm(h)?;
+            b.node(prunekit_graph::ops::Softmax { axis: 0 }, &[&h])
+        }),
+        sequence("attention_mha", |b, h| {
+            let a = b.attention(h, 4, 4, 4, false, None)?;
+            let y = b.add(h, &a)?;
+            b.layer_norm(&y)
+        }),
+        sequence("attention_gqa_rope_causal", |b, h| {
+            let h = b.rms_norm(h)?;
+            b.attention(&h, 6, 2, 4, true, Some(10000.0))
+        }),
+        sequence("lstm", |b, h| {
+            let h = b.lstm(h, 7, true)?;
+            b.lstm(&h, 5, false)
+        }),
+        sequence("gru", |b, h| {
+            let h = b.gru(h, 7, true)?;
+            b.gru(&h, 5, true)
+        }),
+        {
+            let mut b = GraphBuilder::new("embeddings", 3);
+            let ids = b.ids_input("tokens", &[6]);
+            let e = b.embedding(&ids, 20, 12).unwrap();
+            let e = b.positional_embedding(&e, 8).unwrap();
+            let e = b.layer_norm(&e).unwrap();
+            let y = b.linear(&e, 3).unwrap();
+            b.finish(&[&y]).unwrap()
+        },
+    ];
+    for g in &graphs {
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+}
+
+#[test]
+fn the_analysis_finds_the_expected_units() {
+    // residual: the stream's channels are one group spanning both convs
+    let g = image("residual_add", |b, h| {
+        let r = b.conv2d(h, 8, 3, 1, 1)?;
+        b.add(&r, h)
+    });
+    let a = analyse(&g).unwrap();
+    let stream = a.group("conv2d1").unwrap();
+    assert_eq!(stream.units.len(), 8);
+    assert!(stream.nodes.contains(&"conv2d2".to_string()), "{stream:?}");
+    // GQA: kv groups, query heads within a group, the output channels, and the input linear's channels
+    let g = sequence("gqa", |b, h| b.attention(h, 6, 2, 4, false, None));
+    let labels: Vec<(String, usize)> = group_labels(&g)
+        .into_iter()
+        .map(|(_, l, n)| (l, n))
+        .collect();
+    assert!(labels.contains(&("kv_groups".into(), 2)), "{labels:?}");
+    assert!(labels.contains(&("query_heads".into(), 3)), "{labels:?}");
+    // a depthwise conv's group unifies its input channel with its outputs
+    let g = image("dw", |b, h| b.conv2d_grouped(h, 16, 3, 1, 1, 8));
+    let a = analyse(&g).unwrap();
+    let u = &a.units[a.group("conv2d1").unwrap().units[0]];
+    let touched: Vec<&str> = u.slices.keys().map(|k| k.node.as_str()).collect();
+    assert!(
+        touched.contains(&"conv2d1") && touched.contains(&"conv2d2"),
+        "{touched:?}"
+    );
+    // LSTM units own 4 rows of each weight and one column of W_hh
+    let g = sequence("lstm", |b, h| b.lstm(h, 7, false));
+    let a = analyse(&g).unwrap();
+    let gr = a.groups.iter().find(|gr| gr.label == "units").unwrap();
+    let u = &a.units[gr.units[0]];
+    let rows = u
+        .slices
+        .iter()
+        .find(|(k, _)| k.param == "weight_hh" && k.axis == 0)
+        .unwrap()
+        .1;
+    assert_eq!(rows, &vec![0, 7, 14, 21]);
+}
+
+#[test]
+fn protected_inputs_outputs_and_opaque_ops() {
+    // softmax over the channel axis protects the channels feeding it
+    let g = sequence("softmax_channels", |b, h| b.softmax(h));
+    let names: Vec<String> = group_labels(&g).into_iter().map(|(n, _, _)| n).collect();
+    assert!(!names.contains(&"linear1".to_string()), "{names:?}");
+    // the output layer's channels are never a group
+    let g = sequence("plain", |b, h| b.relu(h));
+    let names: Vec<String> = group_labels(&g).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, vec!["linear1".to_string()]);
+}
+
+#[test]
+fn ratio_zero_is_a_bit_exact_identity_and_pruned_models_round_trip() {
+    let g = image("residual_add", |b, h| {
+        let r = b.conv2d(h, 8, 3, 1, 1)?;
+        let r = b.batch_norm(&r)?;
+        b.add(&r, h)
+    });
+    randomise(&g, 2);
+    let x = random_inputs(&g, 2, 9).unwrap();
+    let run = |g: &Graph| -> Vec<f32> {
+        prunekit_graph::Executor::new(0).eval(g, &x).unwrap()[0]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut same = g.clone();
+    prune_structured(&mut same, &StructuredConfig::new(0.0), &Norm::L1).unwrap();
+    assert_eq!(run(&g), run(&same));
+    assert_eq!(g.param_count(), same.param_count());
+
+    let mut half = g.clone();
+    prune_structured(&mut half, &StructuredConfig::new(0.5), &Norm::L2).unwrap();
+    assert!(half.param_count() < g.param_count());
+    let dir = std::env::temp_dir().join(format!("prunekit-eq-{}", std::process::id()));
+    format::save(&half, &dir).unwrap();
+    let back = format::load(&dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(run(&half), run(&back));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let g = image("plain", |b, h| b.relu(h));
+    let a = analyse(&g).unwrap();
+    let all: Vec<usize> = a.groups[0].units.clone();
+    let err = a.remove(&mut g.clone(), &all).unwrap_err().to_string();
+    assert!(
+        err.contains("zero width") && err.contains("conv2d1"),
+        "{err}"
+    );
+    let err = a.remove(&mut g.clone(), &[999]).unwrap_err().to_string();
+    assert!(err.contains("unit 999"), "{err}");
+    for r in [1.0, -0.1, f64::NAN] {
+        let err = prune_structured(&mut g.clone(), &StructuredConfig::new(r), &Norm::L1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside [0, 1)"), "{err}");
+    }
+    let mut cfg = StructuredConfig::new(0.5);
+    cfg.protected = vec!["nope".into()];
+    let err = prune_structured(&mut g.clone(), &cfg, &Norm::L1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`nope`"), "{err}");
+    // a model without prunable groups
+    let g = sandwich("single", &[4], |b, x| b.linear(x, 2));
+    let err = prune_structured(&mut g.clone(), &StructuredConfig::new(0.5), &Norm::L1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no prunable"), "{err}");
+}
+
+#[test]
+fn pruner_options() {
+    let g = sandwich("mlp", &[6], |b, x| {
+        let h = b.linear(x, 16)?;
+        let h = b.relu(&h)?;
+        let h = b.linear(&h, 10)?;
+        let h = b.relu(&h)?;
+        b.linear(&h, 2)
+    });
+    let widths = |g: &Graph| -> Vec<usize> {
+        g.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                prunekit_graph::Op::Linear(l) => Some(l.out_features),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.5);
+    cfg.round_to = 4;
+    prune_structured(&mut p, &cfg, &Norm::L1).unwrap();
+    assert_eq!(
+        widths(&p),
+        vec![8, 8, 2],
+        "16 -> 8, 10 -> 5 rounded up to 8"
+    );
+    // protected nodes keep their width
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.5);
+    cfg.protected = vec!["linear2".into()];
+    prune_structured(&mut p, &cfg, &Norm::L1).unwrap();
+    assert_eq!(widths(&p), vec![8, 10, 2]);
+    // iterative steps reach the same overall ratio
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.75);
+    cfg.steps = 2;
+    prune_structured(&mut p, &cfg, &Norm::L2).unwrap();
+    assert_eq!(widths(&p), vec![4, 3, 2]);
+    // global ranking with a cap per layer
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.5);
+    cfg.scope = prunekit_prune::magnitude::Scope::Global;
+    cfg.max_ratio = 0.6;
+    let report = prune_structured(&mut p, &cfg, &Norm::L1).unwrap();
+    let removed: usize = report.groups.iter().map(|gr| gr.before - gr.after).sum();
+    assert_eq!(removed, 13, "half of the 26 units overall");
+    for gr in &report.groups {
+        assert!(gr.before - gr.after <= (0.6 * gr.before as f64) as usize);
+    }
+    // min ratio forces pruning in every layer
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.0);
+    cfg.min_ratio = 0.25;
+    prune_structured(&mut p, &cfg, &Norm::L1).unwrap();
+    assert_eq!(widths(&p), vec![12, 7, 2]);
+}
+
+#[test]
+fn iterative_pruning_verifies_against_the_original() {
+    let g = image("residual_concat", |b, h| {
+        let r = b.conv2d(h, 8, 3, 1, 1)?;
+        let r = b.batch_norm(&r)?;
+        let y = b.add(&r, h)?;
+        let c = b.conv2d(&y, 4, 1, 1, 0)?;
+        b.concat(&[&y, &c], 0)
+    });
+    randomise(&g, 5);
+    let mut p = g.clone();
+    let mut cfg = StructuredConfig::new(0.6);
+    cfg.steps = 3;
+    let report = prune_structured(&mut p, &cfg, &Norm::L1).unwrap();
+    let inputs = vec![random_inputs(&g, 2, 1).unwrap()];
+    let v = prunekit_prune::verify(&g, &p, &report.removed(), &inputs).unwrap();
+    assert!(v.max_rel_error <= TOL, "{}", v.max_rel_error);
+}
+
+mod random_graphs {
+    use super::*;
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
+
+    /// A random small CNN: a chain of blocks drawn from conv/BN/act, residual, concat, grouped
+    /// conv, split and pooling, then a flatten and a linear head.
+    fn random_cnn(seed: u64, blocks: usize) -> Graph {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut b = GraphBuilder::new("random", seed);
+        let x = b.input("x", &[2, 6, 6]);
+        let mut h = b.conv2d(&x, 4 + rng.random_range(0..5), 3, 1, 1).unwrap();
+        for _ in 0..blocks {
+            let c = h.shape[0];
+            h = match rng.random_range(0..6) {
+                0 => {
+                    let y = b.conv2d(&h, rng.random_range(2..9), 3, 1, 1).unwrap();
+                    let y = b.batch_norm(&y).unwrap();
+                    b.relu(&y).unwrap()
+                }
+                1 => {
+                    let y = b.conv2d(&h, c, 3, 1, 1).unwrap();
+                    b.add(&y, &h).unwrap()
+                }
+                2 => {
+                    let y = b.conv2d(&h, rng.random_range(1..5), 1, 1, 0).unwrap();
+                    b.concat(&[&h, &y], 0).unwrap()
+                }
+                3 => b
+                    .conv2d_grouped(&h, c * rng.random_range(1..3), 3, 1, 1, c)
+                    .unwrap(),
+                4 if c >= 2 => {
+                    let k = rng.random_range(1..c);
+                    let parts = b.split(&h, 0, &[k, c - k]).unwrap();
+                    let y = b
+                        .conv2d(&parts[1], rng.random_range(1..5), 3, 1, 1)
+                        .unwrap();
+                    b.concat(&[&y, &parts[0]], 0).unwrap()
+                }
+                _ => {
+                    let y = b.gelu(&h).unwrap();
+                    b.group_norm(&y, 1).unwrap()
+                }
+            };
+        }
+        let h = b.conv2d(&h, 3, 3, 2, 1).unwrap();
+        let h = b.flatten(&h).unwrap();
+        let y = b.linear(&h, 2).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+        #[test]
+        fn removal_equals_masking(seed in 0u64..1_000_000, blocks in 1usize..6) {
+            let g = random_cnn(seed, blocks);
+            randomise(&g, seed);
+            let (pruned, err) = random_removal_error(&g, seed).unwrap();
+            prop_assert!(err <= TOL, "relative error {}", err);
+            // params counted from the declarations equal the tensors actually held
+            let declared: usize = pruned.nodes.iter()
+                .flat_map(|n| n.op.rules().params())
+                .filter(|d| d.role.trainable())
+                .map(|d| d.shape.iter().product::<usize>())
+                .sum();
+            prop_assert_eq!(declared, pruned.param_count());
+        }
+    }
+}
