@@ -4,11 +4,17 @@
 //! - [`structured`]: units from the dependency analysis (channels, heads, recurrent units, conv
 //!   groups) scored by a criterion and removed physically with every coupled slice; `verify`
 //!   checks the result against the masked original.
+//! - [`layers`]: whole residual blocks and transformer layers, scored by block influence or ablation.
 
+pub mod layers;
 pub mod magnitude;
 pub mod structured;
 pub mod verify;
 
+pub use layers::{
+    ablation_scores, block_influence, find_blocks, find_layers, prune_layers, remove_layers, Block,
+    Layer, LayersRemoved,
+};
 pub use magnitude::{magnitude_prune, prunable_weights, LayerSparsity, Scope, Target};
 pub use structured::{
     prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, Norm, Normalize,

@@ -49,7 +49,11 @@ fn check(g: &Graph, trials: u64) -> f64 {
             // the check can fail: against the unmasked model the pruned one differs
             let x = vec![random_inputs(g, 3, t).unwrap()];
             let v = prunekit_prune::verify(g, &pruned, &Default::default(), &x).unwrap();
-            assert!(v.max_rel_error > 1e-4, "{}: pruning changed nothing", g.name);
+            assert!(
+                v.max_rel_error > 1e-4,
+                "{}: pruning changed nothing",
+                g.name
+            );
         }
         worst = worst.max(err);
     }
@@ -501,5 +505,120 @@ mod random_graphs {
                 .sum();
             prop_assert_eq!(declared, pruned.param_count());
         }
+    }
+}
+
+mod whole_layers {
+    use super::*;
+    use prunekit_prune::{
+        ablation_scores, block_influence, find_layers, prune_layers, rel_error, remove_layers,
+    };
+
+    fn resnet_like() -> Graph {
+        let mut b = GraphBuilder::new("res", 4);
+        let x = b.input("x", &[3, 8, 8]);
+        let mut h = b.conv2d(&x, 8, 3, 1, 1).unwrap();
+        for _ in 0..3 {
+            let r = b.conv2d(&h, 8, 3, 1, 1).unwrap();
+            let r = b.batch_norm(&r).unwrap();
+            let r = b.relu(&r).unwrap();
+            let r = b.conv2d(&r, 8, 3, 1, 1).unwrap();
+            let r = b.batch_norm(&r).unwrap();
+            let y = b.add(&r, &h).unwrap();
+            h = b.relu(&y).unwrap();
+        }
+        // a projection block is not removable (the shape changes)
+        let r = b.conv2d(&h, 4, 3, 2, 1).unwrap();
+        let s = b.conv2d(&h, 4, 1, 2, 0).unwrap();
+        let h = b.add(&r, &s).unwrap();
+        let h = b.global_avg_pool(&h).unwrap();
+        let y = b.linear(&h, 2).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    fn pre_ln_transformer() -> Graph {
+        let mut b = GraphBuilder::new("tf", 5);
+        let ids = b.ids_input("tokens", &[6]);
+        let mut h = b.embedding(&ids, 30, 16).unwrap();
+        for _ in 0..2 {
+            let n = b.rms_norm(&h).unwrap();
+            let a = b.attention(&n, 4, 2, 4, true, Some(10000.0)).unwrap();
+            h = b.add(&h, &a).unwrap();
+            let n = b.rms_norm(&h).unwrap();
+            let f = b.linear(&n, 24).unwrap();
+            let f = b.gelu(&f).unwrap();
+            let f = b.linear(&f, 16).unwrap();
+            h = b.add(&h, &f).unwrap();
+        }
+        let h = b.rms_norm(&h).unwrap();
+        let y = b.linear(&h, 30).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    fn zero_param(g: &Graph, node: &str, param: &str) {
+        let p = &g.node(node).unwrap().params[param];
+        p.value.set(&p.tensor().zeros_like().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn residual_blocks_are_found_and_removing_a_zero_branch_changes_nothing() {
+        let g = resnet_like();
+        randomise(&g, 3);
+        let layers = find_layers(&g).unwrap();
+        assert_eq!(layers.len(), 3, "{layers:?}");
+        // zero the branch's last BatchNorm: the block computes relu(x), as does the graph without it
+        let last_bn = layers[1].blocks[0]
+            .nodes
+            .iter()
+            .rev()
+            .find(|n| n.starts_with("batch_norm"))
+            .unwrap()
+            .clone();
+        zero_param(&g, &last_bn, "weight");
+        zero_param(&g, &last_bn, "bias");
+        let mut cut = g.clone();
+        remove_layers(&mut cut, &[&layers[1]]).unwrap();
+        assert_eq!(cut.nodes.len(), g.nodes.len() - 6);
+        let x = random_inputs(&g, 2, 3).unwrap();
+        let run = |g: &Graph| prunekit_graph::Executor::new(0).eval(g, &x).unwrap()[0].clone();
+        let err = rel_error(&run(&g), &run(&cut)).unwrap();
+        assert!(err <= TOL, "{err}");
+        // its influence is the smallest, so it is the one removed first
+        let scores = block_influence(&g, &layers, &x).unwrap();
+        let mut pruned = g.clone();
+        let r = prune_layers(&mut pruned, &layers, &scores, 1).unwrap();
+        assert_eq!(r.removed, vec!["layer1".to_string()], "{scores:?}");
+        // ablation: the loss (here the output change) without each layer
+        let reference = run(&g);
+        let ab = ablation_scores(&g, &layers, &|h: &Graph| {
+            Ok(rel_error(&reference, &run(h))?)
+        })
+        .unwrap();
+        assert!(ab[1] <= TOL && ab[0] > 1e-3 && ab[2] > 1e-3, "{ab:?}");
+        let err = prune_layers(&mut g.clone(), &layers, &scores, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 removable layers"), "{err}");
+    }
+
+    #[test]
+    fn transformer_layers_pair_attention_with_the_feed_forward_block() {
+        let g = pre_ln_transformer();
+        let layers = find_layers(&g).unwrap();
+        assert_eq!(layers.len(), 2);
+        assert!(layers.iter().all(|l| l.blocks.len() == 2));
+        let mut cut = g.clone();
+        remove_layers(&mut cut, &[&layers[0]]).unwrap();
+        cut.validate().unwrap();
+        assert!(cut.param_count() < g.param_count());
+        // removing every layer leaves embedding -> norm -> head
+        let mut all = g.clone();
+        remove_layers(&mut all, &layers.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(all.nodes.len(), 3);
+        let x = random_inputs(&g, 2, 1).unwrap();
+        assert_eq!(
+            prunekit_graph::Executor::new(0).eval(&all, &x).unwrap()[0].dims(),
+            &[2, 6, 30]
+        );
     }
 }
