@@ -13,7 +13,7 @@ use prunekit_train::{fit, LrSchedule, OptimizerKind, TrainConfig};
 use serde_json::json;
 
 use crate::table::{human, render};
-use crate::{Command, Criterion, DataArgs, OptimizerArg, ScheduleArg, ScopeArg, TrainArgs};
+use crate::{Command, DataArgs, OptimizerArg, ScheduleArg, TrainArgs};
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
@@ -45,27 +45,7 @@ pub fn run(cmd: Command) -> Result<()> {
             check_output(&model, &output)?;
             train_cmd(g, &output, &data, &train, json, "finetune")
         }
-        Command::Prune {
-            model,
-            output,
-            structured,
-            criterion,
-            round_to,
-            unstructured,
-            threshold,
-            scope,
-            json,
-        } => prune_cmd(
-            &model,
-            &output,
-            structured,
-            criterion,
-            round_to,
-            unstructured,
-            threshold,
-            scope,
-            json,
-        ),
+        Command::Prune(args) => crate::prune_cmd::prune(&args),
         Command::Eval { model, data, json } => eval_cmd(&model, &data, json),
         Command::Bench {
             memory_of: Some(spec),
@@ -82,12 +62,12 @@ pub fn run(cmd: Command) -> Result<()> {
     }
 }
 
-fn load_model(path: &Path) -> Result<Graph> {
+pub(crate) fn load_model(path: &Path) -> Result<Graph> {
     format::load(path, &prunekit_graph::device::default_device())
         .with_context(|| format!("cannot load model {}", path.display()))
 }
 
-fn check_output(input: &Path, output: &Path) -> Result<()> {
+pub(crate) fn check_output(input: &Path, output: &Path) -> Result<()> {
     if format::same_model(input, output) {
         bail!(
             "{}: refusing to overwrite the input model; choose another output directory",
@@ -97,7 +77,7 @@ fn check_output(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Result<()> {
+pub(crate) fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Result<()> {
     format::save_protected(g, output, input)
         .with_context(|| format!("cannot save model to {}", output.display()))
 }
@@ -438,88 +418,6 @@ fn info(path: &Path, json: bool) -> Result<()> {
         human(macs as f64),
         g.outputs.join(", ")
     );
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn prune_cmd(
-    model: &Path,
-    output: &Path,
-    structured: Option<f64>,
-    criterion: Criterion,
-    round_to: usize,
-    unstructured: Option<f64>,
-    threshold: Option<f64>,
-    scope: ScopeArg,
-    json: bool,
-) -> Result<()> {
-    if structured.is_none() && unstructured.is_none() && threshold.is_none() {
-        bail!("nothing to do: pass --structured RATIO, --unstructured RATIO or --threshold T");
-    }
-    if round_to == 0 {
-        bail!("--round-to must be at least 1");
-    }
-    let mut g = load_model(model)?;
-    check_output(model, output)?;
-    let counts = |g: &Graph| -> Result<serde_json::Value> {
-        Ok(
-            json!({ "params": g.param_count(), "nonzeros": g.nonzero_count()?, "macs": g.macs()?, "effective_macs": g.effective_macs()? }),
-        )
-    };
-    let before = counts(&g)?;
-    let mut groups = Vec::new();
-    if let Some(r) = structured {
-        let norm = match criterion {
-            Criterion::L1 => Norm::L1,
-            Criterion::L2 => Norm::L2,
-        };
-        let mut cfg = StructuredConfig::new(r);
-        cfg.round_to = round_to;
-        groups = prune_structured(&mut g, &cfg, &norm)?.groups;
-    }
-    let scope = match scope {
-        ScopeArg::Layer => Scope::Layer,
-        ScopeArg::Global => Scope::Global,
-    };
-    let mut layers = Vec::new();
-    if let Some(r) = unstructured {
-        layers = magnitude_prune(&mut g, Target::Ratio(r), scope)?;
-    } else if let Some(t) = threshold {
-        layers = magnitude_prune(&mut g, Target::Threshold(t), scope)?;
-    }
-    let after = counts(&g)?;
-    save_model(&g, output, Some(model))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "before": before, "after": after, "groups": groups, "layers": layers, "output": output })
-            )?
-        );
-    } else {
-        for gp in &groups {
-            println!("{}: {} -> {} {}", gp.group, gp.before, gp.after, gp.label);
-        }
-        for l in &layers {
-            println!(
-                "{}.{}: {:.1}% zero",
-                l.node,
-                l.param,
-                100.0 * l.zeros as f64 / l.total.max(1) as f64
-            );
-        }
-        let f = |v: &serde_json::Value, k: &str| human(v[k].as_f64().unwrap_or(0.0));
-        println!(
-            "params {} -> {}, nonzeros {} -> {}, MACs {} -> {}; saved {}",
-            f(&before, "params"),
-            f(&after, "params"),
-            f(&before, "nonzeros"),
-            f(&after, "nonzeros"),
-            f(&before, "macs"),
-            f(&after, "macs"),
-            output.display()
-        );
-    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod prune_cmd;
 mod table;
 
 use std::path::PathBuf;
@@ -64,32 +65,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prune a model: structured channel groups and/or unstructured magnitude masks.
-    Prune {
-        model: PathBuf,
-        #[arg(short, long)]
-        output: PathBuf,
-        /// fraction of the channels of every prunable group to remove, in [0, 1)
-        #[arg(long)]
-        structured: Option<f64>,
-        /// channel importance
-        #[arg(long, value_enum, default_value_t = Criterion::L1)]
-        criterion: Criterion,
-        /// keep structured widths a multiple of N
-        #[arg(long, default_value_t = 1)]
-        round_to: usize,
-        /// fraction of the weights to mask by magnitude, in [0, 1)
-        #[arg(long, conflicts_with = "threshold")]
-        unstructured: Option<f64>,
-        /// mask every weight with |w| below T
-        #[arg(long)]
-        threshold: Option<f64>,
-        /// whether the unstructured ratio holds per layer or over all layers
-        #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
-        scope: ScopeArg,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Prune a model: whole layers, structured units (channels, heads, hidden units, conv groups,
+    /// found by the dependency analysis) and/or unstructured magnitude masks.
+    Prune(prune_cmd::PruneArgs),
     /// Fine-tune a (pruned) model with its masks held fixed.
     Finetune {
         model: PathBuf,

@@ -219,3 +219,69 @@ fn demo_json_has_before_and_after() {
     assert!(a["nonzeros"].as_u64().unwrap() * 5 < b["nonzeros"].as_u64().unwrap());
     assert!(tmp.path().join("pruned/model.json").exists());
 }
+
+#[test]
+fn structured_prune_verifies_against_masking_and_rejects_bad_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    let out = tmp.path().join("p");
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&out),
+        "--structured",
+        "0.5",
+        "--criterion",
+        "l2",
+        "--round-to",
+        "8",
+        "--verify",
+        "--json",
+    ]);
+    let err = v["verify"]["max_rel_error"].as_f64().unwrap();
+    assert!(err <= 1e-5, "{v}");
+    assert!(v["after"]["params"].as_u64() < v["before"]["params"].as_u64());
+    assert!(v["after"]["macs"].as_u64() < v["before"]["macs"].as_u64());
+    let widths: Vec<u64> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["after"].as_u64().unwrap())
+        .collect();
+    assert!(widths.iter().all(|w| w % 8 == 0), "{widths:?}");
+    // a protected layer keeps its width
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&tmp.path().join("q")),
+        "--structured",
+        "0.5",
+        "--protect",
+        "linear1",
+        "--json",
+    ]);
+    let g0 = &v["groups"][0];
+    assert_eq!(g0["before"], g0["after"], "{v}");
+    let bad = s(&tmp.path().join("bad")).to_string();
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            &bad,
+            "--structured",
+            "0.5",
+            "--protect",
+            "nope",
+        ],
+        &["nope"],
+    );
+    fails_with(&["prune", s(&m), "-o", &bad, "--verify"], &["--structured"]);
+    fails_with(
+        &["prune", s(&m), "-o", &bad, "--layers", "1"],
+        &["cannot remove 1 layers"],
+    );
+    assert!(!tmp.path().join("bad").exists(), "nothing half-written");
+}
