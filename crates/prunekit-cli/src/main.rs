@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod table;
+mod zoo_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ enum Command {
         /// model directory to start from
         #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
         model: Option<PathBuf>,
-        /// built-in architecture to start from (see `prunekit-zoo`): digits-mlp, digits-cnn, fashion-cnn, reference-cnn
+        /// built-in architecture to start from (see `prunekit zoo list`)
         #[arg(long)]
         arch: Option<String>,
         /// output model directory
@@ -131,6 +132,11 @@ enum Command {
         stock: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// The built-in architectures: list them, or create one as a model directory.
+    Zoo {
+        #[command(subcommand)]
+        command: zoo_cmd::ZooCommand,
     },
 }
 
