@@ -59,6 +59,7 @@ pub fn run(cmd: Command) -> Result<()> {
             json,
             ..
         } => crate::bench::run(iters, profile, torch, json),
+        Command::Zoo { command } => crate::zoo_cmd::run(command),
     }
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod prune_cmd;
 mod table;
+mod zoo_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ enum Command {
         /// model directory to start from
         #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
         model: Option<PathBuf>,
-        /// built-in architecture to start from (see `prunekit-zoo`): digits-mlp, digits-cnn, fashion-cnn, reference-cnn
+        /// built-in architecture to start from (see `prunekit zoo list`)
         #[arg(long)]
         arch: Option<String>,
         /// output model directory
@@ -109,6 +110,11 @@ enum Command {
         stock: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// The built-in architectures: list them, or create one as a model directory.
+    Zoo {
+        #[command(subcommand)]
+        command: zoo_cmd::ZooCommand,
     },
 }
 

@@ -1,8 +1,11 @@
 //! Built-in architectures, each built with the graph builder from a seed (PyTorch's default inits).
+//!
+//! Every classifier's last layer is named `classifier`; the language model's is `lm_head`. Shapes
+//! are per sample (no batch axis): images [C, H, W], feature sequences [T, F], token ids [T].
 
 use prunekit_graph::{Graph, GraphBuilder, GraphError, Result, Value};
 
-/// (name, input shape, description) of every built-in architecture.
+/// (name, description) of every built-in architecture, in the order `prunekit zoo list` shows them.
 pub const MODELS: &[(&str, &str)] = &[
     ("digits-mlp", "MLP 64-128-64-10 for the 8x8 digits"),
     (
@@ -17,11 +20,137 @@ pub const MODELS: &[(&str, &str)] = &[
         "reference-cnn",
         "the runtime benchmark CNN: 3x32x32, conv 16 + BN + pool, conv 32 + BN + pool, linear 10",
     ),
+    (
+        "resnet20",
+        "CIFAR ResNet-20 on 3x32x32: 3 stages of 3 basic blocks (16, 32, 64 channels)",
+    ),
+    (
+        "resnet56",
+        "CIFAR ResNet-56 on 3x32x32: 3 stages of 9 basic blocks (16, 32, 64 channels)",
+    ),
+    (
+        "densenet",
+        "DenseNet-style CNN on 3x32x32: stem 24, 2 dense blocks of 4 layers (growth 12), transition",
+    ),
+    (
+        "mobilenet",
+        "MobileNet-style CNN on 3x32x32: depthwise-separable blocks 32-64-64, 2 inverted residuals",
+    ),
+    (
+        "lstm-classifier",
+        "sequence classifier on 32x20 frames (e.g. MFCC): LSTM 48, LSTM 48 (last step), linear 10",
+    ),
+    (
+        "gru-classifier",
+        "sequence classifier on 32x20 frames (e.g. MFCC): GRU 48, GRU 48 (last step), linear 10",
+    ),
+    (
+        "bert-tiny",
+        "BERT-like encoder on 32 token ids (vocab 1000): dim 64, 2 post-LN layers, 4 heads, 2 classes",
+    ),
+    (
+        "llama-tiny",
+        "Llama-like decoder on 32 token ids (vocab 1000): dim 64, 2 layers, GQA 8/2 heads, RoPE",
+    ),
 ];
 
 /// Names of the built-in architectures.
 pub fn names() -> Vec<&'static str> {
     MODELS.iter().map(|(n, _)| *n).collect()
+}
+
+/// Options of [`build_with`]; `None` keeps the model's own input shape and number of classes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZooOptions {
+    /// per-sample input shape: [C, H, W] for the image models, [T, F] for the recurrent
+    /// classifiers, [T] (sequence length) for the token models
+    pub input: Option<Vec<usize>>,
+    /// output classes; for `llama-tiny` the vocabulary size (its embedding and `lm_head`)
+    pub classes: Option<usize>,
+}
+
+/// What kind of input a model takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Image,
+    Sequence,
+    Tokens,
+}
+
+impl Form {
+    fn describe(self) -> &'static str {
+        match self {
+            Form::Image => "[C, H, W] (channels, height, width)",
+            Form::Sequence => "[T, F] (time steps, features per step)",
+            Form::Tokens => "[T] (the number of token ids)",
+        }
+    }
+    fn rank(self) -> usize {
+        match self {
+            Form::Image => 3,
+            Form::Sequence => 2,
+            Form::Tokens => 1,
+        }
+    }
+}
+
+/// The input form, default input shape and default number of classes of a model.
+fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
+    Some(match name {
+        "digits-mlp" | "digits-cnn" => (Form::Image, &[1, 8, 8], 10),
+        "fashion-cnn" => (Form::Image, &[1, 28, 28], 10),
+        "reference-cnn" | "resnet20" | "resnet56" | "densenet" | "mobilenet" => {
+            (Form::Image, &[3, 32, 32], 10)
+        }
+        "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
+        "bert-tiny" => (Form::Tokens, &[32], 2),
+        "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
+        _ => return None,
+    })
+}
+
+const BERT_VOCAB: usize = 1000;
+const LLAMA_VOCAB: usize = 1000;
+
+/// What the `classes` option sets for a model.
+fn classes_word(name: &str) -> &'static str {
+    if name == "llama-tiny" {
+        "the vocabulary size"
+    } else {
+        "the number of classes"
+    }
+}
+
+/// The options resolved against the model's defaults, or a clear error naming the model.
+fn resolve(name: &str, opts: &ZooOptions) -> Result<(Form, Vec<usize>, usize)> {
+    let Some((form, default_input, default_classes)) = spec(name) else {
+        return Err(GraphError::Invalid(format!(
+            "unknown architecture `{name}`; known: {}",
+            names().join(", ")
+        )));
+    };
+    let input = match &opts.input {
+        None => default_input.to_vec(),
+        Some(s) if s.len() != form.rank() || s.contains(&0) => {
+            return Err(GraphError::Invalid(format!(
+                "architecture `{name}`: input shape {s:?} is not of the form {} with positive \
+                 sizes (default {default_input:?})",
+                form.describe()
+            )))
+        }
+        Some(s) => s.clone(),
+    };
+    let classes = match opts.classes {
+        Some(0) => {
+            return Err(GraphError::Invalid(format!(
+                "architecture `{name}`: {} must be positive (default {default_classes})",
+                classes_word(name)
+            )))
+        }
+        Some(c) => c,
+        None => default_classes,
+    };
+    Ok((form, input, classes))
 }
 
 /// conv -> batch norm -> relu, the basic block of the CNNs here.
@@ -31,12 +160,17 @@ fn conv_bn_relu(b: &mut GraphBuilder, x: &Value, out: usize) -> Result<Value> {
     b.relu(&h)
 }
 
+/// batch norm -> relu, the pre-activation of DenseNet and the activation of MobileNet.
+fn bn_relu(b: &mut GraphBuilder, x: &Value) -> Result<Value> {
+    let h = b.batch_norm(x)?;
+    b.relu(&h)
+}
+
 /// A basic residual block: conv-BN-ReLU-conv-BN plus the shortcut (identity, or a strided 1x1
 /// conv + BN when the shape changes), then ReLU.
 fn basic_block(b: &mut GraphBuilder, x: &Value, out: usize, stride: usize) -> Result<Value> {
     let h = b.conv2d_no_bias(x, out, 3, stride, 1)?;
-    let h = b.batch_norm(&h)?;
-    let h = b.relu(&h)?;
+    let h = bn_relu(b, &h)?;
     let h = b.conv2d_no_bias(&h, out, 3, 1, 1)?;
     let h = b.batch_norm(&h)?;
     let short = if stride != 1 || x.shape[0] != out {
@@ -50,11 +184,9 @@ fn basic_block(b: &mut GraphBuilder, x: &Value, out: usize, stride: usize) -> Re
 }
 
 /// CIFAR ResNet (He et al. 2016) with `n` blocks per stage: 6n + 2 layers.
-fn cifar_resnet(b: &mut GraphBuilder, n: usize) -> Result<Value> {
-    let x = b.input("image", &[3, 32, 32]);
-    let h = b.conv2d_no_bias(&x, 16, 3, 1, 1)?;
-    let h = b.batch_norm(&h)?;
-    let mut h = b.relu(&h)?;
+fn cifar_resnet(b: &mut GraphBuilder, x: &Value, n: usize, classes: usize) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, 16, 3, 1, 1)?;
+    let mut h = bn_relu(b, &h)?;
     for (stage, width) in [16, 32, 64].into_iter().enumerate() {
         for block in 0..n {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
@@ -62,101 +194,317 @@ fn cifar_resnet(b: &mut GraphBuilder, n: usize) -> Result<Value> {
         }
     }
     let h = b.global_avg_pool(&h)?;
-    b.named("classifier").linear(&h, 10)
+    b.named("classifier").linear(&h, classes)
 }
 
-/// Builds a built-in architecture by name with seeded weights.
+/// A dense block: every layer (BN, ReLU, 3x3 conv of `growth` channels) sees the concatenation of
+/// the block input and all earlier layers' outputs.
+fn dense_block(b: &mut GraphBuilder, x: &Value, layers: usize, growth: usize) -> Result<Value> {
+    let mut h = x.clone();
+    for _ in 0..layers {
+        let y = bn_relu(b, &h)?;
+        let y = b.conv2d_no_bias(&y, growth, 3, 1, 1)?;
+        h = b.concat(&[&h, &y], 0)?;
+    }
+    Ok(h)
+}
+
+/// DenseNet-style CNN (Huang et al. 2017): stem 24, two dense blocks of 4 layers with growth 12
+/// and a halving transition between them.
+fn densenet(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, 24, 3, 1, 1)?;
+    let h = dense_block(b, &h, 4, 12)?;
+    let t = bn_relu(b, &h)?;
+    let t = b.conv2d_no_bias(&t, h.shape[0] / 2, 1, 1, 0)?;
+    let t = b.avg_pool2d(&t, 2, 2)?;
+    let h = dense_block(b, &t, 4, 12)?;
+    let h = bn_relu(b, &h)?;
+    let h = b.global_avg_pool(&h)?;
+    b.named("classifier").linear(&h, classes)
+}
+
+/// Depthwise 3x3 conv (groups = channels) + BN + ReLU.
+fn depthwise_bn_relu(b: &mut GraphBuilder, x: &Value, stride: usize) -> Result<Value> {
+    let c = x.shape[0];
+    let h = b.conv2d_grouped(x, c, 3, stride, 1, c)?;
+    bn_relu(b, &h)
+}
+
+/// 1x1 conv without bias + BN.
+fn pointwise_bn(b: &mut GraphBuilder, x: &Value, out: usize) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, out, 1, 1, 0)?;
+    b.batch_norm(&h)
+}
+
+/// MobileNet-style CNN: depthwise-separable blocks (Howard et al. 2017) then MobileNetV2 inverted
+/// residuals (Sandler et al. 2018: expand x4, depthwise, linear projection, add the input).
+fn mobilenet(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, 16, 3, 1, 1)?;
+    let mut h = bn_relu(b, &h)?;
+    for (width, stride) in [(32, 1), (64, 2), (64, 1)] {
+        let d = depthwise_bn_relu(b, &h, stride)?;
+        let p = pointwise_bn(b, &d, width)?;
+        h = b.relu(&p)?;
+    }
+    for _ in 0..2 {
+        let c = h.shape[0];
+        let e = pointwise_bn(b, &h, 4 * c)?;
+        let e = b.relu(&e)?;
+        let d = depthwise_bn_relu(b, &e, 1)?;
+        let p = pointwise_bn(b, &d, c)?;
+        h = b.add(&p, &h)?;
+    }
+    let h = b.global_avg_pool(&h)?;
+    b.named("classifier").linear(&h, classes)
+}
+
+/// Two stacked recurrent layers of 48 units (the second keeps only the last step) and a linear
+/// classifier.
+fn recurrent_classifier(
+    b: &mut GraphBuilder,
+    x: &Value,
+    gru: bool,
+    classes: usize,
+) -> Result<Value> {
+    let layer = |b: &mut GraphBuilder, x: &Value, seq: bool| {
+        if gru {
+            b.gru(x, 48, seq)
+        } else {
+            b.lstm(x, 48, seq)
+        }
+    };
+    let h = layer(b, x, true)?;
+    let h = layer(b, &h, false)?;
+    b.named("classifier").linear(&h, classes)
+}
+
+/// BERT-like encoder (Devlin et al. 2019), tiny: token + learned positional embeddings, LayerNorm,
+/// two post-LN layers (attention 4x16, GELU MLP 128), a tanh pooler over the first token and a
+/// linear classifier.
+fn bert_tiny(b: &mut GraphBuilder, ids: &Value, classes: usize) -> Result<Value> {
+    let (dim, heads, head_dim, ffn) = (64, 4, 16, 128);
+    let steps = ids.shape[0];
+    let h = b.embedding(ids, BERT_VOCAB, dim)?;
+    let h = b.positional_embedding(&h, steps)?;
+    let mut h = b.layer_norm(&h)?;
+    for _ in 0..2 {
+        let a = b.attention(&h, heads, heads, head_dim, false, None)?;
+        let r = b.add(&h, &a)?;
+        h = b.layer_norm(&r)?;
+        let f = b.linear(&h, ffn)?;
+        let f = b.gelu(&f)?;
+        let f = b.linear(&f, dim)?;
+        let r = b.add(&h, &f)?;
+        h = b.layer_norm(&r)?;
+    }
+    // the first token ([CLS]) represents the sequence
+    let first = b.split(&h, 0, &[1])?.remove(0);
+    let p = b.flatten(&first)?;
+    let p = b.named("pooler").linear(&p, dim)?;
+    let p = b.tanh(&p)?;
+    b.named("classifier").linear(&p, classes)
+}
+
+/// Llama-like decoder (Touvron et al. 2023), tiny: pre-RMSNorm layers of causal grouped-query
+/// attention with RoPE (8 query heads sharing 2 key/value heads of 8) and a SwiGLU MLP (176), a
+/// final RMSNorm and `lm_head` over the vocabulary: [T, vocab].
+fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize) -> Result<Value> {
+    let (dim, heads, kv_heads, head_dim, ffn) = (64, 8, 2, 8, 176);
+    let mut x = b.embedding(ids, vocab, dim)?;
+    for _ in 0..2 {
+        let h = b.rms_norm(&x)?;
+        let a = b.attention(&h, heads, kv_heads, head_dim, true, Some(10000.0))?;
+        x = b.add(&x, &a)?;
+        let h = b.rms_norm(&x)?;
+        let gate = b.linear(&h, ffn)?;
+        let gate = b.silu(&gate)?;
+        let up = b.linear(&h, ffn)?;
+        let m = b.mul(&gate, &up)?;
+        let down = b.linear(&m, dim)?;
+        x = b.add(&x, &down)?;
+    }
+    let h = b.rms_norm(&x)?;
+    b.named("lm_head").linear(&h, vocab)
+}
+
+/// Builds a built-in architecture by name with seeded weights, its own input shape and classes.
 pub fn build(name: &str, seed: u64) -> Result<Graph> {
+    build_with(name, seed, &ZooOptions::default())
+}
+
+/// Builds a built-in architecture by name with seeded weights and the given input shape and
+/// number of classes. Invalid options (wrong rank, zero sizes, an input too small for the
+/// model's strides) are errors that name the model and the expected form.
+pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
+    let (form, input, classes) = resolve(name, opts)?;
     let mut b = GraphBuilder::new(name, seed);
     b.meta("architecture", serde_json::json!(name));
-    let y = match name {
+    let x = match form {
+        Form::Image => b.input("image", &input),
+        Form::Sequence => b.input("sequence", &input),
+        Form::Tokens => b.ids_input("tokens", &input),
+    };
+    body(&mut b, name, &x, classes)
+        .and_then(|y| b.finish(&[&y]))
+        .map_err(|e| {
+            GraphError::Invalid(format!(
+                "architecture `{name}` does not build for input {input:?} and {} = {classes}: {e}",
+                classes_word(name)
+            ))
+        })
+}
+
+/// The layers of architecture `name` on input `x`.
+fn body(b: &mut GraphBuilder, name: &str, x: &Value, classes: usize) -> Result<Value> {
+    match name {
         "digits-mlp" => {
-            let x = b.input("image", &[1, 8, 8]);
-            let h = b.flatten(&x)?;
+            let h = b.flatten(x)?;
             let h = b.linear(&h, 128)?;
             let h = b.relu(&h)?;
             let h = b.linear(&h, 64)?;
             let h = b.relu(&h)?;
-            b.named("classifier").linear(&h, 10)?
+            b.named("classifier").linear(&h, classes)
         }
         "digits-cnn" => {
-            let x = b.input("image", &[1, 8, 8]);
-            let h = conv_bn_relu(&mut b, &x, 16)?;
-            let h = conv_bn_relu(&mut b, &h, 32)?;
+            let h = conv_bn_relu(b, x, 16)?;
+            let h = conv_bn_relu(b, &h, 32)?;
             let h = b.max_pool2d(&h, 2, 2)?;
             let h = b.flatten(&h)?;
             let h = b.linear(&h, 64)?;
             let h = b.relu(&h)?;
-            b.named("classifier").linear(&h, 10)?
+            b.named("classifier").linear(&h, classes)
         }
         "fashion-cnn" => {
-            let x = b.input("image", &[1, 28, 28]);
-            let h = conv_bn_relu(&mut b, &x, 32)?;
+            let h = conv_bn_relu(b, x, 32)?;
             let h = b.max_pool2d(&h, 2, 2)?;
-            let h = conv_bn_relu(&mut b, &h, 64)?;
+            let h = conv_bn_relu(b, &h, 64)?;
             let h = b.max_pool2d(&h, 2, 2)?;
             let h = b.flatten(&h)?;
             let h = b.linear(&h, 128)?;
             let h = b.relu(&h)?;
             let h = b.dropout(&h, 0.25)?;
-            b.named("classifier").linear(&h, 10)?
+            b.named("classifier").linear(&h, classes)
         }
         "reference-cnn" => {
-            let x = b.input("image", &[3, 32, 32]);
-            let h = conv_bn_relu(&mut b, &x, 16)?;
+            let h = conv_bn_relu(b, x, 16)?;
             let h = b.max_pool2d(&h, 2, 2)?;
-            let h = conv_bn_relu(&mut b, &h, 32)?;
+            let h = conv_bn_relu(b, &h, 32)?;
             let h = b.max_pool2d(&h, 2, 2)?;
             let h = b.flatten(&h)?;
-            b.named("classifier").linear(&h, 10)?
+            b.named("classifier").linear(&h, classes)
         }
-        "resnet20" => cifar_resnet(&mut b, 3)?,
-        "resnet56" => cifar_resnet(&mut b, 9)?,
-        other => {
-            return Err(GraphError::Invalid(format!(
-                "unknown architecture `{other}`; known: {}",
-                names().join(", ")
-            )))
-        }
-    };
-    b.finish(&[&y])
+        "resnet20" => cifar_resnet(b, x, 3, classes),
+        "resnet56" => cifar_resnet(b, x, 9, classes),
+        "densenet" => densenet(b, x, classes),
+        "mobilenet" => mobilenet(b, x, classes),
+        "lstm-classifier" => recurrent_classifier(b, x, false, classes),
+        "gru-classifier" => recurrent_classifier(b, x, true, classes),
+        "bert-tiny" => bert_tiny(b, x, classes),
+        "llama-tiny" => llama_tiny(b, x, classes),
+        other => Err(GraphError::Invalid(format!(
+            "unknown architecture `{other}`; known: {}",
+            names().join(", ")
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device, Tensor};
+    use prunekit_graph::{param_grads, Executor, InputKind, Mode, Op};
+
+    /// A random batch for the graph's (single) input: normal floats, or ids below the vocabulary.
+    fn sample_input(g: &Graph, batch: usize) -> Tensor {
+        let spec = &g.inputs[0];
+        let mut dims = vec![batch];
+        dims.extend_from_slice(&spec.shape);
+        match spec.kind {
+            InputKind::Float => Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap(),
+            InputKind::Ids => {
+                let vocab = g
+                    .nodes
+                    .iter()
+                    .find_map(|n| match &n.op {
+                        Op::Embedding(e) => Some(e.num_embeddings),
+                        _ => None,
+                    })
+                    .expect("an ids model embeds its ids");
+                Tensor::rand(0f32, vocab as f32, dims, &Device::Cpu)
+                    .unwrap()
+                    .floor()
+                    .unwrap()
+                    .clamp(0f32, (vocab - 1) as f32)
+                    .unwrap()
+                    .to_dtype(DType::U32)
+                    .unwrap()
+            }
+        }
+    }
+
+    /// The per-sample output shape each model promises.
+    fn expected_output(name: &str) -> Vec<usize> {
+        match name {
+            "llama-tiny" => vec![32, 1000],
+            "bert-tiny" => vec![2],
+            _ => vec![10],
+        }
+    }
+
+    fn forward(g: &Graph, batch: usize, mode: Mode) -> Tensor {
+        let x = sample_input(g, batch);
+        Executor::new(0)
+            .run(g, &[x], mode, None)
+            .unwrap_or_else(|e| panic!("{}: forward failed: {e}", g.name))
+            .remove(0)
+    }
+
+    fn assert_finite(name: &str, y: &Tensor) {
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite output");
+    }
 
     #[test]
-    fn every_model_builds_and_validates() {
+    fn names_are_unique_and_every_one_builds() {
+        let n = names();
+        assert_eq!(n.len(), 12);
+        let mut sorted = n.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), n.len(), "duplicate names in MODELS");
+        assert!(n.contains(&"resnet20") && n.contains(&"resnet56"));
+    }
+
+    #[test]
+    fn every_model_builds_validates_and_runs_at_batch_2() {
         for name in names() {
-            let g = build(name, 0).unwrap();
+            let g = build(name, 0).unwrap_or_else(|e| panic!("{name}: {e}"));
             g.validate().unwrap();
+            assert_eq!(g.name, name);
             assert!(g.param_count() > 0 && g.macs().unwrap() > 0, "{name}");
+            let last = g.nodes.last().unwrap();
+            let head = if name == "llama-tiny" {
+                "lm_head"
+            } else {
+                "classifier"
+            };
+            assert_eq!(last.name, head, "{name}: the last layer's name");
+            assert_eq!(g.outputs, vec![head.to_string()], "{name}");
+            let y = forward(&g, 2, Mode::EVAL);
+            let mut want = vec![2];
+            want.extend(expected_output(name));
+            assert_eq!(y.dims(), want.as_slice(), "{name}: output shape");
+            assert_finite(name, &y);
         }
     }
 
     #[test]
-    fn reference_cnn_counts_match_hand_computation() {
-        let g = build("reference-cnn", 0).unwrap();
-        // conv1 16*3*9+16, bn 32, conv2 32*16*9+32, bn 64, linear 2048*10+10
-        assert_eq!(g.param_count(), 448 + 32 + 4640 + 64 + 20490);
-        let macs = 16 * 32 * 32 * 3 * 9 + 32 * 16 * 16 * 16 * 9 + 2048 * 10;
-        assert_eq!(g.macs().unwrap(), macs as u64);
-    }
-
-    #[test]
     fn every_trainable_parameter_of_every_model_gets_a_gradient() {
-        use prunekit_graph::{param_grads, Executor, Mode};
         for name in names() {
             let g = build(name, 1).unwrap();
-            let mut dims = vec![4];
-            dims.extend_from_slice(&g.inputs[0].shape);
-            let x = candle_core::Tensor::randn(0f32, 1.0, dims, &candle_core::Device::Cpu).unwrap();
-            let y = Executor::new(0)
-                .run(&g, &[x], Mode::TRAIN, None)
-                .unwrap()
-                .remove(0);
-            let w = candle_core::Tensor::randn(0f32, 1.0, y.shape(), y.device()).unwrap();
+            let y = forward(&g, 4, Mode::TRAIN);
+            assert_finite(name, &y);
+            let w = Tensor::randn(0f32, 1.0, y.shape(), y.device()).unwrap();
             let grads = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
             let got = param_grads(&g, &grads);
             for (n, k, _) in g.trainable() {
@@ -170,9 +518,22 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert!(mag > 0.0, "{name}: zero gradient for {}.{k}", n.name);
+                assert!(
+                    mag > 0.0 && mag.is_finite(),
+                    "{name}: gradient of {}.{k} is {mag}",
+                    n.name
+                );
             }
         }
+    }
+
+    #[test]
+    fn reference_cnn_counts_match_hand_computation() {
+        let g = build("reference-cnn", 0).unwrap();
+        // conv1 16*3*9+16, bn 32, conv2 32*16*9+32, bn 64, linear 2048*10+10
+        assert_eq!(g.param_count(), 448 + 32 + 4640 + 64 + 20490);
+        let macs = 16 * 32 * 32 * 3 * 9 + 32 * 16 * 16 * 16 * 9 + 2048 * 10;
+        assert_eq!(g.macs().unwrap(), macs as u64);
     }
 
     #[test]
@@ -197,8 +558,159 @@ mod tests {
     }
 
     #[test]
+    fn the_new_architectures_have_the_stated_layout() {
+        let shapes = |name: &str| build(name, 0).unwrap().validate().unwrap();
+        // densenet: 24 + 4*12 = 72, transition to 36 at 16x16, 36 + 4*12 = 84
+        let s = shapes("densenet");
+        let g = build("densenet", 0).unwrap();
+        let concats: Vec<&Vec<usize>> = g
+            .nodes
+            .iter()
+            .filter(|n| n.op.type_name() == "concat")
+            .map(|n| &s[&n.name])
+            .collect();
+        assert_eq!(concats.len(), 8);
+        assert_eq!(concats[3], &vec![72, 32, 32]);
+        assert_eq!(concats[7], &vec![84, 16, 16]);
+        // mobilenet: 3 depthwise-separable + 2 inverted residual depthwise convs, groups = channels
+        let g = build("mobilenet", 0).unwrap();
+        let depthwise: Vec<usize> = g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Conv2d(c) if c.groups > 1 => {
+                    assert_eq!(c.groups, c.in_channels, "{}", n.name);
+                    Some(c.groups)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(depthwise, vec![16, 32, 64, 256, 256]);
+        assert_eq!(
+            g.nodes.iter().filter(|n| n.op.type_name() == "add").count(),
+            2
+        );
+        // llama: grouped-query causal attention with RoPE
+        let g = build("llama-tiny", 0).unwrap();
+        for n in &g.nodes {
+            if let Op::Attention(a) = &n.op {
+                assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (8, 2, 8));
+                assert!(a.causal && a.rope_theta == Some(10000.0));
+            }
+        }
+        // bert: the pooler reads the first token only
+        let s = shapes("bert-tiny");
+        let g = build("bert-tiny", 0).unwrap();
+        let narrow = g
+            .nodes
+            .iter()
+            .find(|n| n.op.type_name() == "narrow")
+            .unwrap();
+        assert_eq!(s[&narrow.name], vec![1, 64]);
+        assert_eq!(s["pooler"], vec![64]);
+    }
+
+    #[test]
+    fn options_change_the_input_and_the_classes() {
+        let opts = ZooOptions {
+            input: Some(vec![1, 28, 28]),
+            classes: None,
+        };
+        let g = build_with("resnet20", 0, &opts).unwrap();
+        assert_eq!(g.inputs[0].shape, vec![1, 28, 28]);
+        let y = forward(&g, 2, Mode::TRAIN);
+        assert_eq!(y.dims(), &[2, 10]);
+        assert_finite("resnet20", &y);
+        // the shortcut sees 28 -> 14 -> 7 like the main path
+        let s = g.validate().unwrap();
+        assert_eq!(s["global_avg_pool1"], vec![64]);
+
+        let cases: &[(&str, &[usize], usize, &[usize])] = &[
+            ("digits-mlp", &[1, 28, 28], 3, &[3]),
+            ("fashion-cnn", &[3, 32, 32], 100, &[100]),
+            ("reference-cnn", &[1, 28, 28], 10, &[10]),
+            ("densenet", &[1, 28, 28], 5, &[5]),
+            ("mobilenet", &[3, 24, 24], 7, &[7]),
+            ("lstm-classifier", &[8, 13], 4, &[4]),
+            ("gru-classifier", &[5, 40], 2, &[2]),
+            ("bert-tiny", &[1], 3, &[3]),
+            ("bert-tiny", &[12], 2, &[2]),
+            ("llama-tiny", &[7], 50, &[7, 50]),
+        ];
+        for (name, input, classes, out) in cases {
+            let opts = ZooOptions {
+                input: Some(input.to_vec()),
+                classes: Some(*classes),
+            };
+            let g = build_with(name, 0, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let y = forward(&g, 2, Mode::EVAL);
+            let mut want = vec![2];
+            want.extend_from_slice(out);
+            assert_eq!(y.dims(), want.as_slice(), "{name} {opts:?}");
+            assert_finite(name, &y);
+        }
+        // defaults are the same model as `build`
+        let a = build_with("mobilenet", 3, &ZooOptions::default()).unwrap();
+        let b = build("mobilenet", 3).unwrap();
+        assert_eq!(a.param_count(), b.param_count());
+    }
+
+    #[test]
+    fn bad_options_name_the_model_and_the_expected_form() {
+        let err = |name: &str, input: Option<Vec<usize>>, classes: Option<usize>| {
+            build_with(name, 0, &ZooOptions { input, classes })
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("resnet20", Some(vec![28, 28]), None);
+        assert!(
+            e.contains("resnet20") && e.contains("[C, H, W]") && e.contains("[28, 28]"),
+            "{e}"
+        );
+        let e = err("lstm-classifier", Some(vec![1, 32, 20]), None);
+        assert!(e.contains("lstm-classifier") && e.contains("[T, F]"), "{e}");
+        let e = err("bert-tiny", Some(vec![32, 64]), None);
+        assert!(e.contains("bert-tiny") && e.contains("[T]"), "{e}");
+        let e = err("mobilenet", Some(vec![3, 0, 32]), None);
+        assert!(e.contains("mobilenet") && e.contains("positive"), "{e}");
+        let e = err("digits-cnn", None, Some(0));
+        assert!(e.contains("digits-cnn") && e.contains("classes"), "{e}");
+        let e = err("llama-tiny", None, Some(0));
+        assert!(e.contains("llama-tiny") && e.contains("vocabulary"), "{e}");
+        // right rank, but too small for the model's pooling: the shape error names the model
+        let e = err("fashion-cnn", Some(vec![1, 2, 2]), None);
+        assert!(
+            e.contains("fashion-cnn") && e.contains("[1, 2, 2]") && e.contains("max_pool2d"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_name_lists_the_known_ones() {
-        let err = build("resnet-9000", 0).unwrap_err().to_string();
-        assert!(err.contains("digits-cnn"), "{err}");
+        for e in [
+            build("resnet-9000", 0).unwrap_err().to_string(),
+            build_with("resnet-9000", 0, &ZooOptions::default())
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(e.contains("resnet-9000"), "{e}");
+            for n in names() {
+                assert!(e.contains(n), "{e} does not list {n}");
+            }
+        }
+    }
+
+    /// Prints every model's size (`cargo test -p prunekit-zoo sizes -- --nocapture`).
+    #[test]
+    fn sizes() {
+        for name in names() {
+            let g = build(name, 0).unwrap();
+            println!(
+                "{name:16} input {:?} params {:>9} MACs {:>11}",
+                g.inputs[0].shape,
+                g.param_count(),
+                g.macs().unwrap()
+            );
+        }
     }
 }
