@@ -622,3 +622,30 @@ mod whole_layers {
         );
     }
 }
+
+/// Every zoo model: random removals equal masking, pruning at 0.5 shrinks params and MACs, and the
+/// pruned model saves and reloads with the same outputs.
+#[test]
+fn every_zoo_model() {
+    for name in prunekit_zoo::names() {
+        let g = prunekit_zoo::build(name, 0).unwrap();
+        let err = check(&g, 2);
+        let mut p = g.clone();
+        prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L1).unwrap();
+        assert!(p.param_count() < g.param_count(), "{name}");
+        assert!(p.macs().unwrap() < g.macs().unwrap(), "{name}");
+        let dir = std::env::temp_dir().join(format!("prunekit-zoo-{}-{name}", std::process::id()));
+        format::save(&p, &dir).unwrap();
+        let back = format::load(&dir, &candle_core::Device::Cpu).unwrap();
+        let x = random_inputs(&p, 2, 4).unwrap();
+        let mut exec = prunekit_graph::Executor::new(0);
+        let (a, b) = (exec.eval(&p, &x).unwrap(), exec.eval(&back, &x).unwrap());
+        assert_eq!(
+            a[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{name}: reload"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        eprintln!("{name}: max relative error {err:.2e}");
+    }
+}
