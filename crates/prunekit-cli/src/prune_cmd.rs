@@ -2,6 +2,7 @@
 //! optional check of the structured rewrite against the masked original.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -93,12 +94,19 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     let before = counts(&g)?;
     let mut out = json!({ "before": before });
 
+    let mut seconds = serde_json::Map::new();
+    let mut clock = Instant::now();
+    let mut lap = |what: &str, seconds: &mut serde_json::Map<String, serde_json::Value>| {
+        seconds.insert(what.into(), json!(clock.elapsed().as_secs_f64()));
+        clock = Instant::now();
+    };
     if let Some(n) = a.layers {
         let layers = find_layers(&g)?;
         let x = random_inputs(&g, 8, 0)?;
         let scores = block_influence(&g, &layers, &x)?;
         let r = prune_layers(&mut g, &layers, &scores, n)?;
         out["layers"] = json!(r);
+        lap("layers", &mut seconds);
     }
     if let Some(ratio) = a.structured {
         let original = g.try_clone()?;
@@ -115,11 +123,13 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         cfg.protected = a.protect.clone();
         let report = prune_structured(&mut g, &cfg, &criterion)?;
         out["groups"] = json!(report.groups);
+        lap("structured", &mut seconds);
         if a.verify {
             let inputs = (0..2)
                 .map(|s| random_inputs(&original, 4, 100 + s))
                 .collect::<prunekit_prune::Result<Vec<_>>>()?;
             out["verify"] = json!(verify(&original, &g, &report.removed(), &inputs)?);
+            lap("verify", &mut seconds);
         }
     }
     if let Some(r) = a.unstructured {
@@ -128,6 +138,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         out["sparsity"] = json!(magnitude_prune(&mut g, Target::Threshold(t), scope)?);
     }
     out["after"] = counts(&g)?;
+    out["seconds"] = json!(seconds);
     save_model(&g, &a.output, Some(&a.model))?;
     out["output"] = json!(a.output);
     if a.json {

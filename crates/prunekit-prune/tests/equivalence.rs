@@ -590,10 +590,7 @@ mod whole_layers {
         assert_eq!(r.removed, vec!["layer1".to_string()], "{scores:?}");
         // ablation: the loss (here the output change) without each layer
         let reference = run(&g);
-        let ab = ablation_scores(&g, &layers, &|h: &Graph| {
-            rel_error(&reference, &run(h))
-        })
-        .unwrap();
+        let ab = ablation_scores(&g, &layers, &|h: &Graph| rel_error(&reference, &run(h))).unwrap();
         assert!(ab[1] <= TOL && ab[0] > 1e-3 && ab[2] > 1e-3, "{ab:?}");
         let err = prune_layers(&mut g.clone(), &layers, &scores, 4)
             .unwrap_err()
