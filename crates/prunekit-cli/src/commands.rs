@@ -46,7 +46,12 @@ pub fn run(cmd: Command) -> Result<()> {
             train_cmd(g, &output, &data, &train, json, "finetune")
         }
         Command::Prune(args) => crate::prune_cmd::prune(&args),
-        Command::Eval { model, data, json } => eval_cmd(&model, &data, json),
+        Command::Eval {
+            model,
+            data,
+            latency_batch,
+            json,
+        } => eval_cmd(&model, &data, latency_batch, json),
         Command::Bench {
             memory_of: Some(spec),
             stock,
@@ -422,14 +427,20 @@ fn info(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn eval_cmd(model: &Path, data: &DataArgs, json: bool) -> Result<()> {
+fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: bool) -> Result<()> {
     let g = load_model(model)?;
     let (split, name) = load_data(data, &g, 0)?;
     let s = summarize(&g, Some(&split.test))?;
+    let batched = match latency_batch {
+        Some(0) => bail!("--latency-batch must be at least 1"),
+        Some(n) => Some(prunekit_measure::latency(&g, n, 5, 30)?),
+        None => None,
+    };
     if json {
         let mut v = summary_json(&s);
         v["dataset"] = json!(name);
         v["samples"] = json!(split.test.len());
+        v["latency_batch"] = json!(batched);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let rows = vec![
@@ -461,6 +472,16 @@ fn eval_cmd(model: &Path, data: &DataArgs, json: bool) -> Result<()> {
                 format!("{:.1} KB", s.file_bytes as f64 / 1024.0),
             ],
         ];
+        let mut rows = rows;
+        if let Some(l) = batched {
+            rows.push(vec![
+                format!("latency (batch {})", l.batch),
+                format!(
+                    "{:.3} ms (p90 {:.3}, {} runs)",
+                    l.median_ms, l.p90_ms, l.runs
+                ),
+            ]);
+        }
         println!("{}", render(&["", "value"], &rows));
     }
     Ok(())

@@ -86,6 +86,9 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         data: DataArgs,
+        /// also time inference at this batch size (5 warm-up runs, median and p90 of 30)
+        #[arg(long, value_name = "N")]
+        latency_batch: Option<usize>,
         #[arg(long)]
         json: bool,
     },

@@ -60,6 +60,8 @@ struct State {
     spaces: Vec<Space>,
     /// (node, param, axis, index, element)
     touches: Vec<(usize, &'static str, usize, usize, Elem)>,
+    /// nodes whose rule protected channels of their inputs ("name (type)")
+    blocked_by: Vec<String>,
 }
 
 impl State {
@@ -156,6 +158,12 @@ impl ChannelCx<'_> {
     }
     /// The rule of an op that cannot follow channels: its inputs are protected, its output carries none.
     pub fn opaque(&mut self) -> Option<Chan> {
+        if self.inputs.iter().any(|c| c.is_some()) {
+            let who = format!("`{}` ({})", self.node.name, self.node.op.type_name());
+            if !self.state.blocked_by.contains(&who) {
+                self.state.blocked_by.push(who);
+            }
+        }
         self.protect_inputs();
         None
     }
@@ -317,6 +325,9 @@ pub struct ChannelGroup {
 pub struct ChannelAnalysis {
     pub units: Vec<Unit>,
     pub groups: Vec<ChannelGroup>,
+    /// nodes whose channel rule stopped channels from being pruned through them (ops without a
+    /// rule, softmax over channels, mismatched elementwise inputs), for error messages
+    pub blocked_by: Vec<String>,
     /// per value: its channel axis and the unit at each position (None: protected or untouched)
     #[serde(skip)]
     values: HashMap<String, (usize, Vec<Option<usize>>)>,
@@ -502,6 +513,7 @@ fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> C
     ChannelAnalysis {
         units,
         groups,
+        blocked_by: std::mem::take(&mut st.blocked_by),
         values,
     }
 }

@@ -340,9 +340,17 @@ pub fn prune_structured(
     }
     let first = analyse(g)?;
     if first.groups.is_empty() {
-        return Err(PruneError::Invalid(
-            "the model has no prunable channel groups".into(),
-        ));
+        let why = if first.blocked_by.is_empty() {
+            "every channel reaches a graph input or output".to_string()
+        } else {
+            format!(
+                "channels are blocked by {} and otherwise reach a graph input or output",
+                first.blocked_by.join(", ")
+            )
+        };
+        return Err(PruneError::Invalid(format!(
+            "the model has no prunable channel groups: {why}"
+        )));
     }
     let before: Vec<(String, String, usize)> = first
         .groups

@@ -354,6 +354,12 @@ fn bad_input_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`nope`"), "{err}");
+    // a model whose only hidden channels feed an op that cannot pass them
+    let g = sequence("softmax_channels", |b, h| b.softmax(h));
+    let err = prune_structured(&mut g.clone(), &StructuredConfig::new(0.5), &Norm::L1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`softmax1` (softmax)"), "{err}");
     // a model without prunable groups
     let g = sandwich("single", &[4], |b, x| b.linear(x, 2));
     let err = prune_structured(&mut g.clone(), &StructuredConfig::new(0.5), &Norm::L1)
@@ -627,10 +633,29 @@ fn every_zoo_model() {
     for name in prunekit_zoo::names() {
         let g = prunekit_zoo::build(name, 0).unwrap();
         let err = check(&g, 2);
+        // ratio 0 is a bit-exact identity
+        let mut same = g.clone();
+        prune_structured(&mut same, &StructuredConfig::new(0.0), &Norm::L1).unwrap();
+        let x = random_inputs(&g, 2, 4).unwrap();
+        let mut exec = prunekit_graph::Executor::new(0);
+        assert_eq!(
+            exec.eval(&g, &x).unwrap()[0]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            exec.eval(&same, &x).unwrap()[0]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            "{name}: ratio 0"
+        );
         let mut p = g.clone();
         prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L1).unwrap();
         assert!(p.param_count() < g.param_count(), "{name}");
         assert!(p.macs().unwrap() < g.macs().unwrap(), "{name}");
+        counts_match_tensors(&p);
         let dir = std::env::temp_dir().join(format!("prunekit-zoo-{}-{name}", std::process::id()));
         format::save(&p, &dir).unwrap();
         let back = format::load(&dir, &candle_core::Device::Cpu).unwrap();
@@ -644,5 +669,35 @@ fn every_zoo_model() {
         );
         std::fs::remove_dir_all(&dir).ok();
         eprintln!("{name}: max relative error {err:.2e}");
+    }
+}
+
+/// Params counted from the op declarations equal the tensors held, and the MACs of every Linear /
+/// Conv node equal numel(output) x the weight's elements per output channel.
+fn counts_match_tensors(g: &Graph) {
+    let shapes = g.validate().unwrap();
+    let declared: usize = g
+        .nodes
+        .iter()
+        .flat_map(|n| n.op.rules().params())
+        .filter(|d| d.role.trainable())
+        .map(|d| d.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!(declared, g.param_count(), "{}", g.name);
+    for n in &g.nodes {
+        if !matches!(
+            n.op,
+            prunekit_graph::Op::Linear(_)
+                | prunekit_graph::Op::Conv2d(_)
+                | prunekit_graph::Op::Conv1d(_)
+        ) {
+            continue;
+        }
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
+        let out = &shapes[&n.name];
+        let w = n.params["weight"].tensor().dims().to_vec();
+        let from_tensor =
+            out.iter().product::<usize>() as u64 * w[1..].iter().product::<usize>() as u64;
+        assert_eq!(n.op.rules().macs(&ins, out), from_tensor, "{}", n.name);
     }
 }
