@@ -2,52 +2,9 @@
 //! what it promises, and bad input is a one-line error with a non-zero exit, never a panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn prunekit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prunekit"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = prunekit(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, one line of error mentioning every `needles`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = prunekit(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: expected a one-line error, got: {err}"
-    );
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "{args:?}: error `{err}` does not mention `{n}`"
-        );
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
+mod common;
+use common::*;
 
 /// A small trained model (one epoch of the digits MLP).
 fn trained_model(dir: &Path) -> PathBuf {

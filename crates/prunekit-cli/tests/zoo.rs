@@ -1,54 +1,8 @@
 //! End-to-end tests of `prunekit zoo`: the list matches the zoo, created models load in the other
 //! commands, and bad options are one-line errors with a non-zero exit.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn prunekit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prunekit"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = prunekit(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = ok(args);
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {out}"))
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, one line of error mentioning every `needles`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = prunekit(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: expected a one-line error, got: {err}"
-    );
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "{args:?}: error `{err}` does not mention `{n}`"
-        );
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
+mod common;
+use common::*;
 
 #[test]
 fn list_names_every_model_of_the_zoo() {

@@ -151,10 +151,7 @@ impl GraphBuilder {
         stride: usize,
         padding: usize,
     ) -> Result<Value> {
-        let mut c = Conv2d::new(Self::channels(x), out, kernel);
-        c.stride = stride;
-        c.padding = padding;
-        self.node(c, &[x])
+        self.conv2d_with(x, out, kernel, stride, padding, 1, true)
     }
 
     /// Convolution without bias (followed by BatchNorm).
@@ -166,10 +163,26 @@ impl GraphBuilder {
         stride: usize,
         padding: usize,
     ) -> Result<Value> {
+        self.conv2d_with(x, out, kernel, stride, padding, 1, false)
+    }
+
+    /// Any square-kernel 2-D convolution.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_with(
+        &mut self,
+        x: &Value,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Value> {
         let mut c = Conv2d::new(Self::channels(x), out, kernel);
         c.stride = stride;
         c.padding = padding;
-        c.bias = false;
+        c.groups = groups;
+        c.bias = bias;
         self.node(c, &[x])
     }
 
@@ -192,7 +205,8 @@ impl GraphBuilder {
         self.node(c, &[x])
     }
 
-    /// Depthwise (groups = channels, `multiplier` outputs per channel) or grouped 2-D convolution.
+    /// Depthwise (groups = channels, `multiplier` outputs per channel) or grouped 2-D convolution
+    /// without bias.
     pub fn conv2d_grouped(
         &mut self,
         x: &Value,
@@ -202,12 +216,7 @@ impl GraphBuilder {
         padding: usize,
         groups: usize,
     ) -> Result<Value> {
-        let mut c = Conv2d::new(Self::channels(x), out, kernel);
-        c.stride = stride;
-        c.padding = padding;
-        c.groups = groups;
-        c.bias = false;
-        self.node(c, &[x])
+        self.conv2d_with(x, out, kernel, stride, padding, groups, false)
     }
 
     pub fn group_norm(&mut self, x: &Value, groups: usize) -> Result<Value> {

@@ -55,6 +55,20 @@ impl Conv2d {
     }
 }
 
+/// weight [out, in per group, kernel..] and bias [out], PyTorch's init.
+fn conv_params(cin: usize, out: usize, kernel: &[usize], bias: bool) -> Vec<ParamDecl> {
+    let init = Init::FanInUniform {
+        fan_in: cin * kernel.iter().product::<usize>(),
+    };
+    let mut shape = vec![out, cin];
+    shape.extend_from_slice(kernel);
+    let mut p = vec![ParamDecl::new("weight", shape, Role::Weight, init)];
+    if bias {
+        p.push(ParamDecl::new("bias", vec![out], Role::Bias, init));
+    }
+    p
+}
+
 /// Grouped and depthwise convolutions: every input and output channel of one group forms one unit
 /// (removing it removes the group: its weight rows, its bias entries and its input channels).
 pub(crate) fn grouped_channels(cx: &mut ChannelCx, groups: usize) -> Option<Chan> {
@@ -133,25 +147,12 @@ impl OpRules for Conv2d {
     }
 
     fn params(&self) -> Vec<ParamDecl> {
-        let cin = self.in_channels / self.groups.max(1);
-        let init = Init::FanInUniform {
-            fan_in: cin * self.kernel[0] * self.kernel[1],
-        };
-        let mut p = vec![ParamDecl::new(
-            "weight",
-            vec![self.out_channels, cin, self.kernel[0], self.kernel[1]],
-            Role::Weight,
-            init,
-        )];
-        if self.bias {
-            p.push(ParamDecl::new(
-                "bias",
-                vec![self.out_channels],
-                Role::Bias,
-                init,
-            ));
-        }
-        p
+        conv_params(
+            self.in_channels / self.groups.max(1),
+            self.out_channels,
+            &self.kernel,
+            self.bias,
+        )
     }
 
     fn macs(&self, _inputs: &[&[usize]], output: &[usize]) -> u64 {
@@ -254,25 +255,12 @@ impl OpRules for Conv1d {
     }
 
     fn params(&self) -> Vec<ParamDecl> {
-        let cin = self.in_channels / self.groups.max(1);
-        let init = Init::FanInUniform {
-            fan_in: cin * self.kernel,
-        };
-        let mut p = vec![ParamDecl::new(
-            "weight",
-            vec![self.out_channels, cin, self.kernel],
-            Role::Weight,
-            init,
-        )];
-        if self.bias {
-            p.push(ParamDecl::new(
-                "bias",
-                vec![self.out_channels],
-                Role::Bias,
-                init,
-            ));
-        }
-        p
+        conv_params(
+            self.in_channels / self.groups.max(1),
+            self.out_channels,
+            &[self.kernel],
+            self.bias,
+        )
     }
 
     fn macs(&self, _inputs: &[&[usize]], output: &[usize]) -> u64 {
