@@ -242,3 +242,41 @@ fn structured_prune_verifies_against_masking_and_rejects_bad_options() {
     );
     assert!(!tmp.path().join("bad").exists(), "nothing half-written");
 }
+
+#[test]
+fn layers_and_channels_of_a_zoo_resnet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("r20");
+    ok_json(&[
+        "zoo",
+        "create",
+        "resnet20",
+        "-o",
+        s(&m),
+        "--input",
+        "1,16,16",
+        "--json",
+    ]);
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&tmp.path().join("p")),
+        "--layers",
+        "2",
+        "--structured",
+        "0.3",
+        "--scope",
+        "global",
+        "--verify",
+        "--json",
+    ]);
+    assert_eq!(v["layers"]["removed"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["layers"]["scores"].as_array().unwrap().len(), 7, "{v}");
+    assert!(
+        v["verify"]["max_rel_error"].as_f64().unwrap() <= 1e-5,
+        "{v}"
+    );
+    let (b, a) = (&v["before"]["macs"], &v["after"]["macs"]);
+    assert!(a.as_u64().unwrap() < b.as_u64().unwrap() / 2, "{v}");
+}
