@@ -168,7 +168,7 @@ fn train_cmd(
     g.meta.insert("dataset".into(), json!(name));
     let cfg = train_config(a, split.train.len(), !json, label)?;
     let t0 = Instant::now();
-    let logs = fit(&g, &split.train, Some(&split.test), &cfg)?;
+    let logs = fit(&mut g, &split.train, Some(&split.test), &cfg)?;
     let seconds = t0.elapsed().as_secs_f64();
     save_model(&g, output, None)?;
     if json {
@@ -302,7 +302,7 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
     let mut cfg = TrainConfig::sgd_cosine(15, 32, 0.05, split.train.len());
     cfg.seed = seed;
     cfg.progress = !json;
-    fit(&dense, &split.train, None, &cfg)?;
+    fit(&mut dense, &split.train, None, &cfg)?;
     let before = summarize(&dense, Some(&split.test))?;
 
     let mut pruned = dense.clone();
@@ -324,7 +324,7 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
     ft.seed = seed;
     ft.progress = !json;
     ft.label = "finetune".into();
-    fit(&pruned, &split.train, None, &ft)?;
+    fit(&mut pruned, &split.train, None, &ft)?;
     let after = summarize(&pruned, Some(&split.test))?;
     if let Some(dir) = save {
         save_model(&dense, &dir.join("dense"), None)?;

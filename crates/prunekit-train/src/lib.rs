@@ -8,7 +8,7 @@ pub mod trainer;
 pub use loss::{accuracy, cross_entropy, mse};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::LrSchedule;
-pub use trainer::{evaluate, fit, EpochLog, EvalResult, TrainConfig};
+pub use trainer::{evaluate, fit, fit_with, EpochLog, EvalResult, StepCx, StepHook, TrainConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use prunekit_data::{Augment, Batches, Dataset};
 use prunekit_graph::{Executor, Graph, Mode};
@@ -109,12 +110,51 @@ fn check_task(g: &Graph, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
-/// Trains `g` in place (its parameters are variables); masks stay fixed.
+/// What a training step looks like to a [`StepHook`].
+pub struct StepCx<'a> {
+    /// optimizer steps taken before this one (0-based), and the epoch
+    pub step: usize,
+    pub epoch: usize,
+    pub inputs: &'a Tensor,
+    pub labels: &'a Tensor,
+    /// the model's (train-mode) output for `inputs`
+    pub logits: &'a Tensor,
+}
+
+/// Code that runs inside the training loop: extra loss terms (distillation, sparsity penalties),
+/// gradient observers (movement scores) and pruning on a schedule. Every method has a no-op default.
+pub trait StepHook {
+    /// A term added to the task loss before the backward pass.
+    fn extra_loss(&mut self, _g: &Graph, _cx: &StepCx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Sees the gradients before the optimizer step.
+    fn after_backward(&mut self, _g: &Graph, _grads: &GradStore, _cx: &StepCx) -> Result<()> {
+        Ok(())
+    }
+    /// Runs after the optimizer step (masks re-applied); may set new masks on `g`.
+    fn after_step(&mut self, _g: &mut Graph, _cx: &StepCx) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Trains `g` in place; masks stay fixed.
 pub fn fit(
-    g: &Graph,
+    g: &mut Graph,
     train: &Dataset,
     test: Option<&Dataset>,
     cfg: &TrainConfig,
+) -> Result<Vec<EpochLog>> {
+    fit_with(g, train, test, cfg, &mut [])
+}
+
+/// [`fit`] with hooks called at every step, in order.
+pub fn fit_with(
+    g: &mut Graph,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+    hooks: &mut [&mut dyn StepHook],
 ) -> Result<Vec<EpochLog>> {
     check_task(g, train)?;
     if cfg.batch_size == 0 {
@@ -150,11 +190,32 @@ pub fn fit(
             } else {
                 train.batch_augmented(&idx, &cfg.augment, &mut rng, &device)?
             };
-            let logits = exec.run(g, &[x], Mode::TRAIN, None)?.remove(0);
-            let loss = cross_entropy(&logits, &y)?;
+            let logits = exec
+                .run(g, std::slice::from_ref(&x), Mode::TRAIN, None)?
+                .remove(0);
+            let task = cross_entropy(&logits, &y)?;
+            let cx = StepCx {
+                step,
+                epoch,
+                inputs: &x,
+                labels: &y,
+                logits: &logits,
+            };
+            let mut loss = task.clone();
+            for h in hooks.iter_mut() {
+                if let Some(extra) = h.extra_loss(g, &cx)? {
+                    loss = (loss + extra)?;
+                }
+            }
             let grads = loss.backward()?;
+            for h in hooks.iter_mut() {
+                h.after_backward(g, &grads, &cx)?;
+            }
             opt.step(g, &grads)?;
-            let l = loss.to_scalar::<f32>()? as f64;
+            for h in hooks.iter_mut() {
+                h.after_step(g, &cx)?;
+            }
+            let l = task.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 return Err(TrainError::Invalid(format!(
                     "the loss became {l} at epoch {epoch}, step {step}: lower the learning rate"

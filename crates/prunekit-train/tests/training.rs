@@ -47,9 +47,9 @@ fn sgd_and_adamw_learn_the_blobs() {
         (OptimizerKind::sgd(0.9, 5e-4), 0.05),
         (OptimizerKind::adamw(1e-2), 0.01),
     ] {
-        let g = mlp(2);
+        let mut g = mlp(2);
         let before = evaluate(&g, &data, 64).unwrap();
-        let logs = fit(&g, &data, Some(&data), &cfg(opt.clone(), lr)).unwrap();
+        let logs = fit(&mut g, &data, Some(&data), &cfg(opt.clone(), lr)).unwrap();
         let after = evaluate(&g, &data, 64).unwrap();
         assert_eq!(logs.len(), 5);
         assert!(
@@ -80,7 +80,7 @@ fn masked_weights_stay_exactly_zero() {
             .to_dtype(DType::F32)
             .unwrap();
         g.set_mask("linear1", "weight", mask.clone()).unwrap();
-        fit(&g, &data, None, &cfg(opt, 0.05)).unwrap();
+        fit(&mut g, &data, None, &cfg(opt, 0.05)).unwrap();
         let w = g.node("linear1").unwrap().params["weight"].tensor().clone();
         let leaked = (w * (1.0 - &mask).unwrap())
             .unwrap()
@@ -161,18 +161,18 @@ fn sgd_momentum_follows_pytorch_rule() {
 #[test]
 fn lr_schedule_reaches_the_optimizer_and_bad_config_is_an_error() {
     let data = blobs(64, 5);
-    let g = mlp(6);
+    let mut g = mlp(6);
     let mut c = cfg(OptimizerKind::sgd(0.0, 0.0), 0.1);
     c.schedule = LrSchedule::Step {
         step_size: 4,
         gamma: 0.5,
     };
-    let logs = fit(&g, &data, None, &c).unwrap();
+    let logs = fit(&mut g, &data, None, &c).unwrap();
     assert!(logs.last().unwrap().lr < 0.1);
     c.batch_size = 0;
-    assert!(fit(&g, &data, None, &c).is_err());
+    assert!(fit(&mut g, &data, None, &c).is_err());
     let wrong = Dataset::new("wrong", vec![0.0; 10], vec![0, 1], vec![5], 2).unwrap();
-    let err = fit(&g, &wrong, None, &cfg(OptimizerKind::sgd(0.0, 0.0), 0.1))
+    let err = fit(&mut g, &wrong, None, &cfg(OptimizerKind::sgd(0.0, 0.0), 0.1))
         .unwrap_err()
         .to_string();
     assert!(err.contains("shape"), "{err}");
