@@ -1,10 +1,12 @@
 //! Training and evaluation of prunekit graphs.
 
+pub mod distill;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+pub use distill::{kd_loss, DistillConfig, Distillation};
 pub use loss::{accuracy, cross_entropy, mse};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use schedule::LrSchedule;

@@ -172,9 +172,14 @@ fn lr_schedule_reaches_the_optimizer_and_bad_config_is_an_error() {
     c.batch_size = 0;
     assert!(fit(&mut g, &data, None, &c).is_err());
     let wrong = Dataset::new("wrong", vec![0.0; 10], vec![0, 1], vec![5], 2).unwrap();
-    let err = fit(&mut g, &wrong, None, &cfg(OptimizerKind::sgd(0.0, 0.0), 0.1))
-        .unwrap_err()
-        .to_string();
+    let err = fit(
+        &mut g,
+        &wrong,
+        None,
+        &cfg(OptimizerKind::sgd(0.0, 0.0), 0.1),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("shape"), "{err}");
     // the loss is finite on the data
     let (x, y) = data.batch(&[0, 1, 2], &Device::Cpu).unwrap();
