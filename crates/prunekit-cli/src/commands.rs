@@ -46,6 +46,7 @@ pub fn run(cmd: Command) -> Result<()> {
             train_cmd(g, &output, &data, &train, json, "finetune")
         }
         Command::Prune(args) => crate::prune_cmd::prune(&args),
+        Command::Run(args) => crate::run_cmd::run(&args),
         Command::Eval {
             model,
             data,
@@ -214,7 +215,7 @@ fn train_cmd(
     Ok(())
 }
 
-fn summary_json(s: &Summary) -> serde_json::Value {
+pub(crate) fn summary_json(s: &Summary) -> serde_json::Value {
     json!({
         "accuracy": s.accuracy,
         "loss": s.loss,
@@ -247,7 +248,7 @@ fn count_row(label: &str, before: f64, after: f64) -> Vec<String> {
 }
 
 /// The before/after table: one row per measure, with the ratio after/before.
-fn before_after_table(b: &Summary, a: &Summary) -> String {
+pub(crate) fn before_after_table(b: &Summary, a: &Summary) -> String {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
     let rows = vec![
         vec![

@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod prune_cmd;
+mod run_cmd;
 mod table;
 mod zoo_cmd;
 
@@ -69,6 +70,9 @@ enum Command {
     /// Prune a model: whole layers, structured units (channels, heads, hidden units, conv groups,
     /// found by the dependency analysis) and/or unstructured magnitude masks.
     Prune(prune_cmd::PruneArgs),
+    /// Run a multi-stage recipe (TOML): train, prune (structured, layers, unstructured with a
+    /// schedule, N:M, lottery ticket), recover (fine-tune, distillation), measure.
+    Run(run_cmd::RunArgs),
     /// Fine-tune a (pruned) model with its masks held fixed.
     Finetune {
         model: PathBuf,

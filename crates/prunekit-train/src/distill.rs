@@ -49,7 +49,7 @@ pub fn kd_loss(
     let lt = log_softmax(&teacher.affine(1.0 / t, 0.0)?.detach())?;
     let pt = lt.exp()?;
     let rows = student.dim(0)? as f64;
-    ((pt * (lt - ls)?)?.sum_all()? * (t * t / rows))
+    (pt * (lt - ls)?)?.sum_all()? * (t * t / rows)
 }
 
 /// A training hook that distils `teacher` (run in eval mode) into the model being trained.

@@ -1,0 +1,66 @@
+//! `prunekit run RECIPE.toml`: a multi-stage run described in TOML (see examples/recipes/).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use prunekit_recipe::Recipe;
+use serde_json::json;
+
+use crate::commands::{before_after_table, save_model, summary_json};
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// the recipe (TOML)
+    pub recipe: PathBuf,
+    /// write the final model here
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let recipe = Recipe::load(&a.recipe)?;
+    let quiet = a.json;
+    let mut log = |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    };
+    let (g, report) = prunekit_recipe::run(&recipe, !quiet, &mut log)
+        .with_context(|| format!("recipe {}", a.recipe.display()))?;
+    if let Some(out) = &a.output {
+        save_model(&g, out, recipe.model.path.as_deref())?;
+    }
+    if a.json {
+        let v = json!({
+            "recipe": a.recipe,
+            "description": report.description,
+            "dataset": report.dataset,
+            "before": summary_json(&report.before),
+            "after": summary_json(&report.after),
+            "stages": report.stages,
+            "output": a.output,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        if let Some(d) = &report.description {
+            println!("{d}");
+        }
+        for s in &report.stages {
+            println!(
+                "stage {} {:<12} accuracy {:6.2}%  nonzeros {:>9}  MACs {:>11}  {:6.1} s",
+                s.stage,
+                s.kind,
+                100.0 * s.accuracy,
+                s.nonzeros,
+                s.macs,
+                s.seconds
+            );
+            println!("        {}", s.detail);
+        }
+        println!("{}", before_after_table(&report.before, &report.after));
+    }
+    Ok(())
+}

@@ -1,0 +1,790 @@
+//! TOML recipes: a model, a dataset, optional dense training, then stages (structured, layers,
+//! unstructured with a schedule, N:M, fine-tune with optional distillation, lottery ticket), each
+//! measured. `prunekit run RECIPE.toml` and `prunekit prune`'s flags both build this model.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use prunekit_data::{Augment, Dataset, Split};
+use prunekit_graph::Graph;
+use prunekit_measure::{summarize, Summary};
+use prunekit_prune::{
+    block_influence, find_layers, magnitude::Scope, prune_layers, prune_structured,
+    StructuredConfig, Target,
+};
+use prunekit_train::{
+    evaluate, fit_with, DistillConfig, Distillation, LrSchedule, OptimizerKind, StepHook,
+    TrainConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::criteria::{make_criterion, prune_nm, prune_unstructured, UnstructuredScope};
+use crate::schedule::{cubic_sparsity, iterative_sparsity, GradualPruning, RewindPoint, Snapshot};
+use crate::{RecipeError, Result};
+
+fn default_seed() -> u64 {
+    0
+}
+
+/// A whole run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    /// train the model before pruning (e.g. a zoo architecture from scratch)
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+/// The model: a built-in architecture or a model directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub input: Option<Vec<usize>>,
+    #[serde(default)]
+    pub classes: Option<usize>,
+}
+
+fn default_calib_batches() -> usize {
+    4
+}
+fn default_calib_batch() -> usize {
+    64
+}
+
+/// The dataset, with an optional cap on the training samples (a seeded subset) and the
+/// calibration batches data-driven criteria use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub name: String,
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    #[serde(default = "default_calib_batches")]
+    pub calib_batches: usize,
+    #[serde(default = "default_calib_batch")]
+    pub calib_batch_size: usize,
+}
+
+fn d_batch() -> usize {
+    64
+}
+fn d_momentum() -> f64 {
+    0.9
+}
+fn d_wd() -> f64 {
+    5e-4
+}
+fn d_opt() -> String {
+    "sgd".into()
+}
+fn d_sched() -> String {
+    "cosine".into()
+}
+
+/// Training (or fine-tuning) settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub epochs: usize,
+    pub lr: f64,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// "sgd" or "adamw"
+    #[serde(default = "d_opt")]
+    pub optimizer: String,
+    #[serde(default = "d_momentum")]
+    pub momentum: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// "cosine", "constant" or "step" (x0.1 every third of the run)
+    #[serde(default = "d_sched")]
+    pub schedule: String,
+    #[serde(default)]
+    pub crop_padding: usize,
+    #[serde(default)]
+    pub hflip: bool,
+    /// distil from the model as it was before this recipe's first pruning stage
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+}
+
+fn d_criterion() -> String {
+    "l1".into()
+}
+fn d_scope() -> String {
+    "layer".into()
+}
+fn d_one() -> usize {
+    1
+}
+fn d_max_ratio() -> f64 {
+    1.0
+}
+fn d_schedule() -> String {
+    "one-shot".into()
+}
+fn d_end_fraction() -> f64 {
+    0.75
+}
+fn d_influence() -> String {
+    "influence".into()
+}
+
+/// One step of the recipe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Stage {
+    /// remove units (channels, heads, hidden units) by a criterion
+    Structured(StructuredStage),
+    /// remove whole residual blocks / transformer layers
+    Layers(LayersStage),
+    /// mask weights: one-shot, iterative rounds, or gradual during training
+    Unstructured(UnstructuredStage),
+    /// N:M sparsity along the input dimension
+    Nm(NmStage),
+    /// recover: train with the masks held (optionally distilling the dense model)
+    Finetune(TrainSpec),
+    /// lottery ticket: iterative magnitude pruning with rewinding
+    Lottery(LotteryStage),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredStage {
+    pub ratio: f64,
+    #[serde(default = "d_criterion")]
+    pub criterion: String,
+    /// "layer" or "global"
+    #[serde(default = "d_scope")]
+    pub scope: String,
+    #[serde(default = "d_one")]
+    pub round_to: usize,
+    #[serde(default)]
+    pub min_ratio: f64,
+    #[serde(default = "d_max_ratio")]
+    pub max_ratio: f64,
+    #[serde(default = "d_one")]
+    pub steps: usize,
+    #[serde(default)]
+    pub protect: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayersStage {
+    pub count: usize,
+    /// "influence" (block influence on calibration inputs) or "ablation" (calibration loss
+    /// without the layer)
+    #[serde(default = "d_influence")]
+    pub score: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnstructuredStage {
+    /// final sparsity of the prunable weights, in [0, 1)
+    pub target: f64,
+    #[serde(default = "d_criterion")]
+    pub criterion: String,
+    /// "layer", "global" or "row"
+    #[serde(default = "d_scope")]
+    pub scope: String,
+    /// "one-shot", "iterative" or "gradual"
+    #[serde(default = "d_schedule")]
+    pub schedule: String,
+    /// iterative: rounds of prune then fine-tune
+    #[serde(default = "d_one")]
+    pub rounds: usize,
+    /// iterative: the fine-tune of every round; gradual: the training during which sparsity ramps
+    #[serde(default)]
+    pub train: Option<TrainSpec>,
+    /// gradual: prune every this many steps (default: a tenth of an epoch)
+    #[serde(default)]
+    pub prune_every: Option<usize>,
+    /// gradual: first pruning step
+    #[serde(default)]
+    pub start_step: usize,
+    /// gradual: the ramp ends at this fraction of the training steps
+    #[serde(default = "d_end_fraction")]
+    pub end_fraction: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NmStage {
+    pub n: usize,
+    pub m: usize,
+    #[serde(default = "d_criterion")]
+    pub criterion: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LotteryStage {
+    /// final sparsity, reached over `rounds` rounds of global magnitude pruning
+    pub target: f64,
+    #[serde(default = "d_one")]
+    pub rounds: usize,
+    /// training of the dense model and of every round
+    pub train: TrainSpec,
+    /// rewind to the weights after this many steps of the dense training (0: the initialisation)
+    #[serde(default)]
+    pub rewind_step: usize,
+    /// re-initialise the kept weights randomly instead of rewinding (the control experiment)
+    #[serde(default)]
+    pub reinit: bool,
+}
+
+/// One stage's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageLog {
+    pub stage: usize,
+    pub kind: String,
+    pub detail: serde_json::Value,
+    pub accuracy: f64,
+    pub params: usize,
+    pub nonzeros: usize,
+    pub macs: u64,
+    pub seconds: f64,
+}
+
+/// The whole run's outcome: the model before the first pruning stage, after the last, and every stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecipeReport {
+    pub description: Option<String>,
+    pub dataset: String,
+    pub before: Summary,
+    pub after: Summary,
+    pub stages: Vec<StageLog>,
+}
+
+impl Recipe {
+    /// Parses a recipe; errors name the file, the line and the offending key.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Recipe> {
+        let r: Recipe = toml::from_str(text).map_err(|e| {
+            RecipeError::Invalid(format!(
+                "{}: {}",
+                origin.display(),
+                e.to_string().trim().replace('\n', " ")
+            ))
+        })?;
+        r.check()?;
+        Ok(r)
+    }
+
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RecipeError::Invalid(format!("cannot read recipe {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks what serde cannot: ratios in range, known names, sensible counts.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(RecipeError::Invalid(m));
+        match (&self.model.arch, &self.model.path) {
+            (Some(_), Some(_)) | (None, None) => {
+                return bad("[model] needs exactly one of `arch` or `path`".into())
+            }
+            _ => {}
+        }
+        let train_ok = |t: &TrainSpec, at: &str| -> Result<()> {
+            if t.epochs == 0 || t.batch_size == 0 || !(t.lr > 0.0 && t.lr.is_finite()) {
+                return bad(format!("{at}: epochs, batch_size and lr must be positive"));
+            }
+            if !["sgd", "adamw"].contains(&t.optimizer.as_str()) {
+                return bad(format!(
+                    "{at}: optimizer `{}` is not one of sgd, adamw",
+                    t.optimizer
+                ));
+            }
+            if !["cosine", "constant", "step"].contains(&t.schedule.as_str()) {
+                return bad(format!(
+                    "{at}: schedule `{}` is not one of cosine, constant, step",
+                    t.schedule
+                ));
+            }
+            if let Some(d) = &t.distill {
+                d.check()
+                    .map_err(|e| RecipeError::Invalid(format!("{at}: {e}")))?;
+            }
+            Ok(())
+        };
+        if let Some(t) = &self.train {
+            train_ok(t, "[train]")?;
+        }
+        let ratio_ok = |r: f64, what: &str, at: &str| -> Result<()> {
+            if !(0.0..1.0).contains(&r) {
+                return bad(format!("{at}: {what} {r} is outside [0, 1)"));
+            }
+            Ok(())
+        };
+        for (i, s) in self.stages.iter().enumerate() {
+            let at = format!("stage {} ({})", i + 1, s.kind());
+            match s {
+                Stage::Structured(st) => {
+                    ratio_ok(st.ratio, "ratio", &at)?;
+                    scope_of(&st.scope, &at, false)?;
+                }
+                Stage::Layers(l) => {
+                    if !["influence", "ablation"].contains(&l.score.as_str()) {
+                        return bad(format!(
+                            "{at}: score `{}` is not one of influence, ablation",
+                            l.score
+                        ));
+                    }
+                }
+                Stage::Unstructured(u) => {
+                    ratio_ok(u.target, "target", &at)?;
+                    unstructured_scope(&u.scope, &at)?;
+                    match u.schedule.as_str() {
+                        "one-shot" => {}
+                        "iterative" | "gradual" => match &u.train {
+                            Some(t) => train_ok(t, &at)?,
+                            None => {
+                                return bad(format!(
+                                    "{at}: the {} schedule needs a `train` table",
+                                    u.schedule
+                                ))
+                            }
+                        },
+                        other => {
+                            return bad(format!(
+                            "{at}: schedule `{other}` is not one of one-shot, iterative, gradual"
+                        ))
+                        }
+                    }
+                    if u.rounds == 0 || !(0.0 < u.end_fraction && u.end_fraction <= 1.0) {
+                        return bad(format!(
+                            "{at}: rounds must be positive and end_fraction in (0, 1]"
+                        ));
+                    }
+                }
+                Stage::Nm(nm) => {
+                    if nm.m == 0 || nm.n == 0 || nm.n >= nm.m {
+                        return bad(format!("{at}: need 0 < n < m, got {}:{}", nm.n, nm.m));
+                    }
+                }
+                Stage::Finetune(t) => train_ok(t, &at)?,
+                Stage::Lottery(l) => {
+                    ratio_ok(l.target, "target", &at)?;
+                    train_ok(&l.train, &at)?;
+                    if l.rounds == 0 {
+                        return bad(format!("{at}: rounds must be positive"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stage::Structured(_) => "structured",
+            Stage::Layers(_) => "layers",
+            Stage::Unstructured(_) => "unstructured",
+            Stage::Nm(_) => "nm",
+            Stage::Finetune(_) => "finetune",
+            Stage::Lottery(_) => "lottery",
+        }
+    }
+}
+
+fn scope_of(s: &str, at: &str, _row: bool) -> Result<Scope> {
+    match s {
+        "layer" => Ok(Scope::Layer),
+        "global" => Ok(Scope::Global),
+        other => Err(RecipeError::Invalid(format!(
+            "{at}: scope `{other}` is not one of layer, global"
+        ))),
+    }
+}
+
+fn unstructured_scope(s: &str, at: &str) -> Result<UnstructuredScope> {
+    match s {
+        "layer" => Ok(UnstructuredScope::Layer),
+        "global" => Ok(UnstructuredScope::Global),
+        "row" => Ok(UnstructuredScope::Row),
+        other => Err(RecipeError::Invalid(format!(
+            "{at}: scope `{other}` is not one of layer, global, row"
+        ))),
+    }
+}
+
+/// The training configuration of a spec over `n_train` samples.
+pub fn train_config(
+    t: &TrainSpec,
+    n_train: usize,
+    seed: u64,
+    label: &str,
+    progress: bool,
+) -> TrainConfig {
+    let steps = t.epochs * n_train.div_ceil(t.batch_size.max(1));
+    TrainConfig {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        lr: t.lr,
+        optimizer: match t.optimizer.as_str() {
+            "adamw" => OptimizerKind::adamw(t.weight_decay),
+            _ => OptimizerKind::sgd(t.momentum, t.weight_decay),
+        },
+        schedule: match t.schedule.as_str() {
+            "constant" => LrSchedule::Constant,
+            "step" => LrSchedule::Step {
+                step_size: (steps / 3).max(1),
+                gamma: 0.1,
+            },
+            _ => LrSchedule::Cosine {
+                total_steps: steps,
+                min_factor: 0.0,
+            },
+        },
+        augment: Augment {
+            crop_padding: t.crop_padding,
+            hflip: t.hflip,
+        },
+        seed,
+        progress,
+        label: label.into(),
+    }
+}
+
+/// Everything a stage needs besides the model.
+pub struct RunCx<'a> {
+    pub split: &'a Split,
+    pub seed: u64,
+    pub progress: bool,
+    pub calib_batches: usize,
+    pub calib_batch_size: usize,
+    /// the model before the first pruning stage (the distillation teacher)
+    pub teacher: Option<Graph>,
+    pub device: Device,
+}
+
+fn train_with(
+    g: &mut Graph,
+    t: &TrainSpec,
+    cx: &RunCx,
+    label: &str,
+    extra: &mut [&mut dyn StepHook],
+) -> Result<()> {
+    let cfg = train_config(t, cx.split.train.len(), cx.seed, label, cx.progress);
+    let mut distill = match (&t.distill, &cx.teacher) {
+        (Some(d), Some(teacher)) => Some(Distillation::new(teacher.try_clone()?, *d)?),
+        (Some(_), None) => {
+            return Err(RecipeError::Invalid(
+                "distillation needs a teacher: it is the model before the first pruning stage"
+                    .into(),
+            ))
+        }
+        _ => None,
+    };
+    let mut hooks: Vec<&mut dyn StepHook> = Vec::new();
+    if let Some(d) = distill.as_mut() {
+        hooks.push(d);
+    }
+    for h in extra.iter_mut() {
+        hooks.push(&mut **h);
+    }
+    fit_with(g, &cx.split.train, None, &cfg, &mut hooks)?;
+    Ok(())
+}
+
+/// Runs one stage on `g`; returns what it did.
+pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let calib = || {
+        crate::criteria::calibration(
+            &cx.split.train,
+            cx.calib_batches,
+            cx.calib_batch_size,
+            cx.seed,
+            &cx.device,
+        )
+    };
+    Ok(match stage {
+        Stage::Structured(s) => {
+            let crit = make_criterion(&s.criterion, g, Some(&calib()?), cx.seed)?;
+            let mut cfg = StructuredConfig::new(s.ratio);
+            cfg.scope = scope_of(&s.scope, "structured", false)?;
+            cfg.round_to = s.round_to;
+            cfg.min_ratio = s.min_ratio;
+            cfg.max_ratio = s.max_ratio;
+            cfg.steps = s.steps;
+            cfg.protected = s.protect.clone();
+            let r = prune_structured(g, &cfg, crit.as_ref())?;
+            json!({ "criterion": s.criterion, "groups": r.groups })
+        }
+        Stage::Layers(l) => {
+            let layers = find_layers(g)?;
+            let c = calib()?;
+            let scores = if l.score == "ablation" {
+                let loss = |h: &Graph| -> prunekit_prune::Result<f64> {
+                    let mut exec = prunekit_graph::Executor::new(0);
+                    let mut total = 0.0;
+                    for (x, y) in &c.batches {
+                        let out = exec.eval(h, std::slice::from_ref(x))?.remove(0);
+                        total += prunekit_train::cross_entropy(&out, y)?.to_scalar::<f32>()? as f64;
+                    }
+                    Ok(total / c.batches.len().max(1) as f64)
+                };
+                prunekit_prune::ablation_scores(g, &layers, &loss)?
+            } else {
+                let x = c
+                    .batches
+                    .first()
+                    .map(|b| b.0.clone())
+                    .ok_or_else(|| RecipeError::Invalid("no calibration data".into()))?;
+                block_influence(g, &layers, &[x])?
+            };
+            let r = prune_layers(g, &layers, &scores, l.count)?;
+            json!(r)
+        }
+        Stage::Unstructured(u) => {
+            let scope = unstructured_scope(&u.scope, "unstructured")?;
+            let c = calib()?;
+            let prune_to = |g: &mut Graph, s: f64| -> Result<()> {
+                let crit = make_criterion(&u.criterion, g, Some(&c), cx.seed)?;
+                prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)?;
+                Ok(())
+            };
+            match u.schedule.as_str() {
+                "one-shot" => {
+                    prune_to(g, u.target)?;
+                    json!({ "criterion": u.criterion, "schedule": "one-shot", "target": u.target })
+                }
+                "iterative" => {
+                    let t = u.train.as_ref().ok_or_else(|| {
+                        RecipeError::Invalid("iterative pruning needs `train`".into())
+                    })?;
+                    let mut rounds = Vec::new();
+                    for k in 1..=u.rounds {
+                        let s = iterative_sparsity(u.target, k, u.rounds);
+                        prune_to(g, s)?;
+                        train_with(g, t, cx, &format!("round {k}"), &mut [])?;
+                        rounds.push(json!({ "round": k, "sparsity": s,
+                            "accuracy": evaluate(g, &cx.split.test, 256)?.accuracy }));
+                    }
+                    json!({ "criterion": u.criterion, "schedule": "iterative", "rounds": rounds })
+                }
+                _ => {
+                    let t = u.train.as_ref().ok_or_else(|| {
+                        RecipeError::Invalid("gradual pruning needs `train`".into())
+                    })?;
+                    let per_epoch = cx.split.train.len() / t.batch_size.max(1);
+                    let total = t.epochs * per_epoch.max(1);
+                    let dt = u.prune_every.unwrap_or((per_epoch / 10).max(1));
+                    let end = ((total as f64) * u.end_fraction) as usize;
+                    let n = end.saturating_sub(u.start_step) / dt;
+                    let s_i = crate::criteria::sparsity_of(g)?;
+                    let c2 = c.clone();
+                    let crit_name = u.criterion.clone();
+                    let seed = cx.seed;
+                    let mut hook = GradualPruning::new(
+                        s_i,
+                        u.target,
+                        u.start_step,
+                        n.max(1),
+                        dt,
+                        Box::new(move |g: &mut Graph, s: f64| {
+                            let crit = make_criterion(&crit_name, g, Some(&c2), seed)
+                                .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
+                            prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)
+                                .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
+                            Ok(())
+                        }),
+                    );
+                    train_with(g, t, cx, "gradual", &mut [&mut hook])?;
+                    // the ramp must end exactly at the target
+                    if hook.events.last().map(|e| e.1) != Some(u.target) {
+                        prune_to(g, u.target)?;
+                    }
+                    json!({ "criterion": u.criterion, "schedule": "gradual",
+                        "events": hook.events.len(), "every": dt,
+                        "first": hook.events.first(), "last": hook.events.last(),
+                        "check": cubic_sparsity(s_i, u.target, end, u.start_step, n.max(1), dt) })
+                }
+            }
+        }
+        Stage::Nm(nm) => {
+            let crit = make_criterion(&nm.criterion, g, Some(&calib()?), cx.seed)?;
+            prune_nm(g, crit.as_ref(), nm.n, nm.m)?;
+            json!({ "pattern": format!("{}:{}", nm.n, nm.m), "criterion": nm.criterion })
+        }
+        Stage::Finetune(t) => {
+            train_with(g, t, cx, "finetune", &mut [])?;
+            json!({ "epochs": t.epochs, "distill": t.distill })
+        }
+        Stage::Lottery(l) => lottery(g, l, cx)?,
+    })
+}
+
+/// Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
+fn lottery(g: &mut Graph, l: &LotteryStage, cx: &RunCx) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let init = Snapshot::take(g)?;
+    let mut rewind = RewindPoint {
+        at: l.rewind_step,
+        snapshot: None,
+    };
+    train_with(g, &l.train, cx, "dense", &mut [&mut rewind])?;
+    let dense_acc = evaluate(g, &cx.split.test, 256)?.accuracy;
+    let point = if l.rewind_step == 0 {
+        init
+    } else {
+        rewind.snapshot.ok_or_else(|| {
+            RecipeError::Invalid(format!(
+                "rewind_step {} is beyond the dense training",
+                l.rewind_step
+            ))
+        })?
+    };
+    let mut rounds = Vec::new();
+    for k in 1..=l.rounds {
+        let s = iterative_sparsity(l.target, k, l.rounds);
+        prunekit_prune::magnitude_prune(g, Target::Ratio(s), Scope::Global)?;
+        if l.reinit {
+            let fresh = crate::criteria::reinit_like(g, cx.seed + 1000 + k as u64)?;
+            Snapshot::take(&fresh)?.restore(g)?;
+        } else {
+            point.restore(g)?;
+        }
+        train_with(g, &l.train, cx, &format!("ticket {k}"), &mut [])?;
+        rounds.push(json!({ "round": k, "sparsity": s,
+            "accuracy": evaluate(g, &cx.split.test, 256)?.accuracy }));
+    }
+    Ok(
+        json!({ "dense_accuracy": dense_acc, "rewind_step": l.rewind_step,
+        "reinit": l.reinit, "rounds": rounds }),
+    )
+}
+
+/// The model a recipe starts from.
+pub fn build_model(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Graph> {
+    if let Some(p) = &spec.path {
+        return Ok(prunekit_graph::format::load(p, device)?);
+    }
+    let arch = spec
+        .arch
+        .as_deref()
+        .ok_or_else(|| RecipeError::Invalid("[model] needs `arch` or `path`".into()))?;
+    let opts = prunekit_zoo::ZooOptions {
+        input: spec.input.clone(),
+        classes: spec.classes,
+    };
+    Ok(prunekit_zoo::build_with(arch, seed, &opts)?)
+}
+
+/// Loads the recipe's dataset (with the optional training cap).
+pub fn load_split(d: &DataSpec, seed: u64) -> Result<Split> {
+    let (mut split, _) = prunekit_data::load(&d.name, d.dir.as_deref(), seed)?;
+    if let Some(n) = d.train_limit {
+        if n == 0 {
+            return Err(RecipeError::Invalid(
+                "data.train_limit must be positive".into(),
+            ));
+        }
+        split.train = subset(&split.train, n, seed);
+    }
+    Ok(split)
+}
+
+fn subset(data: &Dataset, n: usize, seed: u64) -> Dataset {
+    use rand::seq::SliceRandom;
+    let mut idx: Vec<usize> = (0..data.len()).collect();
+    idx.shuffle(&mut prunekit_graph::graph::rng(seed ^ 0x11));
+    idx.truncate(n.min(data.len()));
+    idx.sort_unstable();
+    data.subset(&idx)
+}
+
+/// Runs a recipe: model, data, optional training, every stage measured.
+pub fn run(
+    recipe: &Recipe,
+    progress: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Graph, RecipeReport)> {
+    recipe.check()?;
+    let device = prunekit_graph::device::default_device();
+    let split = load_split(&recipe.data, recipe.seed)?;
+    let mut g = build_model(&recipe.model, recipe.seed, &device)?;
+    g.meta
+        .insert("dataset".into(), serde_json::json!(recipe.data.name));
+    let mut cx = RunCx {
+        split: &split,
+        seed: recipe.seed,
+        progress,
+        calib_batches: recipe.data.calib_batches,
+        calib_batch_size: recipe.data.calib_batch_size,
+        teacher: None,
+        device: device.clone(),
+    };
+    if let Some(t) = &recipe.train {
+        log(&format!("training the dense model for {} epochs", t.epochs));
+        train_with(&mut g, t, &cx, "train", &mut [])?;
+    }
+    let before = summarize(&g, Some(&split.test))?;
+    log(&format!(
+        "before: accuracy {:.2}%, {} params, {} MACs",
+        100.0 * before.accuracy.unwrap_or(0.0),
+        before.params,
+        before.macs
+    ));
+    cx.teacher = Some(g.try_clone()?);
+    let mut stages = Vec::new();
+    for (i, s) in recipe.stages.iter().enumerate() {
+        let t0 = Instant::now();
+        let detail = run_stage(&mut g, s, &cx)
+            .map_err(|e| RecipeError::Invalid(format!("stage {} ({}): {e}", i + 1, s.kind())))?;
+        let e = evaluate(&g, &split.test, 256)?;
+        let logline = StageLog {
+            stage: i + 1,
+            kind: s.kind().into(),
+            detail,
+            accuracy: e.accuracy,
+            params: g.param_count(),
+            nonzeros: g.nonzero_count()?,
+            macs: g.macs()?,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        log(&format!(
+            "stage {} ({}): accuracy {:.2}%, {} nonzeros, {} MACs, {:.1} s",
+            i + 1,
+            s.kind(),
+            100.0 * e.accuracy,
+            logline.nonzeros,
+            logline.macs,
+            logline.seconds
+        ));
+        stages.push(logline);
+    }
+    let after = summarize(&g, Some(&split.test))?;
+    Ok((
+        g,
+        RecipeReport {
+            description: recipe.description.clone(),
+            dataset: recipe.data.name.clone(),
+            before,
+            after,
+            stages,
+        },
+    ))
+}
