@@ -63,7 +63,7 @@ impl<'a> GradualPruning<'a> {
 impl StepHook for GradualPruning<'_> {
     fn after_step(&mut self, g: &mut Graph, cx: &StepCx) -> prunekit_train::Result<()> {
         let t = cx.step + 1;
-        if t < self.t0 || t > self.t0 + self.n * self.dt || (t - self.t0) % self.dt != 0 {
+        if t < self.t0 || t > self.t0 + self.n * self.dt || !(t - self.t0).is_multiple_of(self.dt) {
             return Ok(());
         }
         let s = cubic_sparsity(self.s_i, self.s_f, t, self.t0, self.n, self.dt);
