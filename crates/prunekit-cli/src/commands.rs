@@ -102,6 +102,12 @@ fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
             prunekit_data::DATASETS.join("|")
         );
     };
+    load_data_named(&name, seed)
+}
+
+/// A dataset by name (`digits`, `fashion-mnist`) or a directory of idx files.
+pub(crate) fn load_data_named(name: &str, seed: u64) -> Result<(Split, String)> {
+    let name = name.to_string();
     if prunekit_data::DATASETS.contains(&name.as_str()) {
         let (split, _) = prunekit_data::load(&name, None, seed)
             .with_context(|| format!("cannot load dataset `{name}`"))?;

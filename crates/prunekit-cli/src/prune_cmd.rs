@@ -4,18 +4,20 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use prunekit_graph::Graph;
-use prunekit_prune::{
-    block_influence, find_layers, magnitude_prune, prune_layers, prune_structured, random_inputs,
-    verify, Norm, Scope, StructuredConfig, Target,
+use prunekit_prune::{random_inputs, verify};
+use prunekit_recipe::recipe::{
+    DataSpec, LayersStage, ModelSpec, NmStage, StructuredStage, ThresholdStage, TrainSpec,
+    UnstructuredStage,
 };
+use prunekit_recipe::{run_stage, Recipe, RunCx, Stage};
 use serde_json::json;
 
-use crate::commands::{check_output, load_model, save_model};
+use crate::commands::{check_output, load_data_named, load_model, save_model};
 use crate::table::human;
-use crate::{Criterion, ScopeArg};
+use crate::ScopeArg;
 
 #[derive(Args, Clone)]
 pub struct PruneArgs {
@@ -26,9 +28,10 @@ pub struct PruneArgs {
     /// group to remove, in [0, 1)
     #[arg(long)]
     pub structured: Option<f64>,
-    /// unit importance for --structured
-    #[arg(long, value_enum, default_value_t = Criterion::L1)]
-    pub criterion: Criterion,
+    /// importance criterion for every pruning step (l1, l2, random, and the data-driven ones,
+    /// which need --calib; an unknown name lists the known ones)
+    #[arg(long, default_value = "l1")]
+    pub criterion: String,
     /// keep structured widths a multiple of N
     #[arg(long, default_value_t = 1)]
     pub round_to: usize,
@@ -56,8 +59,31 @@ pub struct PruneArgs {
     #[arg(long, conflicts_with = "threshold")]
     pub unstructured: Option<f64>,
     /// mask every weight with |w| below T
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nm")]
     pub threshold: Option<f64>,
+    /// N:M sparsity along the input dimension, e.g. 2:4
+    #[arg(long, value_name = "N:M", conflicts_with = "unstructured")]
+    pub nm: Option<String>,
+    /// data for calibration batches (data-driven criteria, layer scores) and for the training of
+    /// iterative / gradual schedules: `digits`, `fashion-mnist` or an idx directory
+    #[arg(long, value_name = "DATA")]
+    pub calib: Option<String>,
+    /// how --unstructured is reached: one-shot, iterative (rounds of prune + fine-tune) or gradual
+    /// (cubic ramp while training); the last two train on --calib data
+    #[arg(long, default_value = "one-shot")]
+    pub schedule: String,
+    /// iterative: number of rounds
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// iterative / gradual: training epochs (per round for iterative)
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// iterative / gradual: learning rate
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// iterative / gradual: batch size
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
     /// rank within each layer, or over all layers (structured units and unstructured weights)
     #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
     pub scope: ScopeArg,
@@ -74,69 +100,131 @@ fn counts(g: &Graph) -> Result<serde_json::Value> {
     }))
 }
 
-pub fn prune(a: &PruneArgs) -> Result<()> {
-    if a.structured.is_none()
-        && a.unstructured.is_none()
-        && a.threshold.is_none()
-        && a.layers.is_none()
-    {
-        bail!("nothing to do: pass --structured RATIO, --layers N, --unstructured RATIO or --threshold T");
+/// The recipe stages the flags describe, in the order they run.
+pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
+    let scope = match a.scope {
+        ScopeArg::Layer => "layer",
+        ScopeArg::Global => "global",
+    };
+    let mut stages = Vec::new();
+    if let Some(count) = a.layers {
+        stages.push(Stage::Layers(LayersStage {
+            count,
+            score: "influence".into(),
+        }));
     }
+    if let Some(ratio) = a.structured {
+        stages.push(Stage::Structured(StructuredStage {
+            ratio,
+            criterion: a.criterion.clone(),
+            scope: scope.into(),
+            round_to: a.round_to,
+            min_ratio: a.min_ratio,
+            max_ratio: a.max_ratio,
+            steps: a.steps,
+            protect: a.protect.clone(),
+        }));
+    }
+    if let Some(nm) = &a.nm {
+        let parsed = nm
+            .split_once(':')
+            .and_then(|(n, m)| Some((n.trim().parse().ok()?, m.trim().parse().ok()?)));
+        let Some((n, m)) = parsed else {
+            bail!("--nm `{nm}` is not of the form N:M (e.g. 2:4)");
+        };
+        stages.push(Stage::Nm(NmStage {
+            n,
+            m,
+            criterion: a.criterion.clone(),
+        }));
+    }
+    if let Some(target) = a.unstructured {
+        let train = (a.schedule != "one-shot").then(|| TrainSpec {
+            epochs: a.epochs,
+            lr: a.lr,
+            batch_size: a.batch_size,
+            ..TrainSpec::default()
+        });
+        stages.push(Stage::Unstructured(UnstructuredStage {
+            target,
+            criterion: a.criterion.clone(),
+            scope: scope.into(),
+            schedule: a.schedule.clone(),
+            rounds: a.rounds,
+            train,
+            ..UnstructuredStage::default()
+        }));
+    } else if let Some(value) = a.threshold {
+        stages.push(Stage::Threshold(ThresholdStage { value }));
+    }
+    if stages.is_empty() {
+        bail!("nothing to do: pass --structured RATIO, --layers N, --unstructured RATIO, --nm N:M or --threshold T");
+    }
+    Ok(stages)
+}
+
+pub fn prune(a: &PruneArgs) -> Result<()> {
+    let stages = stages(a)?;
     if a.verify && a.structured.is_none() {
         bail!("--verify checks a structured rewrite: pass --structured RATIO too");
     }
+    // the same checks a recipe gets
+    Recipe {
+        description: None,
+        seed: 0,
+        model: ModelSpec {
+            path: Some(a.model.clone()),
+            ..ModelSpec::default()
+        },
+        data: DataSpec::named("none"),
+        train: None,
+        stages: stages.clone(),
+    }
+    .check()?;
     let mut g = load_model(&a.model)?;
     check_output(&a.model, &a.output)?;
-    let scope = match a.scope {
-        ScopeArg::Layer => Scope::Layer,
-        ScopeArg::Global => Scope::Global,
+    let split = match &a.calib {
+        Some(d) => Some(load_data_named(d, 0)?.0),
+        None => None,
     };
-    let before = counts(&g)?;
-    let mut out = json!({ "before": before });
-
+    let cx = RunCx {
+        split: split.as_ref(),
+        seed: 0,
+        progress: !a.json,
+        calib_batches: 4,
+        calib_batch_size: 64,
+        teacher: None,
+        device: prunekit_graph::device::default_device(),
+    };
+    let mut out = json!({ "before": counts(&g)? });
     let mut seconds = serde_json::Map::new();
-    let mut clock = Instant::now();
-    let mut lap = |what: &str, seconds: &mut serde_json::Map<String, serde_json::Value>| {
-        seconds.insert(what.into(), json!(clock.elapsed().as_secs_f64()));
-        clock = Instant::now();
-    };
-    if let Some(n) = a.layers {
-        let layers = find_layers(&g)?;
-        let x = random_inputs(&g, 8, 0)?;
-        let scores = block_influence(&g, &layers, &x)?;
-        let r = prune_layers(&mut g, &layers, &scores, n)?;
-        out["layers"] = json!(r);
-        lap("layers", &mut seconds);
-    }
-    if let Some(ratio) = a.structured {
-        let original = g.try_clone()?;
-        let criterion = match a.criterion {
-            Criterion::L1 => Norm::L1,
-            Criterion::L2 => Norm::L2,
+    let mut stage_log = Vec::new();
+    for stage in &stages {
+        let original = match stage {
+            Stage::Structured(_) if a.verify => Some(g.try_clone()?),
+            _ => None,
         };
-        let mut cfg = StructuredConfig::new(ratio);
-        cfg.scope = scope;
-        cfg.round_to = a.round_to;
-        cfg.min_ratio = a.min_ratio;
-        cfg.max_ratio = a.max_ratio;
-        cfg.steps = a.steps;
-        cfg.protected = a.protect.clone();
-        let report = prune_structured(&mut g, &cfg, &criterion)?;
-        out["groups"] = json!(report.groups);
-        lap("structured", &mut seconds);
-        if a.verify {
+        let t0 = Instant::now();
+        let done =
+            run_stage(&mut g, stage, &cx).with_context(|| format!("{} pruning", stage.kind()))?;
+        seconds.insert(stage.kind().into(), json!(t0.elapsed().as_secs_f64()));
+        match stage {
+            Stage::Structured(_) => out["groups"] = done.detail["groups"].clone(),
+            Stage::Layers(_) => out["layers"] = done.detail.clone(),
+            _ => {}
+        }
+        stage_log.push(json!({ "kind": stage.kind(), "detail": done.detail }));
+        if let (Some(original), Some(removed)) = (original, done.removed) {
+            let t0 = Instant::now();
             let inputs = (0..2)
                 .map(|s| random_inputs(&original, 4, 100 + s))
                 .collect::<prunekit_prune::Result<Vec<_>>>()?;
-            out["verify"] = json!(verify(&original, &g, &report.removed(), &inputs)?);
-            lap("verify", &mut seconds);
+            out["verify"] = json!(verify(&original, &g, &removed, &inputs)?);
+            seconds.insert("verify".into(), json!(t0.elapsed().as_secs_f64()));
         }
     }
-    if let Some(r) = a.unstructured {
-        out["sparsity"] = json!(magnitude_prune(&mut g, Target::Ratio(r), scope)?);
-    } else if let Some(t) = a.threshold {
-        out["sparsity"] = json!(magnitude_prune(&mut g, Target::Threshold(t), scope)?);
-    }
+    out["stages"] = json!(stage_log);
+    out["sparsity"] = json!(prunekit_prune::layer_sparsity(&g)?);
     out["after"] = counts(&g)?;
     out["seconds"] = json!(seconds);
     save_model(&g, &a.output, Some(&a.model))?;
@@ -162,7 +250,10 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         }
     }
     if let Some(layers) = out["sparsity"].as_array() {
-        for l in layers {
+        for l in layers
+            .iter()
+            .filter(|l| l["zeros"].as_u64().unwrap_or(0) > 0)
+        {
             let (z, t) = (
                 l["zeros"].as_f64().unwrap_or(0.0),
                 l["total"].as_f64().unwrap_or(1.0),

@@ -43,3 +43,25 @@ pub fn check_ratio(what: &str, ratio: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Zeros per prunable weight (what unstructured pruning and N:M leave).
+pub fn layer_sparsity(g: &prunekit_graph::Graph) -> Result<Vec<LayerSparsity>> {
+    prunable_weights(g)
+        .into_iter()
+        .map(|(node, param)| {
+            let t = g.node(&node)?.params[&param].tensor().flatten_all()?;
+            let zeros = t
+                .to_dtype(candle_core::DType::F32)?
+                .eq(0f32)?
+                .to_dtype(candle_core::DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()? as usize;
+            Ok(LayerSparsity {
+                total: t.elem_count(),
+                zeros,
+                node,
+                param,
+            })
+        })
+        .collect()
+}

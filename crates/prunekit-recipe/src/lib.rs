@@ -5,7 +5,7 @@ pub mod criteria;
 pub mod recipe;
 pub mod schedule;
 
-pub use recipe::{run, run_stage, Recipe, RecipeReport, Stage, StageLog};
+pub use recipe::{run, run_stage, Recipe, RecipeReport, RunCx, Stage, StageLog, StageOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {

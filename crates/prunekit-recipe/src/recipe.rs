@@ -2,6 +2,7 @@
 //! unstructured with a schedule, N:M, fine-tune with optional distillation, lottery ticket), each
 //! measured. `prunekit run RECIPE.toml` and `prunekit prune`'s flags both build this model.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,9 +20,12 @@ use prunekit_train::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::criteria::{make_criterion, prune_nm, prune_unstructured, UnstructuredScope};
+use crate::criteria::{
+    make_criterion, prune_nm, prune_unstructured, Calibration, UnstructuredScope,
+};
 use crate::schedule::{cubic_sparsity, iterative_sparsity, GradualPruning, RewindPoint, Snapshot};
 use crate::{RecipeError, Result};
+use prunekit_graph::channels::SliceKey;
 
 fn default_seed() -> u64 {
     0
@@ -124,6 +128,53 @@ pub struct TrainSpec {
     pub distill: Option<DistillConfig>,
 }
 
+impl Default for TrainSpec {
+    /// One epoch of SGD (momentum 0.9, weight decay 5e-4, cosine) at lr 0.01, batch 64.
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            lr: 0.01,
+            batch_size: d_batch(),
+            optimizer: d_opt(),
+            momentum: d_momentum(),
+            weight_decay: d_wd(),
+            schedule: d_sched(),
+            crop_padding: 0,
+            hflip: false,
+            distill: None,
+        }
+    }
+}
+
+impl DataSpec {
+    /// A dataset by name with the default calibration settings.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            dir: None,
+            train_limit: None,
+            calib_batches: default_calib_batches(),
+            calib_batch_size: default_calib_batch(),
+        }
+    }
+}
+
+impl Default for UnstructuredStage {
+    fn default() -> Self {
+        Self {
+            target: 0.5,
+            criterion: d_criterion(),
+            scope: d_scope(),
+            schedule: d_schedule(),
+            rounds: 1,
+            train: None,
+            prune_every: None,
+            start_step: 0,
+            end_fraction: d_end_fraction(),
+        }
+    }
+}
+
 fn d_criterion() -> String {
     "l1".into()
 }
@@ -158,6 +209,8 @@ pub enum Stage {
     Unstructured(UnstructuredStage),
     /// N:M sparsity along the input dimension
     Nm(NmStage),
+    /// static magnitude threshold: mask every prunable weight with |w| below `value`
+    Threshold(ThresholdStage),
     /// recover: train with the masks held (optionally distilling the dense model)
     Finetune(TrainSpec),
     /// lottery ticket: iterative magnitude pruning with rewinding
@@ -232,6 +285,12 @@ pub struct NmStage {
     pub m: usize,
     #[serde(default = "d_criterion")]
     pub criterion: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdStage {
+    pub value: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -382,6 +441,11 @@ impl Recipe {
                     }
                 }
                 Stage::Finetune(t) => train_ok(t, &at)?,
+                Stage::Threshold(t) => {
+                    if !(t.value >= 0.0 && t.value.is_finite()) {
+                        return bad(format!("{at}: value {} must be >= 0", t.value));
+                    }
+                }
                 Stage::Lottery(l) => {
                     ratio_ok(l.target, "target", &at)?;
                     train_ok(&l.train, &at)?;
@@ -402,6 +466,7 @@ impl Stage {
             Stage::Layers(_) => "layers",
             Stage::Unstructured(_) => "unstructured",
             Stage::Nm(_) => "nm",
+            Stage::Threshold(_) => "threshold",
             Stage::Finetune(_) => "finetune",
             Stage::Lottery(_) => "lottery",
         }
@@ -469,7 +534,8 @@ pub fn train_config(
 
 /// Everything a stage needs besides the model.
 pub struct RunCx<'a> {
-    pub split: &'a Split,
+    /// training and calibration data (`prunekit prune` runs data-free stages without it)
+    pub split: Option<&'a Split>,
     pub seed: u64,
     pub progress: bool,
     pub calib_batches: usize,
@@ -486,7 +552,8 @@ fn train_with(
     label: &str,
     extra: &mut [&mut dyn StepHook],
 ) -> Result<()> {
-    let cfg = train_config(t, cx.split.train.len(), cx.seed, label, cx.progress);
+    let split = cx.data("training")?;
+    let cfg = train_config(t, split.train.len(), cx.seed, label, cx.progress);
     let mut distill = match (&t.distill, &cx.teacher) {
         (Some(d), Some(teacher)) => Some(Distillation::new(teacher.try_clone()?, *d)?),
         (Some(_), None) => {
@@ -504,25 +571,54 @@ fn train_with(
     for h in extra.iter_mut() {
         hooks.push(&mut **h);
     }
-    fit_with(g, &cx.split.train, None, &cfg, &mut hooks)?;
+    fit_with(g, &split.train, None, &cfg, &mut hooks)?;
     Ok(())
 }
 
+impl<'a> RunCx<'a> {
+    /// The data, or an error saying what needed it.
+    pub fn data(&self, what: &str) -> Result<&'a Split> {
+        self.split
+            .ok_or_else(|| RecipeError::Invalid(format!("{what} needs data (pass --calib DATA)")))
+    }
+
+    /// Calibration batches, when there is data.
+    fn calibration(&self) -> Result<Option<Calibration>> {
+        self.split
+            .map(|s| {
+                crate::criteria::calibration(
+                    &s.train,
+                    self.calib_batches,
+                    self.calib_batch_size,
+                    self.seed,
+                    &self.device,
+                )
+            })
+            .transpose()
+    }
+
+    fn test_accuracy(&self, g: &Graph) -> Result<Option<f64>> {
+        self.split
+            .map(|s| Ok(evaluate(g, &s.test, 256)?.accuracy))
+            .transpose()
+    }
+}
+
+/// What a stage did: a JSON description, and for structured stages the removed original indices
+/// (to verify the rewrite against masking).
+pub struct StageOutcome {
+    pub detail: serde_json::Value,
+    pub removed: Option<BTreeMap<SliceKey, BTreeSet<usize>>>,
+}
+
 /// Runs one stage on `g`; returns what it did.
-pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json::Value> {
+pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcome> {
     use serde_json::json;
-    let calib = || {
-        crate::criteria::calibration(
-            &cx.split.train,
-            cx.calib_batches,
-            cx.calib_batch_size,
-            cx.seed,
-            &cx.device,
-        )
-    };
-    Ok(match stage {
+    let mut removed = None;
+    let detail = match stage {
         Stage::Structured(s) => {
-            let crit = make_criterion(&s.criterion, g, Some(&calib()?), cx.seed)?;
+            let calib = cx.calibration()?;
+            let crit = make_criterion(&s.criterion, g, calib.as_ref(), cx.seed)?;
             let mut cfg = StructuredConfig::new(s.ratio);
             cfg.scope = scope_of(&s.scope, "structured", false)?;
             cfg.round_to = s.round_to;
@@ -531,12 +627,18 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
             cfg.steps = s.steps;
             cfg.protected = s.protect.clone();
             let r = prune_structured(g, &cfg, crit.as_ref())?;
+            removed = Some(r.removed());
             json!({ "criterion": s.criterion, "groups": r.groups })
         }
         Stage::Layers(l) => {
             let layers = find_layers(g)?;
-            let c = calib()?;
+            let calib = cx.calibration()?;
             let scores = if l.score == "ablation" {
+                let c = calib.ok_or_else(|| {
+                    RecipeError::Invalid(
+                        "layer ablation scores need data (pass --calib DATA)".into(),
+                    )
+                })?;
                 let loss = |h: &Graph| -> prunekit_prune::Result<f64> {
                     let mut exec = prunekit_graph::Executor::new(0);
                     let mut total = 0.0;
@@ -548,21 +650,21 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
                 };
                 prunekit_prune::ablation_scores(g, &layers, &loss)?
             } else {
-                let x = c
-                    .batches
-                    .first()
-                    .map(|b| b.0.clone())
-                    .ok_or_else(|| RecipeError::Invalid("no calibration data".into()))?;
-                block_influence(g, &layers, &[x])?
+                // block influence needs inputs only: random ones when there is no data
+                let x = match calib.as_ref().and_then(|c| c.batches.first()) {
+                    Some(b) => vec![b.0.clone()],
+                    None => prunekit_prune::random_inputs(g, 8, cx.seed)?,
+                };
+                block_influence(g, &layers, &x)?
             };
             let r = prune_layers(g, &layers, &scores, l.count)?;
             json!(r)
         }
         Stage::Unstructured(u) => {
             let scope = unstructured_scope(&u.scope, "unstructured")?;
-            let c = calib()?;
+            let c = cx.calibration()?;
             let prune_to = |g: &mut Graph, s: f64| -> Result<()> {
-                let crit = make_criterion(&u.criterion, g, Some(&c), cx.seed)?;
+                let crit = make_criterion(&u.criterion, g, c.as_ref(), cx.seed)?;
                 prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)?;
                 Ok(())
             };
@@ -581,7 +683,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
                         prune_to(g, s)?;
                         train_with(g, t, cx, &format!("round {k}"), &mut [])?;
                         rounds.push(json!({ "round": k, "sparsity": s,
-                            "accuracy": evaluate(g, &cx.split.test, 256)?.accuracy }));
+                            "accuracy": cx.test_accuracy(g)? }));
                     }
                     json!({ "criterion": u.criterion, "schedule": "iterative", "rounds": rounds })
                 }
@@ -589,7 +691,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
                     let t = u.train.as_ref().ok_or_else(|| {
                         RecipeError::Invalid("gradual pruning needs `train`".into())
                     })?;
-                    let per_epoch = cx.split.train.len() / t.batch_size.max(1);
+                    let per_epoch = cx.data("gradual pruning")?.train.len() / t.batch_size.max(1);
                     let total = t.epochs * per_epoch.max(1);
                     let dt = u.prune_every.unwrap_or((per_epoch / 10).max(1));
                     let end = ((total as f64) * u.end_fraction) as usize;
@@ -605,7 +707,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
                         n.max(1),
                         dt,
                         Box::new(move |g: &mut Graph, s: f64| {
-                            let crit = make_criterion(&crit_name, g, Some(&c2), seed)
+                            let crit = make_criterion(&crit_name, g, c2.as_ref(), seed)
                                 .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
                             prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)
                                 .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
@@ -624,8 +726,13 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
                 }
             }
         }
+        Stage::Threshold(t) => {
+            prunekit_prune::magnitude_prune(g, Target::Threshold(t.value), Scope::Layer)?;
+            json!({ "threshold": t.value })
+        }
         Stage::Nm(nm) => {
-            let crit = make_criterion(&nm.criterion, g, Some(&calib()?), cx.seed)?;
+            let calib = cx.calibration()?;
+            let crit = make_criterion(&nm.criterion, g, calib.as_ref(), cx.seed)?;
             prune_nm(g, crit.as_ref(), nm.n, nm.m)?;
             json!({ "pattern": format!("{}:{}", nm.n, nm.m), "criterion": nm.criterion })
         }
@@ -634,7 +741,8 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<serde_json:
             json!({ "epochs": t.epochs, "distill": t.distill })
         }
         Stage::Lottery(l) => lottery(g, l, cx)?,
-    })
+    };
+    Ok(StageOutcome { detail, removed })
 }
 
 /// Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
@@ -646,7 +754,7 @@ fn lottery(g: &mut Graph, l: &LotteryStage, cx: &RunCx) -> Result<serde_json::Va
         snapshot: None,
     };
     train_with(g, &l.train, cx, "dense", &mut [&mut rewind])?;
-    let dense_acc = evaluate(g, &cx.split.test, 256)?.accuracy;
+    let dense_acc = cx.test_accuracy(g)?;
     let point = if l.rewind_step == 0 {
         init
     } else {
@@ -669,7 +777,7 @@ fn lottery(g: &mut Graph, l: &LotteryStage, cx: &RunCx) -> Result<serde_json::Va
         }
         train_with(g, &l.train, cx, &format!("ticket {k}"), &mut [])?;
         rounds.push(json!({ "round": k, "sparsity": s,
-            "accuracy": evaluate(g, &cx.split.test, 256)?.accuracy }));
+            "accuracy": cx.test_accuracy(g)? }));
     }
     Ok(
         json!({ "dense_accuracy": dense_acc, "rewind_step": l.rewind_step,
@@ -729,7 +837,7 @@ pub fn run(
     g.meta
         .insert("dataset".into(), serde_json::json!(recipe.data.name));
     let mut cx = RunCx {
-        split: &split,
+        split: Some(&split),
         seed: recipe.seed,
         progress,
         calib_batches: recipe.data.calib_batches,
@@ -753,7 +861,8 @@ pub fn run(
     for (i, s) in recipe.stages.iter().enumerate() {
         let t0 = Instant::now();
         let detail = run_stage(&mut g, s, &cx)
-            .map_err(|e| RecipeError::Invalid(format!("stage {} ({}): {e}", i + 1, s.kind())))?;
+            .map_err(|e| RecipeError::Invalid(format!("stage {} ({}): {e}", i + 1, s.kind())))?
+            .detail;
         let e = evaluate(&g, &split.test, 256)?;
         let logline = StageLog {
             stage: i + 1,
