@@ -1,15 +1,25 @@
 //! Pruning passes over the model graph.
 //!
+//! - [`criteria`]: importance criteria (norms, random, LAMP, FPGM, BatchNorm scales, Taylor, Fisher,
+//!   SNIP, movement, Wanda) and calibration data; every one serves both granularities.
+//! - [`unstructured`]: masks by any criterion per layer, globally, per output row, or N:M.
 //! - [`magnitude`]: unstructured masks by weight magnitude, by threshold or target ratio, per layer or global.
 //! - [`structured`]: units from the dependency analysis (channels, heads, recurrent units, conv
 //!   groups) scored by a criterion and removed physically with every coupled slice; `verify`
 //!   checks the result against the masked original.
 //! - [`layers`]: whole residual blocks and transformer layers, scored by block influence or ablation.
 
+pub mod criteria;
 pub mod layers;
 pub mod magnitude;
 pub mod structured;
+pub mod unstructured;
 pub mod verify;
+
+pub use criteria::{
+    criterion_by_name, lamp_scores, BnScale, Calibration, Fisher, Fpgm, Lamp, Movement,
+    RandomScores, Snip, Taylor, Wanda, CRITERIA, DATA_CRITERIA,
+};
 
 pub use layers::{
     ablation_scores, block_influence, find_blocks, find_layers, prune_layers, remove_layers, Block,
@@ -20,6 +30,7 @@ pub use structured::{
     prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, Norm, Normalize,
     StructuredConfig, StructuredReport,
 };
+pub use unstructured::{prune_nm, prune_unstructured, UnstructuredScope};
 pub use verify::{random_inputs, random_removal_error, rel_error, verify, Verification};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +39,8 @@ pub enum PruneError {
     Graph(#[from] prunekit_graph::GraphError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] prunekit_data::DataError),
     #[error("{0}")]
     Invalid(String),
 }

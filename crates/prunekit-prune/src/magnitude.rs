@@ -1,10 +1,12 @@
-//! Unstructured magnitude pruning: the smallest |w| are masked, per layer or across all layers.
+//! Unstructured magnitude pruning: the smallest |w| are masked, per layer or across all layers
+//! (the targets and scopes shared with [`crate::unstructured`]).
 
-use candle_core::{DType, Tensor};
 use prunekit_graph::{Graph, Role};
 use serde::Serialize;
 
-use crate::{check_ratio, PruneError, Result};
+use crate::criteria::Norm;
+use crate::unstructured::prune_unstructured;
+use crate::{PruneError, Result};
 
 /// How much to prune.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,27 +44,9 @@ pub fn prunable_weights(g: &Graph) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Keep-masks (1 keep, 0 prune) for `values` so that exactly `k` of the smallest are pruned; ties are
-/// broken by position so the result is deterministic.
-fn smallest_k(values: &[f32], k: usize) -> Vec<f32> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    if k < values.len() && k > 0 {
-        order.select_nth_unstable_by(k - 1, |&a, &b| {
-            values[a].total_cmp(&values[b]).then(a.cmp(&b))
-        });
-    }
-    let mut keep = vec![1f32; values.len()];
-    for &i in order.iter().take(k.min(values.len())) {
-        keep[i] = 0.0;
-    }
-    keep
-}
-
-/// Masks weights by magnitude. Existing masks are kept (a pruned weight stays pruned).
+/// Masks weights by magnitude (|w|): [`prune_unstructured`] with [`Norm::L1`]. Existing masks are
+/// kept (a pruned weight stays pruned).
 pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Vec<LayerSparsity>> {
-    if let Target::Ratio(r) = target {
-        check_ratio("unstructured", r)?;
-    }
     if let Target::Threshold(t) = target {
         if t.is_nan() || t < 0.0 {
             return Err(PruneError::Invalid(format!(
@@ -70,77 +54,13 @@ pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Ve
             )));
         }
     }
-    let names = prunable_weights(g);
-    if names.is_empty() {
-        return Err(PruneError::Invalid(
-            "the model has no prunable weights".into(),
-        ));
-    }
-    let mut values: Vec<Vec<f32>> = Vec::with_capacity(names.len());
-    let mut dims = Vec::with_capacity(names.len());
-    for (n, k) in &names {
-        let t = g.node(n)?.params[k].tensor();
-        dims.push(t.dims().to_vec());
-        values.push(
-            t.abs()?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        );
-    }
-    let keeps: Vec<Vec<f32>> = match (target, scope) {
-        (Target::Threshold(t), _) => values
-            .iter()
-            .map(|v| {
-                v.iter()
-                    .map(|&x| if (x as f64) < t { 0.0 } else { 1.0 })
-                    .collect()
-            })
-            .collect(),
-        (Target::Ratio(r), Scope::Layer) => values
-            .iter()
-            .map(|v| smallest_k(v, (r * v.len() as f64).round() as usize))
-            .collect(),
-        (Target::Ratio(r), Scope::Global) => {
-            let all: Vec<f32> = values.concat();
-            let keep = smallest_k(&all, (r * all.len() as f64).round() as usize);
-            let mut out = Vec::with_capacity(values.len());
-            let mut off = 0;
-            for v in &values {
-                out.push(keep[off..off + v.len()].to_vec());
-                off += v.len();
-            }
-            out
-        }
-    };
-    let mut report = Vec::with_capacity(names.len());
-    for (((n, k), keep), d) in names.iter().zip(keeps).zip(dims) {
-        let p = &g.node(n)?.params[k];
-        let dtype = p.tensor().dtype();
-        let mut mask =
-            Tensor::from_vec(keep, d.as_slice(), p.tensor().device())?.to_dtype(dtype)?;
-        if let Some(old) = &p.mask {
-            mask = (mask * old)?;
-        }
-        let zeros = mask
-            .eq(0.0)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        report.push(LayerSparsity {
-            node: n.clone(),
-            param: k.clone(),
-            total: mask.elem_count(),
-            zeros,
-        });
-        g.set_mask(n, k, mask)?;
-    }
-    Ok(report)
+    prune_unstructured(g, &Norm::L1, target, scope.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
     use prunekit_graph::GraphBuilder;
 
     fn mlp() -> Graph {

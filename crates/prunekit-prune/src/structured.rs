@@ -5,63 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use candle_core::{DType, Tensor};
 use prunekit_graph::channels::{analyse, ChannelAnalysis, SliceKey};
-use prunekit_graph::{Graph, Role};
+use prunekit_graph::Graph;
 use serde::Serialize;
+
+pub use crate::criteria::{Criterion, Norm};
 
 use crate::magnitude::Scope;
 use crate::{check_ratio, PruneError, Result};
-
-/// Importance of parameters for structured pruning: an element-wise score tensor per parameter;
-/// a unit's score per parameter is the (reduced) sum over its slice.
-pub trait Criterion {
-    fn name(&self) -> &'static str;
-    /// Element-wise importance of `param` of `node` (same shape), or None to leave it out.
-    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>>;
-    /// Turns the sum of importance over a slice into the slice's score (sqrt for L2).
-    fn reduce(&self, sum: f64) -> f64 {
-        sum
-    }
-}
-
-/// L1 (sum of |w|) or L2 (sqrt of the sum of w^2) norm of every weight slice (biases and buffers
-/// are left out).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Norm {
-    L1,
-    L2,
-}
-
-impl Criterion for Norm {
-    fn name(&self) -> &'static str {
-        match self {
-            Norm::L1 => "l1",
-            Norm::L2 => "l2",
-        }
-    }
-    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
-        let p = g
-            .node(node)?
-            .params
-            .get(param)
-            .ok_or_else(|| PruneError::Invalid(format!("node `{node}` has no `{param}`")))?;
-        if p.role != Role::Weight {
-            return Ok(None);
-        }
-        let w = p.tensor().to_dtype(DType::F64)?;
-        Ok(Some(match self {
-            Norm::L1 => w.abs()?,
-            Norm::L2 => w.sqr()?,
-        }))
-    }
-    fn reduce(&self, sum: f64) -> f64 {
-        match self {
-            Norm::L1 => sum,
-            Norm::L2 => sum.sqrt(),
-        }
-    }
-}
 
 /// How a unit's per-parameter scores combine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -160,6 +111,7 @@ pub fn unit_scores(
     aggregate: Aggregate,
     normalize: Normalize,
 ) -> Result<Vec<f64>> {
+    criterion.prepare(g)?;
     // per slice key: the importance summed over every axis but the key's
     let mut per_index: HashMap<SliceKey, Option<Vec<f64>>> = HashMap::new();
     for u in &a.units {
@@ -167,20 +119,22 @@ pub fn unit_scores(
             if per_index.contains_key(k) {
                 continue;
             }
-            let sums = match criterion.importance(g, &k.node, &k.param)? {
-                Some(t) => {
-                    let len = t.dim(k.axis)?;
-                    Some(
-                        t.to_dtype(DType::F64)?
-                            .transpose(0, k.axis)?
-                            .contiguous()?
-                            .reshape((len, ()))?
-                            .sum(1)?
-                            .to_vec1::<f64>()?,
-                    )
+            let sums = criterion.slice_importance(g, &k.node, &k.param, k.axis)?;
+            if let Some(v) = &sums {
+                let len = crate::criteria::param_of(g, &k.node, &k.param)?
+                    .tensor()
+                    .dim(k.axis)?;
+                if v.len() != len {
+                    return Err(PruneError::Invalid(format!(
+                        "criterion `{}` gave {} slice scores for axis {} of `{}.{}` of length {len}",
+                        criterion.name(),
+                        v.len(),
+                        k.axis,
+                        k.node,
+                        k.param
+                    )));
                 }
-                None => None,
-            };
+            }
             per_index.insert(k.clone(), sums);
         }
     }

@@ -1,0 +1,1168 @@
+//! Importance criteria: element-wise scores for every parameter, consumed by both granularities:
+//! unstructured masks ([`crate::unstructured`]: an element's score is `reduce(importance)`) and the
+//! structured pruner ([`crate::structured`]: a unit's score per parameter is `reduce(sum of its
+//! slice)`). Higher is more important everywhere.
+//!
+//! | name | importance | reduce | needs data |
+//! | --- | --- | --- | --- |
+//! | `l1` | \|w\| | sum | no |
+//! | `l2` | w^2 | sqrt | no |
+//! | `random` | seeded U(0, 1) | sum | no |
+//! | `lamp` | w_u^2 / sum of w_v^2 over v at or after u in ascending order, per layer | sum | no |
+//! | `fpgm` | a filter's summed distance to the layer's other filters, spread over its row | sum | no |
+//! | `bn-scale` | \|gamma\| of BatchNorm weights only | sum | no |
+//! | `taylor` | w * g summed over batches | abs | yes |
+//! | `fisher` | 0.5 w^2 * mean over batches of g^2 | sum | yes |
+//! | `snip` | \|w g\| on one batch, summing to 1 over the model | sum | yes |
+//! | `movement` | -w * g accumulated over fine-tuning steps | sum | yes |
+//! | `wanda` | \|W_ij\| * \|\|X_j\|\|_2 over the calibration inputs | sum | yes |
+//!
+//! Gradients come from cross-entropy in eval mode with gradients ([`Mode::EVAL_GRAD`]: BatchNorm
+//! uses its running statistics). Only `Role::Weight` parameters are scored.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
+use prunekit_data::Dataset;
+use prunekit_graph::{param_grads, Executor, Graph, Hooks, InputKind, Mode, Op, Param, Role};
+use prunekit_train::{StepCx, StepHook, TrainError};
+use rand::{Rng, SeedableRng};
+
+use crate::{PruneError, Result};
+
+/// Importance of parameters: an element-wise score tensor per parameter. A unit's score per
+/// parameter (structured) is the reduced sum over its slice; an element's score (unstructured) is
+/// its reduced importance.
+pub trait Criterion {
+    fn name(&self) -> &'static str;
+    /// Element-wise importance of `param` of `node` (same shape), or None to leave it out.
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>>;
+    /// Turns the sum of importance over a slice into the slice's score (sqrt for L2).
+    fn reduce(&self, sum: f64) -> f64 {
+        sum
+    }
+    /// Brings scores that depend on the model's state (gradients, activations) up to date with
+    /// `g`. The pruners call it once before every scoring round; criteria computed from the
+    /// weights at hand do nothing.
+    fn prepare(&self, _g: &Graph) -> Result<()> {
+        Ok(())
+    }
+    /// The importance summed over every axis but `axis`: one value per index along it (what a
+    /// structured unit's slice of this parameter sums to before `reduce`), or None to leave this
+    /// slice out of unit scores.
+    fn slice_importance(
+        &self,
+        g: &Graph,
+        node: &str,
+        param: &str,
+        axis: usize,
+    ) -> Result<Option<Vec<f64>>> {
+        match self.importance(g, node, param)? {
+            Some(t) => Ok(Some(sums_along(&t, axis)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Every criterion [`criterion_by_name`] knows.
+pub const CRITERIA: &[&str] = &[
+    "l1", "l2", "random", "lamp", "fpgm", "bn-scale", "taylor", "fisher", "snip", "movement",
+    "wanda",
+];
+
+/// The criteria that need calibration batches (gradients or activations).
+pub const DATA_CRITERIA: &[&str] = &["taylor", "fisher", "snip", "movement", "wanda"];
+
+/// A criterion by name. Gradient and activation criteria (see [`DATA_CRITERIA`]) are computed
+/// here from `calib` on `g`; `seed` drives `random`. `movement` built here is the movement of one
+/// infinitesimal gradient step per calibration batch (-w g summed over batches at the current
+/// weights); to accumulate it over real fine-tuning, pass a [`Movement`] to
+/// `prunekit_train::fit_with` as a step hook. `bn-scale` built here only scores (lambda 0).
+pub fn criterion_by_name(
+    name: &str,
+    g: &Graph,
+    calib: Option<&Calibration>,
+    seed: u64,
+) -> Result<Box<dyn Criterion>> {
+    let data = || {
+        calib.ok_or_else(|| {
+            PruneError::Invalid(format!(
+                "criterion `{name}` needs calibration data (batches of inputs and labels from a \
+                 dataset) to compute its {}; none was given",
+                if name == "wanda" {
+                    "activation norms"
+                } else {
+                    "gradients"
+                }
+            ))
+        })
+    };
+    Ok(match name {
+        "l1" => Box::new(Norm::L1),
+        "l2" => Box::new(Norm::L2),
+        "random" => Box::new(RandomScores::new(seed)),
+        "lamp" => Box::new(Lamp),
+        "fpgm" => Box::new(Fpgm),
+        "bn-scale" => Box::new(BnScale::new(0.0)?),
+        "taylor" => Box::new(Taylor::new(g, data()?)?),
+        "fisher" => Box::new(Fisher::new(g, data()?)?),
+        "snip" => Box::new(Snip::new(g, data()?)?),
+        "movement" => Box::new(Movement::from_calibration(g, data()?)?),
+        "wanda" => Box::new(Wanda::new(g, data()?)?),
+        other => {
+            return Err(PruneError::Invalid(format!(
+                "unknown criterion `{other}`; known: {}",
+                CRITERIA.join(", ")
+            )))
+        }
+    })
+}
+
+/// `t` (any shape) summed over every axis but `axis`, in f64.
+pub(crate) fn sums_along(t: &Tensor, axis: usize) -> Result<Vec<f64>> {
+    let len = t.dim(axis)?;
+    Ok(t.to_dtype(DType::F64)?
+        .transpose(0, axis)?
+        .contiguous()?
+        .reshape((len, ()))?
+        .sum(1)?
+        .to_vec1::<f64>()?)
+}
+
+/// The parameter `param` of `node`, or an error naming both.
+pub(crate) fn param_of<'a>(g: &'a Graph, node: &str, param: &str) -> Result<&'a Param> {
+    g.node(node)?
+        .params
+        .get(param)
+        .ok_or_else(|| PruneError::Invalid(format!("node `{node}` has no `{param}`")))
+}
+
+/// The parameter as f64 when it is a weight, else None.
+fn weight_f64(g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+    let p = param_of(g, node, param)?;
+    if p.role != Role::Weight {
+        return Ok(None);
+    }
+    Ok(Some(p.tensor().to_dtype(DType::F64)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Criteria from the weights alone
+
+/// L1 (sum of |w|) or L2 (sqrt of the sum of w^2) norm of every weight slice (biases and buffers
+/// are left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    L1,
+    L2,
+}
+
+impl Criterion for Norm {
+    fn name(&self) -> &'static str {
+        match self {
+            Norm::L1 => "l1",
+            Norm::L2 => "l2",
+        }
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let Some(w) = weight_f64(g, node, param)? else {
+            return Ok(None);
+        };
+        Ok(Some(match self {
+            Norm::L1 => w.abs()?,
+            Norm::L2 => w.sqr()?,
+        }))
+    }
+    fn reduce(&self, sum: f64) -> f64 {
+        match self {
+            Norm::L1 => sum,
+            Norm::L2 => sum.sqrt(),
+        }
+    }
+}
+
+/// Seeded uniform scores in [0, 1) for every weight: the baseline. The numbers of a parameter
+/// depend only on the seed, the node and parameter names and the shape (not on call order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RandomScores {
+    pub seed: u64,
+}
+
+impl RandomScores {
+    pub fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+}
+
+/// A seed for one parameter's stream: FNV-1a over the names, mixed with the seed.
+fn stream_seed(seed: u64, node: &str, param: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in node.bytes().chain([0xff]).chain(param.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Criterion for RandomScores {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let p = param_of(g, node, param)?;
+        if p.role != Role::Weight {
+            return Ok(None);
+        }
+        let t = p.tensor();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(stream_seed(self.seed, node, param));
+        let v: Vec<f64> = (0..t.elem_count()).map(|_| rng.random::<f64>()).collect();
+        Ok(Some(Tensor::from_vec(v, t.dims(), t.device())?))
+    }
+}
+
+/// Layer-adaptive magnitude pruning (Lee et al. 2021): per weight tensor, with the weights sorted
+/// ascending by w^2 (ties by position), score(u) = w_u^2 / sum over v at or after u of w_v^2.
+/// Comparable across layers, so meant for global unstructured pruning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lamp;
+
+/// LAMP scores of a flat list of weights.
+pub fn lamp_scores(w: &[f64]) -> Vec<f64> {
+    let sq: Vec<f64> = w.iter().map(|x| x * x).collect();
+    let mut order: Vec<usize> = (0..sq.len()).collect();
+    order.sort_by(|&a, &b| sq[a].total_cmp(&sq[b]).then(a.cmp(&b)));
+    let mut out = vec![0.0; sq.len()];
+    let mut tail = 0.0;
+    for &u in order.iter().rev() {
+        tail += sq[u];
+        out[u] = if tail > 0.0 { sq[u] / tail } else { 0.0 };
+    }
+    out
+}
+
+impl Criterion for Lamp {
+    fn name(&self) -> &'static str {
+        "lamp"
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let Some(w) = weight_f64(g, node, param)? else {
+            return Ok(None);
+        };
+        let s = lamp_scores(&w.flatten_all()?.to_vec1::<f64>()?);
+        Ok(Some(Tensor::from_vec(s, w.dims(), w.device())?))
+    }
+}
+
+/// Filter pruning via the geometric median (He et al. 2019): for every Linear / Conv weight, a
+/// filter's (output row's) score is the sum of its Euclidean distances to the layer's other
+/// filters; filters near the geometric median are redundant. The importance spreads a filter's
+/// score evenly over its row; only the output axis of those weights takes part in structured
+/// unit scores (every other parameter and axis gives None). Meant for structured pruning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fpgm;
+
+/// Whether `param` of `node` is the weight of a Linear or convolution (rows are filters).
+fn is_filter_weight(g: &Graph, node: &str, param: &str) -> Result<bool> {
+    let n = g.node(node)?;
+    Ok(param == "weight"
+        && matches!(n.op, Op::Linear(_) | Op::Conv1d(_) | Op::Conv2d(_))
+        && n.params.get(param).is_some_and(|p| p.role == Role::Weight))
+}
+
+impl Fpgm {
+    /// Each filter's summed distance to the other filters of the layer, or None when `param` is
+    /// not a Linear / Conv weight.
+    pub fn filter_scores(g: &Graph, node: &str, param: &str) -> Result<Option<Vec<f64>>> {
+        if !is_filter_weight(g, node, param)? {
+            return Ok(None);
+        }
+        let w = param_of(g, node, param)?.tensor().to_dtype(DType::F64)?;
+        let out = w.dim(0)?;
+        let rows = w.reshape((out, ()))?;
+        let gram = rows.matmul(&rows.t()?)?.to_vec2::<f64>()?;
+        Ok(Some(
+            (0..out)
+                .map(|i| {
+                    (0..out)
+                        .filter(|&j| j != i)
+                        .map(|j| (gram[i][i] + gram[j][j] - 2.0 * gram[i][j]).max(0.0).sqrt())
+                        .sum()
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl Criterion for Fpgm {
+    fn name(&self) -> &'static str {
+        "fpgm"
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let Some(scores) = Fpgm::filter_scores(g, node, param)? else {
+            return Ok(None);
+        };
+        let w = param_of(g, node, param)?.tensor();
+        let row_len = w.elem_count() / scores.len().max(1);
+        let mut shape = vec![1usize; w.rank()];
+        shape[0] = scores.len();
+        let per = scores.iter().map(|s| s / row_len.max(1) as f64).collect();
+        let t = Tensor::from_vec(per, shape, w.device())?;
+        Ok(Some(t.broadcast_as(w.dims())?.contiguous()?))
+    }
+    fn slice_importance(
+        &self,
+        g: &Graph,
+        node: &str,
+        param: &str,
+        axis: usize,
+    ) -> Result<Option<Vec<f64>>> {
+        if axis != 0 {
+            return Ok(None);
+        }
+        Fpgm::filter_scores(g, node, param)
+    }
+}
+
+/// Network slimming (Liu et al. 2017). As a [`StepHook`] it adds lambda * sum |gamma| over every
+/// BatchNorm weight to the training loss (sparsity training); as a [`Criterion`] a BatchNorm
+/// weight's importance is |gamma| and every other parameter gives None, so structured groups
+/// through a BatchNorm are ranked by its scales (groups without one score 0 everywhere).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnScale {
+    lambda: f64,
+}
+
+impl BnScale {
+    /// `lambda` (the penalty weight) must be a finite number >= 0.
+    pub fn new(lambda: f64) -> Result<Self> {
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            return Err(PruneError::Invalid(format!(
+                "bn-scale: lambda {lambda} must be a finite number >= 0"
+            )));
+        }
+        Ok(Self { lambda })
+    }
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+    /// lambda * sum |gamma| over every BatchNorm weight (differentiable in the weights), or None
+    /// when lambda is 0 or the model has no affine BatchNorm.
+    pub fn penalty(&self, g: &Graph) -> Result<Option<Tensor>> {
+        if self.lambda == 0.0 {
+            return Ok(None);
+        }
+        let mut total: Option<Tensor> = None;
+        for n in &g.nodes {
+            if !matches!(n.op, Op::BatchNorm(_)) {
+                continue;
+            }
+            if let Some(p) = n.params.get("weight") {
+                let s = p.tensor().abs()?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => (t + s)?,
+                    None => s,
+                });
+            }
+        }
+        Ok(match total {
+            Some(t) => Some(t.affine(self.lambda, 0.0)?),
+            None => None,
+        })
+    }
+}
+
+impl StepHook for BnScale {
+    fn extra_loss(&mut self, g: &Graph, _cx: &StepCx) -> prunekit_train::Result<Option<Tensor>> {
+        Ok(self.penalty(g)?)
+    }
+}
+
+impl Criterion for BnScale {
+    fn name(&self) -> &'static str {
+        "bn-scale"
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let n = g.node(node)?;
+        if !matches!(n.op, Op::BatchNorm(_)) || param != "weight" {
+            return Ok(None);
+        }
+        Ok(weight_f64(g, node, param)?.map(|w| w.abs()).transpose()?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calibration data and the passes over it
+
+/// Calibration batches: (inputs, labels) pairs, labels being class ids.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    pub batches: Vec<(Tensor, Tensor)>,
+}
+
+impl Calibration {
+    /// At least one batch; every batch's inputs and labels agree on the batch size.
+    pub fn new(batches: Vec<(Tensor, Tensor)>) -> Result<Self> {
+        if batches.is_empty() {
+            return Err(PruneError::Invalid(
+                "calibration needs at least one batch".into(),
+            ));
+        }
+        for (i, (x, y)) in batches.iter().enumerate() {
+            let (bx, by) = (x.dims().first().copied(), y.dims().first().copied());
+            if bx.is_none() || bx != by || bx == Some(0) {
+                return Err(PruneError::Invalid(format!(
+                    "calibration batch {i}: inputs {:?} and labels {:?} must share a positive batch size",
+                    x.dims(),
+                    y.dims()
+                )));
+            }
+        }
+        Ok(Self { batches })
+    }
+
+    /// `batches` batches of `batch_size` distinct samples of `data`, chosen with `seed`.
+    pub fn from_dataset(
+        data: &Dataset,
+        batches: usize,
+        batch_size: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if batches == 0 || batch_size == 0 {
+            return Err(PruneError::Invalid(format!(
+                "calibration needs at least one batch of at least one sample, got {batches} batch(es) of {batch_size}"
+            )));
+        }
+        let want = batches.saturating_mul(batch_size);
+        if want > data.len() {
+            return Err(PruneError::Invalid(format!(
+                "calibration wants {batches} batches of {batch_size} = {want} samples but dataset `{}` has {}",
+                data.name,
+                data.len()
+            )));
+        }
+        let mut rng = prunekit_graph::graph::rng(seed);
+        let mut idx: Vec<usize> = (0..data.len()).collect();
+        for i in (1..idx.len()).rev() {
+            idx.swap(i, rng.random_range(0..=i));
+        }
+        let out = idx[..want]
+            .chunks(batch_size)
+            .map(|c| data.batch(c, device))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::new(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+    /// Samples over all batches.
+    pub fn samples(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|(x, _)| x.dims().first().copied().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Checks the model has one input and one output (what calibration passes feed and read).
+fn check_model(g: &Graph, what: &str) -> Result<()> {
+    if g.inputs.len() != 1 || g.outputs.len() != 1 {
+        return Err(PruneError::Invalid(format!(
+            "criterion `{what}` runs calibration batches through the model and needs one input and \
+             one output; the model has {} input(s) and {} output(s)",
+            g.inputs.len(),
+            g.outputs.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch as the model's input: real-valued inputs converted to the model's dtype.
+fn model_input(g: &Graph, x: &Tensor) -> Result<Tensor> {
+    let float = g.inputs.first().map(|s| s.kind) == Some(InputKind::Float);
+    Ok(if float && x.dtype() != g.dtype() {
+        x.to_dtype(g.dtype())?
+    } else {
+        x.clone()
+    })
+}
+
+/// Mean cross-entropy of `logits` against class-id `labels`: [B, C] against [B], or
+/// [B, .., C] against [B, ..] (token-level), with the labels checked against the classes.
+fn classification_loss(logits: &Tensor, labels: &Tensor, what: &str) -> Result<Tensor> {
+    let dims = logits.dims();
+    let bad = || {
+        PruneError::Invalid(format!(
+            "criterion `{what}` needs class logits [batch, .., classes] and labels [batch, ..]; the \
+             model outputs {:?} for labels {:?}",
+            logits.dims(),
+            labels.dims()
+        ))
+    };
+    if dims.len() < 2 || labels.dims() != &dims[..dims.len() - 1] {
+        return Err(bad());
+    }
+    let classes = dims[dims.len() - 1];
+    let rows = logits.elem_count() / classes.max(1);
+    let y = labels.flatten_all()?;
+    let vals = y.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if let Some(v) = vals.iter().find(|&&v| v < 0.0 || v >= classes as f64) {
+        return Err(PruneError::Invalid(format!(
+            "criterion `{what}`: calibration label {v} is not a class of the model's {classes} outputs"
+        )));
+    }
+    let logits = logits.reshape((rows, classes))?;
+    Ok(prunekit_train::cross_entropy(&logits, &y)?)
+}
+
+/// Gradients of every weight (f64) for one calibration batch, in eval mode.
+fn batch_grads(
+    g: &Graph,
+    exec: &mut Executor,
+    x: &Tensor,
+    y: &Tensor,
+    what: &str,
+) -> Result<HashMap<(String, String), Tensor>> {
+    let x = model_input(g, x)?;
+    let logits = exec
+        .run(g, std::slice::from_ref(&x), Mode::EVAL_GRAD, None)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PruneError::Invalid("the model produced no output".into()))?;
+    let grads = classification_loss(&logits, y, what)?.backward()?;
+    weight_grads(g, &grads)
+}
+
+/// The gradients in `grads` of every weight, as f64.
+fn weight_grads(g: &Graph, grads: &GradStore) -> Result<HashMap<(String, String), Tensor>> {
+    let mut out = HashMap::new();
+    for ((n, k), t) in param_grads(g, grads) {
+        if param_of(g, &n, &k)?.role == Role::Weight {
+            out.insert((n, k), t.to_dtype(DType::F64)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A weight as f64 by key.
+fn weight_by_key(g: &Graph, key: &(String, String)) -> Result<Tensor> {
+    Ok(param_of(g, &key.0, &key.1)?.tensor().to_dtype(DType::F64)?)
+}
+
+type Scores = HashMap<(String, String), Tensor>;
+/// Names, shape and (sum, sum of squares) of every parameter: scores computed for one
+/// fingerprint are stale for another.
+type Fingerprint = Vec<(String, String, Vec<usize>, f64, f64)>;
+
+fn fingerprint(g: &Graph) -> Result<Fingerprint> {
+    g.params()
+        .map(|(n, k, p)| {
+            let t = p.tensor().to_dtype(DType::F64)?;
+            Ok((
+                n.name.clone(),
+                k.clone(),
+                t.dims().to_vec(),
+                t.sum_all()?.to_scalar::<f64>()?,
+                t.sqr()?.sum_all()?.to_scalar::<f64>()?,
+            ))
+        })
+        .collect()
+}
+
+/// Scores of a data criterion for the model state they were computed on.
+#[derive(Debug, Default)]
+struct ScoreCache(Mutex<Option<(Fingerprint, Scores)>>);
+
+impl ScoreCache {
+    fn lock(&self) -> MutexGuard<'_, Option<(Fingerprint, Scores)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Recomputes the scores when `g` differs from the model they were computed on.
+    fn refresh(&self, g: &Graph, compute: impl FnOnce() -> Result<Scores>) -> Result<()> {
+        let fp = fingerprint(g)?;
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|(old, _)| *old == fp) {
+            return Ok(());
+        }
+        *slot = Some((fp, compute()?));
+        Ok(())
+    }
+    /// The cached scores of a parameter if present and of the parameter's current shape.
+    fn get(&self, g: &Graph, node: &str, param: &str) -> Result<Lookup> {
+        let p = param_of(g, node, param)?;
+        let slot = self.lock();
+        let Some((_, scores)) = slot.as_ref() else {
+            return Ok(Lookup::Stale);
+        };
+        match scores.get(&(node.to_string(), param.to_string())) {
+            Some(t) if t.dims() == p.tensor().dims() => Ok(Lookup::Found(t.clone())),
+            Some(_) => Ok(Lookup::Stale),
+            None => Ok(Lookup::Absent),
+        }
+    }
+}
+
+enum Lookup {
+    Found(Tensor),
+    Absent,
+    Stale,
+}
+
+/// A criterion computed from calibration batches: `compute` maps the model to its scores.
+trait DataScores {
+    fn what(&self) -> &'static str;
+    fn cache(&self) -> &ScoreCache;
+    fn compute(&self, g: &Graph) -> Result<Scores>;
+
+    fn refresh(&self, g: &Graph) -> Result<()> {
+        self.cache().refresh(g, || self.compute(g))
+    }
+    /// The scores of a parameter, recomputed first when the cached ones have another shape (the
+    /// model was pruned structurally since).
+    fn lookup(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        for _ in 0..2 {
+            match self.cache().get(g, node, param)? {
+                Lookup::Found(t) => return Ok(Some(t)),
+                Lookup::Absent => return Ok(None),
+                Lookup::Stale => self.refresh(g)?,
+            }
+        }
+        Err(PruneError::Invalid(format!(
+            "criterion `{}`: no scores of the current shape for `{node}.{param}`",
+            self.what()
+        )))
+    }
+}
+
+macro_rules! data_criterion {
+    ($t:ty, $name:literal, $reduce:expr) => {
+        impl Criterion for $t {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+                self.lookup(g, node, param)
+            }
+            fn reduce(&self, sum: f64) -> f64 {
+                let f: fn(f64) -> f64 = $reduce;
+                f(sum)
+            }
+            fn prepare(&self, g: &Graph) -> Result<()> {
+                self.refresh(g)
+            }
+        }
+    };
+}
+
+/// First-order Taylor importance (Molchanov et al. 2017/2019): importance = w * g summed over the
+/// calibration batches (signed); `reduce` = abs, so a weight's score is |w g| and a group's is
+/// |sum over the group of w g|.
+#[derive(Debug)]
+pub struct Taylor {
+    calib: Calibration,
+    cache: ScoreCache,
+}
+
+impl Taylor {
+    /// Computes the scores of `g` over `calib` (recomputed by `prepare` when the model changes).
+    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
+        check_model(g, "taylor")?;
+        let c = Self {
+            calib: calib.clone(),
+            cache: ScoreCache::default(),
+        };
+        c.refresh(g)?;
+        Ok(c)
+    }
+}
+
+impl DataScores for Taylor {
+    fn what(&self) -> &'static str {
+        "taylor"
+    }
+    fn cache(&self) -> &ScoreCache {
+        &self.cache
+    }
+    fn compute(&self, g: &Graph) -> Result<Scores> {
+        let sums = grad_sums(g, &self.calib, "taylor", false)?;
+        sums.into_iter()
+            .map(|(k, s)| {
+                let w = weight_by_key(g, &k)?;
+                Ok((k, (w * s)?))
+            })
+            .collect()
+    }
+}
+data_criterion!(Taylor, "taylor", |s| s.abs());
+
+/// Per weight, the sum over the calibration batches of g (or of g^2 with `squared`).
+fn grad_sums(g: &Graph, calib: &Calibration, what: &str, squared: bool) -> Result<Scores> {
+    check_model(g, what)?;
+    let mut exec = Executor::new(0);
+    let mut sums: Scores = HashMap::new();
+    for (x, y) in &calib.batches {
+        for (k, gr) in batch_grads(g, &mut exec, x, y, what)? {
+            let gr = if squared { gr.sqr()? } else { gr };
+            let v = match sums.remove(&k) {
+                Some(acc) => (acc + gr)?,
+                None => gr,
+            };
+            sums.insert(k, v);
+        }
+    }
+    Ok(sums)
+}
+
+/// Optimal-brain-damage saliency with the empirical Fisher as the Hessian diagonal:
+/// importance = 0.5 * w^2 * mean over the calibration batches of g^2.
+#[derive(Debug)]
+pub struct Fisher {
+    calib: Calibration,
+    cache: ScoreCache,
+}
+
+impl Fisher {
+    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
+        check_model(g, "fisher")?;
+        let c = Self {
+            calib: calib.clone(),
+            cache: ScoreCache::default(),
+        };
+        c.refresh(g)?;
+        Ok(c)
+    }
+}
+
+impl DataScores for Fisher {
+    fn what(&self) -> &'static str {
+        "fisher"
+    }
+    fn cache(&self) -> &ScoreCache {
+        &self.cache
+    }
+    fn compute(&self, g: &Graph) -> Result<Scores> {
+        let n = self.calib.len().max(1) as f64;
+        let sums = grad_sums(g, &self.calib, "fisher", true)?;
+        sums.into_iter()
+            .map(|(k, s)| {
+                let w = weight_by_key(g, &k)?;
+                Ok((k, (w.sqr()? * s)?.affine(0.5 / n, 0.0)?))
+            })
+            .collect()
+    }
+}
+data_criterion!(Fisher, "fisher", |s| s);
+
+/// Connection sensitivity (SNIP, Lee et al. 2019), meant at initialisation: |w * g| on the first
+/// calibration batch at the current weights, normalised to sum 1 over every weight of the model.
+#[derive(Debug)]
+pub struct Snip {
+    calib: Calibration,
+    cache: ScoreCache,
+}
+
+impl Snip {
+    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
+        check_model(g, "snip")?;
+        let c = Self {
+            calib: calib.clone(),
+            cache: ScoreCache::default(),
+        };
+        c.refresh(g)?;
+        Ok(c)
+    }
+}
+
+impl DataScores for Snip {
+    fn what(&self) -> &'static str {
+        "snip"
+    }
+    fn cache(&self) -> &ScoreCache {
+        &self.cache
+    }
+    fn compute(&self, g: &Graph) -> Result<Scores> {
+        let (x, y) = self
+            .calib
+            .batches
+            .first()
+            .ok_or_else(|| PruneError::Invalid("snip: calibration has no batch".into()))?;
+        let grads = batch_grads(g, &mut Executor::new(0), x, y, "snip")?;
+        let mut scores: Scores = HashMap::new();
+        let mut total = 0.0;
+        for (k, gr) in grads {
+            let s = (weight_by_key(g, &k)? * gr)?.abs()?;
+            total += s.sum_all()?.to_scalar::<f64>()?;
+            scores.insert(k, s);
+        }
+        if total > 0.0 {
+            for s in scores.values_mut() {
+                *s = s.affine(1.0 / total, 0.0)?;
+            }
+        }
+        Ok(scores)
+    }
+}
+data_criterion!(Snip, "snip", |s| s);
+
+/// Wanda (Sun et al. 2024): importance = |W_ij| * ||X_j||_2, X_j being input feature j of the
+/// layer over every calibration sample and position. Linear weights and the input projections of
+/// attention (q, k, v) and recurrent layers (weight_ih) use the last axis of the node's input;
+/// convolutions use each input channel's norm over samples and positions, broadcast over the
+/// kernel (and following the group structure). Every other parameter gives None. Meant for
+/// unstructured pruning compared within each output row ([`crate::UnstructuredScope::Row`]).
+#[derive(Debug)]
+pub struct Wanda {
+    calib: Calibration,
+    cache: ScoreCache,
+}
+
+impl Wanda {
+    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
+        check_model(g, "wanda")?;
+        let c = Self {
+            calib: calib.clone(),
+            cache: ScoreCache::default(),
+        };
+        c.refresh(g)?;
+        Ok(c)
+    }
+}
+
+/// How a node's input norms apply to its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feature {
+    /// the last axis of the input (Linear, attention, recurrent)
+    Last,
+    /// axis 1 of the batched input, with this many groups (convolutions)
+    Channel(usize),
+}
+
+/// The weights Wanda scores on node `n`, and how its input's features are taken.
+fn wanda_params(op: &Op) -> Option<(Feature, &'static [&'static str])> {
+    match op {
+        Op::Linear(_) => Some((Feature::Last, &["weight"])),
+        Op::Conv2d(c) => Some((Feature::Channel(c.groups), &["weight"])),
+        Op::Conv1d(c) => Some((Feature::Channel(c.groups), &["weight"])),
+        Op::Attention(_) => Some((Feature::Last, &["q_weight", "k_weight", "v_weight"])),
+        Op::Lstm(_) | Op::Gru(_) => Some((Feature::Last, &["weight_ih"])),
+        _ => None,
+    }
+}
+
+/// Per-feature sums of squares of a batched input.
+fn feature_sumsq(x: &Tensor, feature: Feature) -> Result<Vec<f64>> {
+    let x = x.to_dtype(DType::F64)?.sqr()?;
+    Ok(match feature {
+        Feature::Last => {
+            let f = x.dims().last().copied().unwrap_or(0);
+            x.reshape(((), f))?.sum(0)?.to_vec1::<f64>()?
+        }
+        Feature::Channel(_) => sums_along(&x, 1)?,
+    })
+}
+
+impl DataScores for Wanda {
+    fn what(&self) -> &'static str {
+        "wanda"
+    }
+    fn cache(&self) -> &ScoreCache {
+        &self.cache
+    }
+    fn compute(&self, g: &Graph) -> Result<Scores> {
+        let targets: Vec<(&str, Feature, &[&str])> = g
+            .nodes
+            .iter()
+            .filter(|n| !n.inputs.is_empty())
+            .filter_map(|n| wanda_params(&n.op).map(|(f, ps)| (n.name.as_str(), f, ps)))
+            .collect();
+        let mut sumsq: HashMap<&str, Vec<f64>> = HashMap::new();
+        let mut exec = Executor::new(0);
+        for (x, _) in &self.calib.batches {
+            let mut hooks = Hooks::inputs_of(targets.iter().map(|t| t.0));
+            exec.run(g, &[model_input(g, x)?], Mode::EVAL, Some(&mut hooks))?;
+            for &(name, feature, _) in &targets {
+                let Some(input) = hooks.inputs.get(name).and_then(|xs| xs.first()) else {
+                    continue;
+                };
+                let s = feature_sumsq(input, feature)?;
+                match sumsq.get_mut(name) {
+                    Some(acc) if acc.len() == s.len() => {
+                        acc.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+                    }
+                    _ => {
+                        sumsq.insert(name, s);
+                    }
+                }
+            }
+        }
+        let mut scores = HashMap::new();
+        for (name, feature, params) in targets {
+            let Some(ss) = sumsq.get(name) else { continue };
+            let norms: Vec<f64> = ss.iter().map(|v| v.sqrt()).collect();
+            for &param in params {
+                let Some(w) = weight_f64(g, name, param)? else {
+                    continue;
+                };
+                let dims = w.dims().to_vec();
+                let scale = match feature {
+                    Feature::Last => {
+                        let inf = dims.last().copied().unwrap_or(0);
+                        if inf != norms.len() {
+                            continue;
+                        }
+                        let mut shape = vec![1usize; dims.len()];
+                        shape[dims.len() - 1] = inf;
+                        Tensor::from_vec(norms.clone(), shape, w.device())?
+                    }
+                    Feature::Channel(groups) => {
+                        let (out, per) = (dims[0], dims.get(1).copied().unwrap_or(0));
+                        let groups = groups.max(1);
+                        if per * groups != norms.len() || out % groups != 0 {
+                            return Err(PruneError::Invalid(format!(
+                                "wanda: `{name}` has weight {dims:?} in {groups} group(s) but its \
+                                 input has {} channels",
+                                norms.len()
+                            )));
+                        }
+                        let out_per_group = out / groups;
+                        let v: Vec<f64> = (0..out)
+                            .flat_map(|o| {
+                                let base = (o / out_per_group) * per;
+                                norms[base..base + per].iter().copied()
+                            })
+                            .collect();
+                        let mut shape = vec![1usize; dims.len()];
+                        shape[0] = out;
+                        shape[1] = per;
+                        Tensor::from_vec(v, shape, w.device())?
+                    }
+                };
+                scores.insert(
+                    (name.to_string(), param.to_string()),
+                    w.abs()?.broadcast_mul(&scale)?,
+                );
+            }
+        }
+        Ok(scores)
+    }
+}
+data_criterion!(Wanda, "wanda", |s| s);
+
+/// Movement pruning (Sanh et al. 2020): as a [`StepHook`] in `prunekit_train::fit_with` it
+/// accumulates -w * g of every weight at every step (before the optimizer moves it); as a
+/// [`Criterion`] the importance is the accumulated value: higher means the weight moved away from
+/// zero, so it is kept.
+#[derive(Debug, Default)]
+pub struct Movement {
+    scores: Scores,
+    steps: usize,
+}
+
+impl Movement {
+    /// No steps seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The movement of one infinitesimal gradient step per calibration batch: -w * g summed over
+    /// the batches at the current weights (eval mode).
+    pub fn from_calibration(g: &Graph, calib: &Calibration) -> Result<Self> {
+        check_model(g, "movement")?;
+        let mut m = Self::new();
+        let mut exec = Executor::new(0);
+        for (x, y) in &calib.batches {
+            let grads = batch_grads(g, &mut exec, x, y, "movement")?;
+            m.accumulate(g, &grads)?;
+        }
+        Ok(m)
+    }
+
+    /// Adds -w * g for every weight in `grads` ((node, param) -> gradient) and counts a step.
+    pub fn accumulate(
+        &mut self,
+        g: &Graph,
+        grads: &HashMap<(String, String), Tensor>,
+    ) -> Result<()> {
+        for (k, gr) in grads {
+            let p = param_of(g, &k.0, &k.1)?;
+            if p.role != Role::Weight {
+                continue;
+            }
+            let s = (p.tensor().to_dtype(DType::F64)? * gr.to_dtype(DType::F64)?)?.neg()?;
+            let v = match self.scores.remove(k) {
+                Some(acc) if acc.dims() == s.dims() => (acc + s)?,
+                Some(acc) => {
+                    return Err(PruneError::Invalid(format!(
+                        "movement: scores of `{}.{}` have shape {:?} but the weight now has {:?} \
+                         (the model was pruned structurally); start a new Movement",
+                        k.0,
+                        k.1,
+                        acc.dims(),
+                        s.dims()
+                    )))
+                }
+                None => s,
+            };
+            self.scores.insert(k.clone(), v);
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// Steps (or calibration batches) accumulated.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The accumulated scores by (node, param).
+    pub fn scores(&self) -> &HashMap<(String, String), Tensor> {
+        &self.scores
+    }
+}
+
+impl StepHook for Movement {
+    fn after_backward(
+        &mut self,
+        g: &Graph,
+        grads: &GradStore,
+        _cx: &StepCx,
+    ) -> prunekit_train::Result<()> {
+        let grads = weight_grads(g, grads)?;
+        Ok(self.accumulate(g, &grads)?)
+    }
+}
+
+impl Criterion for Movement {
+    fn name(&self) -> &'static str {
+        "movement"
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        let p = param_of(g, node, param)?;
+        if self.steps == 0 {
+            return Err(PruneError::Invalid(
+                "movement has no scores yet: pass it to fit_with as a step hook (or build it from \
+                 calibration data) before pruning"
+                    .into(),
+            ));
+        }
+        match self.scores.get(&(node.to_string(), param.to_string())) {
+            Some(s) if s.dims() == p.tensor().dims() => Ok(Some(s.clone())),
+            Some(s) => Err(PruneError::Invalid(format!(
+                "movement: scores of `{node}.{param}` have shape {:?} but the weight now has {:?} \
+                 (the model was pruned structurally since they were accumulated)",
+                s.dims(),
+                p.tensor().dims()
+            ))),
+            None => Ok(None),
+        }
+    }
+}
+
+impl From<PruneError> for TrainError {
+    fn from(e: PruneError) -> Self {
+        match e {
+            PruneError::Graph(e) => TrainError::Graph(e),
+            PruneError::Candle(e) => TrainError::Candle(e),
+            PruneError::Data(e) => TrainError::Data(e),
+            PruneError::Invalid(m) => TrainError::Invalid(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prunekit_graph::GraphBuilder;
+
+    fn mlp() -> Graph {
+        let mut b = GraphBuilder::new("mlp", 3);
+        let x = b.input("x", &[6]);
+        let h = b.linear(&x, 5).unwrap();
+        let h = b.relu(&h).unwrap();
+        let y = b.linear(&h, 3).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    #[test]
+    fn lamp_matches_the_formula() {
+        let w = [0.5, -2.0, 1.0, 0.0, -1.0, 3.0];
+        let s = lamp_scores(&w);
+        // ascending by w^2 (ties by position): 0.0, 0.5, 1.0(idx2), -1.0(idx4), -2.0, 3.0
+        let tail = |from: &[f64]| from.iter().map(|x| x * x).sum::<f64>();
+        let order = [3usize, 0, 2, 4, 1, 5];
+        for (i, &u) in order.iter().enumerate() {
+            let rest: Vec<f64> = order[i..].iter().map(|&v| w[v]).collect();
+            let want = if tail(&rest) > 0.0 {
+                w[u] * w[u] / tail(&rest)
+            } else {
+                0.0
+            };
+            assert!((s[u] - want).abs() < 1e-15, "{u}: {} vs {want}", s[u]);
+        }
+        // the largest weight always scores 1
+        assert_eq!(s[5], 1.0);
+    }
+
+    #[test]
+    fn random_is_reproducible_and_seeded() {
+        let g = mlp();
+        let a = RandomScores::new(7)
+            .importance(&g, "linear1", "weight")
+            .unwrap()
+            .unwrap();
+        let b = RandomScores::new(7)
+            .importance(&g, "linear1", "weight")
+            .unwrap()
+            .unwrap();
+        let c = RandomScores::new(8)
+            .importance(&g, "linear1", "weight")
+            .unwrap()
+            .unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(v(&a), v(&b));
+        assert_ne!(v(&a), v(&c));
+        assert!(v(&a).iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(RandomScores::new(7)
+            .importance(&g, "linear1", "bias")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn names_and_missing_data() {
+        let g = mlp();
+        for name in CRITERIA {
+            let r = criterion_by_name(name, &g, None, 0);
+            if DATA_CRITERIA.contains(name) {
+                let msg = r.err().expect("needs data").to_string();
+                assert!(
+                    msg.contains(name) && msg.contains("calibration data"),
+                    "{msg}"
+                );
+            } else {
+                assert_eq!(r.unwrap().name(), *name);
+            }
+        }
+        let msg = criterion_by_name("obd", &g, None, 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("obd") && msg.contains("taylor, fisher"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bn_scale_rejects_bad_lambda() {
+        assert!(BnScale::new(-1.0).is_err());
+        assert!(BnScale::new(f64::NAN).is_err());
+        assert!(BnScale::new(1e-4).is_ok());
+    }
+}
