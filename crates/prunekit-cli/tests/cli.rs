@@ -280,3 +280,108 @@ fn layers_and_channels_of_a_zoo_resnet() {
     let (b, a) = (&v["before"]["macs"], &v["after"]["macs"]);
     assert!(a.as_u64().unwrap() < b.as_u64().unwrap() / 2, "{v}");
 }
+
+#[test]
+fn criteria_nm_and_schedules_from_the_prune_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    let out = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    // 2:4 by magnitude: exactly half of every prunable weight
+    let v = ok_json(&["prune", s(&m), "-o", &out("nm"), "--nm", "2:4", "--json"]);
+    for l in v["sparsity"].as_array().unwrap() {
+        assert_eq!(
+            2 * l["zeros"].as_u64().unwrap(),
+            l["total"].as_u64().unwrap(),
+            "{l}"
+        );
+    }
+    // a data-driven criterion with calibration data, structured, verified
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        &out("taylor"),
+        "--structured",
+        "0.5",
+        "--criterion",
+        "taylor",
+        "--calib",
+        "digits",
+        "--verify",
+        "--json",
+    ]);
+    assert!(
+        v["verify"]["max_rel_error"].as_f64().unwrap() <= 1e-5,
+        "{v}"
+    );
+    // gradual unstructured to 70% while training on the calibration data
+    let v = ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        &out("gradual"),
+        "--unstructured",
+        "0.7",
+        "--schedule",
+        "gradual",
+        "--calib",
+        "digits",
+        "--epochs",
+        "1",
+        "--json",
+    ]);
+    let (z, t) = v["sparsity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |(z, t), l| {
+            (
+                z + l["zeros"].as_u64().unwrap(),
+                t + l["total"].as_u64().unwrap(),
+            )
+        });
+    assert!((z as f64 / t as f64 - 0.7).abs() < 0.01, "{v}");
+    let bad = out("bad");
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            &bad,
+            "--structured",
+            "0.5",
+            "--criterion",
+            "magic",
+        ],
+        &["magic", "taylor", "wanda"],
+    );
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            &bad,
+            "--unstructured",
+            "0.5",
+            "--criterion",
+            "taylor",
+        ],
+        &["taylor", "data"],
+    );
+    fails_with(&["prune", s(&m), "-o", &bad, "--nm", "5:6"], &["64", "6"]);
+    fails_with(&["prune", s(&m), "-o", &bad, "--nm", "two:four"], &["N:M"]);
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            &bad,
+            "--unstructured",
+            "0.5",
+            "--schedule",
+            "gradual",
+        ],
+        &["data"],
+    );
+    assert!(!tmp.path().join("bad").exists());
+}
