@@ -79,6 +79,9 @@ pub struct DataSpec {
     pub dir: Option<PathBuf>,
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// evaluate on a seeded subset of this many test samples (faster sweeps)
+    #[serde(default)]
+    pub test_limit: Option<usize>,
     #[serde(default = "default_calib_batches")]
     pub calib_batches: usize,
     #[serde(default = "default_calib_batch")]
@@ -153,6 +156,7 @@ impl DataSpec {
             name: name.into(),
             dir: None,
             train_limit: None,
+            test_limit: None,
             calib_batches: default_calib_batches(),
             calib_batch_size: default_calib_batch(),
         }
@@ -804,13 +808,18 @@ pub fn build_model(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Graph
 /// Loads the recipe's dataset (with the optional training cap).
 pub fn load_split(d: &DataSpec, seed: u64) -> Result<Split> {
     let (mut split, _) = prunekit_data::load(&d.name, d.dir.as_deref(), seed)?;
-    if let Some(n) = d.train_limit {
-        if n == 0 {
-            return Err(RecipeError::Invalid(
-                "data.train_limit must be positive".into(),
-            ));
+    for (limit, set, what) in [
+        (d.train_limit, &mut split.train, "train_limit"),
+        (d.test_limit, &mut split.test, "test_limit"),
+    ] {
+        if let Some(n) = limit {
+            if n == 0 {
+                return Err(RecipeError::Invalid(format!(
+                    "data.{what} must be positive"
+                )));
+            }
+            *set = subset(set, n, seed);
         }
-        split.train = subset(&split.train, n, seed);
     }
     Ok(split)
 }
