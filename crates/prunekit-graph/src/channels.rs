@@ -320,6 +320,18 @@ pub struct ChannelGroup {
     pub nodes: Vec<String>,
 }
 
+impl ChannelGroup {
+    /// A stable name for per-group settings: the creating node, plus `/label` for anything but
+    /// plain channels (`attention1/heads`, `lstm1/units`).
+    pub fn key(&self) -> String {
+        if self.label == "channels" {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.name, self.label)
+        }
+    }
+}
+
 /// The result of the dependency analysis of one graph.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChannelAnalysis {
@@ -671,9 +683,9 @@ impl ChannelAnalysis {
         mask_slices(g, &self.removal_plan(remove)?)
     }
 
-    /// The units of the group named `name` (the node that created it).
-    pub fn group(&self, name: &str) -> Option<&ChannelGroup> {
-        self.groups.iter().find(|gr| gr.name == name)
+    /// The group with this [`ChannelGroup::key`] (or, for channel groups, this node name).
+    pub fn group(&self, key: &str) -> Option<&ChannelGroup> {
+        self.groups.iter().find(|gr| gr.key() == key)
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod criteria;
 pub mod layers;
 pub mod magnitude;
+pub mod sensitivity;
 pub mod structured;
 pub mod unstructured;
 pub mod verify;
@@ -26,6 +27,9 @@ pub use layers::{
     Layer, LayersRemoved,
 };
 pub use magnitude::{magnitude_prune, prunable_weights, LayerSparsity, Scope, Target};
+pub use sensitivity::{
+    analyse_sensitivity, propose, prune_weight, Granularity, Proposal, Sensitivity,
+};
 pub use structured::{
     prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, Norm, Normalize,
     StructuredConfig, StructuredReport,

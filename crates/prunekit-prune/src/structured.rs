@@ -53,6 +53,9 @@ pub struct StructuredConfig {
     pub steps: usize,
     pub aggregate: Aggregate,
     pub normalize: Normalize,
+    /// per-group ratios (by `ChannelGroup::key`) that replace `ratio` for those groups (layer
+    /// scope), e.g. a sensitivity analysis' proposal
+    pub group_ratios: BTreeMap<String, f64>,
 }
 
 impl StructuredConfig {
@@ -67,6 +70,7 @@ impl StructuredConfig {
             steps: 1,
             aggregate: Aggregate::Sum,
             normalize: Normalize::Mean,
+            group_ratios: BTreeMap::new(),
         }
     }
 }
@@ -234,6 +238,10 @@ fn choose(
         Scope::Layer => {
             for group in &a.groups {
                 let r = ranked(&group.units);
+                let ratio = cfg
+                    .group_ratios
+                    .get(&group.key())
+                    .map_or(ratio, |&g| 1.0 - (1.0 - g).powf(1.0 / cfg.steps as f64));
                 let k = removal_count(cfg, ratio, group.units.len(), r.len());
                 out.extend_from_slice(&r[..k]);
             }
@@ -293,6 +301,21 @@ pub fn prune_structured(
         ));
     }
     let first = analyse(g)?;
+    for (key, &r) in &cfg.group_ratios {
+        check_ratio(&format!("group `{key}`"), r)?;
+        if first.group(key).is_none() {
+            let known: Vec<String> = first.groups.iter().map(|gr| gr.key()).collect();
+            return Err(PruneError::Invalid(format!(
+                "no prunable group `{key}`; the groups are: {}",
+                known.join(", ")
+            )));
+        }
+        if cfg.scope != Scope::Layer {
+            return Err(PruneError::Invalid(
+                "per-group ratios need the layer scope".into(),
+            ));
+        }
+    }
     if first.groups.is_empty() {
         let why = if first.blocked_by.is_empty() {
             "every channel reaches a graph input or output".to_string()
