@@ -47,6 +47,8 @@ pub fn run(cmd: Command) -> Result<()> {
         }
         Command::Prune(args) => crate::prune_cmd::prune(&args),
         Command::Run(args) => crate::run_cmd::run(&args),
+        Command::Sensitivity(args) => crate::analysis_cmd::sensitivity(&args),
+        Command::Sweep(args) => crate::analysis_cmd::sweep_cmd(&args),
         Command::Eval {
             model,
             data,
@@ -90,7 +92,7 @@ pub(crate) fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Resu
 }
 
 /// Resolves `--data` (or the dataset recorded in the model) to a train/test split.
-fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
+pub(crate) fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
     let recorded = g
         .meta
         .get("dataset")

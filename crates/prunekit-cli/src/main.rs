@@ -1,5 +1,6 @@
 //! `prunekit`: prune neural networks end to end from the command line.
 
+mod analysis_cmd;
 mod bench;
 mod commands;
 mod prune_cmd;
@@ -73,6 +74,11 @@ enum Command {
     /// Run a multi-stage recipe (TOML): train, prune (structured, layers, unstructured with a
     /// schedule, N:M, lottery ticket), recover (fine-tune, distillation), measure.
     Run(run_cmd::RunArgs),
+    /// Prune each layer alone at several ratios and report the accuracy drop; propose per-layer
+    /// ratios for a global target.
+    Sensitivity(analysis_cmd::SensitivityArgs),
+    /// Prune a model at several levels (each from the original) and measure every result.
+    Sweep(analysis_cmd::SweepArgs),
     /// Fine-tune a (pruned) model with its masks held fixed.
     Finetune {
         model: PathBuf,

@@ -123,6 +123,7 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
             max_ratio: a.max_ratio,
             steps: a.steps,
             protect: a.protect.clone(),
+            ..StructuredStage::new(ratio, &a.criterion)
         }));
     }
     if let Some(nm) = &a.nm {

@@ -385,3 +385,79 @@ fn criteria_nm_and_schedules_from_the_prune_flags() {
     );
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn sensitivity_proposal_feeds_a_recipe_and_sweep_measures_levels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    let prop = tmp.path().join("proposal.json");
+    let v = ok_json(&[
+        "sensitivity",
+        s(&m),
+        "--data",
+        "digits",
+        "--ratios",
+        "0.25,0.5",
+        "--target",
+        "0.3",
+        "-o",
+        s(&prop),
+        "--json",
+    ]);
+    assert_eq!(
+        v["sensitivity"]["curves"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+    assert!(
+        v["proposal"]["predicted_saving"].as_f64().unwrap() >= 0.3,
+        "{v}"
+    );
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[model]\npath = \"{}\"\n[data]\nname = \"digits\"\n[[stage]]\nkind = \"structured\"\nratio = 0.0\nproposal = \"{}\"\n",
+            s(&m),
+            s(&prop)
+        ),
+    )
+    .unwrap();
+    let r = ok_json(&["run", s(&recipe), "--json"]);
+    let saved = 1.0 - r["after"]["macs"].as_f64().unwrap() / r["before"]["macs"].as_f64().unwrap();
+    assert!(saved >= 0.3 - 1e-9, "{r}");
+    let v = ok_json(&[
+        "sweep",
+        s(&m),
+        "--data",
+        "digits",
+        "--unstructured",
+        "0.5,0.9",
+        "--json",
+    ]);
+    let pts = v["points"].as_array().unwrap();
+    assert_eq!(pts.len(), 3, "{v}");
+    assert!(pts[2]["nonzeros"].as_u64() < pts[1]["nonzeros"].as_u64());
+    fails_with(
+        &[
+            "sweep",
+            s(&m),
+            "--data",
+            "digits",
+            "--structured",
+            "0.5,1.2",
+        ],
+        &["1.2"],
+    );
+    fails_with(
+        &[
+            "sensitivity",
+            s(&m),
+            "--data",
+            "digits",
+            "--granularity",
+            "blocks",
+        ],
+        &["blocks"],
+    );
+}

@@ -4,6 +4,7 @@
 pub mod criteria;
 pub mod recipe;
 pub mod schedule;
+pub mod sweep;
 
 pub use recipe::{run, run_stage, Recipe, RecipeReport, RunCx, Stage, StageLog, StageOutcome};
 

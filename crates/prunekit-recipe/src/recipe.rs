@@ -240,6 +240,30 @@ pub struct StructuredStage {
     pub steps: usize,
     #[serde(default)]
     pub protect: Vec<String>,
+    /// per-group ratios (group keys as `prunekit sensitivity` prints them) replacing `ratio`
+    #[serde(default)]
+    pub ratios: BTreeMap<String, f64>,
+    /// a proposal written by `prunekit sensitivity --json -o FILE` (its `ratios` are used)
+    #[serde(default)]
+    pub proposal: Option<PathBuf>,
+}
+
+impl StructuredStage {
+    /// `ratio` per group by `criterion`, every other setting at its default.
+    pub fn new(ratio: f64, criterion: &str) -> Self {
+        Self {
+            ratio,
+            criterion: criterion.into(),
+            scope: d_scope(),
+            round_to: 1,
+            min_ratio: 0.0,
+            max_ratio: 1.0,
+            steps: 1,
+            protect: Vec::new(),
+            ratios: BTreeMap::new(),
+            proposal: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -630,6 +654,10 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             cfg.max_ratio = s.max_ratio;
             cfg.steps = s.steps;
             cfg.protected = s.protect.clone();
+            cfg.group_ratios = s.ratios.clone();
+            if let Some(p) = &s.proposal {
+                cfg.group_ratios.extend(read_proposal(p)?);
+            }
             let r = prune_structured(g, &cfg, crit.as_ref())?;
             removed = Some(r.removed());
             json!({ "criterion": s.criterion, "groups": r.groups })
@@ -905,4 +933,27 @@ pub fn run(
             stages,
         },
     ))
+}
+
+/// The per-layer ratios of a proposal file (`prunekit sensitivity -o FILE`).
+pub fn read_proposal(path: &Path) -> Result<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RecipeError::Invalid(format!("cannot read proposal {}: {e}", path.display()))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        RecipeError::Invalid(format!("proposal {} is not JSON: {e}", path.display()))
+    })?;
+    let ratios = v
+        .get("proposal")
+        .and_then(|p| p.get("ratios"))
+        .or_else(|| v.get("ratios"))
+        .ok_or_else(|| {
+            RecipeError::Invalid(format!("proposal {} has no `ratios`", path.display()))
+        })?;
+    serde_json::from_value(ratios.clone()).map_err(|e| {
+        RecipeError::Invalid(format!(
+            "proposal {}: `ratios` is not a map of numbers: {e}",
+            path.display()
+        ))
+    })
 }
