@@ -65,6 +65,8 @@ pub fn run(cmd: Command) -> Result<()> {
             ..
         } => crate::bench::run(iters, profile, torch, json),
         Command::Zoo { command } => crate::zoo_cmd::run(command),
+        Command::Report(args) => crate::report_cmd::report(&args),
+        Command::Compare(args) => crate::report_cmd::compare(&args),
     }
 }
 
@@ -89,7 +91,7 @@ pub(crate) fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Resu
 }
 
 /// Resolves `--data` (or the dataset recorded in the model) to a train/test split.
-fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
+pub(crate) fn load_data(arg: &DataArgs, g: &Graph, seed: u64) -> Result<(Split, String)> {
     let recorded = g
         .meta
         .get("dataset")
