@@ -68,6 +68,8 @@ pub fn run(cmd: Command) -> Result<()> {
             ..
         } => crate::bench::run(iters, profile, torch, json),
         Command::Zoo { command } => crate::zoo_cmd::run(command),
+        Command::Report(args) => crate::report_cmd::report(&args),
+        Command::Compare(args) => crate::report_cmd::compare(&args),
     }
 }
 

@@ -4,6 +4,7 @@ mod analysis_cmd;
 mod bench;
 mod commands;
 mod prune_cmd;
+mod report_cmd;
 mod run_cmd;
 mod table;
 mod zoo_cmd;
@@ -124,6 +125,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a report (report.md, report.html, report.json) of a model, or of a model before and
+    /// after pruning with their comparison.
+    Report(report_cmd::ReportArgs),
+    /// Two models side by side on the same data: every measure, ratios and changes.
+    Compare(report_cmd::CompareArgs),
     /// The built-in architectures: list them, or create one as a model directory.
     Zoo {
         #[command(subcommand)]

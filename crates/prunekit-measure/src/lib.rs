@@ -1,14 +1,20 @@
 //! Measuring a model for real: accuracy on held-out data, parameter and nonzero counts, MACs counted
 //! from the graph, the size of the saved files, and latency (median of many timed runs after warm-up).
 
+pub mod metrics;
 pub mod profile;
+
+pub use metrics::{
+    classification_metrics, inference_memory, layer_stats, train_test_gap, Classification,
+    InferenceMemory, LayerStats, TrainTestGap,
+};
 
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use prunekit_data::Dataset;
 use prunekit_graph::{format, Executor, Graph, InputKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
@@ -17,17 +23,25 @@ pub enum MeasureError {
     #[error(transparent)]
     Train(#[from] prunekit_train::TrainError),
     #[error(transparent)]
+    Data(#[from] prunekit_data::DataError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T> = std::result::Result<T, MeasureError>;
 
 /// Latency statistics in milliseconds.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub batch: usize,
+    /// untimed runs before the timed ones
+    #[serde(default)]
+    pub warmup: usize,
+    /// timed runs
     pub runs: usize,
     pub median_ms: f64,
     pub p90_ms: f64,
@@ -35,7 +49,7 @@ pub struct Latency {
 }
 
 /// Every number of a before/after table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
@@ -88,6 +102,7 @@ pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<La
     let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
     Ok(Latency {
         batch,
+        warmup,
         runs: times.len(),
         median_ms: q(0.5),
         p90_ms: q(0.9),
