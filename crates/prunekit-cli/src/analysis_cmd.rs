@@ -12,6 +12,7 @@ use prunekit_recipe::sweep::{sweep, SweepKind};
 use serde_json::json;
 
 use crate::commands::{load_data, load_model};
+use crate::report_cmd::{report_graphs, write};
 use crate::table::{human, render};
 use crate::DataArgs;
 
@@ -57,12 +58,16 @@ pub struct SensitivityArgs {
     /// write the analysis and proposal as JSON (a structured recipe stage reads it: `proposal = FILE`)
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// also write a before/after report (report.md, report.html, report.json) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn sensitivity(a: &SensitivityArgs) -> Result<()> {
     let g = load_model(&a.model)?;
+    crate::report_cmd::check_report_dir(a.report.as_deref())?;
     let (split, name) = load_data(&a.data, &g, 0)?;
     let split = limited(split, a.test_limit)?;
     let granularity = match a.granularity.as_str() {
@@ -92,6 +97,30 @@ pub fn sensitivity(a: &SensitivityArgs) -> Result<()> {
         },
     )?;
     let proposal = a.target.map(|t| propose(&s, t)).transpose()?;
+    if let Some(dir) = &a.report {
+        let mut r = report_graphs(&[&g], &[model_name(&a.model)], &split, &name, 32, !a.json)?;
+        r.title = format!("Sensitivity report: {}", model_name(&a.model));
+        r.sensitivity = Some(prunekit_report::Sensitivity {
+            metric: "accuracy".into(),
+            unit: prunekit_report::Unit::Fraction,
+            curves: s
+                .curves
+                .iter()
+                .map(|c| prunekit_report::SensitivityCurve {
+                    layer: c.layer.clone(),
+                    points: c
+                        .points
+                        .iter()
+                        .map(|p| prunekit_report::SensitivityPoint {
+                            ratio: p.ratio,
+                            drop: p.drop,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        });
+        write(dir, &r, a.json)?;
+    }
     let v = json!({ "model": a.model, "dataset": name, "test_samples": split.test.len(),
         "sensitivity": s, "proposal": proposal });
     if let Some(out) = &a.output {
@@ -163,12 +192,16 @@ pub struct SweepArgs {
     pub latency_batch: Option<usize>,
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// also write a before/after report (report.md, report.html, report.json) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
     let g = load_model(&a.model)?;
+    crate::report_cmd::check_report_dir(a.report.as_deref())?;
     let (split, name) = load_data(&a.data, &g, 0)?;
     let split = limited(split, a.test_limit)?;
     let (kind, lv) = match (&a.structured, &a.unstructured) {
@@ -197,6 +230,40 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
             }
         },
     )?;
+    if let Some(dir) = &a.report {
+        let mut r = report_graphs(&[&g], &[model_name(&a.model)], &split, &name, 32, !a.json)?;
+        r.title = format!("Sweep report: {}", model_name(&a.model));
+        let base = &points[0];
+        r.sweeps.push(prunekit_report::Sweep {
+            label: format!(
+                "{} {} pruning{}",
+                a.criterion,
+                if kind == SweepKind::Structured {
+                    "structured"
+                } else {
+                    "unstructured"
+                },
+                if a.finetune_epochs > 0 {
+                    format!(", {} epoch(s) of fine-tuning", a.finetune_epochs)
+                } else {
+                    String::new()
+                }
+            ),
+            metric: "accuracy".into(),
+            unit: prunekit_report::Unit::Fraction,
+            points: points
+                .iter()
+                .map(|p| prunekit_report::SweepPoint {
+                    sparsity: 1.0 - p.nonzeros as f64 / base.nonzeros.max(1) as f64,
+                    mac_fraction: p.effective_macs as f64 / base.macs.max(1) as f64,
+                    metric: p.accuracy.unwrap_or(f64::NAN),
+                    macs: Some(p.effective_macs),
+                    latency_ms: Some(p.latency_ms),
+                })
+                .collect(),
+        });
+        write(dir, &r, a.json)?;
+    }
     if a.json {
         println!(
             "{}",
@@ -247,4 +314,9 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
         )
     );
     Ok(())
+}
+
+fn model_name(p: &std::path::Path) -> String {
+    p.file_name()
+        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
 }

@@ -87,6 +87,9 @@ pub struct PruneArgs {
     /// rank within each layer, or over all layers (structured units and unstructured weights)
     #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
     pub scope: ScopeArg,
+    /// also write a before/after report (report.md, report.html, report.json) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -184,6 +187,8 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     .check()?;
     let mut g = load_model(&a.model)?;
     check_output(&a.model, &a.output)?;
+    crate::report_cmd::check_report_dir(a.report.as_deref())?;
+    let original = a.report.as_ref().map(|_| g.try_clone()).transpose()?;
     let split = match &a.calib {
         Some(d) => Some(load_data_named(d, 0)?.0),
         None => None,
@@ -230,6 +235,23 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     out["seconds"] = json!(seconds);
     save_model(&g, &a.output, Some(&a.model))?;
     out["output"] = json!(a.output);
+    if let (Some(dir), Some(before)) = (&a.report, &original) {
+        let data = crate::DataArgs {
+            data: a.calib.clone(),
+        };
+        let (split, name) = crate::commands::load_data(&data, before, 0)
+            .context("the report measures accuracy: pass --calib DATA or use a model that records its dataset")?;
+        let r = crate::report_cmd::report_graphs(
+            &[before, &g],
+            &["before".into(), "after".into()],
+            &split,
+            &name,
+            32,
+            !a.json,
+        )?;
+        crate::report_cmd::write(dir, &r, a.json)?;
+        out["report"] = json!(dir);
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

@@ -188,19 +188,93 @@ fn build(paths: &[&Path], data: &DataArgs, latency_batch: usize, progress: bool)
         }
     }
     let (split, dataset) = load_data(data, &graphs[0], 0)?;
-    check_split(&split, &dataset)?;
+    let refs: Vec<&Graph> = graphs.iter().collect();
+    measured(
+        &refs,
+        paths,
+        &names,
+        &split,
+        &dataset,
+        latency_batch,
+        progress,
+    )
+}
+
+/// A report of models already in memory (another command's before/after): each is saved to a
+/// temporary directory so its peak memory can be measured in a fresh process like the others.
+pub(crate) fn report_graphs(
+    graphs: &[&Graph],
+    names: &[String],
+    split: &Split,
+    dataset: &str,
+    latency_batch: usize,
+    progress: bool,
+) -> Result<Report> {
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let mut paths = Vec::new();
+    for (i, g) in graphs.iter().enumerate() {
+        let p = tmp.path().join(format!("model{i}"));
+        prunekit_graph::format::save(g, &p)?;
+        paths.push(p);
+    }
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let mut r = measured(
+        graphs,
+        &refs,
+        names,
+        split,
+        dataset,
+        latency_batch,
+        progress,
+    )?;
+    for m in &mut r.models {
+        m.path = None;
+    }
+    Ok(r)
+}
+
+/// Writes a report built elsewhere (and says where).
+pub(crate) fn write(dir: &Path, r: &Report, quiet: bool) -> Result<()> {
+    let files = write_report(dir, r)
+        .with_context(|| format!("cannot write the report to {}", dir.display()))?;
+    if !quiet {
+        eprintln!("report: {}", files.html.display());
+    }
+    Ok(())
+}
+
+/// Fails before any work when the report directory cannot be created.
+pub(crate) fn check_report_dir(dir: Option<&Path>) -> Result<()> {
+    dir.map_or(Ok(()), check_output_dir)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measured(
+    graphs: &[&Graph],
+    paths: &[&Path],
+    names: &[String],
+    split: &Split,
+    dataset: &str,
+    latency_batch: usize,
+    progress: bool,
+) -> Result<Report> {
+    if latency_batch == 0 {
+        bail!("--latency-batch must be at least 1");
+    }
+    let dataset = dataset.to_string();
+    check_split(split, &dataset)?;
     for (g, p) in graphs.iter().zip(paths) {
         check_classifier(g, &split.test)
             .with_context(|| format!("{} does not fit the data", p.display()))?;
     }
     let memories = peak_memory(paths, latency_batch, progress);
     let mut models = Vec::new();
-    for (((g, p), name), mem) in graphs.iter().zip(paths).zip(&names).zip(memories) {
+    for (((g, p), name), mem) in graphs.iter().zip(paths).zip(names).zip(memories) {
         if progress {
             eprintln!("measuring {name} on {dataset} ...");
         }
         models.push(
-            measure(g, mem, p, name, &split, latency_batch)
+            measure(g, mem, p, name, split, latency_batch)
                 .with_context(|| format!("cannot measure {}", p.display()))?,
         );
     }
@@ -208,7 +282,7 @@ fn build(paths: &[&Path], data: &DataArgs, latency_batch: usize, progress: bool)
         [b, a] => Some(Comparison::new(b, a)),
         _ => None,
     };
-    let title = match names.as_slice() {
+    let title = match names {
         [b, a] => format!("Pruning report: {b} → {a}"),
         [m] => format!("Model report: {m}"),
         _ => "Model report".into(),

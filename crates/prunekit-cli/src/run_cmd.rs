@@ -16,6 +16,9 @@ pub struct RunArgs {
     /// write the final model here
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// also write a before/after report (report.md, report.html, report.json) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -28,10 +31,23 @@ pub fn run(a: &RunArgs) -> Result<()> {
             eprintln!("{m}");
         }
     };
-    let (g, report) = prunekit_recipe::run(&recipe, !quiet, &mut log)
+    crate::report_cmd::check_report_dir(a.report.as_deref())?;
+    let done = prunekit_recipe::recipe::run_full(&recipe, !quiet, &mut log)
         .with_context(|| format!("recipe {}", a.recipe.display()))?;
+    let (g, report) = (&done.after, &done.report);
+    if let Some(dir) = &a.report {
+        let r = crate::report_cmd::report_graphs(
+            &[&done.before, &done.after],
+            &["before".into(), "after".into()],
+            &done.split,
+            &report.dataset,
+            32,
+            !quiet,
+        )?;
+        crate::report_cmd::write(dir, &r, quiet)?;
+    }
     if let Some(out) = &a.output {
-        save_model(&g, out, recipe.model.path.as_deref())?;
+        save_model(g, out, recipe.model.path.as_deref())?;
     }
     if a.json {
         let v = json!({

@@ -461,3 +461,92 @@ fn sensitivity_proposal_feeds_a_recipe_and_sweep_measures_levels() {
         &["blocks"],
     );
 }
+
+#[test]
+fn report_flag_on_prune_run_sensitivity_and_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = trained_model(tmp.path());
+    let rep = |n: &str| tmp.path().join(n);
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap()).unwrap()
+    };
+    ok_json(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&rep("p")),
+        "--structured",
+        "0.5",
+        "--report",
+        s(&rep("rp")),
+        "--json",
+    ]);
+    let r = read(&rep("rp"));
+    assert_eq!(r["models"].as_array().unwrap().len(), 2);
+    assert!(r["comparison"].is_object());
+    assert!(std::fs::read_to_string(rep("rp").join("report.html"))
+        .unwrap()
+        .contains("<svg"));
+    ok_json(&[
+        "sensitivity",
+        s(&m),
+        "--ratios",
+        "0.5",
+        "--report",
+        s(&rep("rs")),
+        "--json",
+    ]);
+    assert_eq!(
+        read(&rep("rs"))["sensitivity"]["curves"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    ok_json(&[
+        "sweep",
+        s(&m),
+        "--unstructured",
+        "0.5",
+        "--report",
+        s(&rep("rw")),
+        "--json",
+    ]);
+    assert_eq!(
+        read(&rep("rw"))["sweeps"][0]["points"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[model]\npath = \"{}\"\n[data]\nname = \"digits\"\n[[stage]]\nkind = \"unstructured\"\ntarget = 0.5\n",
+            s(&m)
+        ),
+    )
+    .unwrap();
+    ok_json(&["run", s(&recipe), "--report", s(&rep("rr")), "--json"]);
+    let r = read(&rep("rr"));
+    let after = &r["models"][1]["summary"];
+    assert!(after["nonzeros"].as_u64() < r["models"][0]["summary"]["nonzeros"].as_u64());
+    // an unwritable report directory fails before any work
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    fails_with(
+        &[
+            "prune",
+            s(&m),
+            "-o",
+            s(&rep("p2")),
+            "--structured",
+            "0.5",
+            "--report",
+            s(&file.join("r")),
+        ],
+        &["not a directory"],
+    );
+    assert!(!rep("p2").exists());
+}

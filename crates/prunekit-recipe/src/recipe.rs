@@ -867,6 +867,21 @@ pub fn run(
     progress: bool,
     log: &mut dyn FnMut(&str),
 ) -> Result<(Graph, RecipeReport)> {
+    let out = run_full(recipe, progress, log)?;
+    Ok((out.after, out.report))
+}
+
+/// Everything a run leaves: the model before the first stage and after the last, the data, and
+/// the report.
+pub struct RunOutput {
+    pub before: Graph,
+    pub after: Graph,
+    pub split: Split,
+    pub report: RecipeReport,
+}
+
+/// [`run`], keeping the model before pruning and the data (for a before/after report).
+pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
     recipe.check()?;
     let device = prunekit_graph::device::default_device();
     let split = load_split(&recipe.data, recipe.seed)?;
@@ -923,16 +938,23 @@ pub fn run(
         stages.push(logline);
     }
     let after = summarize(&g, Some(&split.test))?;
-    Ok((
-        g,
-        RecipeReport {
-            description: recipe.description.clone(),
-            dataset: recipe.data.name.clone(),
-            before,
-            after,
-            stages,
-        },
-    ))
+    let report = RecipeReport {
+        description: recipe.description.clone(),
+        dataset: recipe.data.name.clone(),
+        before,
+        after,
+        stages,
+    };
+    let before_graph = cx
+        .teacher
+        .take()
+        .ok_or_else(|| RecipeError::Invalid("the model before pruning was not kept".into()))?;
+    Ok(RunOutput {
+        before: before_graph,
+        after: g,
+        split,
+        report,
+    })
 }
 
 /// The per-layer ratios of a proposal file (`prunekit sensitivity -o FILE`).
