@@ -44,7 +44,7 @@ pub struct PruneArgs {
     /// reach the structured ratio in N rounds, re-scoring between them
     #[arg(long, default_value_t = 1)]
     pub steps: usize,
-    /// never prune the output channels of this node (repeatable)
+    /// never prune the output channels of this node, nor mask its weights (repeatable)
     #[arg(long = "protect", value_name = "NODE")]
     pub protect: Vec<String>,
     /// remove the N residual blocks / transformer layers with the lowest block influence
@@ -140,6 +140,7 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
             n,
             m,
             criterion: a.criterion.clone(),
+            exclude: a.protect.clone(),
         }));
     }
     if let Some(target) = a.unstructured {
@@ -156,6 +157,7 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
             schedule: a.schedule.clone(),
             rounds: a.rounds,
             train,
+            exclude: a.protect.clone(),
             ..UnstructuredStage::default()
         }));
     } else if let Some(value) = a.threshold {

@@ -66,6 +66,57 @@ pub trait Criterion {
     }
 }
 
+/// A criterion with some nodes left out: their weights get no importance, so unstructured and N:M
+/// pruning leave them dense (e.g. a first convolution whose input width N:M does not divide).
+pub struct Excluding {
+    pub inner: Box<dyn Criterion>,
+    pub nodes: Vec<String>,
+}
+
+impl Excluding {
+    /// Checks every name is a node of `g`.
+    pub fn new(g: &Graph, inner: Box<dyn Criterion>, nodes: Vec<String>) -> Result<Self> {
+        for n in &nodes {
+            if g.node(n).is_err() {
+                return Err(PruneError::Invalid(format!(
+                    "excluded node `{n}` is not in the model"
+                )));
+            }
+        }
+        Ok(Self { inner, nodes })
+    }
+}
+
+impl Criterion for Excluding {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        if self.nodes.iter().any(|n| n == node) {
+            return Ok(None);
+        }
+        self.inner.importance(g, node, param)
+    }
+    fn reduce(&self, sum: f64) -> f64 {
+        self.inner.reduce(sum)
+    }
+    fn prepare(&self, g: &Graph) -> Result<()> {
+        self.inner.prepare(g)
+    }
+    fn slice_importance(
+        &self,
+        g: &Graph,
+        node: &str,
+        param: &str,
+        axis: usize,
+    ) -> Result<Option<Vec<f64>>> {
+        if self.nodes.iter().any(|n| n == node) {
+            return Ok(None);
+        }
+        self.inner.slice_importance(g, node, param, axis)
+    }
+}
+
 /// Every criterion [`criterion_by_name`] knows.
 pub const CRITERIA: &[&str] = &[
     "l1", "l2", "random", "lamp", "fpgm", "bn-scale", "taylor", "fisher", "snip", "movement",

@@ -18,7 +18,7 @@ pub mod unstructured;
 pub mod verify;
 
 pub use criteria::{
-    criterion_by_name, lamp_scores, BnScale, Calibration, Fisher, Fpgm, Lamp, Movement,
+    criterion_by_name, lamp_scores, BnScale, Calibration, Excluding, Fisher, Fpgm, Lamp, Movement,
     RandomScores, Snip, Taylor, Wanda, CRITERIA, DATA_CRITERIA,
 };
 

@@ -31,6 +31,25 @@ pub fn make_criterion(
     Ok(prunekit_prune::criterion_by_name(name, g, calib, seed)?)
 }
 
+/// [`make_criterion`] with the weights of `exclude` left out (they stay dense).
+pub fn make_criterion_excluding(
+    name: &str,
+    g: &Graph,
+    calib: Option<&Calibration>,
+    seed: u64,
+    exclude: &[String],
+) -> Result<Box<dyn Criterion>> {
+    let inner = make_criterion(name, g, calib, seed)?;
+    if exclude.is_empty() {
+        return Ok(inner);
+    }
+    Ok(Box::new(prunekit_prune::Excluding::new(
+        g,
+        inner,
+        exclude.to_vec(),
+    )?))
+}
+
 /// Fraction of zero values among the prunable weights.
 pub fn sparsity_of(g: &Graph) -> Result<f64> {
     let (zeros, total) = prunekit_prune::layer_sparsity(g)?

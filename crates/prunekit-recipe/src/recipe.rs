@@ -21,7 +21,8 @@ use prunekit_train::{
 use serde::{Deserialize, Serialize};
 
 use crate::criteria::{
-    make_criterion, prune_nm, prune_unstructured, Calibration, UnstructuredScope,
+    make_criterion, make_criterion_excluding, prune_nm, prune_unstructured, Calibration,
+    UnstructuredScope,
 };
 use crate::schedule::{cubic_sparsity, iterative_sparsity, GradualPruning, RewindPoint, Snapshot};
 use crate::{RecipeError, Result};
@@ -175,6 +176,7 @@ impl Default for UnstructuredStage {
             prune_every: None,
             start_step: 0,
             end_fraction: d_end_fraction(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -304,6 +306,9 @@ pub struct UnstructuredStage {
     /// gradual: the ramp ends at this fraction of the training steps
     #[serde(default = "d_end_fraction")]
     pub end_fraction: f64,
+    /// nodes whose weights stay dense
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -313,6 +318,9 @@ pub struct NmStage {
     pub m: usize,
     #[serde(default = "d_criterion")]
     pub criterion: String,
+    /// nodes whose weights stay dense (e.g. a first layer whose input width M does not divide)
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -610,6 +618,15 @@ impl<'a> RunCx<'a> {
             .ok_or_else(|| RecipeError::Invalid(format!("{what} needs data (pass --calib DATA)")))
     }
 
+    /// Calibration batches for `criterion`: only data-driven criteria get (and need) them.
+    fn calibration_for(&self, criterion: &str) -> Result<Option<Calibration>> {
+        if prunekit_prune::DATA_CRITERIA.contains(&criterion) {
+            self.calibration()
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Calibration batches, when there is data.
     fn calibration(&self) -> Result<Option<Calibration>> {
         self.split
@@ -645,7 +662,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
     let mut removed = None;
     let detail = match stage {
         Stage::Structured(s) => {
-            let calib = cx.calibration()?;
+            let calib = cx.calibration_for(&s.criterion)?;
             let crit = make_criterion(&s.criterion, g, calib.as_ref(), cx.seed)?;
             let mut cfg = StructuredConfig::new(s.ratio);
             cfg.scope = scope_of(&s.scope, "structured", false)?;
@@ -694,9 +711,10 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
         }
         Stage::Unstructured(u) => {
             let scope = unstructured_scope(&u.scope, "unstructured")?;
-            let c = cx.calibration()?;
+            let c = cx.calibration_for(&u.criterion)?;
             let prune_to = |g: &mut Graph, s: f64| -> Result<()> {
-                let crit = make_criterion(&u.criterion, g, c.as_ref(), cx.seed)?;
+                let crit =
+                    make_criterion_excluding(&u.criterion, g, c.as_ref(), cx.seed, &u.exclude)?;
                 prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)?;
                 Ok(())
             };
@@ -731,6 +749,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                     let s_i = crate::criteria::sparsity_of(g)?;
                     let c2 = c.clone();
                     let crit_name = u.criterion.clone();
+                    let exclude = u.exclude.clone();
                     let seed = cx.seed;
                     let mut hook = GradualPruning::new(
                         s_i,
@@ -739,8 +758,14 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                         n.max(1),
                         dt,
                         Box::new(move |g: &mut Graph, s: f64| {
-                            let crit = make_criterion(&crit_name, g, c2.as_ref(), seed)
-                                .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
+                            let crit = make_criterion_excluding(
+                                &crit_name,
+                                g,
+                                c2.as_ref(),
+                                seed,
+                                &exclude,
+                            )
+                            .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
                             prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)
                                 .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
                             Ok(())
@@ -763,8 +788,9 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             json!({ "threshold": t.value })
         }
         Stage::Nm(nm) => {
-            let calib = cx.calibration()?;
-            let crit = make_criterion(&nm.criterion, g, calib.as_ref(), cx.seed)?;
+            let calib = cx.calibration_for(&nm.criterion)?;
+            let crit =
+                make_criterion_excluding(&nm.criterion, g, calib.as_ref(), cx.seed, &nm.exclude)?;
             prune_nm(g, crit.as_ref(), nm.n, nm.m)?;
             json!({ "pattern": format!("{}:{}", nm.n, nm.m), "criterion": nm.criterion })
         }

@@ -145,3 +145,27 @@ fn structured_layers_and_finetune_stages() {
     assert_eq!(rep.stages.len(), 2);
     assert_eq!(rep.stages[1].params, g.param_count());
 }
+
+#[test]
+fn nm_skips_excluded_layers_and_errors_without() {
+    let base = "[model]\narch = \"digits-cnn\"\n[data]\nname = \"digits\"\ntrain_limit = 200\n";
+    let r = parse(&format!("{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\n")).unwrap();
+    let err = run(&r, false, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("conv2d1") && err.contains("input size 1"),
+        "{err}"
+    );
+    let (g, _) = run_text(&format!(
+        "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\nexclude = [\"conv2d1\"]\n"
+    ));
+    for l in prunekit_prune::layer_sparsity(&g).unwrap() {
+        let want = if l.node == "conv2d1" { 0 } else { l.total / 2 };
+        assert_eq!(l.zeros, want, "{l:?}");
+    }
+    let r = parse(&format!(
+        "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\nexclude = [\"nope\"]\n"
+    ))
+    .unwrap();
+    let err = run(&r, false, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("`nope`"), "{err}");
+}
