@@ -75,7 +75,7 @@ if "table" in sections:
             plan.append((f"unstructured {int(s*100)}%", crit,
                          f"[[stage]]\nkind = \"unstructured\"\ntarget = {s}\ncriterion = \"{crit}\"\nscope = \"{scope}\"\n\n"))
     for crit in ("l1", "random", "taylor", "fisher", "snip", "wanda"):
-        plan.append(("2:4", crit, f"[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\ncriterion = \"{crit}\"\n\n"))
+        plan.append(("2:4", crit, f"[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\ncriterion = \"{crit}\"\nexclude = [\"conv2d1\"]\n\n"))
     for crit in ("l1", "l2", "random", "taylor", "fisher", "snip", "fpgm", "bn-scale"):
         plan.append((f"structured {args.structured}", crit,
                      f"[[stage]]\nkind = \"structured\"\nratio = {args.structured}\ncriterion = \"{crit}\"\n\n"))
