@@ -531,8 +531,9 @@ impl CustomOp2 for ConvBackwardWeight {
     }
 }
 
-/// Convolution of x [N, C, H, W] with w [O, C/groups, kh, kw] (no bias). Our kernels on CPU f32/f64;
-/// candle's conv2d elsewhere.
+/// Convolution of x [N, C, H, W] with w [O, C/groups, kh, kw] (no bias). Our kernels on CPU f32/f64
+/// (depthwise convolutions, groups == C > 1, run the direct kernel of [`super::depthwise`], the rest
+/// im2col/shifted GEMMs); candle's conv2d elsewhere.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -541,46 +542,80 @@ pub fn conv2d(
     dil: usize,
     groups: usize,
 ) -> candle_core::Result<Tensor> {
-    let fast = super::supported(x) && x.dtype() == w.dtype();
-    let (n, c, h, wd) = x.dims4()?;
-    let (o, cg, kh, kw) = w.dims4()?;
-    if !fast {
+    if !(super::supported(x) && x.dtype() == w.dtype()) {
         return candle_conv2d(x, w, stride, pad, dil, groups);
     }
-    if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 || dil == 0 {
-        candle_core::bail!(
-            "conv2d: input {:?} and kernel {:?} do not fit groups = {groups}",
-            x.dims(),
-            w.dims()
-        );
+    let geom = ConvGeom::of(x, w, stride, pad, dil, groups)?;
+    if geom.groups > 1 && geom.groups == geom.c {
+        return super::depthwise::depthwise_conv2d(x, w, geom);
     }
-    let span = |k: usize| dil * (k - 1) + 1;
-    if h + 2 * pad < span(kh) || wd + 2 * pad < span(kw) {
-        candle_core::bail!("conv2d: kernel {kh}x{kw} does not fit the input {h}x{wd}");
-    }
-    let geom = ConvGeom {
-        n,
-        c,
-        h,
-        w: wd,
-        o,
-        kh,
-        kw,
-        stride,
-        pad,
-        dil,
-        groups,
-        oh: (h + 2 * pad - span(kh)) / stride + 1,
-        ow: (wd + 2 * pad - span(kw)) / stride + 1,
-    };
     x.contiguous()?
         .apply_op2(&w.contiguous()?, ConvForward(geom))
 }
 
+/// [`conv2d`] on the GEMM path even for depthwise convolutions: the baseline of the depthwise
+/// kernel's benchmark. CPU f32/f64 only.
+#[cfg(test)]
+pub(crate) fn gemm_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    groups: usize,
+) -> candle_core::Result<Tensor> {
+    let geom = ConvGeom::of(x, w, stride, pad, dil, groups)?;
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvForward(geom))
+}
+
+impl ConvGeom {
+    /// The geometry of x [N, C, H, W] convolved with w [O, C/groups, kh, kw]; an error when they
+    /// do not fit.
+    fn of(
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        groups: usize,
+    ) -> candle_core::Result<Self> {
+        let (n, c, h, wd) = x.dims4()?;
+        let (o, cg, kh, kw) = w.dims4()?;
+        if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 || dil == 0 {
+            candle_core::bail!(
+                "conv2d: input {:?} and kernel {:?} do not fit groups = {groups}",
+                x.dims(),
+                w.dims()
+            );
+        }
+        let span = |k: usize| dil * (k - 1) + 1;
+        if kh == 0 || kw == 0 || h + 2 * pad < span(kh) || wd + 2 * pad < span(kw) {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} does not fit the input {h}x{wd}");
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            stride,
+            pad,
+            dil,
+            groups,
+            oh: (h + 2 * pad - span(kh)) / stride + 1,
+            ow: (wd + 2 * pad - span(kw)) / stride + 1,
+        })
+    }
+}
+
 /// candle's conv2d, made safe for its backward: candle derives the input gradient's extent from the
 /// height alone, so when height and width leave different remainders under the stride, pad
-/// explicitly and crop what no window reads (both remainders become zero).
-fn candle_conv2d(
+/// explicitly and crop what no window reads (both remainders become zero). The reference of the
+/// kernels' tests.
+pub(crate) fn candle_conv2d(
     x: &Tensor,
     w: &Tensor,
     stride: usize,

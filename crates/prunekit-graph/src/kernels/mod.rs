@@ -1,5 +1,5 @@
-//! Fast CPU kernels used as candle custom ops: convolution (im2col + GEMM), with forward and both
-//! backward passes. Each public function falls back to candle's own op on other devices or dtypes, so
+//! Fast CPU kernels used as candle custom ops: convolution (im2col + GEMM, and a direct depthwise
+//! kernel), with forward and both backward passes. Each public function falls back to candle's own op on other devices or dtypes, so
 //! the same graph runs everywhere and candle stays the reference in tests.
 
 /// Runs `$body` on one, two or three CPU storages of the same float type (f32 or f64), each bound
@@ -46,6 +46,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod channel;
 pub mod conv;
+pub mod depthwise;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
