@@ -692,7 +692,40 @@ trait DataScores {
 }
 
 macro_rules! data_criterion {
-    ($t:ty, $name:literal, $reduce:expr) => {
+    ($(#[$doc:meta])* $t:ident, $name:literal, $reduce:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $t {
+            calib: Calibration,
+            cache: ScoreCache,
+        }
+
+        impl $t {
+            /// Computes the scores of `g` over `calib` (recomputed by `prepare` when the model
+            /// changes).
+            pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
+                check_model(g, $name)?;
+                let c = Self {
+                    calib: calib.clone(),
+                    cache: ScoreCache::default(),
+                };
+                c.refresh(g)?;
+                Ok(c)
+            }
+        }
+
+        impl DataScores for $t {
+            fn what(&self) -> &'static str {
+                $name
+            }
+            fn cache(&self) -> &ScoreCache {
+                &self.cache
+            }
+            fn compute(&self, g: &Graph) -> Result<Scores> {
+                self.scores(g)
+            }
+        }
+
         impl Criterion for $t {
             fn name(&self) -> &'static str {
                 $name
@@ -711,36 +744,8 @@ macro_rules! data_criterion {
     };
 }
 
-/// First-order Taylor importance (Molchanov et al. 2017/2019): importance = w * g summed over the
-/// calibration batches (signed); `reduce` = abs, so a weight's score is |w g| and a group's is
-/// |sum over the group of w g|.
-#[derive(Debug)]
-pub struct Taylor {
-    calib: Calibration,
-    cache: ScoreCache,
-}
-
 impl Taylor {
-    /// Computes the scores of `g` over `calib` (recomputed by `prepare` when the model changes).
-    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
-        check_model(g, "taylor")?;
-        let c = Self {
-            calib: calib.clone(),
-            cache: ScoreCache::default(),
-        };
-        c.refresh(g)?;
-        Ok(c)
-    }
-}
-
-impl DataScores for Taylor {
-    fn what(&self) -> &'static str {
-        "taylor"
-    }
-    fn cache(&self) -> &ScoreCache {
-        &self.cache
-    }
-    fn compute(&self, g: &Graph) -> Result<Scores> {
+    fn scores(&self, g: &Graph) -> Result<Scores> {
         let sums = grad_sums(g, &self.calib, "taylor", false)?;
         sums.into_iter()
             .map(|(k, s)| {
@@ -750,7 +755,12 @@ impl DataScores for Taylor {
             .collect()
     }
 }
-data_criterion!(Taylor, "taylor", |s| s.abs());
+data_criterion!(
+    /// First-order Taylor importance (Molchanov et al. 2017/2019): importance = w * g summed over the
+    /// calibration batches (signed); `reduce` = abs, so a weight's score is |w g| and a group's is
+    /// |sum over the group of w g|.
+    Taylor,
+    "taylor", |s| s.abs());
 
 /// Per weight, the sum over the calibration batches of g (or of g^2 with `squared`).
 fn grad_sums(g: &Graph, calib: &Calibration, what: &str, squared: bool) -> Result<Scores> {
@@ -770,34 +780,8 @@ fn grad_sums(g: &Graph, calib: &Calibration, what: &str, squared: bool) -> Resul
     Ok(sums)
 }
 
-/// Optimal-brain-damage saliency with the empirical Fisher as the Hessian diagonal:
-/// importance = 0.5 * w^2 * mean over the calibration batches of g^2.
-#[derive(Debug)]
-pub struct Fisher {
-    calib: Calibration,
-    cache: ScoreCache,
-}
-
 impl Fisher {
-    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
-        check_model(g, "fisher")?;
-        let c = Self {
-            calib: calib.clone(),
-            cache: ScoreCache::default(),
-        };
-        c.refresh(g)?;
-        Ok(c)
-    }
-}
-
-impl DataScores for Fisher {
-    fn what(&self) -> &'static str {
-        "fisher"
-    }
-    fn cache(&self) -> &ScoreCache {
-        &self.cache
-    }
-    fn compute(&self, g: &Graph) -> Result<Scores> {
+    fn scores(&self, g: &Graph) -> Result<Scores> {
         let n = self.calib.len().max(1) as f64;
         let sums = grad_sums(g, &self.calib, "fisher", true)?;
         sums.into_iter()
@@ -808,36 +792,14 @@ impl DataScores for Fisher {
             .collect()
     }
 }
-data_criterion!(Fisher, "fisher", |s| s);
-
-/// Connection sensitivity (SNIP, Lee et al. 2019), meant at initialisation: |w * g| on the first
-/// calibration batch at the current weights, normalised to sum 1 over every weight of the model.
-#[derive(Debug)]
-pub struct Snip {
-    calib: Calibration,
-    cache: ScoreCache,
-}
+data_criterion!(
+    /// Optimal-brain-damage saliency with the empirical Fisher as the Hessian diagonal:
+    /// importance = 0.5 * w^2 * mean over the calibration batches of g^2.
+    Fisher,
+    "fisher", |s| s);
 
 impl Snip {
-    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
-        check_model(g, "snip")?;
-        let c = Self {
-            calib: calib.clone(),
-            cache: ScoreCache::default(),
-        };
-        c.refresh(g)?;
-        Ok(c)
-    }
-}
-
-impl DataScores for Snip {
-    fn what(&self) -> &'static str {
-        "snip"
-    }
-    fn cache(&self) -> &ScoreCache {
-        &self.cache
-    }
-    fn compute(&self, g: &Graph) -> Result<Scores> {
+    fn scores(&self, g: &Graph) -> Result<Scores> {
         let (x, y) = self
             .calib
             .batches
@@ -859,31 +821,11 @@ impl DataScores for Snip {
         Ok(scores)
     }
 }
-data_criterion!(Snip, "snip", |s| s);
-
-/// Wanda (Sun et al. 2024): importance = |W_ij| * ||X_j||_2, X_j being input feature j of the
-/// layer over every calibration sample and position. Linear weights and the input projections of
-/// attention (q, k, v) and recurrent layers (weight_ih) use the last axis of the node's input;
-/// convolutions use each input channel's norm over samples and positions, broadcast over the
-/// kernel (and following the group structure). Every other parameter gives None. Meant for
-/// unstructured pruning compared within each output row ([`crate::UnstructuredScope::Row`]).
-#[derive(Debug)]
-pub struct Wanda {
-    calib: Calibration,
-    cache: ScoreCache,
-}
-
-impl Wanda {
-    pub fn new(g: &Graph, calib: &Calibration) -> Result<Self> {
-        check_model(g, "wanda")?;
-        let c = Self {
-            calib: calib.clone(),
-            cache: ScoreCache::default(),
-        };
-        c.refresh(g)?;
-        Ok(c)
-    }
-}
+data_criterion!(
+    /// Connection sensitivity (SNIP, Lee et al. 2019), meant at initialisation: |w * g| on the first
+    /// calibration batch at the current weights, normalised to sum 1 over every weight of the model.
+    Snip,
+    "snip", |s| s);
 
 /// How a node's input norms apply to its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -918,14 +860,8 @@ fn feature_sumsq(x: &Tensor, feature: Feature) -> Result<Vec<f64>> {
     })
 }
 
-impl DataScores for Wanda {
-    fn what(&self) -> &'static str {
-        "wanda"
-    }
-    fn cache(&self) -> &ScoreCache {
-        &self.cache
-    }
-    fn compute(&self, g: &Graph) -> Result<Scores> {
+impl Wanda {
+    fn scores(&self, g: &Graph) -> Result<Scores> {
         let targets: Vec<(&str, Feature, &[&str])> = g
             .nodes
             .iter()
@@ -1003,7 +939,15 @@ impl DataScores for Wanda {
         Ok(scores)
     }
 }
-data_criterion!(Wanda, "wanda", |s| s);
+data_criterion!(
+    /// Wanda (Sun et al. 2024): importance = |W_ij| * ||X_j||_2, X_j being input feature j of the
+    /// layer over every calibration sample and position. Linear weights and the input projections of
+    /// attention (q, k, v) and recurrent layers (weight_ih) use the last axis of the node's input;
+    /// convolutions use each input channel's norm over samples and positions, broadcast over the
+    /// kernel (and following the group structure). Every other parameter gives None. Meant for
+    /// unstructured pruning compared within each output row ([`crate::UnstructuredScope::Row`]).
+    Wanda,
+    "wanda", |s| s);
 
 /// Movement pruning (Sanh et al. 2020): as a [`StepHook`] in `prunekit_train::fit_with` it
 /// accumulates -w * g of every weight at every step (before the optimizer moves it); as a
