@@ -68,14 +68,14 @@ pub trait Criterion {
 
 /// A criterion with some nodes left out: their weights get no importance, so unstructured and N:M
 /// pruning leave them dense (e.g. a first convolution whose input width N:M does not divide).
-pub struct Excluding {
-    pub inner: Box<dyn Criterion>,
+pub struct Excluding<C: Criterion> {
+    pub inner: C,
     pub nodes: Vec<String>,
 }
 
-impl Excluding {
+impl<C: Criterion> Excluding<C> {
     /// Checks every name is a node of `g`.
-    pub fn new(g: &Graph, inner: Box<dyn Criterion>, nodes: Vec<String>) -> Result<Self> {
+    pub fn new(g: &Graph, inner: C, nodes: Vec<String>) -> Result<Self> {
         for n in &nodes {
             if g.node(n).is_err() {
                 return Err(PruneError::Invalid(format!(
@@ -87,7 +87,37 @@ impl Excluding {
     }
 }
 
-impl Criterion for Excluding {
+/// A borrowed or boxed criterion is a criterion.
+macro_rules! forward_criterion {
+    ($($ptr:ty),*) => {$(
+        impl<T: Criterion + ?Sized> Criterion for $ptr {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+                (**self).importance(g, node, param)
+            }
+            fn reduce(&self, sum: f64) -> f64 {
+                (**self).reduce(sum)
+            }
+            fn prepare(&self, g: &Graph) -> Result<()> {
+                (**self).prepare(g)
+            }
+            fn slice_importance(
+                &self,
+                g: &Graph,
+                node: &str,
+                param: &str,
+                axis: usize,
+            ) -> Result<Option<Vec<f64>>> {
+                (**self).slice_importance(g, node, param, axis)
+            }
+        }
+    )*};
+}
+forward_criterion!(&T, Box<T>);
+
+impl<C: Criterion> Criterion for Excluding<C> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }

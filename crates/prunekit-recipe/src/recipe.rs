@@ -24,7 +24,9 @@ use crate::criteria::{
     make_criterion, make_criterion_excluding, prune_nm, prune_unstructured, Calibration,
     UnstructuredScope,
 };
-use crate::schedule::{cubic_sparsity, iterative_sparsity, GradualPruning, RewindPoint, Snapshot};
+use crate::schedule::{
+    cubic_sparsity, iterative_sparsity, GradualPruning, MovementPruning, RewindPoint, Snapshot,
+};
 use crate::{RecipeError, Result};
 use prunekit_graph::channels::SliceKey;
 
@@ -751,34 +753,54 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                     let crit_name = u.criterion.clone();
                     let exclude = u.exclude.clone();
                     let seed = cx.seed;
-                    let mut hook = GradualPruning::new(
-                        s_i,
-                        u.target,
-                        u.start_step,
-                        n.max(1),
-                        dt,
-                        Box::new(move |g: &mut Graph, s: f64| {
-                            let crit = make_criterion_excluding(
-                                &crit_name,
-                                g,
-                                c2.as_ref(),
-                                seed,
-                                &exclude,
-                            )
-                            .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
-                            prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)
+                    let events = if u.criterion == "movement" {
+                        // the real movement criterion: scores accumulated from this training
+                        let mut hook = MovementPruning {
+                            movement: prunekit_prune::Movement::new(),
+                            s_i,
+                            s_f: u.target,
+                            t0: u.start_step,
+                            n: n.max(1),
+                            dt,
+                            scope,
+                            exclude: u.exclude.clone(),
+                            events: Vec::new(),
+                        };
+                        train_with(g, t, cx, "movement", &mut [&mut hook])?;
+                        hook.events
+                    } else {
+                        let mut hook = GradualPruning::new(
+                            s_i,
+                            u.target,
+                            u.start_step,
+                            n.max(1),
+                            dt,
+                            Box::new(move |g: &mut Graph, s: f64| {
+                                let crit = make_criterion_excluding(
+                                    &crit_name,
+                                    g,
+                                    c2.as_ref(),
+                                    seed,
+                                    &exclude,
+                                )
                                 .map_err(|e| prunekit_train::TrainError::Invalid(e.to_string()))?;
-                            Ok(())
-                        }),
-                    );
-                    train_with(g, t, cx, "gradual", &mut [&mut hook])?;
+                                prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)
+                                    .map_err(|e| {
+                                        prunekit_train::TrainError::Invalid(e.to_string())
+                                    })?;
+                                Ok(())
+                            }),
+                        );
+                        train_with(g, t, cx, "gradual", &mut [&mut hook])?;
+                        hook.events
+                    };
                     // the ramp must end exactly at the target
-                    if hook.events.last().map(|e| e.1) != Some(u.target) {
+                    if events.last().map(|e| e.1) != Some(u.target) {
                         prune_to(g, u.target)?;
                     }
                     json!({ "criterion": u.criterion, "schedule": "gradual",
-                        "events": hook.events.len(), "every": dt,
-                        "first": hook.events.first(), "last": hook.events.last(),
+                        "events": events.len(), "every": dt,
+                        "first": events.first(), "last": events.last(),
                         "check": cubic_sparsity(s_i, u.target, end, u.start_step, n.max(1), dt) })
                 }
             }

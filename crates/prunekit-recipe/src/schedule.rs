@@ -129,6 +129,46 @@ impl StepHook for RewindPoint {
     }
 }
 
+/// Movement pruning (Sanh et al. 2020) on the gradual schedule: the scores are accumulated from
+/// the same training (-w * g after every backward pass) and every pruning event masks the weights
+/// that moved most towards zero so far. Dynamic pruning driven by gradients during training.
+pub struct MovementPruning {
+    pub movement: prunekit_prune::Movement,
+    pub s_i: f64,
+    pub s_f: f64,
+    pub t0: usize,
+    pub n: usize,
+    pub dt: usize,
+    pub scope: prunekit_prune::UnstructuredScope,
+    pub exclude: Vec<String>,
+    /// (step, sparsity) of every pruning event
+    pub events: Vec<(usize, f64)>,
+}
+
+impl StepHook for MovementPruning {
+    fn after_backward(
+        &mut self,
+        g: &Graph,
+        grads: &candle_core::backprop::GradStore,
+        cx: &StepCx,
+    ) -> prunekit_train::Result<()> {
+        self.movement.after_backward(g, grads, cx)
+    }
+
+    fn after_step(&mut self, g: &mut Graph, cx: &StepCx) -> prunekit_train::Result<()> {
+        let t = cx.step + 1;
+        let dt = self.dt.max(1);
+        if t < self.t0 || t > self.t0 + self.n * dt || !(t - self.t0).is_multiple_of(dt) {
+            return Ok(());
+        }
+        let s = cubic_sparsity(self.s_i, self.s_f, t, self.t0, self.n, dt);
+        let crit = prunekit_prune::Excluding::new(g, &self.movement, self.exclude.clone())?;
+        prunekit_prune::prune_unstructured(g, &crit, prunekit_prune::Target::Ratio(s), self.scope)?;
+        self.events.push((t, s));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

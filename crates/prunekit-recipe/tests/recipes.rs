@@ -169,3 +169,20 @@ fn nm_skips_excluded_layers_and_errors_without() {
     let err = run(&r, false, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("`nope`"), "{err}");
 }
+
+#[test]
+fn gradual_movement_pruning_uses_scores_from_the_same_training() {
+    let (g, rep) = run_text(&format!(
+        "{BASE}[train]\nepochs = 3\nlr = 0.05\nbatch_size = 32\n\
+         [[stage]]\nkind = \"unstructured\"\ntarget = 0.7\ncriterion = \"movement\"\nschedule = \"gradual\"\nprune_every = 5\n\
+         [stage.train]\nepochs = 2\nlr = 0.02\nbatch_size = 32\n"
+    ));
+    let s = sparsity_of(&g).unwrap();
+    assert!((s - 0.7).abs() < 0.01, "sparsity {s}");
+    assert!(rep.stages[0].detail["events"].as_u64().unwrap() >= 5);
+    assert!(
+        rep.after.accuracy.unwrap() > 0.5,
+        "{:?}",
+        rep.after.accuracy
+    );
+}
