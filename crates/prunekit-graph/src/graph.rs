@@ -160,6 +160,12 @@ impl Graph {
             if !valid_name(&i.name) {
                 return Err(GraphError::InvalidName(i.name.clone()));
             }
+            if i.shape.contains(&0) {
+                return Err(GraphError::Invalid(format!(
+                    "input `{}` has shape {:?}: every dimension must be at least 1",
+                    i.name, i.shape
+                )));
+            }
             if shapes.insert(i.name.clone(), i.shape.clone()).is_some() {
                 return Err(GraphError::DuplicateName(i.name.clone()));
             }

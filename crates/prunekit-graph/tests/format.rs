@@ -432,6 +432,16 @@ fn unknown_op_type() {
 }
 
 #[test]
+fn zero_size_input_dimension() {
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        v["inputs"][0]["shape"] = serde_json::json!([3, 0, 8])
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &["[3, 0, 8]", "at least 1"]);
+}
+
+#[test]
 fn unknown_attribute() {
     let (_tmp, dir) = saved_cnn();
     edit_json(&dir, |v| {
