@@ -47,7 +47,8 @@ pub struct StructuredConfig {
     pub max_ratio: f64,
     /// kept unit counts are rounded up to a multiple of this (capped at the group's size)
     pub round_to: usize,
-    /// node names whose parameters must not lose any slice
+    /// node names whose output channels (every space they create: channels, heads, units) are
+    /// never pruned, nor anything coupled to them
     pub protected: Vec<String>,
     /// prune in this many rounds, re-analysing and re-scoring between them
     pub steps: usize,

@@ -24,9 +24,7 @@ use crate::criteria::{
     make_criterion, make_criterion_excluding, prune_nm, prune_unstructured, Calibration,
     UnstructuredScope,
 };
-use crate::schedule::{
-    cubic_sparsity, iterative_sparsity, GradualPruning, MovementPruning, RewindPoint, Snapshot,
-};
+use crate::schedule::{iterative_sparsity, GradualPruning, MovementPruning, RewindPoint, Snapshot};
 use crate::{RecipeError, Result};
 use prunekit_graph::channels::SliceKey;
 
@@ -437,7 +435,7 @@ impl Recipe {
             match s {
                 Stage::Structured(st) => {
                     ratio_ok(st.ratio, "ratio", &at)?;
-                    scope_of(&st.scope, &at, false)?;
+                    scope_of(&st.scope, &at)?;
                 }
                 Stage::Layers(l) => {
                     if !["influence", "ablation"].contains(&l.score.as_str()) {
@@ -511,7 +509,7 @@ impl Stage {
     }
 }
 
-fn scope_of(s: &str, at: &str, _row: bool) -> Result<Scope> {
+fn scope_of(s: &str, at: &str) -> Result<Scope> {
     match s {
         "layer" => Ok(Scope::Layer),
         "global" => Ok(Scope::Global),
@@ -667,7 +665,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             let calib = cx.calibration_for(&s.criterion)?;
             let crit = make_criterion(&s.criterion, g, calib.as_ref(), cx.seed)?;
             let mut cfg = StructuredConfig::new(s.ratio);
-            cfg.scope = scope_of(&s.scope, "structured", false)?;
+            cfg.scope = scope_of(&s.scope, "structured")?;
             cfg.round_to = s.round_to;
             cfg.min_ratio = s.min_ratio;
             cfg.max_ratio = s.max_ratio;
@@ -800,8 +798,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                     }
                     json!({ "criterion": u.criterion, "schedule": "gradual",
                         "events": events.len(), "every": dt,
-                        "first": events.first(), "last": events.last(),
-                        "check": cubic_sparsity(s_i, u.target, end, u.start_step, n.max(1), dt) })
+                        "first": events.first(), "last": events.last() })
                 }
             }
         }
