@@ -69,9 +69,14 @@ fn conv_params(cin: usize, out: usize, kernel: &[usize], bias: bool) -> Vec<Para
     p
 }
 
-/// Grouped and depthwise convolutions: every input and output channel of one group forms one unit
-/// (removing it removes the group: its weight rows, its bias entries and its input channels).
-pub(crate) fn grouped_channels(cx: &mut ChannelCx, groups: usize) -> Option<Chan> {
+/// The channel rule of every convolution: with one group it consumes the input's channels (weight
+/// columns) and creates the output's (weight rows, bias); grouped and depthwise convolutions make
+/// every input and output channel of one group one unit (removing it removes the group: its
+/// weight rows, its bias entries and its input channels).
+pub(crate) fn conv_channels(cx: &mut ChannelCx, groups: usize) -> Option<Chan> {
+    if groups == 1 {
+        return cx.transform(0, &[("weight", 1)], 0, &[("weight", 0), ("bias", 0)]);
+    }
     let input = match cx.input(0) {
         Some(c) if c.axis == 0 => c.elems.clone(),
         _ => return cx.opaque(),
@@ -93,6 +98,19 @@ pub(crate) fn grouped_channels(cx: &mut ChannelCx, groups: usize) -> Option<Chan
         axis: 0,
         elems: out,
     })
+}
+
+/// Channel counts from the weight [out, in per group, kernel..] after slicing.
+fn resize_conv(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    out_channels: &mut usize,
+    in_channels: &mut usize,
+    groups: usize,
+) {
+    if let Some(w) = shapes.get("weight") {
+        *out_channels = w[0];
+        *in_channels = w[1] * groups;
+    }
 }
 
 /// After whole groups were removed, the group count follows the input width (the channels per
@@ -177,17 +195,16 @@ impl OpRules for Conv2d {
     }
 
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
-        if self.groups == 1 {
-            return cx.transform(0, &[("weight", 1)], 0, &[("weight", 0), ("bias", 0)]);
-        }
-        grouped_channels(cx, self.groups)
+        conv_channels(cx, self.groups)
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
-        if let Some(w) = shapes.get("weight") {
-            self.out_channels = w[0];
-            self.in_channels = w[1] * self.groups;
-        }
+        resize_conv(
+            shapes,
+            &mut self.out_channels,
+            &mut self.in_channels,
+            self.groups,
+        );
     }
 
     fn adapt(&mut self, inputs: &[AdaptInput]) {
@@ -287,17 +304,16 @@ impl OpRules for Conv1d {
     }
 
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
-        if self.groups == 1 {
-            return cx.transform(0, &[("weight", 1)], 0, &[("weight", 0), ("bias", 0)]);
-        }
-        grouped_channels(cx, self.groups)
+        conv_channels(cx, self.groups)
     }
 
     fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
-        if let Some(w) = shapes.get("weight") {
-            self.out_channels = w[0];
-            self.in_channels = w[1] * self.groups;
-        }
+        resize_conv(
+            shapes,
+            &mut self.out_channels,
+            &mut self.in_channels,
+            self.groups,
+        );
     }
 
     fn adapt(&mut self, inputs: &[AdaptInput]) {
