@@ -9,8 +9,8 @@ use clap::Args;
 use prunekit_graph::Graph;
 use prunekit_prune::{random_inputs, verify};
 use prunekit_recipe::recipe::{
-    DataSpec, LayersStage, ModelSpec, NmStage, StructuredStage, ThresholdStage, TrainSpec,
-    UnstructuredStage,
+    DataSpec, LayersStage, ModelSpec, NmStage, SparseTrainStage, StructuredStage, ThresholdStage,
+    TrainSpec, UnstructuredStage,
 };
 use prunekit_recipe::{run_stage, Recipe, RunCx, Stage};
 use serde_json::json;
@@ -78,15 +78,29 @@ pub struct PruneArgs {
     /// iterative / gradual: training epochs (per round for iterative)
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
-    /// iterative / gradual: learning rate
+    /// iterative / gradual / --sparse-train: learning rate
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
-    /// iterative / gradual: batch size
+    /// iterative / gradual / --sparse-train: batch size
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// rank within each layer, or over all layers (structured units and unstructured weights)
     #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
     pub scope: ScopeArg,
+    /// do not re-estimate the BatchNorm running statistics on the --calib data after pruning
+    /// (re-calibration is on by default whenever --calib is given)
+    #[arg(long)]
+    pub no_recalibrate: bool,
+    /// before pruning, train EPOCHS epochs on --calib data with the DepGraph group-sparsity
+    /// penalty, which pushes the least important coupled groups to zero
+    #[arg(long, value_name = "EPOCHS")]
+    pub sparse_train: Option<usize>,
+    /// final weight of the group-sparsity penalty (it grows linearly from 0 over the training)
+    #[arg(long, default_value_t = 1e-3, requires = "sparse_train")]
+    pub sparse_lambda: f64,
+    /// the least important unit of a group is penalised ALPHA times the most important
+    #[arg(long, default_value_t = 4.0, requires = "sparse_train")]
+    pub sparse_alpha: f64,
     /// also write a before/after report (report.md, report.html, report.json) into DIR
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
@@ -110,6 +124,18 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
         ScopeArg::Global => "global",
     };
     let mut stages = Vec::new();
+    if let Some(epochs) = a.sparse_train {
+        stages.push(Stage::SparseTrain(SparseTrainStage {
+            lambda: a.sparse_lambda,
+            alpha: a.sparse_alpha,
+            train: TrainSpec {
+                epochs,
+                lr: a.lr,
+                batch_size: a.batch_size,
+                ..TrainSpec::default()
+            },
+        }));
+    }
     if let Some(count) = a.layers {
         stages.push(Stage::Layers(LayersStage {
             count,
@@ -163,7 +189,7 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
     } else if let Some(value) = a.threshold {
         stages.push(Stage::Threshold(ThresholdStage { value }));
     }
-    if stages.is_empty() {
+    if stages.iter().all(|s| matches!(s, Stage::SparseTrain(_))) {
         bail!("nothing to do: pass --structured RATIO, --layers N, --unstructured RATIO, --nm N:M or --threshold T");
     }
     Ok(stages)
@@ -203,6 +229,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         calib_batch_size: 64,
         teacher: None,
         device: prunekit_graph::device::default_device(),
+        recalibrate: !a.no_recalibrate,
     };
     let mut out = json!({ "before": counts(&g)? });
     let mut seconds = serde_json::Map::new();
@@ -288,6 +315,21 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
                 l["node"].as_str().unwrap_or("?"),
                 l["param"].as_str().unwrap_or("?"),
                 100.0 * z / t.max(1.0)
+            );
+        }
+    }
+    for st in out["stages"].as_array().into_iter().flatten() {
+        let r = &st["detail"]["recalibration"];
+        if let (Some(without), Some(with)) =
+            (r["accuracy_without"].as_f64(), r["accuracy_with"].as_f64())
+        {
+            println!(
+                "{}: accuracy right after pruning {:.2}% without BatchNorm re-calibration, {:.2}% with ({} batch norms, {} samples)",
+                st["kind"].as_str().unwrap_or("?"),
+                100.0 * without,
+                100.0 * with,
+                r["batch_norms"],
+                r["samples"]
             );
         }
     }

@@ -87,6 +87,14 @@ pub struct DataSpec {
     pub calib_batches: usize,
     #[serde(default = "default_calib_batch")]
     pub calib_batch_size: usize,
+    /// re-estimate the BatchNorm running statistics on the calibration batches after every
+    /// pruning stage (on by default; [`prunekit_train::recalibrate_batch_norm`])
+    #[serde(default = "default_true")]
+    pub recalibrate: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn d_batch() -> usize {
@@ -160,6 +168,7 @@ impl DataSpec {
             test_limit: None,
             calib_batches: default_calib_batches(),
             calib_batch_size: default_calib_batch(),
+            recalibrate: true,
         }
     }
 }
@@ -221,6 +230,8 @@ pub enum Stage {
     Finetune(TrainSpec),
     /// lottery ticket: iterative magnitude pruning with rewinding
     Lottery(LotteryStage),
+    /// group-sparse regularised training (DepGraph's sparse learning) before structured pruning
+    SparseTrain(SparseTrainStage),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -344,6 +355,25 @@ pub struct LotteryStage {
     /// re-initialise the kept weights randomly instead of rewinding (the control experiment)
     #[serde(default)]
     pub reinit: bool,
+}
+
+fn d_sparse_alpha() -> f64 {
+    4.0
+}
+
+/// Training with the DepGraph group-sparsity penalty ([`prunekit_train::GroupSparsity`]): the
+/// penalty weight grows linearly from 0 to `lambda` over the whole training, and the least
+/// important units of every coupled group are pushed to zero hardest (`alpha`), so that a
+/// following structured stage removes units that are already near zero.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseTrainStage {
+    /// final penalty weight (per unit of squared group norm), >= 0
+    pub lambda: f64,
+    /// the least important unit of a group is penalised `alpha` times the most important, >= 1
+    #[serde(default = "d_sparse_alpha")]
+    pub alpha: f64,
+    pub train: TrainSpec,
 }
 
 /// One stage's outcome.
@@ -482,6 +512,15 @@ impl Recipe {
                         return bad(format!("{at}: value {} must be >= 0", t.value));
                     }
                 }
+                Stage::SparseTrain(st) => {
+                    if !(st.lambda.is_finite() && st.lambda >= 0.0) {
+                        return bad(format!("{at}: lambda {} must be >= 0", st.lambda));
+                    }
+                    if !(st.alpha.is_finite() && st.alpha >= 1.0) {
+                        return bad(format!("{at}: alpha {} must be >= 1", st.alpha));
+                    }
+                    train_ok(&st.train, &at)?;
+                }
                 Stage::Lottery(l) => {
                     ratio_ok(l.target, "target", &at)?;
                     train_ok(&l.train, &at)?;
@@ -505,6 +544,17 @@ impl Stage {
             Stage::Threshold(_) => "threshold",
             Stage::Finetune(_) => "finetune",
             Stage::Lottery(_) => "lottery",
+            Stage::SparseTrain(_) => "sparse-train",
+        }
+    }
+
+    /// Whether the stage prunes without training afterwards (so the BatchNorm statistics describe
+    /// the model before it, and re-calibration applies).
+    pub fn prunes_without_training(&self) -> bool {
+        match self {
+            Stage::Structured(_) | Stage::Layers(_) | Stage::Nm(_) | Stage::Threshold(_) => true,
+            Stage::Unstructured(u) => u.schedule == "one-shot",
+            Stage::Finetune(_) | Stage::Lottery(_) | Stage::SparseTrain(_) => false,
         }
     }
 }
@@ -579,6 +629,8 @@ pub struct RunCx<'a> {
     /// the model before the first pruning stage (the distillation teacher)
     pub teacher: Option<Graph>,
     pub device: Device,
+    /// re-calibrate BatchNorm statistics after pruning stages when there is data
+    pub recalibrate: bool,
 }
 
 fn train_with(
@@ -818,8 +870,46 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             json!({ "epochs": t.epochs, "distill": t.distill })
         }
         Stage::Lottery(l) => lottery(g, l, cx)?,
+        Stage::SparseTrain(st) => {
+            let split = cx.data("group-sparse training")?;
+            let steps = st.train.epochs * split.train.len().div_ceil(st.train.batch_size.max(1));
+            let mut hook = prunekit_train::GroupSparsity::new(g, st.lambda, st.alpha, steps)?;
+            train_with(g, &st.train, cx, "sparse", &mut [&mut hook])?;
+            json!({ "lambda": st.lambda, "alpha": st.alpha, "epochs": st.train.epochs,
+                "units": hook.units(), "final_penalty": hook.last_penalty() })
+        }
     };
+    let mut detail = detail;
+    if stage.prunes_without_training() {
+        if let Some(r) = recalibrate(g, cx)? {
+            detail["recalibration"] = r;
+        }
+    }
     Ok(StageOutcome { detail, removed })
+}
+
+/// Re-estimates the BatchNorm statistics of a just-pruned model on the calibration batches, when
+/// re-calibration is on, there is data and the model has BatchNorm; returns what it did with the
+/// test accuracy before and after (the accuracy right after pruning, without and with it).
+fn recalibrate(g: &mut Graph, cx: &RunCx) -> Result<Option<serde_json::Value>> {
+    if !cx.recalibrate || !prunekit_train::has_batch_norm(g) {
+        return Ok(None);
+    }
+    let Some(calib) = cx.calibration()? else {
+        return Ok(None);
+    };
+    let before = cx.test_accuracy(g)?;
+    let batches: Vec<Vec<candle_core::Tensor>> =
+        calib.batches.iter().map(|(x, _)| vec![x.clone()]).collect();
+    let r = prunekit_train::recalibrate_batch_norm(g, &batches)?;
+    let after = cx.test_accuracy(g)?;
+    Ok(Some(serde_json::json!({
+        "batch_norms": r.nodes.len(),
+        "batches": r.batches,
+        "samples": r.samples,
+        "accuracy_without": before,
+        "accuracy_with": after,
+    })))
 }
 
 /// Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
@@ -941,6 +1031,7 @@ pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> R
         calib_batch_size: recipe.data.calib_batch_size,
         teacher: None,
         device: device.clone(),
+        recalibrate: recipe.data.recalibrate,
     };
     if let Some(t) = &recipe.train {
         log(&format!("training the dense model for {} epochs", t.epochs));

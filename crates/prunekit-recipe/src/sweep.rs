@@ -32,7 +32,8 @@ pub struct SweepPoint {
 }
 
 /// Prunes `g` (a copy per level) at every level with `criterion`, fine-tunes when `finetune` is
-/// given, and measures.
+/// given, and measures. BatchNorm statistics are re-calibrated after pruning (on the calibration
+/// batches of `split`'s training set) as everywhere data is given.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
     g: &Graph,
@@ -52,6 +53,7 @@ pub fn sweep(
         calib_batch_size: 64,
         teacher: Some(g.try_clone()?),
         device: g.device(),
+        recalibrate: true,
     };
     let mut out = Vec::with_capacity(levels.len() + 1);
     let measure = |h: &Graph, level: f64| -> Result<SweepPoint> {

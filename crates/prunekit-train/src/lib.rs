@@ -1,14 +1,18 @@
 //! Training and evaluation of prunekit graphs.
 
 pub mod distill;
+pub mod group_sparsity;
 pub mod loss;
 pub mod optim;
+pub mod recalibrate;
 pub mod schedule;
 pub mod trainer;
 
 pub use distill::{kd_loss, DistillConfig, Distillation};
+pub use group_sparsity::GroupSparsity;
 pub use loss::{accuracy, cross_entropy, mse};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
+pub use recalibrate::{has_batch_norm, recalibrate_batch_norm, Recalibration};
 pub use schedule::LrSchedule;
 pub use trainer::{evaluate, fit, fit_with, EpochLog, EvalResult, StepCx, StepHook, TrainConfig};
 
