@@ -390,6 +390,26 @@ fn broadcast_along_the_channel_axis_neither_couples_nor_protects_channels() {
     assert_eq!((gr.before, gr.after), (8, 4));
 }
 
+/// Concat along the channel axis keeps the channels of the inputs that carry them there, beside
+/// an input that carries none (the output of an op without a rule) or carries them on another
+/// axis (a Linear over the width): those positions are simply never removed.
+#[test]
+fn concat_keeps_channels_beside_inputs_that_carry_none() {
+    let g = image("concat_beside_fixed_positions", |b, h| {
+        let a = b.conv2d(h, 5, 3, 1, 1)?;
+        let n = b.conv2d(h, 3, 1, 1, 0)?;
+        let n = b.node(prunekit_graph::ops::Softmax { axis: 0 }, &[&n])?;
+        let w = b.linear(h, 8)?;
+        b.concat(&[&a, &n, &w], 0)
+    });
+    assert_eq!(group_size(&g, "conv2d2"), 5);
+    assert!(slices(&g, "conv2d2", "conv2d4", "weight", 1));
+    assert_eq!(group_size(&g, "conv2d3"), 0, "softmax over its channels");
+    assert_eq!(group_size(&g, "linear1"), 0, "its channels index the width");
+    let err = check(&g, 4);
+    eprintln!("{}: max relative error {err:.2e}", g.name);
+}
+
 /// A lower-rank input is aligned from the right (`[T, 16] + [16]`, a bias-like broadcast): its
 /// channels are unified with the trailing axis; a rank-1 `[8]` added to `[8, 8, 8]` lands on the
 /// width, not on the channels.
