@@ -9,8 +9,11 @@
 //! - BatchNorm, activations, pooling and dropout pass the elements through (BatchNorm's per-channel
 //!   parameters are indexed by them);
 //! - Add and Mul *unify* the elements of their inputs position by position (residual connections,
-//!   gating): one element of each input becomes one unit;
-//! - Concat lays its inputs' elements side by side, Narrow (Split) takes a range of them;
+//!   gating): one element of each input becomes one unit; an input broadcast along the channel
+//!   axis (extent 1 or the axis missing: a spatial-attention map, a scalar gate) is not indexed
+//!   by the channels and neither couples nor protects them;
+//! - Concat lays its inputs' elements side by side (an input without channels on that axis
+//!   contributes fixed positions), Narrow (Split) takes a range of them;
 //! - Flatten repeats an element over the block of features it becomes;
 //! - grouped and depthwise convolutions unify all input and output channels of one group;
 //! - attention creates a space of heads (or of KV groups and of query heads within a group), LSTM and
