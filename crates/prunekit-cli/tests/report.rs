@@ -77,7 +77,10 @@ fn before_after_report_carries_the_measured_numbers() {
             pct(m["gap"]["train"]["accuracy"].as_f64().unwrap()),
         ];
         assert_eq!(m["latency_batch"]["batch"], 8);
-        assert_eq!(sm["latency"]["threads"], m["latency_batch"]["threads"]);
+        assert_eq!(
+            uint(sm, "/latency/threads"),
+            uint(m, "/latency_batch/threads")
+        );
         if let Some(mem) = m["memory"].as_object() {
             want.push(int(mem["delta_kb"].as_u64().unwrap()));
             want.push(int(mem["peak_kb"].as_u64().unwrap()));

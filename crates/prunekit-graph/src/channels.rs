@@ -9,8 +9,11 @@
 //! - BatchNorm, activations, pooling and dropout pass the elements through (BatchNorm's per-channel
 //!   parameters are indexed by them);
 //! - Add and Mul *unify* the elements of their inputs position by position (residual connections,
-//!   gating): one element of each input becomes one unit;
-//! - Concat lays its inputs' elements side by side, Narrow (Split) takes a range of them;
+//!   gating): one element of each input becomes one unit; an input broadcast along the channel
+//!   axis (extent 1 or the axis missing: a spatial-attention map, a scalar gate) is not indexed
+//!   by the channels and neither couples nor protects them;
+//! - Concat lays its inputs' elements side by side (an input without channels on that axis
+//!   contributes fixed positions), Narrow (Split) takes a range of them;
 //! - Flatten repeats an element over the block of features it becomes;
 //! - grouped and depthwise convolutions unify all input and output channels of one group;
 //! - attention creates a space of heads (or of KV groups and of query heads within a group), LSTM and
@@ -156,13 +159,12 @@ impl ChannelCx<'_> {
             .collect();
         self.protect(&all);
     }
-    /// The rule of an op that cannot follow channels: its inputs are protected, its output carries none.
+    /// The rule of an op that cannot follow channels: its inputs are protected, its output carries
+    /// none. The node is named as having blocked them unless each input carries at most one
+    /// channel (a value's only channel is never removable anyway).
     pub fn opaque(&mut self) -> Option<Chan> {
-        if self.inputs.iter().any(|c| c.is_some()) {
-            let who = format!("`{}` ({})", self.node.name, self.node.op.type_name());
-            if !self.state.blocked_by.contains(&who) {
-                self.state.blocked_by.push(who);
-            }
+        if self.inputs.iter().flatten().any(|c| c.elems.len() > 1) {
+            self.record_blocked();
         }
         self.protect_inputs();
         None
@@ -221,52 +223,97 @@ impl ChannelCx<'_> {
         })
     }
 
-    /// Elementwise ops with numpy broadcasting (Add, Mul): inputs whose channels span the output's
-    /// channel axis are unified position by position; anything that cannot be followed (channels
-    /// on different axes, an input of unknown channels spanning the axis, a broadcast channel axis)
-    /// is protected.
-    pub fn elementwise(&mut self) -> Option<Chan> {
-        let rank = self.out_shape.len();
-        let mut axis = None;
-        let mut participants: Vec<Vec<Elem>> = Vec::new();
-        let mut conflict = false;
-        for (i, c) in self.inputs.iter().enumerate() {
-            let Some(c) = c else { continue };
-            let offset = rank - self.in_shapes[i].len();
-            let a = c.axis + offset;
-            if self.in_shapes[i][c.axis] != self.out_shape[a] {
-                conflict = true;
-                continue;
-            }
-            if axis.is_some_and(|x| x != a) {
-                conflict = true;
-            }
-            axis.get_or_insert(a);
-            participants.push(c.elems.clone());
+    /// The output axis that axis `axis` of input `i` lands on: numpy broadcasting aligns
+    /// per-sample shapes from the right, so a lower-rank input's axes are offset.
+    fn output_axis(&self, i: usize, axis: usize) -> usize {
+        axis + self.out_shape.len().saturating_sub(self.in_shapes[i].len())
+    }
+
+    /// Input `i`'s extent along output axis `a` (1 where it lacks that axis: it is broadcast).
+    fn extent_along(&self, i: usize, a: usize) -> usize {
+        let offset = self.out_shape.len().saturating_sub(self.in_shapes[i].len());
+        a.checked_sub(offset)
+            .and_then(|j| self.in_shapes[i].get(j).copied())
+            .unwrap_or(1)
+    }
+
+    /// Whether input `i` carries its channels on output axis `a`, at the output's full extent.
+    fn spans_with_channels(&self, i: usize, a: usize) -> bool {
+        self.input(i).is_some_and(|c| {
+            self.output_axis(i, c.axis) == a && self.extent_along(i, a) == self.out_shape[a]
+        })
+    }
+
+    /// Protects an input's channels that the output cannot follow; the node is named as having
+    /// blocked them unless there is a single one (a value's only channel is never removable).
+    pub fn protect_unfollowed(&mut self, elems: &[Elem]) {
+        if elems.len() > 1 {
+            self.record_blocked();
         }
-        let Some(a) = axis else {
+        self.protect(elems);
+    }
+
+    fn record_blocked(&mut self) {
+        let who = format!("`{}` ({})", self.node.name, self.node.op.type_name());
+        if !self.state.blocked_by.contains(&who) {
+            self.state.blocked_by.push(who);
+        }
+    }
+
+    /// `n` positions that carry no removable channel (e.g. the slots of a concatenated input that
+    /// carries none along the concatenation axis).
+    pub fn fixed_space(&mut self, n: usize) -> Vec<Elem> {
+        let elems = self.new_space(n, "fixed");
+        self.protect(&elems);
+        elems
+    }
+
+    /// Elementwise ops with numpy broadcasting (Add, Mul). The output's channel axis is the first
+    /// output axis on which some input carries channels at full extent and along which every other
+    /// input is either the same (its channels there too) or broadcast (extent 1, or the axis
+    /// missing: a lower-rank input such as a bias-like `[T, 16] + [16]`). Inputs carrying channels
+    /// there are unified position by position; a broadcast input is not indexed by those channels
+    /// (spatial attention `x * sigmoid(conv(x))` with a `[1, H, W]` map, a `[1]` gate), so it
+    /// neither couples nor protects them, and its own channels, on an axis the output does not
+    /// follow, are protected. When no axis qualifies (channels on different axes that both span
+    /// the output, an input of unknown channels spanning the axis) every input is protected.
+    pub fn elementwise(&mut self) -> Option<Chan> {
+        let n = self.inputs.len();
+        let mut candidates: Vec<usize> = Vec::new();
+        for i in 0..n {
+            if let Some(c) = self.input(i) {
+                let a = self.output_axis(i, c.axis);
+                if self.spans_with_channels(i, a) && !candidates.contains(&a) {
+                    candidates.push(a);
+                }
+            }
+        }
+        let followable = |cx: &Self, a: usize| {
+            (0..n).all(|i| cx.spans_with_channels(i, a) || cx.extent_along(i, a) == 1)
+        };
+        let Some(a) = candidates.into_iter().find(|&a| followable(self, a)) else {
             return self.opaque();
         };
-        // an input without channel information that spans the axis
-        for (i, c) in self.inputs.iter().enumerate() {
-            let offset = rank - self.in_shapes[i].len();
-            if c.is_none() && a >= offset && self.in_shapes[i][a - offset] != 1 {
-                conflict = true;
+        let mut first: Option<Vec<Elem>> = None;
+        for i in 0..n {
+            let Some(c) = self.input(i).cloned() else {
+                continue;
+            };
+            if !self.spans_with_channels(i, a) {
+                self.protect_unfollowed(&c.elems);
+                continue;
+            }
+            match &first {
+                None => first = Some(c.elems),
+                Some(f) => {
+                    for (&x, &y) in f.iter().zip(&c.elems) {
+                        self.state.union(x, y);
+                    }
+                }
             }
         }
-        if conflict {
-            return self.opaque();
-        }
-        let first = participants[0].clone();
-        for p in &participants[1..] {
-            for (&x, &y) in first.iter().zip(p) {
-                self.union(x, y);
-            }
-        }
-        Some(Chan {
-            axis: a,
-            elems: first,
-        })
+        let elems = first?;
+        Some(Chan { axis: a, elems })
     }
 }
 

@@ -35,7 +35,10 @@ pub use structured::{
     StructuredConfig, StructuredReport,
 };
 pub use unstructured::{prune_nm, prune_unstructured, UnstructuredScope};
-pub use verify::{random_inputs, random_removal_error, rel_error, verify, Verification};
+pub use verify::{
+    random_inputs, random_removal_error, rel_error, removal_error, removal_trials, verify,
+    RemovalCheck, Verification,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Tensor};
-use prunekit_graph::channels::{analyse, mask_slices, SliceKey};
+use prunekit_graph::channels::{analyse, mask_slices, ChannelAnalysis, SliceKey};
 use prunekit_graph::{Executor, Graph, InputKind, Mode, Op};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -92,27 +92,100 @@ pub fn verify(
     })
 }
 
-/// Removes a random subset of the units of every group (each group keeps at least one) and
-/// returns the pruned graph and the relative error against masking on random inputs at batch 3.
-pub fn random_removal_error(g: &Graph, seed: u64) -> Result<(Graph, f64)> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let a = analyse(g)?;
-    let mut remove = Vec::new();
-    for group in &a.groups {
-        let n = group.units.len();
-        let k = rng.random_range(0..n);
-        let mut units = group.units.clone();
-        for i in (1..n).rev() {
-            units.swap(i, rng.random_range(0..=i));
-        }
-        remove.extend_from_slice(&units[..k]);
-    }
-    let priority: Vec<f64> = (0..a.units.len()).map(|_| rng.random()).collect();
-    a.keep_nonempty(g, &mut remove, &|u| priority[u])?;
+/// One removal checked against masking: see [`removal_error`].
+#[derive(Clone, Debug)]
+pub struct RemovalCheck {
+    /// the graph with the units removed
+    pub pruned: Graph,
+    /// the units actually removed (the requested ones less those `keep_nonempty` kept)
+    pub removed: Vec<usize>,
+    /// relative error between the pruned model and the masked original
+    pub max_rel_error: f64,
+}
+
+/// Physically removes `units` of the analysis `a` of `g` (less those whose removal would empty a
+/// parameter axis or a value: [`ChannelAnalysis::keep_nonempty`] keeps the later-listed ones) and
+/// compares the result with the masked original on random inputs at batch 3 drawn from `seed`.
+/// Errors: unknown unit ids, and any failure of removal, validation or the forward passes.
+pub fn removal_error(
+    g: &Graph,
+    a: &ChannelAnalysis,
+    units: &[usize],
+    seed: u64,
+) -> Result<RemovalCheck> {
+    let mut remove = units.to_vec();
+    let rank: BTreeMap<usize, usize> = units.iter().enumerate().map(|(i, &u)| (u, i)).collect();
+    a.keep_nonempty(g, &mut remove, &|u| {
+        rank.get(&u).copied().unwrap_or(0) as f64
+    })?;
     let mut pruned = g.try_clone()?;
     a.remove(&mut pruned, &remove)?;
-    let removed = a.removal_plan(&remove)?;
+    let plan = a.removal_plan(&remove)?;
     let inputs = vec![random_inputs(g, 3, seed ^ 0x5eed)?];
-    let v = verify(g, &pruned, &removed, &inputs)?;
-    Ok((pruned, v.max_rel_error))
+    let v = verify(g, &pruned, &plan, &inputs)?;
+    Ok(RemovalCheck {
+        pruned,
+        removed: remove,
+        max_rel_error: v.max_rel_error,
+    })
+}
+
+/// Removal trials that cover every kind of unit of every group deterministically, then `random`
+/// random ones (seeded by `seed`); each trial is a list of unit ids that removes something. Units
+/// of one *kind* come from the same spaces and slice the same (node, param, axis) set (a
+/// residual stream's channels; a split's two ranges are two kinds; GQA's KV groups and query-head
+/// slots are groups of their own). Groups of a single unit are never removable and are skipped.
+///
+/// - per group and kind: the middle unit of that kind alone;
+/// - per group: every second unit (with 2 or 3 units: all but one);
+/// - the middle unit of every group at once (overlapping structures such as a KV group and a
+///   query slot compose);
+/// - `random` times: a random non-empty strict subset of every group.
+pub fn removal_trials(a: &ChannelAnalysis, random: usize, seed: u64) -> Vec<Vec<usize>> {
+    let groups: Vec<&[usize]> = a
+        .groups
+        .iter()
+        .map(|gr| gr.units.as_slice())
+        .filter(|units| units.len() >= 2)
+        .collect();
+    let mut trials: Vec<Vec<usize>> = Vec::new();
+    for units in &groups {
+        let mut kinds: BTreeMap<(Vec<String>, Vec<&SliceKey>), Vec<usize>> = BTreeMap::new();
+        for &u in *units {
+            let unit = &a.units[u];
+            let key = (unit.sources.clone(), unit.slices.keys().collect());
+            kinds.entry(key).or_default().push(u);
+        }
+        for of_kind in kinds.values() {
+            trials.push(vec![of_kind[of_kind.len() / 2]]);
+        }
+        trials.push(units.iter().step_by(2).copied().collect());
+    }
+    if groups.len() > 1 {
+        trials.push(groups.iter().map(|units| units[units.len() / 2]).collect());
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..random {
+        let mut remove = Vec::new();
+        for units in &groups {
+            let mut units = units.to_vec();
+            let n = units.len();
+            for i in (1..n).rev() {
+                units.swap(i, rng.random_range(0..=i));
+            }
+            remove.extend_from_slice(&units[..rng.random_range(1..n)]);
+        }
+        if !remove.is_empty() {
+            trials.push(remove);
+        }
+    }
+    trials
+}
+
+/// Removes a random non-empty subset of the units of every group (each group keeps at least
+/// one) and checks the result against masking (see [`removal_error`]).
+pub fn random_removal_error(g: &Graph, seed: u64) -> Result<RemovalCheck> {
+    let a = analyse(g)?;
+    let units = removal_trials(&a, 1, seed).pop().unwrap_or_default();
+    removal_error(g, &a, &units, seed)
 }

@@ -1,12 +1,17 @@
 //! Every structured rewrite is checked against masking: for every op (placed between prunable
-//! layers) and random graphs, removing random units physically gives the outputs of the unpruned
-//! model with those units' slices masked (relative error <= 1e-5, eval mode, random inputs).
+//! layers) and random graphs, removing units physically gives the outputs of the unpruned model
+//! with those units' slices masked (relative error <= 1e-5, eval mode, random inputs). The units
+//! removed cover every kind of unit of every group deterministically (`removal_trials`), then
+//! random subsets; every trial must remove something.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
-use prunekit_graph::channels::analyse;
+use prunekit_graph::channels::{analyse, ChannelAnalysis};
 use prunekit_graph::{format, Graph, GraphBuilder, Role, Value};
 use prunekit_prune::{
-    prune_structured, random_inputs, random_removal_error, Norm, StructuredConfig,
+    prune_structured, random_inputs, random_removal_error, removal_error, removal_trials, Norm,
+    StructuredConfig,
 };
 use rand::{Rng, SeedableRng};
 
@@ -35,29 +40,67 @@ fn randomise(g: &Graph, seed: u64) {
     }
 }
 
-/// Removal equals masking over several random unit choices; returns the largest error.
-fn check(g: &Graph, trials: u64) -> f64 {
+/// Removal equals masking on every trial of [`removal_trials`]: every kind of unit of every group
+/// alone, every second unit of each group, one unit of every group at once, then `random` random
+/// subsets. Every trial must remove something, and every group must change the output of the
+/// unmasked model in some trial (so the comparison can fail: a single unit may be dead behind a
+/// ReLU); returns the largest error.
+fn check(g: &Graph, random: usize) -> f64 {
     randomise(g, 1);
     let a = analyse(g).unwrap();
-    assert!(!a.groups.is_empty(), "{}: no prunable groups", g.name);
+    let trials = removal_trials(&a, random, 7);
+    assert!(!trials.is_empty(), "{}: no prunable groups", g.name);
+    let x = vec![random_inputs(g, 3, 11).unwrap()];
     let mut worst = 0f64;
-    for t in 0..trials {
-        let (pruned, err) = random_removal_error(g, t).unwrap();
-        pruned.validate().unwrap();
-        assert!(err <= TOL, "{} trial {t}: relative error {err}", g.name);
-        if pruned.param_count() < g.param_count() {
-            // the check can fail: against the unmasked model the pruned one differs
-            let x = vec![random_inputs(g, 3, t).unwrap()];
-            let v = prunekit_prune::verify(g, &pruned, &Default::default(), &x).unwrap();
-            assert!(
-                v.max_rel_error > 1e-4,
-                "{}: pruning changed nothing",
-                g.name
-            );
+    let mut unobserved: BTreeSet<usize> =
+        trials.iter().flatten().map(|&u| a.units[u].group).collect();
+    for (t, units) in trials.iter().enumerate() {
+        let what = describe(&a, units);
+        let r = removal_error(g, &a, units, t as u64)
+            .unwrap_or_else(|e| panic!("{} trial {t} ({what}): {e}", g.name));
+        r.pruned.validate().unwrap();
+        assert!(
+            !r.removed.is_empty() && r.pruned.param_count() < g.param_count(),
+            "{} trial {t} ({what}) removed nothing",
+            g.name
+        );
+        assert!(
+            r.max_rel_error <= TOL,
+            "{} trial {t} ({what}): relative error {}",
+            g.name,
+            r.max_rel_error
+        );
+        let v = prunekit_prune::verify(g, &r.pruned, &Default::default(), &x).unwrap();
+        if v.max_rel_error > 1e-4 {
+            for &u in &r.removed {
+                unobserved.remove(&a.units[u].group);
+            }
         }
-        worst = worst.max(err);
+        worst = worst.max(r.max_rel_error);
     }
+    let unobserved: Vec<String> = unobserved.iter().map(|&gr| a.groups[gr].key()).collect();
+    assert!(
+        unobserved.is_empty(),
+        "{}: removing units of {unobserved:?} never changed the output",
+        g.name
+    );
     worst
+}
+
+/// "group key: unit ids" for each group a trial removes from, for failure messages.
+fn describe(a: &ChannelAnalysis, units: &[usize]) -> String {
+    let mut by_group: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &u in units {
+        by_group
+            .entry(a.groups[a.units[u].group].key())
+            .or_default()
+            .push(u);
+    }
+    by_group
+        .iter()
+        .map(|(k, us)| format!("{k}: {us:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn group_labels(g: &Graph) -> Vec<(String, String, usize)> {
@@ -243,6 +286,249 @@ fn sequence_ops_norms_attention_and_recurrent() {
         let err = check(g, 4);
         eprintln!("{}: max relative error {err:.2e}", g.name);
     }
+}
+
+/// The units of the group created by `node` (its output channels), or 0 when they are protected.
+fn group_size(g: &Graph, node: &str) -> usize {
+    analyse(g)
+        .unwrap()
+        .group(node)
+        .map_or(0, |gr| gr.units.len())
+}
+
+/// Whether every unit of the group `key` slices `param` of `node` along `axis` (is coupled to it).
+fn slices(g: &Graph, key: &str, node: &str, param: &str, axis: usize) -> bool {
+    let a = analyse(g).unwrap();
+    let group = a
+        .group(key)
+        .unwrap_or_else(|| panic!("{}: `{key}` has no prunable group", g.name));
+    group.units.iter().all(|&u| {
+        a.units[u]
+            .slices
+            .keys()
+            .any(|k| k.node == node && k.param == param && k.axis == axis)
+    })
+}
+
+/// A size-1 channel axis (or a missing one) is broadcast: it is not indexed by the other input's
+/// channels, so it neither couples them nor protects them (spatial attention, scalar gates).
+#[test]
+fn broadcast_along_the_channel_axis_neither_couples_nor_protects_channels() {
+    let spatial_attention = |name: &str, map_first: bool| {
+        image(name, move |b, h| {
+            let s = b.conv2d(h, 1, 3, 1, 1)?;
+            let s = b.sigmoid(&s)?;
+            if map_first {
+                b.mul(&s, h)
+            } else {
+                b.mul(h, &s)
+            }
+        })
+    };
+    let graphs = vec![
+        // x * sigmoid(conv(x) -> [1, H, W]), either order
+        spatial_attention("spatial_attention", false),
+        spatial_attention("spatial_attention_map_first", true),
+        // a per-sample scalar gate [1] (lower rank: it lands on the width axis, extent 1)
+        image("scalar_gate", |b, h| {
+            let p = b.global_avg_pool(h)?;
+            let s = b.linear(&p, 1)?;
+            let s = b.sigmoid(&s)?;
+            b.mul(h, &s)
+        }),
+        // a [H, W] map that lacks the channel axis (and carries no channels: the reshape of a
+        // 1-channel map is opaque)
+        image("map_without_channel_axis", |b, h| {
+            let s = b.conv2d(h, 1, 1, 1, 0)?;
+            let s = b.reshape(&s, &[8, 8])?;
+            let s = b.tanh(&s)?;
+            b.add(h, &s)
+        }),
+        // gated MLP: h * sigmoid(linear(h) -> 1), per sample and per token
+        sandwich("gated_mlp", &[6], |b, x| {
+            let h = b.linear(x, 16)?;
+            let gate = b.linear(&h, 1)?;
+            let gate = b.sigmoid(&gate)?;
+            let h = b.mul(&h, &gate)?;
+            b.linear(&h, 3)
+        }),
+        sequence("gated_tokens", |b, h| {
+            let gate = b.linear(h, 1)?;
+            let gate = b.sigmoid(&gate)?;
+            b.mul(&gate, h)
+        }),
+    ];
+    for g in &graphs {
+        // the C channels of the feature map are prunable, and still coupled to the consumer
+        let (producer, consumer) = match g.name.as_str() {
+            "gated_mlp" | "gated_tokens" => ("linear1", "linear3"),
+            "scalar_gate" => ("conv2d1", "conv2d2"),
+            _ => ("conv2d1", "conv2d3"),
+        };
+        let a = analyse(g).unwrap();
+        assert!(a.blocked_by.is_empty(), "{}: {:?}", g.name, a.blocked_by);
+        assert!(
+            group_size(g, producer) >= 8,
+            "{}: the channels of `{producer}` are not prunable",
+            g.name
+        );
+        assert!(slices(g, producer, consumer, "weight", 1), "{}", g.name);
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+    // the broadcast side's own single channel is never a unit
+    let g = spatial_attention("spatial_attention", false);
+    assert_eq!(group_size(&g, "conv2d2"), 0);
+    // the C channels really are pruned
+    let mut p = g.clone();
+    let report = prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L1).unwrap();
+    let gr = report
+        .groups
+        .iter()
+        .find(|gr| gr.group == "conv2d1")
+        .unwrap();
+    assert_eq!((gr.before, gr.after), (8, 4));
+}
+
+/// Concat along the channel axis keeps the channels of the inputs that carry them there, beside
+/// an input that carries none (the output of an op without a rule) or carries them on another
+/// axis (a Linear over the width): those positions are simply never removed.
+#[test]
+fn concat_keeps_channels_beside_inputs_that_carry_none() {
+    let g = image("concat_beside_fixed_positions", |b, h| {
+        let a = b.conv2d(h, 5, 3, 1, 1)?;
+        let n = b.conv2d(h, 3, 1, 1, 0)?;
+        let n = b.node(prunekit_graph::ops::Softmax { axis: 0 }, &[&n])?;
+        let w = b.linear(h, 8)?;
+        b.concat(&[&a, &n, &w], 0)
+    });
+    assert_eq!(group_size(&g, "conv2d2"), 5);
+    assert!(slices(&g, "conv2d2", "conv2d4", "weight", 1));
+    assert_eq!(group_size(&g, "conv2d3"), 0, "softmax over its channels");
+    assert_eq!(group_size(&g, "linear1"), 0, "its channels index the width");
+    let err = check(&g, 4);
+    eprintln!("{}: max relative error {err:.2e}", g.name);
+}
+
+/// A lower-rank input is aligned from the right (`[T, 16] + [16]`, a bias-like broadcast): its
+/// channels are unified with the trailing axis; a rank-1 `[8]` added to `[8, 8, 8]` lands on the
+/// width, not on the channels.
+#[test]
+fn lower_rank_channel_inputs_broadcast_from_the_right() {
+    let conditioned = |name: &str, tokens: usize, vector_first: bool| {
+        let mut b = GraphBuilder::new(name, 3);
+        let x = b.input("x", &[tokens, 6]);
+        let c = b.input("c", &[4]);
+        let h = b.linear(&x, 16).unwrap();
+        let v = b.linear(&c, 16).unwrap();
+        let y = if vector_first {
+            b.add(&v, &h).unwrap()
+        } else {
+            b.add(&h, &v).unwrap()
+        };
+        let y = b.relu(&y).unwrap();
+        let y = b.linear(&y, 3).unwrap();
+        b.finish(&[&y]).unwrap()
+    };
+    for g in [
+        conditioned("bias_like_add", 5, false),
+        conditioned("bias_like_add_vector_first", 5, true),
+        conditioned("bias_like_add_square", 16, false),
+    ] {
+        // one group of 16 units, each a row of both linears and a column of the head
+        assert_eq!(group_size(&g, "linear1"), 16, "{}", g.name);
+        assert!(slices(&g, "linear1", "linear2", "weight", 0), "{}", g.name);
+        assert!(slices(&g, "linear1", "linear3", "weight", 1), "{}", g.name);
+        let err = check(&g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+    // [8, 8, 8] + [8]: the vector broadcasts over channels and rows, indexing the width
+    let g = image("vector_on_the_width", |b, h| {
+        let p = b.global_avg_pool(h)?;
+        let v = b.linear(&p, 8)?;
+        b.add(h, &v)
+    });
+    assert_eq!(group_size(&g, "conv2d1"), 8);
+    assert!(slices(&g, "conv2d1", "conv2d2", "weight", 1));
+    assert!(!slices(&g, "conv2d1", "linear1", "weight", 0));
+    assert_eq!(group_size(&g, "linear1"), 0, "its channels index the width");
+    check(&g, 4);
+}
+
+/// An op applied along an axis that is not the channel axis (a Linear over the width of an
+/// image, a convolution or recurrence whose channels are the time steps, attention over the
+/// channels as tokens) must protect the channels: they are positions of its input, not features.
+#[test]
+fn ops_along_a_non_channel_axis_protect_the_channels() {
+    let graphs = vec![
+        // [8, 8, 8] -> Linear over W -> [8, 8, 6] -> Linear over W -> [8, 8, 5]
+        (
+            image("linear_over_width", |b, h| {
+                let w = b.linear(h, 6)?;
+                let w = b.relu(&w)?;
+                b.linear(&w, 8)
+            }),
+            "conv2d1",
+            "linear1",
+        ),
+        // [T, 16] read by a Conv1d as 5 channels of length 16
+        (
+            sequence("conv1d_over_tokens", |b, h| {
+                let c = b.conv1d(h, 4, 3, 1, 1)?;
+                let c = b.relu(&c)?;
+                b.conv1d(&c, 5, 3, 1, 1)
+            }),
+            "linear1",
+            "conv1d1",
+        ),
+        // a Conv1d's [8, 12] read as 8 time steps of 12 features
+        (
+            sandwich("lstm_over_channels", &[3, 12], |b, x| {
+                let h = b.conv1d(x, 8, 3, 1, 1)?;
+                let h = b.lstm(&h, 5, true)?;
+                b.linear(&h, 2)
+            }),
+            "conv1d1",
+            "lstm1/units",
+        ),
+        (
+            sandwich("attention_over_channels", &[3, 12], |b, x| {
+                let h = b.conv1d(x, 8, 3, 1, 1)?;
+                let h = b.attention(&h, 3, 3, 4, false, None)?;
+                b.linear(&h, 2)
+            }),
+            "conv1d1",
+            "attention1/heads",
+        ),
+    ];
+    for (g, protected, prunable) in &graphs {
+        assert_eq!(group_size(g, protected), 0, "{}: `{protected}`", g.name);
+        assert!(group_size(g, prunable) >= 3, "{}: `{prunable}`", g.name);
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+}
+
+/// The trials cover GQA's two kinds of unit deterministically: a query-head slot alone (one query
+/// head in every KV group), a KV group alone (its k/v rows and all its query heads), and both at
+/// once.
+#[test]
+fn removal_trials_cover_query_heads_and_kv_groups() {
+    let g = sequence("gqa", |b, h| b.attention(h, 6, 2, 4, false, None));
+    let a = analyse(&g).unwrap();
+    let kv = &a.group("attention1/kv_groups").unwrap().units;
+    let slots = &a.group("attention1/query_heads").unwrap().units;
+    let trials = removal_trials(&a, 0, 0);
+    assert!(trials.iter().all(|t| !t.is_empty()));
+    let alone = |units: &[usize]| trials.iter().any(|t| t.len() == 1 && units.contains(&t[0]));
+    assert!(alone(kv) && alone(slots), "{trials:?}");
+    assert!(
+        trials
+            .iter()
+            .any(|t| t.iter().any(|u| kv.contains(u)) && t.iter().any(|u| slots.contains(u))),
+        "{trials:?}"
+    );
+    check(&g, 0);
 }
 
 #[test]
@@ -501,8 +787,10 @@ mod random_graphs {
         fn removal_equals_masking(seed in 0u64..1_000_000, blocks in 1usize..6) {
             let g = random_cnn(seed, blocks);
             randomise(&g, seed);
-            let (pruned, err) = random_removal_error(&g, seed).unwrap();
-            prop_assert!(err <= TOL, "relative error {}", err);
+            let r = random_removal_error(&g, seed).unwrap();
+            prop_assert!(!r.removed.is_empty(), "the trial removed nothing");
+            prop_assert!(r.max_rel_error <= TOL, "relative error {}", r.max_rel_error);
+            let pruned = r.pruned;
             // params counted from the declarations equal the tensors actually held
             let declared: usize = pruned.nodes.iter()
                 .flat_map(|n| n.op.rules().params())
@@ -626,13 +914,25 @@ mod whole_layers {
     }
 }
 
-/// Every zoo model: random removals equal masking, pruning at 0.5 shrinks params and MACs, and the
-/// pruned model saves and reloads with the same outputs.
+/// Every zoo model: the removal trials equal masking (on a small input: 8 x 8 images, 8 tokens,
+/// so the channel structure is the model's and the test stays fast), pruning at 0.5 shrinks
+/// params and MACs, and the pruned model saves and reloads with the same outputs.
 #[test]
 fn every_zoo_model() {
     for name in prunekit_zoo::names() {
         let g = prunekit_zoo::build(name, 0).unwrap();
-        let err = check(&g, 2);
+        let shape = &g.inputs[0].shape;
+        let input = match shape.as_slice() {
+            [c, _, _] => vec![*c, 8, 8],
+            [t] => vec![(*t).min(8)],
+            other => other.to_vec(),
+        };
+        let options = prunekit_zoo::ZooOptions {
+            input: Some(input),
+            classes: None,
+        };
+        let small = prunekit_zoo::build_with(name, 0, &options).unwrap();
+        let err = check(&small, 2);
         // ratio 0 is a bit-exact identity
         let mut same = g.clone();
         prune_structured(&mut same, &StructuredConfig::new(0.0), &Norm::L1).unwrap();

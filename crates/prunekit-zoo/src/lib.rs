@@ -592,11 +592,18 @@ mod tests {
         );
         // llama: grouped-query causal attention with RoPE
         let g = build("llama-tiny", 0).unwrap();
-        for n in &g.nodes {
-            if let Op::Attention(a) = &n.op {
-                assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (8, 2, 8));
-                assert!(a.causal && a.rope_theta == Some(10000.0));
-            }
+        let attention: Vec<_> = g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Attention(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attention.len(), 2, "one attention per layer");
+        for a in attention {
+            assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (8, 2, 8));
+            assert!(a.causal && a.rope_theta == Some(10000.0));
         }
         // bert: the pooler reads the first token only
         let s = shapes("bert-tiny");
@@ -700,10 +707,44 @@ mod tests {
         }
     }
 
-    /// Prints every model's size (`cargo test -p prunekit-zoo sizes -- --nocapture`).
+    /// Every model's input, parameters and MACs are the recorded ones, so a change to a model's
+    /// size is deliberate (`cargo test -p prunekit-zoo sizes -- --nocapture` prints them).
+    /// digits-mlp by hand: 64*128 + 128 + 128*64 + 64 + 64*10 + 10 params, 64*128 + 128*64 +
+    /// 64*10 MACs; llama-tiny: embedding 1000*64, per layer 2 RMSNorms (64 each), attention
+    /// (q 64x64, k and v 16x64, o 64x64, with biases) and the SwiGLU (64->176 twice, 176->64, with
+    /// biases), a final RMSNorm and the 64->1000 head.
     #[test]
     fn sizes() {
-        for name in names() {
+        let recorded: &[(&str, &[usize], usize, u64)] = &[
+            ("digits-mlp", &[1, 8, 8], 17_226, 17_024),
+            ("digits-cnn", &[1, 8, 8], 38_378, 337_536),
+            ("fashion-cnn", &[1, 28, 28], 421_834, 4_241_152),
+            ("reference-cnn", &[3, 32, 32], 25_674, 1_642_496),
+            ("resnet20", &[3, 32, 32], 272_474, 40_813_184),
+            ("resnet56", &[3, 32, 32], 855_770, 125_747_840),
+            ("densenet", &[3, 32, 32], 46_642, 27_870_024),
+            ("mobilenet", &[3, 32, 32], 81_770, 20_865_664),
+            ("lstm-classifier", &[32, 20], 32_746, 1_008_096),
+            ("gru-classifier", &[32, 20], 24_682, 756_192),
+            ("bert-tiny", &[32], 137_410, 2_363_520),
+            ("llama-tiny", &[32], 218_536, 5_128_192),
+        ];
+        assert_eq!(
+            recorded.iter().map(|r| r.0).collect::<Vec<_>>(),
+            names(),
+            "one recorded size per model"
+        );
+        assert_eq!(64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10, recorded[0].2);
+        let llama_layer = 2 * 64
+            + (2 * 64 * 64 + 2 * 64 + 2 * (16 * 64 + 16))
+            + 2 * (64 * 176 + 176)
+            + 176 * 64
+            + 64;
+        assert_eq!(
+            1000 * 64 + 2 * llama_layer + 64 + 64 * 1000 + 1000,
+            recorded[11].2
+        );
+        for &(name, input, params, macs) in recorded {
             let g = build(name, 0).unwrap();
             println!(
                 "{name:16} input {:?} params {:>9} MACs {:>11}",
@@ -711,6 +752,9 @@ mod tests {
                 g.param_count(),
                 g.macs().unwrap()
             );
+            assert_eq!(g.inputs[0].shape, input, "{name}: input");
+            assert_eq!(g.param_count(), params, "{name}: params");
+            assert_eq!(g.macs().unwrap(), macs, "{name}: MACs");
         }
     }
 }

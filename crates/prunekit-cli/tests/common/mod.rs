@@ -46,6 +46,14 @@ pub fn fails_with(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// The unsigned integer at JSON pointer `at` (e.g. `/after/params`) of `v`; panics naming it when
+/// it is absent, so a comparison cannot pass on a vanished key (`None < Some(_)`, `null == null`).
+pub fn uint(v: &serde_json::Value, at: &str) -> u64 {
+    v.pointer(at)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no unsigned integer at `{at}` in {v}"))
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }

@@ -128,22 +128,35 @@ impl OpRules for Concat {
         let axis = resolve_axis(self.axis, xs[0].rank() - 1).map_err(candle_core::Error::Msg)?;
         Tensor::cat(xs, axis + 1)
     }
-    /// Along the channel axis the inputs' channels lie side by side (offsets follow); along any
-    /// other axis the inputs are unified like an elementwise op.
+    /// When some input carries its channels on the concatenation axis, the inputs' channels lie
+    /// side by side along it (offsets follow); an input that carries none there contributes
+    /// positions that are never removed, and its own channels (on an axis the output does not
+    /// follow) are protected, so it neither blocks nor couples the others. When none does, the
+    /// inputs are unified like an elementwise op (each must carry its channels on the same axis).
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
         let axis = resolve_axis(self.axis, cx.in_shape(0).len()).ok()?;
-        let chans: Option<Vec<Chan>> = (0..cx.num_inputs()).map(|i| cx.input(i).cloned()).collect();
+        let n = cx.num_inputs();
+        if (0..n).any(|i| cx.input(i).is_some_and(|c| c.axis == axis)) {
+            let mut elems = Vec::new();
+            for i in 0..n {
+                match cx.input(i).cloned() {
+                    Some(c) if c.axis == axis => elems.extend(c.elems),
+                    other => {
+                        if let Some(c) = other {
+                            cx.protect_unfollowed(&c.elems);
+                        }
+                        let len = cx.in_shape(i)[axis];
+                        elems.extend(cx.fixed_space(len));
+                    }
+                }
+            }
+            return Some(Chan { axis, elems });
+        }
+        let chans: Option<Vec<Chan>> = (0..n).map(|i| cx.input(i).cloned()).collect();
         let Some(chans) = chans else {
             return cx.opaque();
         };
-        if chans.iter().all(|c| c.axis == axis) {
-            let elems = chans.into_iter().flat_map(|c| c.elems).collect();
-            return Some(Chan { axis, elems });
-        }
-        if chans
-            .iter()
-            .all(|c| c.axis != axis && c.axis == chans[0].axis)
-        {
+        if chans.iter().all(|c| c.axis == chans[0].axis) {
             let first = chans[0].elems.clone();
             for c in &chans[1..] {
                 for (&a, &b) in first.iter().zip(&c.elems) {
