@@ -270,7 +270,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         };
         let (split, name) = crate::commands::load_data(&data, before, 0)
             .context("the report measures accuracy: pass --calib DATA or use a model that records its dataset")?;
-        let r = crate::report_cmd::report_graphs(
+        let mut r = crate::report_cmd::report_graphs(
             &[before, &g],
             &["before".into(), "after".into()],
             &split,
@@ -278,6 +278,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
             32,
             !a.json,
         )?;
+        crate::report_cmd::add_recalibration_rows(&mut r, &stage_log);
         crate::report_cmd::write(dir, &r, a.json)?;
         out["report"] = json!(dir);
     }

@@ -107,6 +107,35 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
 
 /// Fails early (before minutes of measuring) when the output directory cannot be created: the
 /// nearest existing ancestor must be a directory.
+/// Adds to the comparison, for every stage (`{"kind", "detail"}` as the prune command and recipes
+/// log them) that re-calibrated BatchNorm, the accuracy right after that stage without and with the
+/// re-calibration (against the model before pruning).
+pub(crate) fn add_recalibration_rows(r: &mut Report, stages: &[serde_json::Value]) {
+    let Some(c) = r.comparison.as_mut() else {
+        return;
+    };
+    let before = c
+        .rows
+        .iter()
+        .find(|row| row.measure == "accuracy")
+        .and_then(|row| row.before);
+    for st in stages {
+        let rc = &st["detail"]["recalibration"];
+        let kind = st["kind"].as_str().unwrap_or("pruning");
+        for (key, what) in [("accuracy_without", "without"), ("accuracy_with", "with")] {
+            if let Some(v) = rc[key].as_f64() {
+                c.rows.push(prunekit_report::ComparisonRow::new(
+                    format!("accuracy right after {kind} pruning, {what} BatchNorm re-calibration"),
+                    prunekit_report::Unit::Fraction,
+                    before,
+                    Some(v),
+                    true,
+                ));
+            }
+        }
+    }
+}
+
 fn check_output_dir(dir: &Path) -> Result<()> {
     if let Some(existing) = dir.ancestors().find(|p| p.exists()) {
         if !existing.is_dir() {

@@ -36,7 +36,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         .with_context(|| format!("recipe {}", a.recipe.display()))?;
     let (g, report) = (&done.after, &done.report);
     if let Some(dir) = &a.report {
-        let r = crate::report_cmd::report_graphs(
+        let mut r = crate::report_cmd::report_graphs(
             &[&done.before, &done.after],
             &["before".into(), "after".into()],
             &done.split,
@@ -44,6 +44,12 @@ pub fn run(a: &RunArgs) -> Result<()> {
             32,
             !quiet,
         )?;
+        let stages: Vec<serde_json::Value> = report
+            .stages
+            .iter()
+            .map(|s| serde_json::json!({ "kind": s.kind, "detail": s.detail }))
+            .collect();
+        crate::report_cmd::add_recalibration_rows(&mut r, &stages);
         crate::report_cmd::write(dir, &r, quiet)?;
     }
     if let Some(out) = &a.output {

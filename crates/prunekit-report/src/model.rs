@@ -81,7 +81,8 @@ pub struct ComparisonRow {
 }
 
 impl ComparisonRow {
-    fn new(
+    /// A row; `ratio` and `change` are derived from `before` and `after`.
+    pub fn new(
         measure: impl Into<String>,
         unit: Unit,
         before: Option<f64>,
