@@ -42,8 +42,8 @@ mod common;
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor, Var};
-use common::{randn, uniform};
+use candle_core::{DType, Tensor};
+use common::{max_abs, randn, track, uniform};
 use prunekit_graph::kernels::{self, activation, batch_norm, channel, conv};
 
 /// The kernels' on/off switch is process-wide: every test here holds this lock so that one test
@@ -65,19 +65,6 @@ fn two_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 const THREADS: usize = 2;
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
 
 /// Asserts |a - b| <= tol * max(1, |b|) elementwise at the worst element.
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
@@ -110,19 +97,7 @@ fn forward_backward(
     grad: &[bool],
     r_seed: u64,
 ) -> (Tensor, Vec<Option<Tensor>>) {
-    let vars: Vec<Option<Var>> = inputs
-        .iter()
-        .zip(grad)
-        .map(|(t, &g)| g.then(|| Var::from_tensor(t).unwrap()))
-        .collect();
-    let ins: Vec<Tensor> = inputs
-        .iter()
-        .zip(&vars)
-        .map(|(t, v)| {
-            v.as_ref()
-                .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
-        })
-        .collect();
+    let (vars, ins) = track(inputs, grad);
     let y = op(&ins).unwrap();
     let r = randn(y.dims(), r_seed).to_dtype(y.dtype()).unwrap();
     let store = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
