@@ -108,6 +108,30 @@ fn forward_backward(
     (y, grads)
 }
 
+/// Finite-difference step and relative tolerance.
+#[derive(Clone, Copy)]
+struct Fd {
+    eps: f64,
+    tol: f64,
+}
+
+/// For ops linear in each input (convolution, affine): the difference quotient is exact but for
+/// rounding, at any step.
+const LINEAR: Fd = Fd {
+    eps: 1e-3,
+    tol: 1e-9,
+};
+/// For smooth nonlinear ops (batch norm): truncation error of order eps^2.
+const SMOOTH: Fd = Fd {
+    eps: 1e-6,
+    tol: 1e-6,
+};
+/// For ReLU on inputs at least 0.1 from its kink: linear within the step.
+const KINKED: Fd = Fd {
+    eps: 1e-4,
+    tol: 1e-9,
+};
+
 /// Central finite differences in f64 along two random directions per differentiable input:
 /// (L(t + e d) - L(t - e d)) / 2e against <grad, d>, L = sum(op(inputs) * r). A wrong term anywhere in
 /// a gradient moves the directional derivative.
@@ -117,10 +141,10 @@ fn check_finite_differences(
     grad: &[bool],
     grads: &[Option<Tensor>],
     r_seed: u64,
-    eps: f64,
-    tol: f64,
+    fd: Fd,
     what: &str,
 ) {
+    let Fd { eps, tol } = fd;
     let y = op(inputs).unwrap();
     let r = randn(y.dims(), r_seed);
     let loss = |ins: &[Tensor]| dot(&op(ins).unwrap(), &r);
@@ -154,15 +178,13 @@ fn check_finite_differences(
 
 /// Ours against the reference in f64 and f32 (forward and every gradient), and ours against finite
 /// differences in f64. `inputs` are f64.
-#[allow(clippy::too_many_arguments)]
 fn check_against(
     ours: Op,
     reference: Op,
     inputs: &[Tensor],
     grad: &[bool],
     seed: u64,
-    eps: f64,
-    fd_tol: f64,
+    fd: Fd,
     what: &str,
 ) {
     let (y, g) = forward_backward(ours, inputs, grad, seed);
@@ -177,7 +199,7 @@ fn check_against(
             _ => panic!("{what}: gradient of input {i} present in one and not the other"),
         }
     }
-    check_finite_differences(ours, inputs, grad, &g, seed, eps, fd_tol, what);
+    check_finite_differences(ours, inputs, grad, &g, seed, fd, what);
     let f32s: Vec<Tensor> = inputs
         .iter()
         .map(|t| t.to_dtype(DType::F32).unwrap())
@@ -369,8 +391,7 @@ fn conv2d_every_gemm_branch_matches_candle_and_finite_differences() {
                 &inputs,
                 &[k.x_grad, true],
                 500 + i as u64,
-                1e-3,
-                1e-9,
+                LINEAR,
                 k.name,
             );
         }
@@ -422,8 +443,7 @@ fn fallback_to_candle() {
             &[true, true],
             &g,
             800 + i as u64,
-            1e-3,
-            1e-9,
+            LINEAR,
             k.name,
         );
         let ours = move |t: &[Tensor]| conv::conv2d(&t[0], &t[1], k.stride, k.pad, k.dil, k.groups);
@@ -433,8 +453,7 @@ fn fallback_to_candle() {
             &inputs,
             &[true, true],
             800 + i as u64,
-            1e-3,
-            1e-9,
+            LINEAR,
             k.name,
         );
     }
@@ -496,8 +515,7 @@ fn conv2d_depthwise_branches() {
                 &inputs,
                 &[xg, wg],
                 900 + i as u64,
-                1e-3,
-                1e-9,
+                LINEAR,
                 name,
             );
         }
@@ -556,8 +574,7 @@ fn batch_norm_training_with_and_without_fused_relu() {
                 &inputs,
                 &[true, true, true],
                 70 + i as u64,
-                1e-6,
-                1e-6,
+                SMOOTH,
                 &what,
             );
         }
@@ -592,8 +609,7 @@ fn channel_kernels_below_and_above_the_parallel_threshold() {
                 &inputs,
                 &[x_grad, true, true],
                 90 + i as u64,
-                1e-3,
-                1e-9,
+                LINEAR,
                 &what,
             );
         }
@@ -607,8 +623,7 @@ fn channel_kernels_below_and_above_the_parallel_threshold() {
             &[x.clone(), shift.clone()],
             &[true, true],
             95 + i as u64,
-            1e-3,
-            1e-9,
+            LINEAR,
             &what,
         );
         let axes: Vec<usize> = (0..shape.len()).filter(|&a| a != 1).collect();
@@ -639,8 +654,7 @@ fn relu_below_and_above_the_chunk() {
             &[x],
             &[true],
             110 + i as u64,
-            1e-4,
-            1e-9,
+            KINKED,
             &format!("relu, {n} elements"),
         );
     }

@@ -34,7 +34,8 @@ fn within_top_k(row: &[f32], relevant: usize, k: usize) -> bool {
         && row
             .iter()
             .enumerate()
-            .filter(|&(j, &v)| j != relevant && !(v < s))
+            // v >= s, or v is NaN (incomparable): both count against the relevant entry
+            .filter(|&(j, &v)| j != relevant && v.partial_cmp(&s) != Some(std::cmp::Ordering::Less))
             .count()
             < k
 }
