@@ -196,7 +196,22 @@ enum ScheduleArg {
     Constant,
 }
 
+/// Gives SIGPIPE back its default action, so that a reader closing the pipe early (`prunekit info
+/// MODEL | head -1`) ends the process quietly, as it ends every Unix tool, on stdout and stderr
+/// alike (progress bars included). Rust starts programs with SIGPIPE ignored, which turns the closed
+/// pipe into an EPIPE error on every write, and `println!` panics on it (exit 101).
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; it runs first in main, before any
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     let cli = Cli::parse();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,12 +76,27 @@ pub enum DataError {
     },
 
     /// The file holds more bytes than its header announces.
-    #[error("{}: {extra} unexpected trailing bytes after the idx data", .path.display())]
+    #[error("{}: at least {extra} unexpected trailing bytes after the idx data", .path.display())]
     TrailingData {
         /// The file being read.
         path: PathBuf,
-        /// How many bytes follow the announced data.
+        /// How many bytes follow the announced data (for a gzip stream, which is never inflated
+        /// past the first extra byte: 1, meaning at least one).
         extra: usize,
+    },
+
+    /// The header declares more data than an idx file may hold.
+    #[error(
+        "{}: the header declares dimensions {dims:?}, more than the limit of {limit} bytes",
+        .path.display()
+    )]
+    TooLarge {
+        /// The file being read.
+        path: PathBuf,
+        /// The dimensions of the header.
+        dims: Vec<usize>,
+        /// The most data bytes allowed ([`crate::idx::MAX_IDX_BYTES`]).
+        limit: u64,
     },
 
     /// An idx file has the wrong number of dimensions for its role.

@@ -1,6 +1,6 @@
 //! Reader for the idx-ubyte format (LeCun's MNIST container), raw or gzip-compressed.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{DataError, Result};
@@ -10,62 +10,98 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// idx element type code for unsigned bytes.
 const IDX_U8: u8 = 0x08;
 
+/// The most data bytes an idx file may declare: 2^31 (2 GiB; Fashion-MNIST's training images are
+/// 47 MB). A header announcing more is refused before anything is allocated or decompressed.
+pub const MAX_IDX_BYTES: u64 = 1 << 31;
+
 /// Reads an idx file of unsigned bytes, returning its dimensions and its data
 /// (row-major, `dims.iter().product()` bytes).
 ///
 /// The file may be gzip-compressed; compression is detected by the gzip magic
-/// bytes `1f 8b`, not by the file name. Errors name the file and say what is
-/// wrong: missing file, corrupt gzip, bad magic number, unsupported element
-/// type, truncation, or trailing garbage.
+/// bytes `1f 8b`, not by the file name. The header bounds everything that is read: the
+/// dimensions' product must stay within [`MAX_IDX_BYTES`], exactly that many bytes are read (for a
+/// gzip stream, decompressed) and at most one byte more, to detect trailing data, so a small
+/// file that inflates without end (a gzip bomb) costs no more than its header declares. Errors name
+/// the file and say what is wrong: missing file, corrupt gzip, bad magic number, unsupported element
+/// type, a declared size over the limit, truncation, or trailing garbage.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+    let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let bytes = if raw.starts_with(&GZIP_MAGIC) {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                    DataError::Truncated {
-                        path: path.to_path_buf(),
-                    }
-                } else {
-                    DataError::BadGzip {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                }
-            })?;
-        out
-    } else {
-        raw
     };
-    parse_idx(path, bytes)
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut magic = [0u8; 2];
+    let got = read_up_to(&mut file, &mut magic).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    if got == 2 && magic == GZIP_MAGIC {
+        let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+        read_stream(path, gz, None).map_err(|e| match e {
+            DataError::Io { source, .. } => gzip_error(path, source),
+            other => other,
+        })
+    } else {
+        read_stream(path, file, Some(file_len))
+    }
 }
 
-/// Parses the decompressed content of an idx file (see [`read_idx`]).
-pub(crate) fn parse_idx(path: &Path, mut bytes: Vec<u8>) -> Result<(Vec<usize>, Vec<u8>)> {
+/// An error of the gzip decoder: a stream that ends early is a truncated file.
+fn gzip_error(path: &Path, source: std::io::Error) -> DataError {
+    if source.kind() == std::io::ErrorKind::UnexpectedEof {
+        DataError::Truncated {
+            path: path.to_path_buf(),
+        }
+    } else {
+        DataError::BadGzip {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Fills as much of `buf` as the reader holds; returns how many bytes were read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Parses the (decompressed) content of an idx file from a reader, reading no more than the
+/// header declares plus one byte. `len`: the content's total length when known (an uncompressed
+/// file), to refuse a short file before allocating and to count trailing bytes exactly.
+fn read_stream(path: &Path, mut r: impl Read, len: Option<u64>) -> Result<(Vec<usize>, Vec<u8>)> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let truncated = || DataError::Truncated {
         path: path.to_path_buf(),
     };
-    if bytes.len() < 4 {
+    let mut head = [0u8; 4];
+    let got = read_up_to(&mut r, &mut head).map_err(io)?;
+    if got < 4 {
         // Too short even for the magic number: if what there is already
         // disagrees with a magic number, say so; otherwise it is truncated.
-        if bytes.iter().take(2).any(|&b| b != 0) {
+        if head[..got].iter().take(2).any(|&b| b != 0) {
             return Err(DataError::BadMagic {
                 path: path.to_path_buf(),
-                magic: bytes,
+                magic: head[..got].to_vec(),
             });
         }
         return Err(truncated());
     }
-    let (zero0, zero1, code, ndims) = (bytes[0], bytes[1], bytes[2], bytes[3] as usize);
+    let (zero0, zero1, code, ndims) = (head[0], head[1], head[2], head[3] as usize);
     if zero0 != 0 || zero1 != 0 || ndims == 0 {
         return Err(DataError::BadMagic {
             path: path.to_path_buf(),
-            magic: bytes[..4].to_vec(),
+            magic: head.to_vec(),
         });
     }
     if code != IDX_U8 {
@@ -74,31 +110,55 @@ pub(crate) fn parse_idx(path: &Path, mut bytes: Vec<u8>) -> Result<(Vec<usize>, 
             code,
         });
     }
-    let header_len = 4 + 4 * ndims;
-    if bytes.len() < header_len {
+    let mut dim_bytes = vec![0u8; 4 * ndims];
+    if read_up_to(&mut r, &mut dim_bytes).map_err(io)? < dim_bytes.len() {
         return Err(truncated());
     }
-    let dims: Vec<usize> = bytes[4..header_len]
+    let dims: Vec<usize> = dim_bytes
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    // A product that overflows cannot possibly be present in the file.
     let count = dims
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(truncated)?;
-    let available = bytes.len() - header_len;
-    if available < count {
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| DataError::TooLarge {
+            path: path.to_path_buf(),
+            dims: dims.clone(),
+            limit: MAX_IDX_BYTES,
+        })?;
+    let header_len = 4 + 4 * ndims as u64;
+    if let Some(len) = len {
+        let available = len.saturating_sub(header_len);
+        if available < count {
+            return Err(truncated());
+        }
+        if available > count {
+            return Err(DataError::TrailingData {
+                path: path.to_path_buf(),
+                extra: (available - count) as usize,
+            });
+        }
+    }
+    let count = count as usize;
+    // grows with what really arrives: a header that overstates a short stream costs nothing
+    let mut data = Vec::with_capacity(count.min(1 << 24));
+    (&mut r)
+        .take(count as u64)
+        .read_to_end(&mut data)
+        .map_err(io)?;
+    if data.len() < count {
         return Err(truncated());
     }
-    if available > count {
+    // one byte past the declared data tells trailing garbage; never read further
+    let mut probe = [0u8; 1];
+    if read_up_to(&mut r, &mut probe).map_err(io)? > 0 {
         return Err(DataError::TrailingData {
             path: path.to_path_buf(),
-            extra: available - count,
+            extra: 1,
         });
     }
-    bytes.drain(..header_len);
-    Ok((dims, bytes))
+    Ok((dims, data))
 }
 
 /// Encodes unsigned-byte data as an idx file (header + data). Used by tests
@@ -233,6 +293,88 @@ mod tests {
             matches!(err, DataError::UnsupportedIdxType { code: 0x0d, .. }),
             "{err:?}"
         );
+    }
+
+    /// The decompressed content: an idx header declaring `dims`, then an endless run of zeros.
+    /// Counts what the parser takes from it.
+    struct Endless {
+        header: Vec<u8>,
+        taken: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(1 << 16);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = self
+                    .header
+                    .get(self.taken as usize + i)
+                    .copied()
+                    .unwrap_or(0);
+            }
+            self.taken += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_endless_stream_is_read_only_as_far_as_the_header_declares() {
+        let header = encode_idx(&[3, 5], &[]);
+        let mut r = Endless {
+            header: header.clone(),
+            taken: 0,
+        };
+        let err = read_stream(Path::new("endless"), &mut r, None).expect_err("trailing data");
+        assert!(matches!(err, DataError::TrailingData { .. }), "{err:?}");
+        // reads come in chunks of up to 64 KiB: never more than one chunk past the data
+        assert!(
+            r.taken <= header.len() as u64 + 15 + (1 << 16),
+            "{}",
+            r.taken
+        );
+    }
+
+    #[test]
+    fn gzip_bombs_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // the header declares 4 bytes; the stream inflates to 16 MiB more
+        let mut bomb = encode_idx(&[4], &[1, 2, 3, 4]);
+        bomb.resize(bomb.len() + (16 << 20), 0);
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(&bomb).expect("gzip in memory");
+        let gz = enc.finish().expect("gzip in memory");
+        assert!(gz.len() < 1 << 17, "{} compressed bytes", gz.len());
+        let p = dir.path().join("bomb.gz");
+        std::fs::write(&p, gz).expect("write");
+        let err = read_idx(&p).expect_err("trailing data");
+        assert!(matches!(err, DataError::TrailingData { .. }), "{err:?}");
+        assert!(err.to_string().contains("bomb.gz"), "{err}");
+
+        // the header declares 65536 x 65536 bytes (4 GiB, over the limit) in a 40-byte file:
+        // refused from the header, raw or compressed, before reading any data
+        let huge = encode_idx(&[65536, 65536], &[0; 16]);
+        for (name, bytes) in [("huge-idx", huge.clone()), ("huge-idx.gz", gzip(&huge))] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            let err = read_idx(&p).expect_err("over the limit");
+            assert!(matches!(err, DataError::TooLarge { .. }), "{name}: {err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(name) && msg.contains("[65536, 65536]") && msg.contains("limit"),
+                "{msg}"
+            );
+        }
+        // within the limit but far beyond the file: truncated, without allocating the claim
+        let big = encode_idx(&[1 << 15, 1 << 15], &[7; 16]);
+        for (name, bytes) in [("big-idx", big.clone()), ("big-idx.gz", gzip(&big))] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            let err = read_idx(&p).expect_err("truncated");
+            assert!(
+                matches!(err, DataError::Truncated { .. }),
+                "{name}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! `model.safetensors` (parameters `node.param`, masks `node.param.mask`, running statistics).
 //! Saving then loading is bit-exact. Every file is written to a temporary name and renamed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GraphError, Result};
@@ -170,56 +170,52 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
     }
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).map_err(|e| GraphError::io(&weights_path, e))?;
+    // the safetensors reader checks every header offset and shape against the file's real length
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| GraphError::file(&weights_path, format!("corrupt or truncated: {e}")))?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, device)
-            .map_err(|e| GraphError::file(&weights_path, format!("tensor `{name}`: {e}")))?;
-        tensors.insert(name, t);
-    }
+    let mut unused: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for nf in file.nodes {
+        // bound what model.json declares before comparing tensors with it
+        crate::graph::check_declared_sizes(&nf.name, &nf.op)
+            .map_err(|e| GraphError::file(&json_path, e.to_string()))?;
         let mut params = BTreeMap::new();
         for d in nf.op.rules().params() {
             let key = format!("{}.{}", nf.name, d.name);
-            let t = tensors.remove(&key).ok_or_else(|| {
-                GraphError::file(
+            if !unused.remove(&key) {
+                return Err(GraphError::file(
                     &weights_path,
                     format!(
                         "missing tensor `{key}` (node `{}`, {} op)",
                         nf.name,
                         nf.op.type_name()
                     ),
-                )
-            })?;
-            if t.dims() != d.shape.as_slice() {
-                return Err(GraphError::file(
-                    &weights_path,
-                    format!(
-                        "tensor `{key}` has shape {:?}, model.json's {} op needs {:?}",
-                        t.dims(),
-                        nf.op.type_name(),
-                        d.shape
-                    ),
                 ));
             }
-            let mask = tensors
-                .remove(&format!("{key}.mask"))
-                .map(|m| m.to_dtype(t.dtype()))
-                .transpose()?;
-            if let Some(m) = &mask {
-                if m.dims() != t.dims() {
-                    return Err(GraphError::file(
-                        &weights_path,
-                        format!(
-                            "mask `{key}.mask` has shape {:?}, its parameter {:?}",
-                            m.dims(),
-                            t.dims()
-                        ),
-                    ));
+            let t = load_tensor(&st, &key, &d.shape, &weights_path, device, || {
+                format!("model.json's {} op needs", nf.op.type_name())
+            })?;
+            let mask_key = format!("{key}.mask");
+            let mask = if unused.remove(&mask_key) {
+                let m = load_tensor(&st, &mask_key, &d.shape, &weights_path, device, || {
+                    "its parameter has".to_string()
+                })?;
+                Some(check_mask(&m, &mask_key, &weights_path)?)
+            } else {
+                None
+            };
+            // re-establish the invariant: the value is exactly 0 wherever the mask is 0 (values
+            // already zero keep their bits, so saving then loading stays bit-exact)
+            let (t, mask) = match mask {
+                Some(m) => {
+                    let keep = m.maximum(&t.eq(0.0)?)?;
+                    (
+                        keep.where_cond(&t, &t.zeros_like()?)?,
+                        Some(m.to_dtype(t.dtype())?),
+                    )
                 }
-            }
+                None => (t, None),
+            };
             params.insert(
                 d.name.to_string(),
                 Param {
@@ -236,7 +232,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
             params,
         });
     }
-    if let Some(extra) = tensors.keys().min() {
+    if let Some(extra) = unused.first() {
         return Err(GraphError::file(
             &weights_path,
             format!("tensor `{extra}` belongs to no parameter of model.json"),
@@ -252,6 +248,57 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
     g.validate()
         .map_err(|e| GraphError::file(&json_path, e.to_string()))?;
     Ok(g)
+}
+
+/// Loads tensor `key` of the weights file after checking its shape against `want` (the shape
+/// model.json declares, already bounded), so a mismatched tensor is never converted.
+/// `needs` words the expectation for the error.
+fn load_tensor(
+    st: &safetensors::SafeTensors,
+    key: &str,
+    want: &[usize],
+    path: &Path,
+    device: &Device,
+    needs: impl FnOnce() -> String,
+) -> Result<Tensor> {
+    let view = st
+        .tensor(key)
+        .map_err(|e| GraphError::file(path, format!("tensor `{key}`: {e}")))?;
+    if view.shape() != want {
+        return Err(GraphError::file(
+            path,
+            format!(
+                "tensor `{key}` has shape {:?}, {} {want:?}",
+                view.shape(),
+                needs()
+            ),
+        ));
+    }
+    candle_core::safetensors::Load::load(&view, device)
+        .map_err(|e| GraphError::file(path, format!("tensor `{key}`: {e}")))
+}
+
+/// A mask read from a file as u8 0/1 (any stored type is accepted if its values are exactly 0 or
+/// 1). Errors name the mask `node.param.mask`, how many values are neither, and the first of them.
+fn check_mask(m: &Tensor, key: &str, path: &Path) -> Result<Tensor> {
+    let v = m.to_dtype(DType::F64)?; // exact for every stored integer and float type
+    let bad = v.ne(0.0)?.mul(&v.ne(1.0)?)?;
+    let count = bad.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    if count > 0 {
+        let values = v.flatten_all()?.to_vec1::<f64>()?;
+        let first = values
+            .iter()
+            .find(|&&x| x != 0.0 && x != 1.0)
+            .copied()
+            .unwrap_or(f64::NAN);
+        return Err(GraphError::file(
+            path,
+            format!(
+                "mask `{key}` holds {count} values that are neither 0 nor 1 (e.g. {first}); a mask keeps (1) or prunes (0) each weight"
+            ),
+        ));
+    }
+    Ok(v.ne(0.0)?)
 }
 
 /// Total size in bytes of a saved model directory's files.

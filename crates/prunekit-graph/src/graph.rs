@@ -75,6 +75,98 @@ pub struct Graph {
 /// Per-sample shape of every value (inputs and node outputs) by name.
 pub type Shapes = HashMap<String, Vec<usize>>;
 
+/// The most elements one tensor may hold: a graph input or node output (per sample, without the
+/// batch axis) or a parameter. 2^31 elements are 8 GiB of f32, far beyond any real model's single
+/// tensor (the largest embedding matrices hold about 2^30), so a file declaring more is corrupt or
+/// hostile, and [`Graph::validate`] refuses it before anything is allocated.
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 31;
+
+/// The most elements a graph may declare in total: every parameter plus every value of one sample.
+/// 2^34 elements are 64 GiB of f32.
+pub const MAX_TOTAL_ELEMENTS: u64 = 1 << 34;
+
+/// The largest magnitude an integer attribute of an op may have (channels, features, kernel,
+/// stride, padding, heads, axes, ...): 2^31. It keeps every shape rule's arithmetic far from
+/// overflow; each resulting shape is bounded by [`MAX_TENSOR_ELEMENTS`] on its own.
+pub const MAX_ATTRIBUTE: u64 = 1 << 31;
+
+/// The number of elements of `shape`, or None when the product overflows u64.
+pub fn element_count(shape: &[usize]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+}
+
+/// The element count of `shape` when within [`MAX_TENSOR_ELEMENTS`]; otherwise the problem in words.
+fn bounded_elements(shape: &[usize]) -> std::result::Result<u64, String> {
+    match element_count(shape) {
+        Some(n) if n <= MAX_TENSOR_ELEMENTS => Ok(n),
+        n => Err(format!(
+            "shape {shape:?} has {} elements, more than the limit of 2^31 ({MAX_TENSOR_ELEMENTS}) per tensor",
+            n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+        )),
+    }
+}
+
+/// An error once the running total of declared elements exceeds [`MAX_TOTAL_ELEMENTS`] (`at`: where).
+fn check_total(total: u64, at: &str) -> Result<()> {
+    if total > MAX_TOTAL_ELEMENTS {
+        return Err(GraphError::Invalid(format!(
+            "up to {at}, the graph's parameters and values of one sample hold {total} elements, more than the limit of 2^34 ({MAX_TOTAL_ELEMENTS})"
+        )));
+    }
+    Ok(())
+}
+
+/// The first integer in an op's serialised attributes whose magnitude exceeds [`MAX_ATTRIBUTE`], as
+/// (attribute path, value).
+fn oversized_attribute(v: &serde_json::Value, path: &str) -> Option<(String, String)> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            let big = n.as_u64().is_some_and(|u| u > MAX_ATTRIBUTE)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_ATTRIBUTE);
+            big.then(|| (path.to_string(), n.to_string()))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| oversized_attribute(x, &format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            oversized_attribute(x, &p)
+        }),
+        _ => None,
+    }
+}
+
+/// Checks what a node's op declares before any shape rule runs or anything is allocated: every
+/// integer attribute within [`MAX_ATTRIBUTE`], every declared parameter within
+/// [`MAX_TENSOR_ELEMENTS`]. Returns the elements of its declared parameters.
+///
+/// Errors: [`GraphError::Shape`] naming the node and the attribute, or [`GraphError::Param`] naming
+/// the parameter.
+pub fn check_declared_sizes(node: &str, op: &Op) -> Result<u64> {
+    let attrs = serde_json::to_value(op)
+        .map_err(|e| GraphError::shape(node, op.type_name(), e.to_string()))?;
+    if let Some((path, value)) = oversized_attribute(&attrs, "") {
+        return Err(GraphError::shape(
+            node,
+            op.type_name(),
+            format!("attribute `{path}` = {value} exceeds the limit of 2^31 ({MAX_ATTRIBUTE})"),
+        ));
+    }
+    let mut total = 0u64;
+    for d in op.rules().params() {
+        total += bounded_elements(&d.shape).map_err(|m| GraphError::param(node, d.name, m))?;
+    }
+    Ok(total)
+}
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -154,8 +246,14 @@ impl Graph {
 
     /// Checks names, wiring, every op's shape rule and every parameter against its declaration;
     /// returns the per-sample shape of every value.
+    ///
+    /// Sizes are bounded before anything could be allocated from them: each input, parameter and
+    /// inferred value holds at most [`MAX_TENSOR_ELEMENTS`], all of them together at most
+    /// [`MAX_TOTAL_ELEMENTS`], and integer op attributes stay within [`MAX_ATTRIBUTE`]; errors name
+    /// the input, node or parameter.
     pub fn validate(&self) -> Result<Shapes> {
         let mut shapes: Shapes = HashMap::new();
+        let mut total = 0u64;
         for i in &self.inputs {
             if !valid_name(&i.name) {
                 return Err(GraphError::InvalidName(i.name.clone()));
@@ -166,10 +264,15 @@ impl Graph {
                     i.name, i.shape
                 )));
             }
+            total += bounded_elements(&i.shape).map_err(|msg| GraphError::Input {
+                name: i.name.clone(),
+                msg: format!("{msg} per sample"),
+            })?;
             if shapes.insert(i.name.clone(), i.shape.clone()).is_some() {
                 return Err(GraphError::DuplicateName(i.name.clone()));
             }
         }
+        check_total(total, "the inputs")?;
         for node in &self.nodes {
             if !valid_name(&node.name) {
                 return Err(GraphError::InvalidName(node.name.clone()));
@@ -182,11 +285,20 @@ impl Graph {
                 })?);
             }
             let ins: Vec<&[usize]> = ins.iter().map(|s| s.as_slice()).collect();
+            total += check_declared_sizes(&node.name, &node.op)?;
             let out = node
                 .op
                 .rules()
                 .infer(&ins)
                 .map_err(|m| GraphError::shape(&node.name, node.op.type_name(), m))?;
+            total += bounded_elements(&out).map_err(|m| {
+                GraphError::shape(
+                    &node.name,
+                    node.op.type_name(),
+                    format!("output {m} per sample"),
+                )
+            })?;
+            check_total(total, &format!("node `{}`", node.name))?;
             self.check_params(node)?;
             if shapes.insert(node.name.clone(), out).is_some() {
                 return Err(GraphError::DuplicateName(node.name.clone()));

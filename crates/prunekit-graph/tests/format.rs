@@ -616,3 +616,155 @@ fn save_rejects_an_invalid_graph_and_writes_nothing() {
     assert!(matches!(e, GraphError::UnknownOutput(_)), "{e:?}");
     assert!(!dir.exists());
 }
+
+// ----------------------------------------------------------------------------------------------
+// sizes declared by a file are bounded before anything is allocated from them
+
+/// A model directory holding only `json` as model.json and an empty weights file.
+fn model_from_json(json: serde_json::Value) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(STRUCTURE_FILE), json.to_string()).unwrap();
+    candle_core::safetensors::save(&HashMap::<String, Tensor>::new(), dir.join(WEIGHTS_FILE))
+        .unwrap();
+    (tmp, dir)
+}
+
+/// model.json of a graph with the given inputs, outputs and nodes.
+fn model_json(
+    inputs: serde_json::Value,
+    outputs: &[&str],
+    nodes: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format": format::FORMAT_NAME, "version": 1, "name": "declared",
+        "inputs": inputs, "outputs": outputs, "nodes": nodes,
+    })
+}
+
+#[test]
+fn a_tiny_model_json_declaring_a_huge_input_is_refused_by_load() {
+    let relu = serde_json::json!([{ "name": "relu", "op": { "type": "relu" }, "inputs": ["x"] }]);
+    for shape in [vec![65536u64, 65536], vec![1 << 32, 1 << 32, 1 << 32]] {
+        let (_tmp, dir) = model_from_json(model_json(
+            serde_json::json!([{ "name": "x", "shape": shape }]),
+            &["relu"],
+            relu.clone(),
+        ));
+        assert!(std::fs::metadata(dir.join(STRUCTURE_FILE)).unwrap().len() < 1024);
+        let e = load_err(&dir);
+        assert_mentions(&e, &[STRUCTURE_FILE, "input `x`", "limit of 2^31"]);
+    }
+    // the same bound holds for a graph built in memory
+    let mut b = GraphBuilder::new("huge", 0);
+    let x = b.input("x", &[65536, 65536]);
+    let y = b.relu(&x).unwrap();
+    let e = b.finish(&[&y]).expect_err("a 2^32-element input");
+    assert_mentions(&e, &["input `x`", "4294967296 elements"]);
+    // just under the limit is accepted (nothing is allocated for a declared input)
+    let (_tmp, dir) = model_from_json(model_json(
+        serde_json::json!([{ "name": "x", "shape": [32768, 65536] }]),
+        &["relu"],
+        relu,
+    ));
+    load(&dir, &Device::Cpu).expect("2^31 elements are within the limit");
+}
+
+#[test]
+fn huge_attributes_parameters_and_inferred_values_are_refused() {
+    // an attribute far beyond any width: refused before its parameter is looked up
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "linear1")["op"]["in_features"] = (1u64 << 40).into()
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "linear1", "in_features", "limit"]);
+
+    // attributes within bounds whose parameter is too large
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "linear1")["op"]["in_features"] = (1u64 << 30).into();
+        node_json(v, "linear1")["op"]["out_features"] = (1u64 << 30).into();
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "linear1", "weight", "limit of 2^31"]);
+
+    // a value too large after shape inference: padding that blows the plane up
+    let (_tmp, dir) = saved_cnn();
+    edit_json(&dir, |v| {
+        node_json(v, "conv1")["op"]["padding"] = (1u64 << 20).into()
+    });
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "conv1", "output", "limit of 2^31"]);
+
+    // many values each within the limit, together beyond the budget
+    let inputs: Vec<serde_json::Value> = (0..9)
+        .map(|i| serde_json::json!({ "name": format!("x{i}"), "shape": [1u64 << 31] }))
+        .collect();
+    let (_tmp, dir) = model_from_json(model_json(
+        serde_json::json!(inputs),
+        &["x0"],
+        serde_json::json!([]),
+    ));
+    let e = load_err(&dir);
+    assert_mentions(&e, &[STRUCTURE_FILE, "limit of 2^34"]);
+}
+
+// ----------------------------------------------------------------------------------------------
+// masks read from a file hold 0 and 1 only, and the values they prune are zero
+
+#[test]
+fn a_mask_that_is_not_zero_or_one_is_an_error_naming_it() {
+    let bad_masks = [
+        (
+            "0.5",
+            Tensor::full(0.5f32, (8, 3, 3, 3), &Device::Cpu).unwrap(),
+        ),
+        ("2", Tensor::full(2u8, (8, 3, 3, 3), &Device::Cpu).unwrap()),
+        (
+            "NaN",
+            Tensor::full(f32::NAN, (8, 3, 3, 3), &Device::Cpu).unwrap(),
+        ),
+    ];
+    for (value, mask) in bad_masks {
+        let (_tmp, dir) = saved_cnn();
+        rewrite_weights(&dir, |t| {
+            t.insert("conv1.weight.mask".into(), mask);
+        });
+        let e = load_err(&dir);
+        assert_mentions(
+            &e,
+            &[WEIGHTS_FILE, "conv1.weight.mask", "neither 0 nor 1", value],
+        );
+    }
+}
+
+#[test]
+fn a_mask_over_nonzero_values_zeroes_them_at_load() {
+    let (_tmp, dir) = saved_cnn();
+    let mask = random_mask(&[8, 3, 3, 3], 21);
+    let dense = randn_f32(&[8, 3, 3, 3], 22);
+    rewrite_weights(&dir, |t| {
+        // nonzero everywhere, also where the mask prunes
+        t.insert("conv1.weight".into(), dense.clone());
+        t.insert(
+            "conv1.weight.mask".into(),
+            mask.to_dtype(DType::U8).unwrap(),
+        );
+    });
+    let g = load(&dir, &Device::Cpu).unwrap();
+    let p = &g.node("conv1").unwrap().params["weight"];
+    assert_eq!(bits(p.mask.as_ref().unwrap()), bits(&mask));
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (loaded, dense, keep) = (flat(p.tensor()), flat(&dense), flat(&mask));
+    for i in 0..loaded.len() {
+        let want = if keep[i] == 0.0 { 0.0 } else { dense[i] };
+        assert_eq!(
+            loaded[i], want,
+            "element {i}: pruned values are 0, kept ones unchanged"
+        );
+    }
+    let pruned = mask.eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
+    assert!(pruned.sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+}

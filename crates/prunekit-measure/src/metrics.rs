@@ -24,15 +24,25 @@ fn check_finite(what: &str, v: impl IntoIterator<Item = f64>) -> Result<()> {
     Ok(())
 }
 
-/// Whether the relevant entry of `row` is within the top `k`: fewer than `k` entries score strictly
-/// higher (ties count in its favour). A NaN score is never a hit.
+/// Whether the relevant entry of `row` is within the top `k`, ties resolved pessimistically: fewer
+/// than `k` *other* entries score at least as high as it (a tie, or a NaN competitor, counts
+/// against it). So constant scores are never a hit, rather than always one: a model that has
+/// collapsed to one output scores 0, not 100%. A NaN score of its own is never a hit.
 fn within_top_k(row: &[f32], relevant: usize, k: usize) -> bool {
     let s = row[relevant];
-    !s.is_nan() && row.iter().filter(|&&v| v > s).count() < k
+    !s.is_nan()
+        && row
+            .iter()
+            .enumerate()
+            // v >= s, or v is NaN (incomparable): both count against the relevant entry
+            .filter(|&(j, &v)| j != relevant && v.partial_cmp(&s) != Some(std::cmp::Ordering::Less))
+            .count()
+            < k
 }
 
 /// Top-k accuracy: the fraction of samples whose label is among the `k` highest scores. `scores` is
-/// row-major `[labels.len(), classes]`; ties count in the label's favour. `None` for no samples.
+/// row-major `[labels.len(), classes]`; ties count against the label (see `within_top_k`: constant
+/// scores give 0). `None` for no samples.
 pub fn top_k_accuracy(scores: &[f32], labels: &[u32], k: usize) -> Result<Option<f64>> {
     if k == 0 {
         return Err(invalid("top-k accuracy needs k >= 1"));
@@ -61,7 +71,8 @@ pub fn top_k_accuracy(scores: &[f32], labels: &[u32], k: usize) -> Result<Option
 }
 
 /// Hit rate@k for ranking (recommendation): for each query, the scores of its candidates and the
-/// index of the one relevant candidate; a hit when it ranks within the top `k` (ties in its favour).
+/// index of the one relevant candidate; a hit when fewer than `k` other candidates score at least as
+/// high (ties count against it, as in [`top_k_accuracy`]).
 /// Candidate lists may differ in length. `None` for no queries.
 pub fn hit_rate_at_k(candidates: &[Vec<f32>], relevant: &[usize], k: usize) -> Result<Option<f64>> {
     if k == 0 {
@@ -587,7 +598,8 @@ mod tests {
     fn top_k_by_hand() {
         // row 0: label 1 is the max -> top-1 hit
         // row 1: label 2 (0.4) has 0.5 above it -> top-1 miss, top-2 hit
-        // row 2: label 0 (0.3) ties with class 1, 0.4 above it -> rank 2 (ties in its favour)
+        // row 2: label 0 (0.3) ties with class 1, 0.4 above it -> two others score at least as
+        //        high (ties count against it) -> hit only at k = 3
         // row 3: label 0 (0.1) has two above it -> hit only at k = 3
         let scores = [
             0.1, 0.8, 0.1, //
@@ -597,7 +609,7 @@ mod tests {
         ];
         let labels = [1, 2, 0, 0];
         assert_eq!(top_k_accuracy(&scores, &labels, 1).unwrap(), Some(0.25));
-        assert_eq!(top_k_accuracy(&scores, &labels, 2).unwrap(), Some(0.75));
+        assert_eq!(top_k_accuracy(&scores, &labels, 2).unwrap(), Some(0.5));
         assert_eq!(top_k_accuracy(&scores, &labels, 3).unwrap(), Some(1.0));
         assert_eq!(top_k_accuracy(&[], &[], 1).unwrap(), None);
         assert!(top_k_accuracy(&scores, &labels, 0).is_err());
@@ -608,6 +620,36 @@ mod tests {
             top_k_accuracy(&[f32::NAN, 0.0], &[0], 2).unwrap(),
             Some(0.0)
         );
+    }
+
+    /// A collapsed model (the same score for every class) is not a perfect one: constant logits
+    /// give 0 at every k below the number of classes, and 1 only when k covers every class.
+    #[test]
+    fn ties_count_against_the_label() {
+        let classes = 10;
+        let scores = vec![0.25f32; 7 * classes];
+        let labels = [0, 1, 2, 3, 4, 5, 9];
+        for k in [1, 5, classes - 1] {
+            assert_eq!(
+                top_k_accuracy(&scores, &labels, k).unwrap(),
+                Some(0.0),
+                "top-{k}"
+            );
+        }
+        assert_eq!(
+            top_k_accuracy(&scores, &labels, classes).unwrap(),
+            Some(1.0)
+        );
+        // a NaN competitor counts against the label too
+        assert_eq!(
+            top_k_accuracy(&[0.5, f32::NAN, 0.1], &[0], 1).unwrap(),
+            Some(0.0)
+        );
+        // the same rule for ranking: three tied candidates, the relevant one is third
+        let lists = vec![vec![0.5f32, 0.5, 0.5]];
+        assert_eq!(hit_rate_at_k(&lists, &[0], 2).unwrap(), Some(0.0));
+        assert_eq!(hit_rate_at_k(&lists, &[2], 2).unwrap(), Some(0.0));
+        assert_eq!(hit_rate_at_k(&lists, &[1], 3).unwrap(), Some(1.0));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! schedules they use (one-shot, iterative, gradual cubic, lottery ticket).
 
 pub mod criteria;
+pub mod fields;
 pub mod recipe;
 pub mod schedule;
 pub mod sweep;

@@ -24,6 +24,7 @@ use crate::criteria::{
     make_criterion, make_criterion_excluding, prune_nm, prune_unstructured, Calibration,
     UnstructuredScope,
 };
+use crate::fields::{Fields, Problem};
 use crate::schedule::{iterative_sparsity, GradualPruning, MovementPruning, RewindPoint, Snapshot};
 use crate::{RecipeError, Result};
 use prunekit_graph::channels::SliceKey;
@@ -399,8 +400,13 @@ pub struct RecipeReport {
     pub stages: Vec<StageLog>,
 }
 
+/// The largest `crop_padding` a recipe may ask for: a padding wider than any image only costs
+/// memory ((H + 2p) x (W + 2p) per sample).
+pub const MAX_CROP_PADDING: usize = 256;
+
 impl Recipe {
-    /// Parses a recipe; errors name the file, the line and the offending key.
+    /// Parses a recipe; errors name the file, the line and the offending key (for a value out of
+    /// range as for a typo).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Recipe> {
         let r: Recipe = toml::from_str(text).map_err(|e| {
             RecipeError::Invalid(format!(
@@ -409,7 +415,16 @@ impl Recipe {
                 e.to_string().trim().replace('\n', " ")
             ))
         })?;
-        r.check()?;
+        if let Err(p) = r.problems() {
+            let line = p
+                .line_in(text)
+                .map_or_else(String::new, |l| format!(", line {l}"));
+            return Err(RecipeError::Invalid(format!(
+                "{}{line}: {}",
+                origin.display(),
+                p.message()
+            )));
+        }
         Ok(r)
     }
 
@@ -420,118 +435,126 @@ impl Recipe {
         Self::from_toml(&text, path)
     }
 
-    /// Checks what serde cannot: ratios in range, known names, sensible counts.
+    /// Checks what serde cannot: every numeric field in its range (counts that divide or repeat at
+    /// least 1, ratios in [0, 1), learning rates and temperatures positive and finite, ...) and
+    /// known names. The error names the table and the field; [`Recipe::from_toml`] adds its line.
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(RecipeError::Invalid(m));
-        match (&self.model.arch, &self.model.path) {
-            (Some(_), Some(_)) | (None, None) => {
-                return bad("[model] needs exactly one of `arch` or `path`".into())
-            }
-            _ => {}
+        self.problems()
+            .map_err(|p| RecipeError::Invalid(p.message()))
+    }
+
+    /// The first problem of [`Recipe::check`], with the field's keys (for its line).
+    pub fn problems(&self) -> std::result::Result<(), Problem> {
+        let model = Fields::table("[model]", "model");
+        if self.model.arch.is_some() == self.model.path.is_some() {
+            return Err(model.problem(None, "needs exactly one of `arch` or `path`"));
         }
-        let train_ok = |t: &TrainSpec, at: &str| -> Result<()> {
-            if t.epochs == 0 || t.batch_size == 0 || !(t.lr > 0.0 && t.lr.is_finite()) {
-                return bad(format!("{at}: epochs, batch_size and lr must be positive"));
-            }
-            if !["sgd", "adamw"].contains(&t.optimizer.as_str()) {
-                return bad(format!(
-                    "{at}: optimizer `{}` is not one of sgd, adamw",
-                    t.optimizer
-                ));
-            }
-            if !["cosine", "constant", "step"].contains(&t.schedule.as_str()) {
-                return bad(format!(
-                    "{at}: schedule `{}` is not one of cosine, constant, step",
-                    t.schedule
-                ));
-            }
-            if let Some(d) = &t.distill {
-                d.check()
-                    .map_err(|e| RecipeError::Invalid(format!("{at}: {e}")))?;
-            }
-            Ok(())
-        };
+        for &d in self.model.input.iter().flatten() {
+            model.at_least("input", d, 1)?;
+        }
+        model.at_least_opt("classes", self.model.classes, 1)?;
+        let data = Fields::table("[data]", "data");
+        data.at_least_opt("train_limit", self.data.train_limit, 1)?;
+        data.at_least_opt("test_limit", self.data.test_limit, 1)?;
+        data.at_least("calib_batches", self.data.calib_batches, 1)?;
+        data.at_least("calib_batch_size", self.data.calib_batch_size, 1)?;
         if let Some(t) = &self.train {
-            train_ok(t, "[train]")?;
+            check_train(t, &Fields::table("[train]", "train"))?;
         }
-        let ratio_ok = |r: f64, what: &str, at: &str| -> Result<()> {
-            if !(0.0..1.0).contains(&r) {
-                return bad(format!("{at}: {what} {r} is outside [0, 1)"));
-            }
-            Ok(())
-        };
         for (i, s) in self.stages.iter().enumerate() {
-            let at = format!("stage {} ({})", i + 1, s.kind());
+            let at = Fields::element(format!("stage {} ({})", i + 1, s.kind()), "stage", i);
             match s {
                 Stage::Structured(st) => {
-                    ratio_ok(st.ratio, "ratio", &at)?;
-                    scope_of(&st.scope, &at)?;
+                    at.in_range("ratio", st.ratio, 0.0, 1.0, false)?;
+                    scope_of(&st.scope).map_err(|m| at.problem(Some("scope"), m))?;
+                    at.at_least("round_to", st.round_to, 1)?;
+                    at.in_range("min_ratio", st.min_ratio, 0.0, 1.0, true)?;
+                    at.in_range("max_ratio", st.max_ratio, 0.0, 1.0, true)?;
+                    if st.min_ratio > st.max_ratio {
+                        return Err(at.problem(
+                            Some("min_ratio"),
+                            format!(
+                                "`min_ratio` = {} exceeds `max_ratio` = {}",
+                                st.min_ratio, st.max_ratio
+                            ),
+                        ));
+                    }
+                    at.at_least("steps", st.steps, 1)?;
+                    let ratios = at.sub("ratios");
+                    for (group, &r) in &st.ratios {
+                        ratios.in_range(group, r, 0.0, 1.0, false)?;
+                    }
                 }
                 Stage::Layers(l) => {
-                    if !["influence", "ablation"].contains(&l.score.as_str()) {
-                        return bad(format!(
-                            "{at}: score `{}` is not one of influence, ablation",
-                            l.score
-                        ));
-                    }
+                    at.at_least("count", l.count, 1)?;
+                    at.one_of("score", &l.score, &["influence", "ablation"])?;
                 }
                 Stage::Unstructured(u) => {
-                    ratio_ok(u.target, "target", &at)?;
-                    unstructured_scope(&u.scope, &at)?;
-                    match u.schedule.as_str() {
-                        "one-shot" => {}
-                        "iterative" | "gradual" => match &u.train {
-                            Some(t) => train_ok(t, &at)?,
-                            None => {
-                                return bad(format!(
-                                    "{at}: the {} schedule needs a `train` table",
-                                    u.schedule
-                                ))
-                            }
-                        },
-                        other => {
-                            return bad(format!(
-                            "{at}: schedule `{other}` is not one of one-shot, iterative, gradual"
-                        ))
-                        }
-                    }
-                    if u.rounds == 0 || !(0.0 < u.end_fraction && u.end_fraction <= 1.0) {
-                        return bad(format!(
-                            "{at}: rounds must be positive and end_fraction in (0, 1]"
+                    at.in_range("target", u.target, 0.0, 1.0, false)?;
+                    unstructured_scope(&u.scope).map_err(|m| at.problem(Some("scope"), m))?;
+                    at.one_of(
+                        "schedule",
+                        &u.schedule,
+                        &["one-shot", "iterative", "gradual"],
+                    )?;
+                    if u.schedule != "one-shot" && u.train.is_none() {
+                        return Err(at.problem(
+                            None,
+                            format!("the {} schedule needs a `train` table", u.schedule),
                         ));
                     }
+                    if let Some(t) = &u.train {
+                        check_train(t, &at.sub("train"))?;
+                    }
+                    at.at_least("rounds", u.rounds, 1)?;
+                    at.at_least_opt("prune_every", u.prune_every, 1)?;
+                    at.fraction("end_fraction", u.end_fraction)?;
                 }
                 Stage::Nm(nm) => {
-                    if nm.m == 0 || nm.n == 0 || nm.n >= nm.m {
-                        return bad(format!("{at}: need 0 < n < m, got {}:{}", nm.n, nm.m));
-                    }
-                }
-                Stage::Finetune(t) => train_ok(t, &at)?,
-                Stage::Threshold(t) => {
-                    if !(t.value >= 0.0 && t.value.is_finite()) {
-                        return bad(format!("{at}: value {} must be >= 0", t.value));
+                    if nm.n == 0 || nm.n >= nm.m {
+                        return Err(
+                            at.problem(Some("n"), format!("need 0 < n < m, got {}:{}", nm.n, nm.m))
+                        );
                     }
                 }
                 Stage::SparseTrain(st) => {
-                    if !(st.lambda.is_finite() && st.lambda >= 0.0) {
-                        return bad(format!("{at}: lambda {} must be >= 0", st.lambda));
-                    }
+                    at.non_negative("lambda", st.lambda)?;
                     if !(st.alpha.is_finite() && st.alpha >= 1.0) {
-                        return bad(format!("{at}: alpha {} must be >= 1", st.alpha));
+                        return Err(at.problem(
+                            Some("alpha"),
+                            format!("`alpha` = {} must be a finite number >= 1", st.alpha),
+                        ));
                     }
-                    train_ok(&st.train, &at)?;
+                    check_train(&st.train, &at.sub("train"))?;
                 }
+                Stage::Finetune(t) => check_train(t, &at)?,
+                Stage::Threshold(t) => at.non_negative("value", t.value)?,
                 Stage::Lottery(l) => {
-                    ratio_ok(l.target, "target", &at)?;
-                    train_ok(&l.train, &at)?;
-                    if l.rounds == 0 {
-                        return bad(format!("{at}: rounds must be positive"));
-                    }
+                    at.in_range("target", l.target, 0.0, 1.0, false)?;
+                    at.at_least("rounds", l.rounds, 1)?;
+                    check_train(&l.train, &at.sub("train"))?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The fields of a training table (`[train]`, a stage's `train`, a `finetune` stage).
+fn check_train(t: &TrainSpec, at: &Fields) -> std::result::Result<(), Problem> {
+    at.at_least("epochs", t.epochs, 1)?;
+    at.positive("lr", t.lr)?;
+    at.at_least("batch_size", t.batch_size, 1)?;
+    at.one_of("optimizer", &t.optimizer, &["sgd", "adamw"])?;
+    at.in_range("momentum", t.momentum, 0.0, 1.0, false)?;
+    at.non_negative("weight_decay", t.weight_decay)?;
+    at.one_of("schedule", &t.schedule, &["cosine", "constant", "step"])?;
+    at.at_most("crop_padding", t.crop_padding, MAX_CROP_PADDING)?;
+    if let Some(d) = &t.distill {
+        d.check()
+            .map_err(|e| at.problem(Some("distill"), e.to_string()))?;
+    }
+    Ok(())
 }
 
 impl Stage {
@@ -559,24 +582,20 @@ impl Stage {
     }
 }
 
-fn scope_of(s: &str, at: &str) -> Result<Scope> {
+fn scope_of(s: &str) -> std::result::Result<Scope, String> {
     match s {
         "layer" => Ok(Scope::Layer),
         "global" => Ok(Scope::Global),
-        other => Err(RecipeError::Invalid(format!(
-            "{at}: scope `{other}` is not one of layer, global"
-        ))),
+        other => Err(format!("scope `{other}` is not one of layer, global")),
     }
 }
 
-fn unstructured_scope(s: &str, at: &str) -> Result<UnstructuredScope> {
+fn unstructured_scope(s: &str) -> std::result::Result<UnstructuredScope, String> {
     match s {
         "layer" => Ok(UnstructuredScope::Layer),
         "global" => Ok(UnstructuredScope::Global),
         "row" => Ok(UnstructuredScope::Row),
-        other => Err(RecipeError::Invalid(format!(
-            "{at}: scope `{other}` is not one of layer, global, row"
-        ))),
+        other => Err(format!("scope `{other}` is not one of layer, global, row")),
     }
 }
 
@@ -717,7 +736,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             let calib = cx.calibration_for(&s.criterion)?;
             let crit = make_criterion(&s.criterion, g, calib.as_ref(), cx.seed)?;
             let mut cfg = StructuredConfig::new(s.ratio);
-            cfg.scope = scope_of(&s.scope, "structured")?;
+            cfg.scope = scope_of(&s.scope).map_err(RecipeError::Invalid)?;
             cfg.round_to = s.round_to;
             cfg.min_ratio = s.min_ratio;
             cfg.max_ratio = s.max_ratio;
@@ -762,7 +781,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             json!(r)
         }
         Stage::Unstructured(u) => {
-            let scope = unstructured_scope(&u.scope, "unstructured")?;
+            let scope = unstructured_scope(&u.scope).map_err(RecipeError::Invalid)?;
             let c = cx.calibration_for(&u.criterion)?;
             let prune_to = |g: &mut Graph, s: f64| -> Result<()> {
                 let crit =

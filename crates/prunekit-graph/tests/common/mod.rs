@@ -99,6 +99,39 @@ pub fn randomize_params(g: &Graph, seed: u64) {
     }
 }
 
+/// Wraps the inputs marked in `grad` into `Var`s (so that a backward pass reaches them): the vars
+/// (None where unmarked) and the inputs to run on (the var's tensor, or the input itself).
+pub fn track(inputs: &[Tensor], grad: &[bool]) -> (Vec<Option<Var>>, Vec<Tensor>) {
+    let vars: Vec<Option<Var>> = inputs
+        .iter()
+        .zip(grad)
+        .map(|(t, &g)| g.then(|| Var::from_tensor(t).unwrap()))
+        .collect();
+    let tensors = inputs
+        .iter()
+        .zip(&vars)
+        .map(|(t, v)| {
+            v.as_ref()
+                .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
+        })
+        .collect();
+    (vars, tensors)
+}
+
+/// The largest absolute value of a tensor of any float dtype, as f64.
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 /// Finite-difference settings.
 pub const EPS: f64 = 1e-6;
 pub const RTOL: f64 = 1e-4;
@@ -185,18 +218,8 @@ pub fn grad_check(g: &Graph, inputs: &[Tensor], train: bool) -> Vec<String> {
         g.params().all(|(_, _, p)| p.tensor().dtype() == DType::F64),
         "convert the graph with to_dtype(F64) first"
     );
-    let vars: Vec<Option<Var>> = inputs
-        .iter()
-        .map(|t| t.dtype().is_float().then(|| Var::from_tensor(t).unwrap()))
-        .collect();
-    let tracked: Vec<Tensor> = inputs
-        .iter()
-        .zip(&vars)
-        .map(|(t, v)| {
-            v.as_ref()
-                .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
-        })
-        .collect();
+    let float: Vec<bool> = inputs.iter().map(|t| t.dtype().is_float()).collect();
+    let (vars, tracked) = track(inputs, &float);
 
     let outs = Executor::new(0)
         .run(g, &tracked, Mode { train, grad: true }, None)
