@@ -25,7 +25,7 @@
 //! | `lamp` | w_u^2 / sum of w_v^2 over v at or after u in ascending order, per tensor | per slice sum | Lee et al. 2021, Layer-adaptive Sparsity for the Magnitude-based Pruning | yes: normalised per layer (its purpose) |
 //! | `fpgm` | a filter's score spread over its row | per filter sum_j \|\|F_i - F_j\|\|_2 over the layer's other filters (output rows of Linear / conv weights only) | He et al. 2019, Filter Pruning via Geometric Median | no: distances follow the layer's scale |
 //! | `bn-scale` | \|gamma\| (BatchNorm weights only) | per slice sum \|gamma\| | Liu et al. 2017, Network Slimming | across BatchNorm layers, as the paper's global threshold |
-//! | `taylor` | (1/B) sum_b (w g_b)^2 | (1/B) sum_b (sum_{w in S} w g_b)^2 | Molchanov et al. 2019, Importance Estimation for Neural Network Pruning, eq. 4 and the group form | yes: estimates the squared loss change |
+//! | `taylor` | (1/B) sum_b (w g_b)^2 | (1/B) sum_b (sum_{w in S} w g_b)^2 | Molchanov et al. 2019, Importance Estimation for Neural Network Pruning (per parameter and the group form, averaged over mini-batches) | yes: estimates the squared loss change |
 //! | `fisher` | 0.5 w^2 (1/N) sum_i g_i^2 | sum over S of the element scores | LeCun et al. 1990, Optimal Brain Damage, with the empirical Fisher as the Hessian diagonal | yes: estimates the loss increase |
 //! | `snip` | \|w g_all\| / sum over the model of \|w g_all\| | per slice sum | Lee et al. 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity | yes: normalised over the whole model |
 //! | `movement` | -sum_t w_t g_t over fine-tuning steps t (or over calibration batches) | per slice sum | Sanh et al. 2020, Movement Pruning | yes: a first-order loss change |
