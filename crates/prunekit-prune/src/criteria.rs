@@ -730,14 +730,30 @@ fn each_gradient(
     Ok(())
 }
 
-/// Adds `t` to the tensor of `key` in `acc` (inserting it when absent).
-fn add_into(acc: &mut Grads, key: (String, String), t: Tensor) -> Result<()> {
-    let v = match acc.remove(&key) {
-        Some(a) => (a + t)?,
-        None => t,
-    };
-    acc.insert(key, v);
-    Ok(())
+/// Per weight, the sum over [`each_gradient`] of `term(samples, key, gradient)`; with the
+/// samples and the number of gradients seen.
+fn sum_over_gradients(
+    g: &Graph,
+    calib: &Calibration,
+    what: &str,
+    of: GradOf,
+    mut term: impl FnMut(usize, &(String, String), Tensor) -> Result<Tensor>,
+) -> Result<(Grads, usize, usize)> {
+    let (mut sums, mut samples, mut seen): (Grads, usize, usize) = (HashMap::new(), 0, 0);
+    each_gradient(g, calib, what, of, |n, grads| {
+        samples += n;
+        seen += 1;
+        for (k, gr) in grads {
+            let t = term(n, &k, gr)?;
+            let v = match sums.remove(&k) {
+                Some(a) => (a + t)?,
+                None => t,
+            };
+            sums.insert(k, v);
+        }
+        Ok(())
+    })?;
+    Ok((sums, samples, seen))
 }
 
 type Scores = HashMap<(String, String), Tensor>;
@@ -928,23 +944,18 @@ macro_rules! data_criterion {
 impl Taylor {
     /// Per weight: (1/B) sum_b (w g_b)^2, and the per-batch sums of w g_b along every axis.
     fn scores(&self, g: &Graph) -> Result<Entries> {
-        let mut squares: Grads = HashMap::new();
         let mut slices: HashMap<(String, String), Vec<Vec<Vec<f64>>>> = HashMap::new();
-        let mut batches = 0usize;
-        each_gradient(g, &self.calib, "taylor", GradOf::Batch, |_, grads| {
-            batches += 1;
-            for (k, gr) in grads {
-                let wg = (weight_by_key(g, &k)? * gr)?;
+        let (squares, _, batches) =
+            sum_over_gradients(g, &self.calib, "taylor", GradOf::Batch, |_, k, gr| {
+                let wg = (weight_by_key(g, k)? * gr)?;
                 let per_axis = slices
                     .entry(k.clone())
                     .or_insert_with(|| vec![Vec::new(); wg.rank()]);
                 for (axis, terms) in per_axis.iter_mut().enumerate() {
                     terms.push(sums_along(&wg, axis)?);
                 }
-                add_into(&mut squares, k, wg.sqr()?)?;
-            }
-            Ok(())
-        })?;
+                Ok(wg.sqr()?)
+            })?;
         let inv = 1.0 / batches.max(1) as f64;
         squares
             .into_iter()
@@ -1011,15 +1022,10 @@ impl Criterion for Taylor {
 impl Fisher {
     /// Per weight: 0.5 w^2 (1/N) sum_i g_i^2 over the N calibration samples.
     fn scores(&self, g: &Graph) -> Result<Scores> {
-        let mut squares: Grads = HashMap::new();
-        let mut samples = 0usize;
-        each_gradient(g, &self.calib, "fisher", GradOf::Sample, |n, grads| {
-            samples += n;
-            for (k, gr) in grads {
-                add_into(&mut squares, k, gr.sqr()?)?;
-            }
-            Ok(())
-        })?;
+        let (squares, samples, _) =
+            sum_over_gradients(g, &self.calib, "fisher", GradOf::Sample, |_, _, gr| {
+                Ok(gr.sqr()?)
+            })?;
         let scale = 0.5 / samples.max(1) as f64;
         squares
             .into_iter()
@@ -1043,15 +1049,10 @@ impl Snip {
     /// Per weight: |w g_all| / sum over the model, g_all the gradient of the mean loss over every
     /// calibration sample (each batch's mean gradient weighted by its size).
     fn scores(&self, g: &Graph) -> Result<Scores> {
-        let mut sums: Grads = HashMap::new();
-        let mut samples = 0usize;
-        each_gradient(g, &self.calib, "snip", GradOf::Batch, |n, grads| {
-            samples += n;
-            for (k, gr) in grads {
-                add_into(&mut sums, k, gr.affine(n as f64, 0.0)?)?;
-            }
-            Ok(())
-        })?;
+        let (sums, samples, _) =
+            sum_over_gradients(g, &self.calib, "snip", GradOf::Batch, |n, _, gr| {
+                Ok(gr.affine(n as f64, 0.0)?)
+            })?;
         let inv = 1.0 / samples.max(1) as f64;
         let mut scores: Scores = HashMap::new();
         let mut total = 0.0;
