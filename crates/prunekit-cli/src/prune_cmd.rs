@@ -244,7 +244,10 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
             run_stage(&mut g, stage, &cx).with_context(|| format!("{} pruning", stage.kind()))?;
         seconds.insert(stage.kind().into(), json!(t0.elapsed().as_secs_f64()));
         match stage {
-            Stage::Structured(_) => out["groups"] = done.detail["groups"].clone(),
+            Stage::Structured(_) => {
+                out["groups"] = done.detail["groups"].clone();
+                out["unscored"] = done.detail["unscored"].clone();
+            }
             Stage::Layers(_) => out["layers"] = done.detail.clone(),
             _ => {}
         }
@@ -300,6 +303,16 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
                     gp["after"]
                 );
             }
+        }
+    }
+    if let Some(unscored) = out["unscored"].as_array() {
+        for u in unscored {
+            println!(
+                "{} ({}): not scored, kept whole: {}",
+                u["group"].as_str().unwrap_or("?"),
+                u["label"].as_str().unwrap_or("?"),
+                u["reason"].as_str().unwrap_or("?")
+            );
         }
     }
     if let Some(layers) = out["sparsity"].as_array() {

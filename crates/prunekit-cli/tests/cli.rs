@@ -554,3 +554,47 @@ fn report_flag_on_prune_run_sensitivity_and_sweep() {
     );
     assert!(!rep("p2").exists());
 }
+
+#[test]
+fn groups_a_criterion_cannot_score_are_kept_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cnn = tmp.path().join("cnn");
+    ok(&["zoo", "create", "digits-cnn", "-o", s(&cnn)]);
+    let (p, q) = (tmp.path().join("p"), tmp.path().join("q"));
+    let args = ["--structured", "0.5", "--criterion", "bn-scale"];
+    let text = ok(&[&["prune", s(&cnn), "-o", s(&p)], &args[..]].concat());
+    assert!(
+        text.contains(
+            "linear1 (channels): not scored, kept whole: criterion `bn-scale` scores BatchNorm \
+             scales and no BatchNorm follows this group"
+        ),
+        "{text}"
+    );
+    let v = ok_json(&[&["prune", s(&cnn), "-o", s(&q), "--json"], &args[..]].concat());
+    let unscored = v["stages"][0]["detail"]["unscored"].as_array().unwrap();
+    assert_eq!(unscored.len(), 1, "{v}");
+    assert_eq!(unscored[0]["group"], "linear1");
+    let linear = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|gp| gp["group"] == "linear1")
+        .unwrap();
+    assert_eq!(linear["before"], linear["after"]);
+    // nothing the criterion can score: an error naming it
+    let lstm = tmp.path().join("lstm");
+    ok(&["zoo", "create", "lstm-classifier", "-o", s(&lstm)]);
+    fails_with(
+        &[
+            "prune",
+            s(&lstm),
+            "-o",
+            s(&tmp.path().join("r")),
+            "--structured",
+            "0.5",
+            "--criterion",
+            "fpgm",
+        ],
+        &["`fpgm`", "lstm1/units", "lstm2/units"],
+    );
+}

@@ -1,5 +1,5 @@
 //! prunekit's model graph: typed ops with their rules, the graph and its builder, our model format,
-//! and the candle runtime that executes graphs forward and backward.
+//! the candle runtime that executes graphs forward and backward, and the losses.
 
 pub mod builder;
 pub mod channels;
@@ -8,6 +8,7 @@ pub mod error;
 pub mod format;
 pub mod graph;
 pub mod kernels;
+pub mod loss;
 pub mod ops;
 pub mod runtime;
 

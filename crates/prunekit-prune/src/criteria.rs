@@ -1,24 +1,43 @@
-//! Importance criteria: element-wise scores for every parameter, consumed by both granularities:
-//! unstructured masks ([`crate::unstructured`]: an element's score is `reduce(importance)`) and the
-//! structured pruner ([`crate::structured`]: a unit's score per parameter is `reduce(sum of its
-//! slice)`). Higher is more important everywhere.
+//! Importance criteria: scores for every parameter, consumed by both granularities. Higher is more
+//! important everywhere; only `Role::Weight` parameters are scored.
 //!
-//! | name | importance | reduce | needs data |
-//! | --- | --- | --- | --- |
-//! | `l1` | \|w\| | sum | no |
-//! | `l2` | w^2 | sqrt | no |
-//! | `random` | seeded U(0, 1) | sum | no |
-//! | `lamp` | w_u^2 / sum of w_v^2 over v at or after u in ascending order, per layer | sum | no |
-//! | `fpgm` | a filter's summed distance to the layer's other filters, spread over its row | sum | no |
-//! | `bn-scale` | \|gamma\| of BatchNorm weights only | sum | no |
-//! | `taylor` | w * g summed over batches | abs | yes |
-//! | `fisher` | 0.5 w^2 * mean over batches of g^2 | sum | yes |
-//! | `snip` | \|w g\| on one batch, summing to 1 over the model | sum | yes |
-//! | `movement` | -w * g accumulated over fine-tuning steps | sum | yes |
-//! | `wanda` | \|W_ij\| * \|\|X_j\|\|_2 over the calibration inputs | sum | yes |
+//! - Unstructured masks ([`crate::unstructured`]): an element's score is
+//!   `reduce(importance(element))`.
+//! - Structured units ([`crate::structured`]): a criterion gives, per parameter slice (a unit's
+//!   indices along one axis), one sum per *term* ([`Criterion::slice_terms`]: one term for most
+//!   criteria, one per calibration batch for Taylor). Either each slice's sums are reduced
+//!   ([`Criterion::reduce_terms`]) and the unit's slice scores aggregated (sum / mean / max), or,
+//!   for criteria that score a group of parameters as one ([`Criterion::whole_unit`]: Taylor,
+//!   Fisher), the sums over every slice of the unit are added first and reduced once. A unit no
+//!   slice of which is scored has no score: its group is left out of the ranking and reported.
 //!
-//! Gradients come from cross-entropy in eval mode with gradients ([`Mode::EVAL_GRAD`]: BatchNorm
-//! uses its running statistics). Only `Role::Weight` parameters are scored.
+//! Notation: w a weight; g = dL/dw. L is the mean cross-entropy ([`prunekit_graph::loss`]) in eval
+//! mode with gradients ([`Mode::EVAL_GRAD`]: BatchNorm uses its running statistics, so samples do
+//! not interact); g_b its gradient over calibration batch b (B batches), g_i the gradient of the
+//! loss of sample i alone (N samples), g_all the gradient of the mean loss over all N samples
+//! (= sum_b n_b g_b / N). S is a structured unit (every weight element of every slice it owns).
+//!
+//! | name | element score | structured unit score | source | across layers (global) |
+//! | --- | --- | --- | --- | --- |
+//! | `l1` | \|w\| | per slice sum \|w\| | Li et al. 2017, Pruning Filters for Efficient ConvNets | no: follows each layer's weight scale |
+//! | `l2` | \|w\| | per slice sqrt(sum w^2) | (Frobenius norm of the slice) | no: as l1 |
+//! | `random` | seeded U(0, 1) | per slice sum | baseline | yes (uniform) |
+//! | `lamp` | w_u^2 / sum of w_v^2 over v at or after u in ascending order, per tensor | per slice sum | Lee et al. 2021, Layer-adaptive Sparsity for the Magnitude-based Pruning | yes: normalised per layer (its purpose) |
+//! | `fpgm` | a filter's score spread over its row | per filter sum_j \|\|F_i - F_j\|\|_2 over the layer's other filters (output rows of Linear / conv weights only) | He et al. 2019, Filter Pruning via Geometric Median | no: distances follow the layer's scale |
+//! | `bn-scale` | \|gamma\| (BatchNorm weights only) | per slice sum \|gamma\| | Liu et al. 2017, Network Slimming | across BatchNorm layers, as the paper's global threshold |
+//! | `taylor` | (1/B) sum_b (w g_b)^2 | (1/B) sum_b (sum_{w in S} w g_b)^2 | Molchanov et al. 2019, Importance Estimation for Neural Network Pruning (per parameter and the group form, averaged over mini-batches) | yes: estimates the squared loss change |
+//! | `fisher` | 0.5 w^2 (1/N) sum_i g_i^2 | sum over S of the element scores | LeCun et al. 1990, Optimal Brain Damage, with the empirical Fisher as the Hessian diagonal | yes: estimates the loss increase |
+//! | `snip` | \|w g_all\| / sum over the model of \|w g_all\| | per slice sum | Lee et al. 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity | yes: normalised over the whole model |
+//! | `movement` | -sum_t w_t g_t over fine-tuning steps t (or over calibration batches) | per slice sum | Sanh et al. 2020, Movement Pruning | yes: a first-order loss change |
+//! | `wanda` | \|W_ij\| \|\|X_j\|\|_2 over the calibration inputs | per slice sum | Sun et al. 2024, A Simple and Effective Pruning Approach for LLMs | no: meant within each output row |
+//!
+//! "Across layers" says whether scores of different layers may be ranked together (global scope):
+//! the loss-based criteria (taylor, fisher, snip, movement) are invariant under the rescaling of a
+//! layer that leaves the function unchanged (w -> c w, the next layer / c through a ReLU, since
+//! w g is invariant), and LAMP normalises per layer; magnitudes (l1, l2, fpgm) are not, so a global
+//! ranking by them can empty a small-scale layer. Structured pruning divides unit scores by their
+//! group's mean by default ([`crate::Normalize::Mean`]), which removes the scale of any criterion
+//! but also the differences in importance between groups.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -26,20 +45,21 @@ use std::sync::{Mutex, MutexGuard};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use prunekit_data::Dataset;
+use prunekit_graph::loss::cross_entropy;
 use prunekit_graph::{param_grads, Executor, Graph, Hooks, InputKind, Mode, Op, Param, Role};
-use prunekit_train::{StepCx, StepHook, TrainError};
 use rand::{Rng, SeedableRng};
 
 use crate::{PruneError, Result};
 
-/// Importance of parameters: an element-wise score tensor per parameter. A unit's score per
-/// parameter (structured) is the reduced sum over its slice; an element's score (unstructured) is
-/// its reduced importance.
+/// Importance of parameters. An element's score (unstructured) is `reduce(importance)`; a
+/// structured unit's score comes from its slices' per-term sums ([`Criterion::slice_terms`],
+/// [`Criterion::reduce_terms`], [`Criterion::whole_unit`]). The defaults describe a criterion with
+/// one additive term equal to its importance.
 pub trait Criterion {
     fn name(&self) -> &'static str;
-    /// Element-wise importance of `param` of `node` (same shape), or None to leave it out.
+    /// Element-wise importance of `param` of `node` (same shape, f64), or None to leave it out.
     fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>>;
-    /// Turns the sum of importance over a slice into the slice's score (sqrt for L2).
+    /// Turns one element's importance (or a one-term sum) into its score (sqrt for L2).
     fn reduce(&self, sum: f64) -> f64 {
         sum
     }
@@ -49,20 +69,41 @@ pub trait Criterion {
     fn prepare(&self, _g: &Graph) -> Result<()> {
         Ok(())
     }
-    /// The importance summed over every axis but `axis`: one value per index along it (what a
-    /// structured unit's slice of this parameter sums to before `reduce`), or None to leave this
-    /// slice out of unit scores.
-    fn slice_importance(
+    /// Per additive term, the terms of `param` summed over every axis but `axis`: `[terms][len
+    /// of axis]` (one term by default: the importance; Taylor: one per calibration batch), or
+    /// None to leave this slice out of unit scores.
+    fn slice_terms(
         &self,
         g: &Graph,
         node: &str,
         param: &str,
         axis: usize,
-    ) -> Result<Option<Vec<f64>>> {
+    ) -> Result<Option<Vec<Vec<f64>>>> {
         match self.importance(g, node, param)? {
-            Some(t) => Ok(Some(sums_along(&t, axis)?)),
+            Some(t) => Ok(Some(vec![sums_along(&t, axis)?])),
             None => Ok(None),
         }
+    }
+    /// The score of a set of elements (a slice, or a whole unit) from its per-term sums: by
+    /// default `reduce` of their total. Invariant: for one element, `reduce_terms(its terms) ==
+    /// reduce(importance)`.
+    fn reduce_terms(&self, sums: &[f64]) -> f64 {
+        self.reduce(sums.iter().sum())
+    }
+    /// Whether a structured unit is scored as one set: the per-term sums over every slice of the
+    /// unit (all its parameters and indices) are added before `reduce_terms` (group importance,
+    /// Molchanov et al. 2019; additive saliency, OBD). Otherwise each slice is reduced alone and
+    /// the slice scores are aggregated ([`crate::Aggregate`]).
+    fn whole_unit(&self) -> bool {
+        false
+    }
+    /// Why a structured group none of whose units this criterion can score is left out (shown
+    /// in the report).
+    fn unscored_reason(&self) -> String {
+        format!(
+            "criterion `{}` gives no importance to any parameter of this group",
+            self.name()
+        )
     }
 }
 
@@ -85,66 +126,72 @@ impl<C: Criterion> Excluding<C> {
         }
         Ok(Self { inner, nodes })
     }
+    fn excludes(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n == node)
+    }
 }
 
-/// A borrowed or boxed criterion is a criterion.
+/// The methods of a criterion that hands every call to another (`$s => $inner`), except the
+/// nodes for which `$node => $skip` holds, which get no importance.
 macro_rules! forward_criterion {
-    ($($ptr:ty),*) => {$(
-        impl<T: Criterion + ?Sized> Criterion for $ptr {
-            fn name(&self) -> &'static str {
-                (**self).name()
-            }
-            fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
-                (**self).importance(g, node, param)
-            }
-            fn reduce(&self, sum: f64) -> f64 {
-                (**self).reduce(sum)
-            }
-            fn prepare(&self, g: &Graph) -> Result<()> {
-                (**self).prepare(g)
-            }
-            fn slice_importance(
-                &self,
-                g: &Graph,
-                node: &str,
-                param: &str,
-                axis: usize,
-            ) -> Result<Option<Vec<f64>>> {
-                (**self).slice_importance(g, node, param, axis)
-            }
+    ($s:ident => $inner:expr, $node:ident => $skip:expr) => {
+        fn name(&self) -> &'static str {
+            let $s = self;
+            $inner.name()
         }
-    )*};
+        fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+            let ($s, $node) = (self, node);
+            if $skip {
+                return Ok(None);
+            }
+            $inner.importance(g, node, param)
+        }
+        fn reduce(&self, sum: f64) -> f64 {
+            let $s = self;
+            $inner.reduce(sum)
+        }
+        fn prepare(&self, g: &Graph) -> Result<()> {
+            let $s = self;
+            $inner.prepare(g)
+        }
+        fn slice_terms(
+            &self,
+            g: &Graph,
+            node: &str,
+            param: &str,
+            axis: usize,
+        ) -> Result<Option<Vec<Vec<f64>>>> {
+            let ($s, $node) = (self, node);
+            if $skip {
+                return Ok(None);
+            }
+            $inner.slice_terms(g, node, param, axis)
+        }
+        fn reduce_terms(&self, sums: &[f64]) -> f64 {
+            let $s = self;
+            $inner.reduce_terms(sums)
+        }
+        fn whole_unit(&self) -> bool {
+            let $s = self;
+            $inner.whole_unit()
+        }
+        fn unscored_reason(&self) -> String {
+            let $s = self;
+            $inner.unscored_reason()
+        }
+    };
 }
-forward_criterion!(&T, Box<T>);
 
+/// A borrowed criterion is a criterion.
+impl<T: Criterion + ?Sized> Criterion for &T {
+    forward_criterion!(c => (**c), _n => false);
+}
+/// A boxed criterion is a criterion.
+impl<T: Criterion + ?Sized> Criterion for Box<T> {
+    forward_criterion!(c => (**c), _n => false);
+}
 impl<C: Criterion> Criterion for Excluding<C> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
-        if self.nodes.iter().any(|n| n == node) {
-            return Ok(None);
-        }
-        self.inner.importance(g, node, param)
-    }
-    fn reduce(&self, sum: f64) -> f64 {
-        self.inner.reduce(sum)
-    }
-    fn prepare(&self, g: &Graph) -> Result<()> {
-        self.inner.prepare(g)
-    }
-    fn slice_importance(
-        &self,
-        g: &Graph,
-        node: &str,
-        param: &str,
-        axis: usize,
-    ) -> Result<Option<Vec<f64>>> {
-        if self.nodes.iter().any(|n| n == node) {
-            return Ok(None);
-        }
-        self.inner.slice_importance(g, node, param, axis)
-    }
+    forward_criterion!(c => c.inner, n => c.excludes(n));
 }
 
 /// Every criterion [`criterion_by_name`] knows.
@@ -160,7 +207,8 @@ pub const DATA_CRITERIA: &[&str] = &["taylor", "fisher", "snip", "movement", "wa
 /// here from `calib` on `g`; `seed` drives `random`. `movement` built here is the movement of one
 /// infinitesimal gradient step per calibration batch (-w g summed over batches at the current
 /// weights); to accumulate it over real fine-tuning, pass a [`Movement`] to
-/// `prunekit_train::fit_with` as a step hook. `bn-scale` built here only scores (lambda 0).
+/// `prunekit_train::fit_with` as a step hook (the hook lives in `prunekit_train`). `bn-scale`
+/// built here only scores (lambda 0).
 pub fn criterion_by_name(
     name: &str,
     g: &Graph,
@@ -228,7 +276,6 @@ fn weight_f64(g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
     }
     Ok(Some(p.tensor().to_dtype(DType::F64)?))
 }
-
 // ---------------------------------------------------------------------------------------------
 // Criteria from the weights alone
 
@@ -303,7 +350,8 @@ impl Criterion for RandomScores {
     }
 }
 
-/// Layer-adaptive magnitude pruning (Lee et al. 2021): per weight tensor, with the weights sorted
+/// Layer-adaptive magnitude pruning (Lee et al. 2021, "Layer-adaptive Sparsity for the
+/// Magnitude-based Pruning"): per weight tensor, with the weights sorted
 /// ascending by w^2 (ties by position), score(u) = w_u^2 / sum over v at or after u of w_v^2.
 /// Comparable across layers, so meant for global unstructured pruning.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -336,11 +384,14 @@ impl Criterion for Lamp {
     }
 }
 
-/// Filter pruning via the geometric median (He et al. 2019): for every Linear / Conv weight, a
+/// Filter pruning via the geometric median (He et al. 2019, "Filter Pruning via Geometric Median
+/// for Deep Convolutional Neural Networks Acceleration"): for every Linear / Conv weight, a
 /// filter's (output row's) score is the sum of its Euclidean distances to the layer's other
 /// filters; filters near the geometric median are redundant. The importance spreads a filter's
 /// score evenly over its row; only the output axis of those weights takes part in structured
-/// unit scores (every other parameter and axis gives None). Meant for structured pruning.
+/// unit scores (every other parameter and axis gives None), so groups without a Linear or
+/// convolution filter (recurrent units, attention heads) are left out of the ranking. Meant for
+/// structured pruning within each layer (distances follow the layer's weight scale).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fpgm;
 
@@ -392,24 +443,31 @@ impl Criterion for Fpgm {
         let t = Tensor::from_vec(per, shape, w.device())?;
         Ok(Some(t.broadcast_as(w.dims())?.contiguous()?))
     }
-    fn slice_importance(
+    fn slice_terms(
         &self,
         g: &Graph,
         node: &str,
         param: &str,
         axis: usize,
-    ) -> Result<Option<Vec<f64>>> {
+    ) -> Result<Option<Vec<Vec<f64>>>> {
         if axis != 0 {
             return Ok(None);
         }
-        Fpgm::filter_scores(g, node, param)
+        Ok(Fpgm::filter_scores(g, node, param)?.map(|s| vec![s]))
+    }
+    fn unscored_reason(&self) -> String {
+        "criterion `fpgm` scores filters (the output rows of Linear and convolution weights) and \
+         this group has none (recurrent units and attention heads are not filters)"
+            .into()
     }
 }
 
-/// Network slimming (Liu et al. 2017). As a [`StepHook`] it adds lambda * sum |gamma| over every
-/// BatchNorm weight to the training loss (sparsity training); as a [`Criterion`] a BatchNorm
-/// weight's importance is |gamma| and every other parameter gives None, so structured groups
-/// through a BatchNorm are ranked by its scales (groups without one score 0 everywhere).
+/// Network slimming (Liu et al. 2017, "Learning Efficient Convolutional Networks through Network
+/// Slimming"). As a [`Criterion`] a BatchNorm weight's importance is |gamma| and every other
+/// parameter gives None, so structured groups through a BatchNorm are ranked by its scales and
+/// groups without one are left out of the ranking (and reported). [`BnScale::penalty`] is the
+/// sparsity-training term lambda * sum |gamma| over every BatchNorm weight; the training hook that
+/// adds it to the loss (`impl StepHook for BnScale`) lives in `prunekit_train`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnScale {
     lambda: f64,
@@ -454,12 +512,6 @@ impl BnScale {
     }
 }
 
-impl StepHook for BnScale {
-    fn extra_loss(&mut self, g: &Graph, _cx: &StepCx) -> prunekit_train::Result<Option<Tensor>> {
-        Ok(self.penalty(g)?)
-    }
-}
-
 impl Criterion for BnScale {
     fn name(&self) -> &'static str {
         "bn-scale"
@@ -470,6 +522,9 @@ impl Criterion for BnScale {
             return Ok(None);
         }
         Ok(weight_f64(g, node, param)?.map(|w| w.abs()).transpose()?)
+    }
+    fn unscored_reason(&self) -> String {
+        "criterion `bn-scale` scores BatchNorm scales and no BatchNorm follows this group".into()
     }
 }
 
@@ -599,17 +654,20 @@ fn classification_loss(logits: &Tensor, labels: &Tensor, what: &str) -> Result<T
         )));
     }
     let logits = logits.reshape((rows, classes))?;
-    Ok(prunekit_train::cross_entropy(&logits, &y)?)
+    Ok(cross_entropy(&logits, &y)?)
 }
 
-/// Gradients of every weight (f64) for one calibration batch, in eval mode.
+/// Weight gradients (or scores) by (node, param).
+type Grads = HashMap<(String, String), Tensor>;
+
+/// Gradients of every weight (f64) of the mean loss over one calibration batch, in eval mode.
 fn batch_grads(
     g: &Graph,
     exec: &mut Executor,
     x: &Tensor,
     y: &Tensor,
     what: &str,
-) -> Result<HashMap<(String, String), Tensor>> {
+) -> Result<Grads> {
     let x = model_input(g, x)?;
     let logits = exec
         .run(g, std::slice::from_ref(&x), Mode::EVAL_GRAD, None)?
@@ -621,7 +679,7 @@ fn batch_grads(
 }
 
 /// The gradients in `grads` of every weight, as f64.
-fn weight_grads(g: &Graph, grads: &GradStore) -> Result<HashMap<(String, String), Tensor>> {
+fn weight_grads(g: &Graph, grads: &GradStore) -> Result<Grads> {
     let mut out = HashMap::new();
     for ((n, k), t) in param_grads(g, grads) {
         if param_of(g, &n, &k)?.role == Role::Weight {
@@ -636,7 +694,106 @@ fn weight_by_key(g: &Graph, key: &(String, String)) -> Result<Tensor> {
     Ok(param_of(g, &key.0, &key.1)?.tensor().to_dtype(DType::F64)?)
 }
 
+/// What one gradient of [`each_gradient`] is taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GradOf {
+    /// the mean loss of one calibration batch
+    Batch,
+    /// the loss of one sample (its batch split into batches of one: one backward pass each; exact,
+    /// since eval mode makes samples independent)
+    Sample,
+}
+
+/// Calls `f(samples, grads)` for every calibration batch (or every sample of every batch) in
+/// order, with the weight gradients of the mean loss over those `samples`.
+fn each_gradient(
+    g: &Graph,
+    calib: &Calibration,
+    what: &str,
+    of: GradOf,
+    mut f: impl FnMut(usize, Grads) -> Result<()>,
+) -> Result<()> {
+    check_model(g, what)?;
+    let mut exec = Executor::new(0);
+    for (x, y) in &calib.batches {
+        let n = x.dim(0)?;
+        match of {
+            GradOf::Batch => f(n, batch_grads(g, &mut exec, x, y, what)?)?,
+            GradOf::Sample => {
+                for i in 0..n {
+                    let (xi, yi) = (x.narrow(0, i, 1)?, y.narrow(0, i, 1)?);
+                    f(1, batch_grads(g, &mut exec, &xi, &yi, what)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per weight, the sum over [`each_gradient`] of `term(samples, key, gradient)`; with the
+/// samples and the number of gradients seen.
+fn sum_over_gradients(
+    g: &Graph,
+    calib: &Calibration,
+    what: &str,
+    of: GradOf,
+    mut term: impl FnMut(usize, &(String, String), Tensor) -> Result<Tensor>,
+) -> Result<(Grads, usize, usize)> {
+    let (mut sums, mut samples, mut seen): (Grads, usize, usize) = (HashMap::new(), 0, 0);
+    each_gradient(g, calib, what, of, |n, grads| {
+        samples += n;
+        seen += 1;
+        for (k, gr) in grads {
+            let t = term(n, &k, gr)?;
+            let v = match sums.remove(&k) {
+                Some(a) => (a + t)?,
+                None => t,
+            };
+            sums.insert(k, v);
+        }
+        Ok(())
+    })?;
+    Ok((sums, samples, seen))
+}
+
 type Scores = HashMap<(String, String), Tensor>;
+
+/// The cached scores of one weight: the element-wise importance, and for criteria with several
+/// terms (Taylor: one per batch) the per-term sums along every axis (`[axis][term][index]`).
+#[derive(Clone, Debug)]
+struct Entry {
+    importance: Tensor,
+    slices: Option<Vec<Vec<Vec<f64>>>>,
+}
+
+type Entries = HashMap<(String, String), Entry>;
+
+/// What a data criterion's `scores` may return: element-wise importance per weight (one term),
+/// or full entries.
+trait IntoEntries {
+    fn into_entries(self) -> Entries;
+}
+
+impl IntoEntries for Scores {
+    fn into_entries(self) -> Entries {
+        self.into_iter()
+            .map(|(k, importance)| {
+                let e = Entry {
+                    importance,
+                    slices: None,
+                };
+                (k, e)
+            })
+            .collect()
+    }
+}
+
+impl IntoEntries for Entries {
+    fn into_entries(self) -> Entries {
+        self
+    }
+}
+
 /// Names, shape and (sum, sum of squares) of every parameter: scores computed for one
 /// fingerprint are stale for another.
 type Fingerprint = Vec<(String, String, Vec<usize>, f64, f64)>;
@@ -658,14 +815,14 @@ fn fingerprint(g: &Graph) -> Result<Fingerprint> {
 
 /// Scores of a data criterion for the model state they were computed on.
 #[derive(Debug, Default)]
-struct ScoreCache(Mutex<Option<(Fingerprint, Scores)>>);
+struct ScoreCache(Mutex<Option<(Fingerprint, Entries)>>);
 
 impl ScoreCache {
-    fn lock(&self) -> MutexGuard<'_, Option<(Fingerprint, Scores)>> {
+    fn lock(&self) -> MutexGuard<'_, Option<(Fingerprint, Entries)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// Recomputes the scores when `g` differs from the model they were computed on.
-    fn refresh(&self, g: &Graph, compute: impl FnOnce() -> Result<Scores>) -> Result<()> {
+    fn refresh(&self, g: &Graph, compute: impl FnOnce() -> Result<Entries>) -> Result<()> {
         let fp = fingerprint(g)?;
         let mut slot = self.lock();
         if slot.as_ref().is_some_and(|(old, _)| *old == fp) {
@@ -682,7 +839,7 @@ impl ScoreCache {
             return Ok(Lookup::Stale);
         };
         match scores.get(&(node.to_string(), param.to_string())) {
-            Some(t) if t.dims() == p.tensor().dims() => Ok(Lookup::Found(t.clone())),
+            Some(e) if e.importance.dims() == p.tensor().dims() => Ok(Lookup::Found(e.clone())),
             Some(_) => Ok(Lookup::Stale),
             None => Ok(Lookup::Absent),
         }
@@ -690,7 +847,7 @@ impl ScoreCache {
 }
 
 enum Lookup {
-    Found(Tensor),
+    Found(Entry),
     Absent,
     Stale,
 }
@@ -699,17 +856,17 @@ enum Lookup {
 trait DataScores {
     fn what(&self) -> &'static str;
     fn cache(&self) -> &ScoreCache;
-    fn compute(&self, g: &Graph) -> Result<Scores>;
+    fn compute(&self, g: &Graph) -> Result<Entries>;
 
     fn refresh(&self, g: &Graph) -> Result<()> {
         self.cache().refresh(g, || self.compute(g))
     }
     /// The scores of a parameter, recomputed first when the cached ones have another shape (the
     /// model was pruned structurally since).
-    fn lookup(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+    fn lookup(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Entry>> {
         for _ in 0..2 {
             match self.cache().get(g, node, param)? {
-                Lookup::Found(t) => return Ok(Some(t)),
+                Lookup::Found(e) => return Ok(Some(e)),
                 Lookup::Absent => return Ok(None),
                 Lookup::Stale => self.refresh(g)?,
             }
@@ -721,8 +878,12 @@ trait DataScores {
     }
 }
 
+/// A criterion computed from calibration data: the struct (its calibration and score cache), its
+/// constructor and the cache plumbing around the type's `scores(&self, g)` (returning [`Scores`]
+/// or [`Entries`]). The second form also implements [`Criterion`] for one additive term with
+/// `reduce` = `$reduce` (and optionally `whole_unit`).
 macro_rules! data_criterion {
-    ($(#[$doc:meta])* $t:ident, $name:literal, $reduce:expr) => {
+    (@base $(#[$doc:meta])* $t:ident, $name:literal) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $t {
@@ -751,17 +912,20 @@ macro_rules! data_criterion {
             fn cache(&self) -> &ScoreCache {
                 &self.cache
             }
-            fn compute(&self, g: &Graph) -> Result<Scores> {
-                self.scores(g)
+            fn compute(&self, g: &Graph) -> Result<Entries> {
+                Ok(self.scores(g)?.into_entries())
             }
         }
+    };
+    ($(#[$doc:meta])* $t:ident, $name:literal, $reduce:expr $(, whole_unit = $whole:expr)?) => {
+        data_criterion!(@base $(#[$doc])* $t, $name);
 
         impl Criterion for $t {
             fn name(&self) -> &'static str {
                 $name
             }
             fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
-                self.lookup(g, node, param)
+                Ok(self.lookup(g, node, param)?.map(|e| e.importance))
             }
             fn reduce(&self, sum: f64) -> f64 {
                 let f: fn(f64) -> f64 = $reduce;
@@ -770,76 +934,130 @@ macro_rules! data_criterion {
             fn prepare(&self, g: &Graph) -> Result<()> {
                 self.refresh(g)
             }
+            $(fn whole_unit(&self) -> bool {
+                $whole
+            })?
         }
     };
 }
 
 impl Taylor {
-    fn scores(&self, g: &Graph) -> Result<Scores> {
-        let sums = grad_sums(g, &self.calib, "taylor", false)?;
-        sums.into_iter()
-            .map(|(k, s)| {
-                let w = weight_by_key(g, &k)?;
-                Ok((k, (w * s)?))
+    /// Per weight: (1/B) sum_b (w g_b)^2, and the per-batch sums of w g_b along every axis.
+    fn scores(&self, g: &Graph) -> Result<Entries> {
+        let mut slices: HashMap<(String, String), Vec<Vec<Vec<f64>>>> = HashMap::new();
+        let (squares, _, batches) =
+            sum_over_gradients(g, &self.calib, "taylor", GradOf::Batch, |_, k, gr| {
+                let wg = (weight_by_key(g, k)? * gr)?;
+                let per_axis = slices
+                    .entry(k.clone())
+                    .or_insert_with(|| vec![Vec::new(); wg.rank()]);
+                for (axis, terms) in per_axis.iter_mut().enumerate() {
+                    terms.push(sums_along(&wg, axis)?);
+                }
+                Ok(wg.sqr()?)
+            })?;
+        let inv = 1.0 / batches.max(1) as f64;
+        squares
+            .into_iter()
+            .map(|(k, sq)| {
+                let e = Entry {
+                    importance: sq.affine(inv, 0.0)?,
+                    slices: slices.remove(&k),
+                };
+                Ok((k, e))
             })
             .collect()
     }
 }
-data_criterion!(
-    /// First-order Taylor importance (Molchanov et al. 2017/2019): importance = w * g summed over the
-    /// calibration batches (signed); `reduce` = abs, so a weight's score is |w g| and a group's is
-    /// |sum over the group of w g|.
+data_criterion!(@base
+    /// First-order Taylor importance (Molchanov et al. 2019, "Importance Estimation for Neural
+    /// Network Pruning"): with g_b the gradient of calibration batch b's mean loss (B batches), a
+    /// weight scores (1/B) sum_b (w g_b)^2, and a structured unit S (every weight of every slice
+    /// it owns: its filters, the next layer's input columns, BatchNorm scales, ...) scores the
+    /// group importance (1/B) sum_b (sum_{w in S} w g_b)^2: the squared first-order estimate of
+    /// the loss change from removing S, averaged over batches ([`Criterion::whole_unit`]).
     Taylor,
-    "taylor", |s| s.abs());
+    "taylor");
 
-/// Per weight, the sum over the calibration batches of g (or of g^2 with `squared`).
-fn grad_sums(g: &Graph, calib: &Calibration, what: &str, squared: bool) -> Result<Scores> {
-    check_model(g, what)?;
-    let mut exec = Executor::new(0);
-    let mut sums: Scores = HashMap::new();
-    for (x, y) in &calib.batches {
-        for (k, gr) in batch_grads(g, &mut exec, x, y, what)? {
-            let gr = if squared { gr.sqr()? } else { gr };
-            let v = match sums.remove(&k) {
-                Some(acc) => (acc + gr)?,
-                None => gr,
-            };
-            sums.insert(k, v);
-        }
+impl Criterion for Taylor {
+    fn name(&self) -> &'static str {
+        "taylor"
     }
-    Ok(sums)
+    fn importance(&self, g: &Graph, node: &str, param: &str) -> Result<Option<Tensor>> {
+        Ok(self.lookup(g, node, param)?.map(|e| e.importance))
+    }
+    fn prepare(&self, g: &Graph) -> Result<()> {
+        self.refresh(g)
+    }
+    /// Per batch b, the sums of w g_b along `axis`.
+    fn slice_terms(
+        &self,
+        g: &Graph,
+        node: &str,
+        param: &str,
+        axis: usize,
+    ) -> Result<Option<Vec<Vec<f64>>>> {
+        let Some(e) = self.lookup(g, node, param)? else {
+            return Ok(None);
+        };
+        let mut slices = e.slices.ok_or_else(|| {
+            PruneError::Invalid(format!("taylor: no per-batch sums for `{node}.{param}`"))
+        })?;
+        if axis >= slices.len() {
+            return Err(PruneError::Invalid(format!(
+                "taylor: `{node}.{param}` has no axis {axis}"
+            )));
+        }
+        Ok(Some(slices.swap_remove(axis)))
+    }
+    /// The mean over batches of the squared per-batch sums.
+    fn reduce_terms(&self, sums: &[f64]) -> f64 {
+        sums.iter().map(|s| s * s).sum::<f64>() / sums.len().max(1) as f64
+    }
+    fn whole_unit(&self) -> bool {
+        true
+    }
 }
 
 impl Fisher {
+    /// Per weight: 0.5 w^2 (1/N) sum_i g_i^2 over the N calibration samples.
     fn scores(&self, g: &Graph) -> Result<Scores> {
-        let n = self.calib.len().max(1) as f64;
-        let sums = grad_sums(g, &self.calib, "fisher", true)?;
-        sums.into_iter()
+        let (squares, samples, _) =
+            sum_over_gradients(g, &self.calib, "fisher", GradOf::Sample, |_, _, gr| {
+                Ok(gr.sqr()?)
+            })?;
+        let scale = 0.5 / samples.max(1) as f64;
+        squares
+            .into_iter()
             .map(|(k, s)| {
                 let w = weight_by_key(g, &k)?;
-                Ok((k, (w.sqr()? * s)?.affine(0.5 / n, 0.0)?))
+                Ok((k, (w.sqr()? * s)?.affine(scale, 0.0)?))
             })
             .collect()
     }
 }
 data_criterion!(
-    /// Optimal-brain-damage saliency with the empirical Fisher as the Hessian diagonal:
-    /// importance = 0.5 * w^2 * mean over the calibration batches of g^2.
+    /// Optimal brain damage (LeCun et al. 1990) with the empirical Fisher as the Hessian diagonal:
+    /// importance = 0.5 * w^2 * (1/N) sum_i g_i^2, g_i the gradient of calibration sample i's loss
+    /// alone (one backward pass per sample; N samples), the estimated loss increase from zeroing
+    /// w. A structured unit scores the sum of its elements' importance (OBD saliency is
+    /// additive), whatever the aggregate.
     Fisher,
-    "fisher", |s| s);
+    "fisher", |s| s, whole_unit = true);
 
 impl Snip {
+    /// Per weight: |w g_all| / sum over the model, g_all the gradient of the mean loss over every
+    /// calibration sample (each batch's mean gradient weighted by its size).
     fn scores(&self, g: &Graph) -> Result<Scores> {
-        let (x, y) = self
-            .calib
-            .batches
-            .first()
-            .ok_or_else(|| PruneError::Invalid("snip: calibration has no batch".into()))?;
-        let grads = batch_grads(g, &mut Executor::new(0), x, y, "snip")?;
+        let (sums, samples, _) =
+            sum_over_gradients(g, &self.calib, "snip", GradOf::Batch, |n, _, gr| {
+                Ok(gr.affine(n as f64, 0.0)?)
+            })?;
+        let inv = 1.0 / samples.max(1) as f64;
         let mut scores: Scores = HashMap::new();
         let mut total = 0.0;
-        for (k, gr) in grads {
-            let s = (weight_by_key(g, &k)? * gr)?.abs()?;
+        for (k, gsum) in sums {
+            let s = (weight_by_key(g, &k)? * gsum.affine(inv, 0.0)?)?.abs()?;
             total += s.sum_all()?.to_scalar::<f64>()?;
             scores.insert(k, s);
         }
@@ -852,8 +1070,10 @@ impl Snip {
     }
 }
 data_criterion!(
-    /// Connection sensitivity (SNIP, Lee et al. 2019), meant at initialisation: |w * g| on the first
-    /// calibration batch at the current weights, normalised to sum 1 over every weight of the model.
+    /// Connection sensitivity (Lee et al. 2019, "SNIP: Single-shot Network Pruning based on
+    /// Connection Sensitivity"), meant at initialisation: |w * g| with g the gradient of the mean
+    /// loss over every calibration batch (the batch-size-weighted mean of the batch gradients) at
+    /// the current weights, normalised to sum 1 over every weight of the model.
     Snip,
     "snip", |s| s);
 
@@ -979,10 +1199,11 @@ data_criterion!(
     Wanda,
     "wanda", |s| s);
 
-/// Movement pruning (Sanh et al. 2020): as a [`StepHook`] in `prunekit_train::fit_with` it
-/// accumulates -w * g of every weight at every step (before the optimizer moves it); as a
-/// [`Criterion`] the importance is the accumulated value: higher means the weight moved away from
-/// zero, so it is kept.
+/// Movement pruning (Sanh et al. 2020, "Movement Pruning: Adaptive Sparsity by Fine-Tuning"): the
+/// importance of a weight is -sum_t w_t g_t accumulated over steps t (before the optimizer moves
+/// it): higher means the weight moved away from zero, so it is kept. Accumulate over fine-tuning
+/// with the training hook (`impl StepHook for Movement` in `prunekit_train`, which calls
+/// [`Movement::observe`]), or from calibration batches ([`Movement::from_calibration`]).
 #[derive(Debug, Default)]
 pub struct Movement {
     scores: Scores,
@@ -998,14 +1219,18 @@ impl Movement {
     /// The movement of one infinitesimal gradient step per calibration batch: -w * g summed over
     /// the batches at the current weights (eval mode).
     pub fn from_calibration(g: &Graph, calib: &Calibration) -> Result<Self> {
-        check_model(g, "movement")?;
         let mut m = Self::new();
-        let mut exec = Executor::new(0);
-        for (x, y) in &calib.batches {
-            let grads = batch_grads(g, &mut exec, x, y, "movement")?;
-            m.accumulate(g, &grads)?;
-        }
+        each_gradient(g, calib, "movement", GradOf::Batch, |_, grads| {
+            m.accumulate(g, &grads)
+        })?;
         Ok(m)
+    }
+
+    /// Adds -w * g for every weight of `g` that `grads` (a backward pass over `g`) holds, and
+    /// counts a step.
+    pub fn observe(&mut self, g: &Graph, grads: &GradStore) -> Result<()> {
+        let grads = weight_grads(g, grads)?;
+        self.accumulate(g, &grads)
     }
 
     /// Adds -w * g for every weight in `grads` ((node, param) -> gradient) and counts a step.
@@ -1051,18 +1276,6 @@ impl Movement {
     }
 }
 
-impl StepHook for Movement {
-    fn after_backward(
-        &mut self,
-        g: &Graph,
-        grads: &GradStore,
-        _cx: &StepCx,
-    ) -> prunekit_train::Result<()> {
-        let grads = weight_grads(g, grads)?;
-        Ok(self.accumulate(g, &grads)?)
-    }
-}
-
 impl Criterion for Movement {
     fn name(&self) -> &'static str {
         "movement"
@@ -1085,17 +1298,6 @@ impl Criterion for Movement {
                 p.tensor().dims()
             ))),
             None => Ok(None),
-        }
-    }
-}
-
-impl From<PruneError> for TrainError {
-    fn from(e: PruneError) -> Self {
-        match e {
-            PruneError::Graph(e) => TrainError::Graph(e),
-            PruneError::Candle(e) => TrainError::Candle(e),
-            PruneError::Data(e) => TrainError::Data(e),
-            PruneError::Invalid(m) => TrainError::Invalid(m),
         }
     }
 }

@@ -85,12 +85,25 @@ pub struct GroupPruned {
     pub after: usize,
 }
 
-/// The outcome: per-group widths, and for every sliced parameter axis its original length and the
-/// original indices that were kept (what [`verify`] needs to build the masked reference).
+/// A group the criterion could not score (e.g. `bn-scale` where no BatchNorm follows, `fpgm` on
+/// recurrent units or attention heads): left out of the ranking, none of its units removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnscoredGroup {
+    /// [`prunekit_graph::ChannelGroup::key`]
+    pub group: String,
+    pub label: String,
+    pub reason: String,
+}
+
+/// The outcome: per-group widths, the groups left unscored, and for every sliced parameter axis
+/// its original length and the original indices that were kept (what [`verify`] needs to build
+/// the masked reference).
 #[derive(Clone, Debug, Serialize)]
 pub struct StructuredReport {
     pub criterion: String,
     pub groups: Vec<GroupPruned>,
+    /// groups the criterion could not score, left as they were
+    pub unscored: Vec<UnscoredGroup>,
     #[serde(skip)]
     pub kept: BTreeMap<SliceKey, (usize, Vec<usize>)>,
 }
@@ -108,63 +121,96 @@ impl StructuredReport {
     }
 }
 
-/// The score of every unit of the analysis (higher is more important).
+/// The score of every unit of the analysis (higher is more important), or None for a unit none
+/// of whose slices the criterion scores.
+///
+/// Per slice (a unit's indices along one parameter axis) the criterion gives one sum per term
+/// ([`Criterion::slice_terms`]). With [`Criterion::whole_unit`] the sums of every slice of the
+/// unit are added and reduced once ([`Criterion::reduce_terms`]: Taylor's (1/B) sum_b (sum_S w
+/// g_b)^2, Fisher's sum); otherwise each slice is reduced alone and the slice scores combine by
+/// `aggregate`. Scores are then normalised within each group by `normalize` (over its scored
+/// units).
 pub fn unit_scores(
     g: &Graph,
     a: &ChannelAnalysis,
     criterion: &dyn Criterion,
     aggregate: Aggregate,
     normalize: Normalize,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Option<f64>>> {
     criterion.prepare(g)?;
-    // per slice key: the importance summed over every axis but the key's
-    let mut per_index: HashMap<SliceKey, Option<Vec<f64>>> = HashMap::new();
+    // per slice key and term: the terms summed over every axis but the key's
+    let mut per_index: HashMap<SliceKey, Option<Vec<Vec<f64>>>> = HashMap::new();
     for u in &a.units {
         for k in u.slices.keys() {
             if per_index.contains_key(k) {
                 continue;
             }
-            let sums = criterion.slice_importance(g, &k.node, &k.param, k.axis)?;
-            if let Some(v) = &sums {
+            let terms = criterion.slice_terms(g, &k.node, &k.param, k.axis)?;
+            if let Some(terms) = &terms {
                 let len = crate::criteria::param_of(g, &k.node, &k.param)?
                     .tensor()
                     .dim(k.axis)?;
-                if v.len() != len {
+                if let Some(bad) = terms.iter().find(|t| t.len() != len) {
                     return Err(PruneError::Invalid(format!(
                         "criterion `{}` gave {} slice scores for axis {} of `{}.{}` of length {len}",
                         criterion.name(),
-                        v.len(),
+                        bad.len(),
                         k.axis,
                         k.node,
                         k.param
                     )));
                 }
             }
-            per_index.insert(k.clone(), sums);
+            per_index.insert(k.clone(), terms);
         }
     }
-    let mut scores: Vec<f64> = a
-        .units
-        .iter()
-        .map(|u| {
-            let parts: Vec<f64> = u
-                .slices
-                .iter()
-                .filter_map(|(k, idx)| {
-                    let s = per_index[k].as_ref()?;
-                    Some(criterion.reduce(idx.iter().map(|&i| s[i]).sum()))
-                })
-                .collect();
-            match aggregate {
-                _ if parts.is_empty() => 0.0,
-                Aggregate::Sum => parts.iter().sum(),
-                Aggregate::Mean => parts.iter().sum::<f64>() / parts.len() as f64,
-                Aggregate::Max => parts.iter().copied().fold(f64::MIN, f64::max),
+    let mut scores = Vec::with_capacity(a.units.len());
+    for u in &a.units {
+        // per scored slice: the per-term sums over the unit's indices
+        let parts: Vec<Vec<f64>> = u
+            .slices
+            .iter()
+            .filter_map(|(k, idx)| {
+                let terms = per_index[k].as_ref()?;
+                Some(
+                    terms
+                        .iter()
+                        .map(|t| idx.iter().map(|&i| t[i]).sum())
+                        .collect(),
+                )
+            })
+            .collect();
+        if parts.is_empty() {
+            scores.push(None);
+            continue;
+        }
+        let score = if criterion.whole_unit() {
+            let mut total = vec![0.0; parts[0].len()];
+            for p in &parts {
+                if p.len() != total.len() {
+                    return Err(PruneError::Invalid(format!(
+                        "criterion `{}` gave slices of unit {} with {} and {} terms",
+                        criterion.name(),
+                        u.id,
+                        total.len(),
+                        p.len()
+                    )));
+                }
+                total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
             }
-        })
-        .collect();
+            criterion.reduce_terms(&total)
+        } else {
+            let per_slice: Vec<f64> = parts.iter().map(|p| criterion.reduce_terms(p)).collect();
+            match aggregate {
+                Aggregate::Sum => per_slice.iter().sum(),
+                Aggregate::Mean => per_slice.iter().sum::<f64>() / per_slice.len() as f64,
+                Aggregate::Max => per_slice.iter().copied().fold(f64::MIN, f64::max),
+            }
+        };
+        scores.push(Some(score));
+    }
     for group in &a.groups {
-        let vals: Vec<f64> = group.units.iter().map(|&u| scores[u]).collect();
+        let vals: Vec<f64> = group.units.iter().filter_map(|&u| scores[u]).collect();
         let div = match normalize {
             Normalize::None => 1.0,
             Normalize::Mean => vals.iter().sum::<f64>() / vals.len().max(1) as f64,
@@ -172,11 +218,43 @@ pub fn unit_scores(
         };
         if div > 0.0 {
             for &u in &group.units {
-                scores[u] /= div;
+                if let Some(s) = scores[u].as_mut() {
+                    *s /= div;
+                }
             }
         }
     }
     Ok(scores)
+}
+
+/// The groups of `a` with a unit that has no score (see [`unit_scores`]), and why: they are left
+/// out of the ranking.
+pub fn unscored_groups(
+    a: &ChannelAnalysis,
+    scores: &[Option<f64>],
+    criterion: &dyn Criterion,
+) -> Vec<UnscoredGroup> {
+    a.groups
+        .iter()
+        .filter_map(|gr| {
+            let missing = gr.units.iter().filter(|&&u| scores[u].is_none()).count();
+            if missing == 0 {
+                return None;
+            }
+            let mut reason = criterion.unscored_reason();
+            if missing < gr.units.len() {
+                reason = format!(
+                    "{reason} ({missing} of its {} units have no scored parameter)",
+                    gr.units.len()
+                );
+            }
+            Some(UnscoredGroup {
+                group: gr.key(),
+                label: gr.label.clone(),
+                reason,
+            })
+        })
+        .collect()
 }
 
 /// Units created by a protected node (its output channels, heads or hidden units, and everything
@@ -339,13 +417,33 @@ pub fn prune_structured(
     let mut origin: BTreeMap<SliceKey, (usize, Vec<usize>)> = BTreeMap::new();
     let step_ratio = 1.0 - (1.0 - cfg.ratio).powf(1.0 / cfg.steps as f64);
     let mut a = first;
+    let mut unscored: Vec<UnscoredGroup> = Vec::new();
     for step in 0..cfg.steps {
         if step > 0 {
             a = analyse(g)?;
         }
         let locked = protected_units(g, &a, &cfg.protected)?;
         let scores = unit_scores(g, &a, criterion, cfg.aggregate, cfg.normalize)?;
-        let mut remove = choose(&a, &scores, &locked, cfg, step_ratio);
+        let left_out = unscored_groups(&a, &scores, criterion);
+        if left_out.len() == a.groups.len() {
+            return Err(no_group_scored(criterion, &left_out));
+        }
+        // the unscored groups are neither ranked (in any scope) nor pruned
+        let ranked = if left_out.is_empty() {
+            std::borrow::Cow::Borrowed(&a)
+        } else {
+            let mut view = a.clone();
+            view.groups
+                .retain(|gr| !left_out.iter().any(|u| u.group == gr.key()));
+            std::borrow::Cow::Owned(view)
+        };
+        for u in left_out {
+            if !unscored.contains(&u) {
+                unscored.push(u);
+            }
+        }
+        let scores: Vec<f64> = scores.iter().map(|s| s.unwrap_or(0.0)).collect();
+        let mut remove = choose(&ranked, &scores, &locked, cfg, step_ratio);
         a.keep_nonempty(g, &mut remove, &|u| scores[u])?;
         if remove.is_empty() {
             continue;
@@ -374,6 +472,26 @@ pub fn prune_structured(
     Ok(StructuredReport {
         criterion: criterion.name().to_string(),
         groups,
+        unscored,
         kept: origin,
     })
+}
+
+/// The error when `criterion` can score none of the model's groups.
+fn no_group_scored(criterion: &dyn Criterion, unscored: &[UnscoredGroup]) -> PruneError {
+    let mut reasons: Vec<&str> = unscored.iter().map(|u| u.reason.as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    PruneError::Invalid(format!(
+        "criterion `{}` can score none of the model's {} prunable groups ({}): {}; pick another \
+         criterion",
+        criterion.name(),
+        unscored.len(),
+        unscored
+            .iter()
+            .map(|u| u.group.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reasons.join("; ")
+    ))
 }

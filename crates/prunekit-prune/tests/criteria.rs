@@ -1,22 +1,22 @@
 //! Importance criteria: the formulas against hand or finite-difference computations, their use in
 //! unstructured, row-wise, N:M and structured pruning (structured results verified against
-//! masking), the training hooks (movement, bn-scale) and the error cases.
+//! masking), groups a criterion cannot score, and the error cases. The training hooks (movement,
+//! bn-scale) are tested beside the trainer (crates/prunekit-train/tests/criterion_hooks.rs).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use prunekit_data::Dataset;
+use prunekit_graph::analyse;
 use prunekit_graph::channels::SliceKey;
+use prunekit_graph::loss::cross_entropy;
 use prunekit_graph::ops::Linear;
 use prunekit_graph::{Executor, Graph, GraphBuilder, Hooks, Mode};
 use prunekit_prune::{
     criterion_by_name, prunable_weights, prune_nm, prune_structured, prune_unstructured,
-    random_inputs, verify, BnScale, Calibration, Criterion, Fisher, Fpgm, Lamp, Movement, Norm,
-    RandomScores, Snip, StructuredConfig, Target, Taylor, UnstructuredScope, Wanda, CRITERIA,
-    DATA_CRITERIA,
-};
-use prunekit_train::{
-    cross_entropy, fit_with, LrSchedule, OptimizerKind, StepCx, StepHook, TrainConfig,
+    random_inputs, unit_scores, verify, Aggregate, BnScale, Calibration, Criterion, Fisher, Fpgm,
+    Lamp, Movement, Norm, Normalize, RandomScores, Scope, Snip, StructuredConfig, Target, Taylor,
+    UnstructuredScope, Wanda, CRITERIA, DATA_CRITERIA,
 };
 use rand::{Rng, SeedableRng};
 
@@ -90,145 +90,319 @@ fn f64_batches(batches: usize, size: usize, features: usize, classes: u32) -> Ca
     Calibration::new(out).unwrap()
 }
 
-/// Sum over the calibration batches of the eval-mode cross-entropy.
-fn total_loss(g: &Graph, calib: &Calibration) -> f64 {
-    let mut exec = Executor::new(0);
-    calib
-        .batches
-        .iter()
-        .map(|(x, y)| {
-            let logits = exec.eval(g, std::slice::from_ref(x)).unwrap().remove(0);
-            cross_entropy(&logits, y)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        })
-        .sum()
+/// The eval-mode mean cross-entropy of one batch.
+fn batch_loss(g: &Graph, x: &Tensor, y: &Tensor) -> f64 {
+    let logits = Executor::new(0)
+        .eval(g, std::slice::from_ref(x))
+        .unwrap()
+        .remove(0);
+    cross_entropy(&logits, y)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * b.abs().max(1.0)
 }
 
 #[test]
-fn taylor_is_w_times_the_finite_difference_gradient() {
+fn taylor_matches_finite_differences_per_batch() {
     let g = tiny_mlp_f64();
     let calib = f64_batches(2, 6, 4, 3);
     let taylor = Taylor::new(&g, &calib).unwrap();
-    assert_eq!(taylor.reduce(-2.5), 2.5);
+    // the mean over batches of the squared per-batch sums; a unit is scored as a whole
+    assert_eq!(taylor.reduce_terms(&[3.0, -1.0]), 5.0);
+    assert!(taylor.whole_unit());
     for node in ["linear1", "linear2"] {
         let imp = vec_of(&taylor.importance(&g, node, "weight").unwrap().unwrap());
+        let rows = taylor.slice_terms(&g, node, "weight", 0).unwrap().unwrap();
         let w = vec_of(&weight(&g, node, "weight"));
+        let cols = weight(&g, node, "weight").dims()[1];
+        // w_i * dL_b / dw_i by central differences, per batch b
         let h = 1e-5;
+        let wg: Vec<Vec<f64>> = calib
+            .batches
+            .iter()
+            .map(|(x, y)| {
+                (0..w.len())
+                    .map(|i| {
+                        let at = |d: f64| {
+                            let mut v = w.clone();
+                            v[i] += d;
+                            set(&g, node, "weight", v);
+                            batch_loss(&g, x, y)
+                        };
+                        let fd = (at(h) - at(-h)) / (2.0 * h);
+                        set(&g, node, "weight", w.clone());
+                        w[i] * fd
+                    })
+                    .collect()
+            })
+            .collect();
         for i in 0..w.len() {
-            let mut plus = w.clone();
-            plus[i] += h;
-            set(&g, node, "weight", plus);
-            let lp = total_loss(&g, &calib);
-            let mut minus = w.clone();
-            minus[i] -= h;
-            set(&g, node, "weight", minus);
-            let lm = total_loss(&g, &calib);
-            set(&g, node, "weight", w.clone());
-            let want = w[i] * (lp - lm) / (2.0 * h);
+            let want = (wg[0][i].powi(2) + wg[1][i].powi(2)) / 2.0;
             assert!(
-                (imp[i] - want).abs() <= 1e-8 * want.abs().max(1.0),
-                "{node}[{i}]: taylor {} vs w * fd {want}",
+                close(imp[i], want, 1e-8),
+                "{node}[{i}]: taylor {} vs mean of (w fd_b)^2 {want}",
                 imp[i]
             );
+        }
+        assert_eq!(rows.len(), 2, "one term per batch");
+        for (b, sums) in rows.iter().enumerate() {
+            for (o, s) in sums.iter().enumerate() {
+                let want: f64 = wg[b][o * cols..(o + 1) * cols].iter().sum();
+                assert!(
+                    close(*s, want, 1e-8),
+                    "{node} batch {b} row {o}: {s} vs {want}"
+                );
+            }
         }
         // biases are not scored
         assert!(taylor.importance(&g, node, "bias").unwrap().is_none());
     }
 }
 
-/// dL/dW of mean cross-entropy for a bias-free linear layer on one sample: (softmax(Wx) - e_y) x^T.
-fn linear_ce_grad(w: &[[f64; 2]; 2], x: [f64; 2], y: usize) -> [[f64; 2]; 2] {
-    let z: Vec<f64> = (0..2).map(|o| w[o][0] * x[0] + w[o][1] * x[1]).collect();
-    let m = z[0].max(z[1]);
-    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
-    let s = e[0] + e[1];
-    let mut g = [[0.0; 2]; 2];
-    for o in 0..2 {
-        let d = e[o] / s - if o == y { 1.0 } else { 0.0 };
-        for i in 0..2 {
-            g[o][i] = d * x[i];
-        }
-    }
-    g
-}
+/// Bias-free x[2] -> linear1 (2 -> 2) -> linear2 (2 -> 2) in f64 with these weights: one
+/// prunable group (linear1's outputs: the rows of W1 and the columns of W2). At x = (1, 1) the
+/// hidden values are (1, 1) and the logits are equal, so the samples (x, 0) and (x, 1) have
+/// exactly opposite gradients.
+const W1: [[f64; 2]; 2] = [[0.6, 0.4], [0.3, 0.7]];
+const W2: [[f64; 2]; 2] = [[2.0, -1.0], [-0.5, 1.5]];
 
-#[test]
-fn fisher_and_snip_match_hand_computation() {
-    let mut b = GraphBuilder::new("lin", 0);
+fn two_linear() -> Graph {
+    let mut b = GraphBuilder::new("two", 0);
     let x = b.input("x", &[2]);
-    let y = b
-        .node(
-            Linear {
-                in_features: 2,
-                out_features: 2,
-                bias: false,
-            },
-            &[&x],
-        )
-        .unwrap();
+    let lin = Linear {
+        in_features: 2,
+        out_features: 2,
+        bias: false,
+    };
+    let h = b.node(lin.clone(), &[&x]).unwrap();
+    let y = b.node(lin, &[&h]).unwrap();
     let mut g = b.finish(&[&y]).unwrap();
     g.to_dtype(DType::F64).unwrap();
-    let w = [[0.5, -1.0], [2.0, 0.25]];
     set(
         &g,
         "linear1",
         "weight",
-        w.iter().flatten().copied().collect(),
+        W1.iter().flatten().copied().collect(),
     );
-    let samples = [([1.0, 2.0], 0usize), ([-1.0, 0.5], 1usize)];
-    let calib = Calibration::new(
-        samples
+    set(
+        &g,
+        "linear2",
+        "weight",
+        W2.iter().flatten().copied().collect(),
+    );
+    g
+}
+
+/// Hand gradients of one sample's cross-entropy on [`two_linear`]: (dL/dW1, dL/dW2), with
+/// h = W1 x, z = W2 h, dz = softmax(z) - e_y, dL/dW2 = dz h^T, dL/dW1 = (W2^T dz) x^T.
+type Grad2 = ([[f64; 2]; 2], [[f64; 2]; 2]);
+fn two_linear_grads(x: [f64; 2], y: usize) -> Grad2 {
+    let h: Vec<f64> = (0..2).map(|o| W1[o][0] * x[0] + W1[o][1] * x[1]).collect();
+    let z: Vec<f64> = (0..2).map(|k| W2[k][0] * h[0] + W2[k][1] * h[1]).collect();
+    let m = z[0].max(z[1]);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let dz: Vec<f64> = (0..2)
+        .map(|k| e[k] / (e[0] + e[1]) - if k == y { 1.0 } else { 0.0 })
+        .collect();
+    let (mut g1, mut g2) = ([[0.0; 2]; 2], [[0.0; 2]; 2]);
+    for o in 0..2 {
+        let dh = W2[0][o] * dz[0] + W2[1][o] * dz[1];
+        for i in 0..2 {
+            g1[o][i] = dh * x[i];
+            g2[o][i] = dz[o] * h[i];
+        }
+    }
+    (g1, g2)
+}
+
+/// The mean of some samples' gradients.
+fn mean_grad(gs: &[Grad2]) -> Grad2 {
+    let n = gs.len() as f64;
+    let mut m = ([[0.0; 2]; 2], [[0.0; 2]; 2]);
+    for (a, b) in gs {
+        for r in 0..2 {
+            for c in 0..2 {
+                m.0[r][c] += a[r][c] / n;
+                m.1[r][c] += b[r][c] / n;
+            }
+        }
+    }
+    m
+}
+
+/// Calibration batches of (x, label) samples.
+fn calib_of(batches: &[&[([f64; 2], u32)]]) -> Calibration {
+    let dev = Device::Cpu;
+    Calibration::new(
+        batches
             .iter()
-            .map(|(x, y)| {
+            .map(|b| {
+                let xs: Vec<f64> = b.iter().flat_map(|s| s.0).collect();
+                let ys: Vec<u32> = b.iter().map(|s| s.1).collect();
                 (
-                    Tensor::new(&[*x], &Device::Cpu).unwrap(),
-                    Tensor::new(&[*y as u32], &Device::Cpu).unwrap(),
+                    Tensor::from_vec(xs, (b.len(), 2), &dev).unwrap(),
+                    Tensor::new(ys, &dev).unwrap(),
                 )
             })
             .collect(),
     )
-    .unwrap();
-    let grads: Vec<[[f64; 2]; 2]> = samples
-        .iter()
-        .map(|(x, y)| linear_ce_grad(&w, *x, *y))
-        .collect();
+    .unwrap()
+}
 
-    let fisher = vec_of(
-        &Fisher::new(&g, &calib)
-            .unwrap()
-            .importance(&g, "linear1", "weight")
-            .unwrap()
-            .unwrap(),
-    );
-    let snip = vec_of(
-        &Snip::new(&g, &calib)
-            .unwrap()
-            .importance(&g, "linear1", "weight")
-            .unwrap()
-            .unwrap(),
-    );
-    let total: f64 = (0..4)
-        .map(|k| (w[k / 2][k % 2] * grads[0][k / 2][k % 2]).abs())
-        .sum();
-    for k in 0..4 {
-        let (o, i) = (k / 2, k % 2);
-        let mean_sq = (grads[0][o][i].powi(2) + grads[1][o][i].powi(2)) / 2.0;
-        let want_f = 0.5 * w[o][i] * w[o][i] * mean_sq;
-        assert!(
-            (fisher[k] - want_f).abs() < 1e-12,
-            "fisher[{k}] {} vs {want_f}",
-            fisher[k]
+/// sum over hidden unit o's weights (row o of W1, column o of W2) of f(w, g).
+fn over_unit(o: usize, g: &Grad2, f: impl Fn(f64, f64) -> f64) -> f64 {
+    (0..2)
+        .map(|i| f(W1[o][i], g.0[o][i]) + f(W2[i][o], g.1[i][o]))
+        .sum()
+}
+
+/// The analysis of [`two_linear`] and the hidden channel of each of its units.
+fn two_linear_units(g: &Graph) -> (prunekit_graph::ChannelAnalysis, Vec<(usize, usize)>) {
+    let a = analyse(g).unwrap();
+    assert_eq!(a.groups.len(), 1);
+    let key = SliceKey {
+        node: "linear1".into(),
+        param: "weight".into(),
+        axis: 0,
+    };
+    let units = a.groups[0]
+        .units
+        .iter()
+        .map(|&u| (u, a.units[u].slices[&key][0]))
+        .collect();
+    (a, units)
+}
+
+#[test]
+fn taylor_averages_the_squared_group_sums_of_batches_of_opposite_sign() {
+    let g = two_linear();
+    let x = [1.0, 1.0];
+    // two batches whose gradients are exactly opposite: the summed w g (the old score) is zero
+    let calib = calib_of(&[&[(x, 0)], &[(x, 1)]]);
+    let (ga, gb) = (two_linear_grads(x, 0), two_linear_grads(x, 1));
+    let taylor = Taylor::new(&g, &calib).unwrap();
+    let (a, units) = two_linear_units(&g);
+    let scores = unit_scores(&g, &a, &taylor, Aggregate::Sum, Normalize::None).unwrap();
+    for (u, o) in units {
+        let (ta, tb) = (
+            over_unit(o, &ga, |w, g| w * g),
+            over_unit(o, &gb, |w, g| w * g),
         );
-        let want_s = (w[o][i] * grads[0][o][i]).abs() / total;
+        assert!((ta + tb).abs() < 1e-12 && ta.abs() > 0.05, "{ta} {tb}");
+        // (1/B) sum_b (sum over the unit of w g_b)^2: the unit's slices add before squaring
+        let want = (ta * ta + tb * tb) / 2.0;
+        let got = scores[u].unwrap();
+        assert!(close(got, want, 1e-9), "unit {o}: {got} vs {want}");
+        let (row, col) = (
+            (0..2).map(|i| W1[o][i] * ga.0[o][i]).sum::<f64>(),
+            (0..2).map(|i| W2[i][o] * ga.1[i][o]).sum::<f64>(),
+        );
         assert!(
-            (snip[k] - want_s).abs() < 1e-12,
-            "snip[{k}] {} vs {want_s}",
-            snip[k]
+            (row * row + col * col - want).abs() > 1e-3,
+            "the per-slice squares must differ from the group's square here"
         );
     }
-    assert!((snip.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    // unstructured: per weight (1/B) sum_b (w g_b)^2 = (w g_a)^2, positive though sum_b g_b = 0
+    let imp1 = vec_of(&taylor.importance(&g, "linear1", "weight").unwrap().unwrap());
+    let imp2 = vec_of(&taylor.importance(&g, "linear2", "weight").unwrap().unwrap());
+    for k in 0..4 {
+        let (r, c) = (k / 2, k % 2);
+        assert!(close(imp1[k], (W1[r][c] * ga.0[r][c]).powi(2), 1e-9));
+        assert!(close(imp2[k], (W2[r][c] * ga.1[r][c]).powi(2), 1e-9));
+        assert!(imp1[k] > 0.0 && imp2[k] > 0.0);
+    }
+}
+
+#[test]
+fn fisher_uses_per_sample_gradients() {
+    let g = two_linear();
+    let x = [1.0, 1.0];
+    // one batch of two samples with opposite gradients: its mean gradient is zero
+    let calib = calib_of(&[&[(x, 0), (x, 1)]]);
+    let (ga, gb) = (two_linear_grads(x, 0), two_linear_grads(x, 1));
+    let mean = mean_grad(&[ga, gb]);
+    assert!(mean
+        .0
+        .iter()
+        .chain(&mean.1)
+        .flatten()
+        .all(|v| v.abs() < 1e-12));
+    let fisher = Fisher::new(&g, &calib).unwrap();
+    // 0.5 w^2 (1/N) sum_i g_i^2
+    let f = |w: f64, a: f64, b: f64| 0.5 * w * w * (a * a + b * b) / 2.0;
+    let imp1 = vec_of(&fisher.importance(&g, "linear1", "weight").unwrap().unwrap());
+    let imp2 = vec_of(&fisher.importance(&g, "linear2", "weight").unwrap().unwrap());
+    for k in 0..4 {
+        let (r, c) = (k / 2, k % 2);
+        let (w1, w2) = (
+            f(W1[r][c], ga.0[r][c], gb.0[r][c]),
+            f(W2[r][c], ga.1[r][c], gb.1[r][c]),
+        );
+        assert!(w1 > 1e-4 && w2 > 1e-4);
+        assert!(close(imp1[k], w1, 1e-12), "W1[{k}] {} vs {w1}", imp1[k]);
+        assert!(close(imp2[k], w2, 1e-12), "W2[{k}] {} vs {w2}", imp2[k]);
+    }
+    // a unit's score is the sum of its elements' Fisher, whatever the aggregate
+    let (a, units) = two_linear_units(&g);
+    for aggregate in [Aggregate::Sum, Aggregate::Mean, Aggregate::Max] {
+        let scores = unit_scores(&g, &a, &fisher, aggregate, Normalize::None).unwrap();
+        for &(u, o) in &units {
+            let want = over_unit(o, &ga, |w, g| 0.5 * w * w * g * g);
+            assert!(
+                close(scores[u].unwrap(), want, 1e-12),
+                "{aggregate:?} unit {o}"
+            );
+        }
+    }
+}
+
+#[test]
+fn snip_uses_every_calibration_batch() {
+    let g = two_linear();
+    let samples = [([1.0, 2.0], 0u32), ([-1.0, 0.5], 1), ([0.5, -0.3], 1)];
+    // batches of 1 and 2 samples: the gradient of the mean loss over all three
+    let calib = calib_of(&[&samples[..1], &samples[1..]]);
+    let grads: Vec<Grad2> = samples
+        .iter()
+        .map(|(x, y)| two_linear_grads(*x, *y as usize))
+        .collect();
+    let snip_of = |calib: &Calibration, gr: &Grad2| {
+        let s = Snip::new(&g, calib).unwrap();
+        let got: Vec<f64> = ["linear1", "linear2"]
+            .iter()
+            .flat_map(|n| vec_of(&s.importance(&g, n, "weight").unwrap().unwrap()))
+            .collect();
+        let raw: Vec<f64> = (0..8)
+            .map(|k| {
+                let (m, r, c) = (k / 4, (k % 4) / 2, k % 2);
+                if m == 0 {
+                    (W1[r][c] * gr.0[r][c]).abs()
+                } else {
+                    (W2[r][c] * gr.1[r][c]).abs()
+                }
+            })
+            .collect();
+        let total: f64 = raw.iter().sum();
+        for (k, (a, b)) in got.iter().zip(&raw).enumerate() {
+            assert!(
+                close(*a, b / total, 1e-12),
+                "snip[{k}] {a} vs {}",
+                b / total
+            );
+        }
+        assert!((got.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        got
+    };
+    let all = snip_of(&calib, &mean_grad(&grads));
+    let first = snip_of(&calib_of(&[&samples[..1]]), &grads[0]);
+    assert!(
+        all.iter().zip(&first).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the second batch must change the scores"
+    );
 }
 
 #[test]
@@ -296,7 +470,7 @@ fn fpgm_ranks_a_duplicated_filter_lowest() {
     // bias, the next layer's input columns: not filters of their own
     assert!(Fpgm.importance(&g, "conv2d1", "bias").unwrap().is_none());
     assert!(Fpgm
-        .slice_importance(&g, "linear1", "weight", 1)
+        .slice_terms(&g, "linear1", "weight", 1)
         .unwrap()
         .is_none());
     let mut pruned = g.clone();
@@ -430,142 +604,6 @@ fn wanda_keeps_the_largest_w_times_input_norm_per_row() {
     assert_eq!(&mr[..4], &[0.0, 1.0, 0.9f32 as f64, 0.0]);
 }
 
-/// Records -w_t (w_t - w_{t+1}) / lr per weight over plain-SGD steps (the gradient recovered from
-/// the update).
-struct Recorder {
-    lr: f64,
-    before: HashMap<(String, String), Tensor>,
-    sum: HashMap<(String, String), Vec<f64>>,
-}
-
-impl StepHook for Recorder {
-    fn after_backward(
-        &mut self,
-        g: &Graph,
-        _grads: &candle_core::backprop::GradStore,
-        _cx: &StepCx,
-    ) -> prunekit_train::Result<()> {
-        for (n, k) in prunable_weights(g) {
-            let t = g.node(&n)?.params[&k].tensor().copy()?;
-            self.before.insert((n, k), t);
-        }
-        Ok(())
-    }
-    fn after_step(&mut self, g: &mut Graph, _cx: &StepCx) -> prunekit_train::Result<()> {
-        for (key, before) in &self.before {
-            let w0 = vec_of(before);
-            let w1 = vec_of(g.node(&key.0)?.params[&key.1].tensor());
-            let acc = self
-                .sum
-                .entry(key.clone())
-                .or_insert_with(|| vec![0.0; w0.len()]);
-            for i in 0..w0.len() {
-                acc[i] += -w0[i] * (w0[i] - w1[i]) / self.lr;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn plain_sgd(epochs: usize, batch: usize, lr: f64) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        batch_size: batch,
-        lr,
-        optimizer: OptimizerKind::sgd(0.0, 0.0),
-        schedule: LrSchedule::Constant,
-        augment: Default::default(),
-        seed: 0,
-        progress: false,
-        label: "test".into(),
-    }
-}
-
-#[test]
-fn movement_accumulates_minus_w_g_over_fit_with_steps() {
-    let train = digits_train();
-    let train = train.subset(&(0..128).collect::<Vec<_>>());
-    let mut g = prunekit_zoo::build("digits-mlp", 0).unwrap();
-    let lr = 0.1;
-    let mut movement = Movement::new();
-    let mut rec = Recorder {
-        lr,
-        before: HashMap::new(),
-        sum: HashMap::new(),
-    };
-    fit_with(
-        &mut g,
-        &train,
-        None,
-        &plain_sgd(1, 32, lr),
-        &mut [&mut movement, &mut rec],
-    )
-    .unwrap();
-    assert_eq!(movement.steps(), 4);
-    for (key, want) in &rec.sum {
-        let got = vec_of(&movement.importance(&g, &key.0, &key.1).unwrap().unwrap());
-        let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
-        let den: f64 = want.iter().map(|b| b * b).sum();
-        assert!(den > 0.0);
-        assert!(
-            (num / den).sqrt() < 1e-3,
-            "{key:?}: rel. error {}",
-            (num / den).sqrt()
-        );
-    }
-    // scores prune like any criterion
-    let r = prune_unstructured(
-        &mut g,
-        &movement,
-        Target::Ratio(0.5),
-        UnstructuredScope::Layer,
-    )
-    .unwrap();
-    assert!(!r.is_empty() && r.iter().all(|l| l.zeros == l.total / 2));
-}
-
-fn gamma_sum(g: &Graph) -> f64 {
-    g.nodes
-        .iter()
-        .filter(|n| matches!(n.op, prunekit_graph::Op::BatchNorm(_)))
-        .map(|n| {
-            vec_of(n.params["weight"].tensor())
-                .iter()
-                .map(|v| v.abs())
-                .sum::<f64>()
-        })
-        .sum()
-}
-
-#[test]
-fn bn_scale_penalty_shrinks_the_scales() {
-    let train = digits_train();
-    let train = train.subset(&(0..256).collect::<Vec<_>>());
-    let run = |lambda: f64| {
-        let mut g = prunekit_zoo::build("digits-cnn", 0).unwrap();
-        let mut hook = BnScale::new(lambda).unwrap();
-        let mut cfg = plain_sgd(1, 32, 0.05);
-        cfg.optimizer = OptimizerKind::sgd(0.9, 0.0);
-        fit_with(&mut g, &train, None, &cfg, &mut [&mut hook]).unwrap();
-        g
-    };
-    let g = prunekit_zoo::build("digits-cnn", 0).unwrap();
-    let penalty = BnScale::new(0.5)
-        .unwrap()
-        .penalty(&g)
-        .unwrap()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    assert!((penalty - 0.5 * gamma_sum(&g)).abs() < 1e-4, "{penalty}");
-    assert!(BnScale::new(0.0).unwrap().penalty(&g).unwrap().is_none());
-    let (plain, sparse) = (gamma_sum(&run(0.0)), gamma_sum(&run(0.1)));
-    assert!(
-        sparse < plain - 1.0,
-        "sum |gamma| with lambda 0.1: {sparse}, with 0: {plain}"
-    );
-}
-
 #[test]
 fn bn_scale_drives_structured_pruning() {
     let g = prunekit_zoo::build("digits-cnn", 0).unwrap();
@@ -611,6 +649,104 @@ fn bn_scale_drives_structured_pruning() {
         msg.contains("bn-scale") && msg.contains("none of the prunable weights"),
         "{msg}"
     );
+}
+
+#[test]
+fn bn_scale_leaves_groups_without_batchnorm_out_of_the_ranking() {
+    // digits-cnn: conv2d1 (16) and conv2d2 (32) feed BatchNorms, linear1 (64) does not
+    let g = prunekit_zoo::build("digits-cnn", 0).unwrap();
+    let bn = BnScale::new(0.0).unwrap();
+    for scope in [Scope::Layer, Scope::Global] {
+        let mut pruned = g.clone();
+        let mut cfg = StructuredConfig::new(0.5);
+        cfg.scope = scope;
+        let r = prune_structured(&mut pruned, &cfg, &bn).unwrap();
+        assert_eq!(r.unscored.len(), 1, "{scope:?}: {:?}", r.unscored);
+        let u = &r.unscored[0];
+        assert_eq!(
+            (u.group.as_str(), u.label.as_str()),
+            ("linear1", "channels")
+        );
+        assert_eq!(
+            u.reason,
+            "criterion `bn-scale` scores BatchNorm scales and no BatchNorm follows this group"
+        );
+        let width = |name: &str| {
+            let gp = r.groups.iter().find(|gp| gp.group == name).unwrap();
+            (gp.before, gp.after)
+        };
+        assert_eq!(width("linear1"), (64, 64), "{scope:?}");
+        // the ratio applies to the scored units: 24 of the 48 conv channels (layer: 8 + 16)
+        let removed: usize = ["conv2d1", "conv2d2"]
+            .iter()
+            .map(|n| width(n).0 - width(n).1)
+            .sum();
+        assert_eq!(removed, 24, "{scope:?}");
+        check_verified(&g, &pruned, &r);
+    }
+    // an MLP without BatchNorm: no group can be scored, an error naming the criterion
+    let mut mlp = prunekit_zoo::build("digits-mlp", 0).unwrap();
+    let before = mlp.param_count();
+    let msg = prune_structured(&mut mlp, &StructuredConfig::new(0.5), &bn)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("criterion `bn-scale` can score none of the model's 2 prunable groups")
+            && msg.contains("linear1, linear2")
+            && msg.contains("no BatchNorm follows"),
+        "{msg}"
+    );
+    assert_eq!(mlp.param_count(), before);
+}
+
+/// x [5, 3] -> LSTM 8 (last step) -> linear 6 -> ReLU -> linear 2.
+fn lstm_then_linear() -> Graph {
+    let mut b = GraphBuilder::new("lstm-mlp", 3);
+    let x = b.input("x", &[5, 3]);
+    let h = b.lstm(&x, 8, false).unwrap();
+    let h = b.linear(&h, 6).unwrap();
+    let h = b.relu(&h).unwrap();
+    let y = b.linear(&h, 2).unwrap();
+    b.finish(&[&y]).unwrap()
+}
+
+#[test]
+fn fpgm_leaves_recurrent_units_out_of_the_ranking() {
+    // every group of lstm-classifier is LSTM units: an error, and the model is untouched
+    let mut g = prunekit_zoo::build("lstm-classifier", 0).unwrap();
+    let before = g.param_count();
+    let msg = prune_structured(&mut g, &StructuredConfig::new(0.5), &Fpgm)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("criterion `fpgm` can score none")
+            && msg.contains("lstm1/units, lstm2/units")
+            && msg.contains("not filters"),
+        "{msg}"
+    );
+    assert_eq!(g.param_count(), before);
+    // beside a Linear: the Linear's filters are ranked, every LSTM unit stays (in both scopes)
+    let g = lstm_then_linear();
+    for scope in [Scope::Layer, Scope::Global] {
+        let mut pruned = g.clone();
+        let mut cfg = StructuredConfig::new(0.5);
+        cfg.scope = scope;
+        let r = prune_structured(&mut pruned, &cfg, &Fpgm).unwrap();
+        let widths: Vec<(String, usize, usize)> = r
+            .groups
+            .iter()
+            .map(|gp| (gp.group.clone(), gp.before, gp.after))
+            .collect();
+        assert_eq!(
+            widths,
+            vec![("lstm1".to_string(), 8, 8), ("linear1".to_string(), 6, 3)],
+            "{scope:?}"
+        );
+        assert_eq!(r.unscored.len(), 1);
+        assert_eq!(r.unscored[0].group, "lstm1/units");
+        assert!(r.unscored[0].reason.contains("`fpgm`"));
+        check_verified(&g, &pruned, &r);
+    }
 }
 
 fn check_verified(g: &Graph, pruned: &Graph, report: &prunekit_prune::StructuredReport) {

@@ -748,7 +748,7 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             }
             let r = prune_structured(g, &cfg, crit.as_ref())?;
             removed = Some(r.removed());
-            json!({ "criterion": s.criterion, "groups": r.groups })
+            json!({ "criterion": s.criterion, "groups": r.groups, "unscored": r.unscored })
         }
         Stage::Layers(l) => {
             let layers = find_layers(g)?;

@@ -1,5 +1,7 @@
-//! Training and evaluation of prunekit graphs.
+//! Training and evaluation of prunekit graphs, and the training hooks of the pruning criteria
+//! that follow training ([`criterion_hooks`]: movement, BatchNorm-scale sparsity).
 
+pub mod criterion_hooks;
 pub mod distill;
 pub mod group_sparsity;
 pub mod loss;

@@ -1,5 +1,6 @@
-//! Sensitivity analysis on a trained model: every group gets a curve, savings grow with the ratio,
-//! and the proposal's per-group ratios reach the target when applied.
+//! Sensitivity analysis (prunekit-prune) on a model trained with prunekit-train, tested here where
+//! both meet (the pruning crate does not depend on the trainer): every group gets a curve, savings
+//! grow with the ratio, and the proposal's per-group ratios reach the target when applied.
 
 use prunekit_prune::{
     analyse_sensitivity, propose, prune_structured, Granularity, Norm, StructuredConfig,
