@@ -31,8 +31,8 @@ pub use sensitivity::{
     analyse_sensitivity, propose, prune_weight, Granularity, Proposal, Sensitivity,
 };
 pub use structured::{
-    prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, Norm, Normalize,
-    StructuredConfig, StructuredReport,
+    prune_structured, unit_scores, Aggregate, Criterion, GroupPruned, HeadCounts, Limit, Norm,
+    Normalize, Shortfall, StructuredConfig, StructuredReport,
 };
 pub use unstructured::{prune_nm, prune_unstructured, UnstructuredScope};
 pub use verify::{random_inputs, random_removal_error, rel_error, verify, Verification};
