@@ -1072,3 +1072,47 @@ pub fn prune_structured(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_interpolates_from_the_original_size_and_ends_at_the_width() {
+        for (n, last, steps) in [(16, 4, 6), (16, 8, 3), (7, 1, 5), (64, 63, 4), (5, 5, 3)] {
+            let widths: Vec<usize> = (1..=steps).map(|s| scheduled(n, last, s, steps)).collect();
+            assert_eq!(widths[steps - 1], last, "{n} -> {last}: {widths:?}");
+            assert!(widths.windows(2).all(|w| w[0] >= w[1]), "{widths:?}");
+            assert!(
+                widths.iter().all(|&w| (last..=n).contains(&w)),
+                "{widths:?}"
+            );
+        }
+        // 16 -> 4 in 6 rounds, geometric: 16 * (1/4)^(s/6)
+        let w: Vec<usize> = (1..=6).map(|s| scheduled(16, 4, s, 6)).collect();
+        assert_eq!(w, vec![13, 10, 8, 6, 5, 4]);
+    }
+
+    #[test]
+    fn head_products_take_the_nearest_reachable_count() {
+        let all = |n: usize| (1..=n).rev().collect::<Vec<_>>();
+        // 2 KV groups x 4 query slots (llama-tiny)
+        let gqa = |r| nearest_product(&[2, 4], &[all(2), all(4)], r);
+        assert_eq!(gqa(0.0), vec![2, 4]);
+        assert_eq!(
+            gqa(0.5),
+            vec![2, 2],
+            "4 of 8 heads; the even split keeps both KV groups"
+        );
+        assert_eq!(gqa(0.25), vec![2, 3]);
+        assert_eq!(gqa(0.75), vec![1, 2]);
+        assert_eq!(gqa(0.9), vec![1, 1]);
+        // 3 KV groups x 3 query slots (SmolLM2-135M): 4.5 of 9 heads -> 4
+        assert_eq!(nearest_product(&[3, 3], &[all(3), all(3)], 0.5), vec![2, 2]);
+        // only what the caps allow: at most half of the KV groups may go
+        assert_eq!(
+            nearest_product(&[4, 2], &[vec![4, 3, 2], all(2)], 0.75),
+            vec![2, 1]
+        );
+    }
+}
