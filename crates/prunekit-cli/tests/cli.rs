@@ -581,19 +581,29 @@ fn structured_prune_reports_shortfalls_head_counts_and_refuses_removing_every_la
     assert_eq!(after(&v), vec![8, 16, 32], "{v}");
     assert!(v["verify"]["max_rel_error"].as_f64().unwrap() <= 1e-5);
     // one line per group pruned less than asked, naming the group and the reason
-    let args = [
-        "prune",
-        &cnn,
-        "-o",
-        &out("short"),
-        "--structured",
-        "0.5",
-        "--protect",
-        "conv2d1",
-        "--round-to",
-        "12",
-    ];
-    let text = ok(&args);
+    let short_args = |o: &str, json: bool| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "prune",
+            &cnn,
+            "-o",
+            o,
+            "--structured",
+            "0.5",
+            "--protect",
+            "conv2d1",
+            "--round-to",
+            "12",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if json {
+            v.push("--json".into());
+        }
+        v
+    };
+    let args = short_args(&out("short"), false);
+    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         text.contains("shortfall: conv2d1: removed 0 of the 8 units asked")
             && text.contains("`conv2d1`"),
@@ -604,7 +614,8 @@ fn structured_prune_reports_shortfalls_head_counts_and_refuses_removing_every_la
             && text.contains("round_to 12 keeps 24"),
         "{text}"
     );
-    let v = ok_json(&[&args[..], &["-o", &out("short2"), "--json"]].concat());
+    let args = short_args(&out("short2"), true);
+    let v = ok_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let short = v["shortfalls"].as_array().unwrap();
     assert_eq!(short.len(), 3, "{v}");
     assert_eq!(short[0]["limits"][0], "protected", "{v}");

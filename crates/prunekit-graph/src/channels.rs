@@ -380,11 +380,7 @@ impl ChannelGroup {
     /// A stable name for per-group settings: the creating node, plus `/label` for anything but
     /// plain channels (`attention1/heads`, `lstm1/units`).
     pub fn key(&self) -> String {
-        if self.label == "channels" {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.name, self.label)
-        }
+        space_key(&self.name, &self.label)
     }
 }
 
@@ -405,11 +401,16 @@ pub struct ProtectedSpace {
 impl ProtectedSpace {
     /// The name a [`ChannelGroup`] over this space would have ([`ChannelGroup::key`]).
     pub fn key(&self) -> String {
-        if self.label == "channels" {
-            self.node.clone()
-        } else {
-            format!("{}/{}", self.node, self.label)
-        }
+        space_key(&self.node, &self.label)
+    }
+}
+
+/// `node` for plain channels, `node/label` for anything else (`attention1/heads`, `lstm1/units`).
+fn space_key(node: &str, label: &str) -> String {
+    if label == "channels" {
+        node.to_string()
+    } else {
+        format!("{node}/{label}")
     }
 }
 
