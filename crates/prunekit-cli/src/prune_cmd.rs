@@ -234,6 +234,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     let mut out = json!({ "before": counts(&g)? });
     let mut seconds = serde_json::Map::new();
     let mut stage_log = Vec::new();
+    let (mut shortfalls, mut warnings) = (Vec::new(), Vec::new());
     for stage in &stages {
         let original = match stage {
             Stage::Structured(_) if a.verify => Some(g.try_clone()?),
@@ -245,12 +246,15 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         seconds.insert(stage.kind().into(), json!(t0.elapsed().as_secs_f64()));
         match stage {
             Stage::Structured(_) => {
-                out["groups"] = done.detail["groups"].clone();
-                out["unscored"] = done.detail["unscored"].clone();
+                for k in ["groups", "shortfalls", "attention", "warning", "unscored"] {
+                    out[k] = done.detail[k].clone();
+                }
             }
             Stage::Layers(_) => out["layers"] = done.detail.clone(),
             _ => {}
         }
+        shortfalls.extend(done.shortfalls.iter().cloned());
+        warnings.extend(done.warning.iter().cloned());
         stage_log.push(json!({ "kind": stage.kind(), "detail": done.detail }));
         if let (Some(original), Some(removed)) = (original, done.removed) {
             let t0 = Instant::now();
@@ -285,6 +289,10 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         crate::report_cmd::write(dir, &r, a.json)?;
         out["report"] = json!(dir);
     }
+    // a run that did nothing says so, also with --json (on stderr)
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -314,6 +322,21 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
                 u["reason"].as_str().unwrap_or("?")
             );
         }
+    }
+    if let Some(heads) = out["attention"].as_array() {
+        for h in heads {
+            println!(
+                "{} (attention): query heads {} -> {}, key/value heads {} -> {}",
+                h["node"].as_str().unwrap_or("?"),
+                h["heads_before"],
+                h["heads_after"],
+                h["kv_heads_before"],
+                h["kv_heads_after"]
+            );
+        }
+    }
+    for line in &shortfalls {
+        println!("shortfall: {line}");
     }
     if let Some(layers) = out["sparsity"].as_array() {
         for l in layers

@@ -598,3 +598,154 @@ fn groups_a_criterion_cannot_score_are_kept_and_listed() {
         &["`fpgm`", "lstm1/units", "lstm2/units"],
     );
 }
+
+#[test]
+fn structured_prune_reports_shortfalls_head_counts_and_refuses_removing_every_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let cnn = out("cnn");
+    ok_json(&["zoo", "create", "digits-cnn", "-o", &cnn, "--json"]);
+    let after = |v: &serde_json::Value| -> Vec<u64> {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["after"].as_u64().unwrap())
+            .collect()
+    };
+    // three steps end at the widths of one
+    let v = ok_json(&[
+        "prune",
+        &cnn,
+        "-o",
+        &out("steps"),
+        "--structured",
+        "0.5",
+        "--steps",
+        "3",
+        "--verify",
+        "--json",
+    ]);
+    assert_eq!(after(&v), vec![8, 16, 32], "{v}");
+    assert!(v["verify"]["max_rel_error"].as_f64().unwrap() <= 1e-5);
+    // one line per group pruned less than asked, naming the group and the reason
+    let short_args = |o: &str, json: bool| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "prune",
+            &cnn,
+            "-o",
+            o,
+            "--structured",
+            "0.5",
+            "--protect",
+            "conv2d1",
+            "--round-to",
+            "12",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if json {
+            v.push("--json".into());
+        }
+        v
+    };
+    let args = short_args(&out("short"), false);
+    let text = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        text.contains("shortfall: conv2d1: removed 0 of the 8 units asked")
+            && text.contains("`conv2d1`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shortfall: conv2d2: removed 8 of the 16 units asked")
+            && text.contains("round_to 12 keeps 24"),
+        "{text}"
+    );
+    let args = short_args(&out("short2"), true);
+    let v = ok_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let short = v["shortfalls"].as_array().unwrap();
+    assert_eq!(short.len(), 3, "{v}");
+    assert_eq!(short[0]["limits"][0], "protected", "{v}");
+    // a run that removes nothing succeeds but says so on stderr
+    let r = prunekit(&["prune", &cnn, "-o", &out("none"), "--structured", "0.01"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains("warning: structured pruning removed nothing")
+            && err.contains("less than one unit")
+            && err.contains("`linear1`, has 64"),
+        "{err}"
+    );
+    // one that can remove nothing at all fails
+    let bad = out("bad");
+    fails_with(
+        &[
+            "prune",
+            &cnn,
+            "-o",
+            &bad,
+            "--structured",
+            "0.5",
+            "--protect",
+            "conv2d1",
+            "--protect",
+            "conv2d2",
+            "--protect",
+            "linear1",
+        ],
+        &["nothing can be removed", "`linear1`"],
+    );
+    // grouped-query attention: half of the query heads go, and the report says what was saved
+    let llama = out("llama");
+    ok_json(&["zoo", "create", "llama-tiny", "-o", &llama, "--json"]);
+    let v = ok_json(&[
+        "prune",
+        &llama,
+        "-o",
+        &out("llama-half"),
+        "--structured",
+        "0.5",
+        "--json",
+    ]);
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("llama-half").join("model.json")).unwrap(),
+    )
+    .unwrap();
+    let attention: Vec<(u64, u64)> = saved["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["op"]["type"] == "attention")
+        .map(|n| {
+            let op = &n["op"];
+            (
+                op["num_heads"].as_u64().unwrap(),
+                op["num_kv_heads"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attention, vec![(4, 2), (4, 2)]);
+    let reported: Vec<(u64, u64)> = v["attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["heads_after"].as_u64().unwrap(),
+                h["kv_heads_after"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reported, attention, "{v}");
+    // --layers N must leave one removable layer: resnet20 has 7
+    let r20 = out("r20");
+    ok_json(&[
+        "zoo", "create", "resnet20", "-o", &r20, "--input", "1,16,16", "--json",
+    ]);
+    fails_with(
+        &["prune", &r20, "-o", &bad, "--layers", "7"],
+        &["cannot remove 7 layers", "7 removable layers", "at most 6"],
+    );
+    assert!(!tmp.path().join("bad").exists(), "nothing half-written");
+}

@@ -65,6 +65,35 @@ struct State {
     touches: Vec<(usize, &'static str, usize, usize, Elem)>,
     /// nodes whose rule protected channels of their inputs ("name (type)")
     blocked_by: Vec<String>,
+    /// a second union-find over the same elements with every union except those with the
+    /// protected sentinel: an element's class here is what it is coupled to, so the reasons
+    /// recorded on any member say why the whole class is protected
+    links: Vec<usize>,
+    /// (element, why it was protected)
+    reasons: Vec<(Elem, Protection)>,
+}
+
+/// Why channel elements were protected (see [`ProtectedSpace`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Protection {
+    /// coupled to the channels of this graph input
+    GraphInput { name: String },
+    /// coupled to the channels of this graph output
+    GraphOutput { name: String },
+    /// the channel rule of this node protected them (an op without a rule, softmax over
+    /// channels, an elementwise op whose inputs cannot be followed, a Linear along another axis)
+    Op { node: String, op: String },
+}
+
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::GraphInput { name } => write!(f, "graph input `{name}`"),
+            Protection::GraphOutput { name } => write!(f, "graph output `{name}`"),
+            Protection::Op { node, op } => write!(f, "`{node}` ({op})"),
+        }
+    }
 }
 
 impl State {
@@ -75,8 +104,36 @@ impl State {
             label: "protected",
         });
         s.parent.push(PROTECTED);
+        s.links.push(PROTECTED);
         s.space.push(0);
         s
+    }
+    /// A fresh element of space `s`.
+    fn push(&mut self, s: usize) -> Elem {
+        let e = self.parent.len();
+        self.parent.push(e);
+        self.links.push(e);
+        self.space.push(s);
+        e
+    }
+    fn protect(&mut self, e: Elem, why: Protection) {
+        self.union(e, PROTECTED);
+        self.reasons.push((e, why));
+    }
+    fn link_root(&mut self, mut e: Elem) -> Elem {
+        while self.links[e] != e {
+            self.links[e] = self.links[self.links[e]];
+            e = self.links[e];
+        }
+        e
+    }
+    /// Unifies two elements (both union-finds).
+    fn couple(&mut self, a: Elem, b: Elem) {
+        self.union(a, b);
+        let (ra, rb) = (self.link_root(a), self.link_root(b));
+        if ra != rb {
+            self.links[ra.max(rb)] = ra.min(rb);
+        }
     }
     fn find(&mut self, mut e: Elem) -> Elem {
         while self.parent[e] != e {
@@ -133,20 +190,19 @@ impl ChannelCx<'_> {
             node: self.node.name.clone(),
             label,
         });
-        let start = self.state.parent.len();
-        for e in start..start + n {
-            self.state.parent.push(e);
-            self.state.space.push(s);
-        }
-        (start..start + n).collect()
+        (0..n).map(|_| self.state.push(s)).collect()
     }
     pub fn union(&mut self, a: Elem, b: Elem) {
-        self.state.union(a, b);
+        self.state.couple(a, b);
     }
-    /// Marks elements as not removable.
+    /// Marks elements as not removable (recording this node as the reason).
     pub fn protect(&mut self, elems: &[Elem]) {
+        let why = Protection::Op {
+            node: self.node.name.clone(),
+            op: self.node.op.type_name().to_string(),
+        };
         for &e in elems {
-            self.state.union(e, PROTECTED);
+            self.state.protect(e, why.clone());
         }
     }
     /// Protects every input's channels.
@@ -371,11 +427,37 @@ impl ChannelGroup {
     /// A stable name for per-group settings: the creating node, plus `/label` for anything but
     /// plain channels (`attention1/heads`, `lstm1/units`).
     pub fn key(&self) -> String {
-        if self.label == "channels" {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.name, self.label)
-        }
+        space_key(&self.name, &self.label)
+    }
+}
+
+/// A space created by a node (its channels, heads, units) of which some elements are protected.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProtectedSpace {
+    /// the node that created the space, and what its elements are ("channels", "heads", ...)
+    pub node: String,
+    pub label: String,
+    /// elements in the space, and how many of them are protected
+    pub size: usize,
+    pub protected: usize,
+    /// why: every protection recorded on anything the protected elements are coupled to
+    /// (sorted, without repeats)
+    pub reasons: Vec<Protection>,
+}
+
+impl ProtectedSpace {
+    /// The name a [`ChannelGroup`] over this space would have ([`ChannelGroup::key`]).
+    pub fn key(&self) -> String {
+        space_key(&self.node, &self.label)
+    }
+}
+
+/// `node` for plain channels, `node/label` for anything else (`attention1/heads`, `lstm1/units`).
+fn space_key(node: &str, label: &str) -> String {
+    if label == "channels" {
+        node.to_string()
+    } else {
+        format!("{node}/{label}")
     }
 }
 
@@ -387,6 +469,9 @@ pub struct ChannelAnalysis {
     /// nodes whose channel rule stopped channels from being pruned through them (ops without a
     /// rule, softmax over channels, mismatched elementwise inputs), for error messages
     pub blocked_by: Vec<String>,
+    /// every space created by a node (not a graph input's) with elements that were protected,
+    /// and why: what a pruner reports as channels it could not remove
+    pub protected_spaces: Vec<ProtectedSpace>,
     /// per value: its channel axis and the unit at each position (None: protected or untouched)
     #[serde(skip)]
     values: HashMap<String, (usize, Vec<Option<usize>>)>,
@@ -404,21 +489,19 @@ pub fn analyse(g: &Graph) -> Result<ChannelAnalysis> {
                 let rank = input.shape.len();
                 let axis = if rank >= 3 { 0 } else { rank.saturating_sub(1) };
                 let n = input.shape.get(axis).copied().unwrap_or(1);
-                let start = st.parent.len();
                 let s = st.spaces.len();
                 st.spaces.push(Space {
                     node: input.name.clone(),
                     label: "input",
                 });
-                for e in start..start + n {
-                    st.parent.push(e);
-                    st.space.push(s);
-                    st.union(e, PROTECTED);
+                let why = Protection::GraphInput {
+                    name: input.name.clone(),
+                };
+                let elems: Vec<Elem> = (0..n).map(|_| st.push(s)).collect();
+                for &e in &elems {
+                    st.protect(e, why.clone());
                 }
-                Some(Chan {
-                    axis,
-                    elems: (start..start + n).collect(),
-                })
+                Some(Chan { axis, elems })
             }
         };
         chans.insert(input.name.clone(), chan);
@@ -456,8 +539,9 @@ pub fn analyse(g: &Graph) -> Result<ChannelAnalysis> {
     }
     for o in &g.outputs {
         if let Some(Some(c)) = chans.get(o) {
+            let why = Protection::GraphOutput { name: o.clone() };
             for &e in &c.elems {
-                st.union(e, PROTECTED);
+                st.protect(e, why.clone());
             }
         }
     }
@@ -557,6 +641,7 @@ fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> C
             }
         }
     }
+    let protected_spaces = protected_spaces(&mut st, protected);
     let values = chans
         .iter()
         .filter_map(|(name, c)| {
@@ -573,8 +658,43 @@ fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> C
         units,
         groups,
         blocked_by: std::mem::take(&mut st.blocked_by),
+        protected_spaces,
         values,
     }
+}
+
+/// The spaces (other than graph inputs') with protected elements, and the reasons recorded on
+/// the classes those elements are coupled to.
+fn protected_spaces(st: &mut State, protected: Elem) -> Vec<ProtectedSpace> {
+    let mut why: HashMap<Elem, BTreeSet<Protection>> = HashMap::new();
+    for (e, r) in std::mem::take(&mut st.reasons) {
+        let root = st.link_root(e);
+        why.entry(root).or_default().insert(r);
+    }
+    let mut per_space: BTreeMap<usize, (usize, usize, BTreeSet<Protection>)> = BTreeMap::new();
+    for e in 1..st.parent.len() {
+        let s = st.space[e];
+        let entry = per_space.entry(s).or_default();
+        entry.0 += 1;
+        if st.find(e) == protected {
+            entry.1 += 1;
+            let root = st.link_root(e);
+            if let Some(r) = why.get(&root) {
+                entry.2.extend(r.iter().cloned());
+            }
+        }
+    }
+    per_space
+        .into_iter()
+        .filter(|(s, (_, p, _))| *p > 0 && st.spaces[*s].label != "input")
+        .map(|(s, (size, protected, reasons))| ProtectedSpace {
+            node: st.spaces[s].node.clone(),
+            label: st.spaces[s].label.to_string(),
+            size,
+            protected,
+            reasons: reasons.into_iter().collect(),
+        })
+        .collect()
 }
 
 /// What an op's `adapt` sees of one input after units were removed.
@@ -629,23 +749,30 @@ impl ChannelAnalysis {
 
     /// Takes units out of `remove` until no parameter axis and no value's channel axis would lose
     /// all its entries: for each that would be emptied, the unit in it with the highest
-    /// `priority` stays.
+    /// `priority` stays. Returns each unit taken back with what its removal would have emptied
+    /// (e.g. "`linear2`.weight axis 0 (all 4 entries)", "value `add1` (every channel)").
     pub fn keep_nonempty(
         &self,
         g: &Graph,
         remove: &mut Vec<usize>,
         priority: &dyn Fn(usize) -> f64,
-    ) -> Result<()> {
+    ) -> Result<Vec<(usize, String)>> {
+        let mut taken_back = Vec::new();
         loop {
             let plan = self.removal_plan(remove)?;
-            let mut emptied: Option<BTreeSet<usize>> = None;
+            let mut emptied: Option<(BTreeSet<usize>, String)> = None;
             for (key, removed) in &plan {
-                if removed.len() >= param_len(g, key)? {
+                let len = param_len(g, key)?;
+                if removed.len() >= len {
                     let units = remove
                         .iter()
                         .copied()
                         .filter(|&u| self.units[u].slices.contains_key(key));
-                    emptied = Some(units.collect());
+                    let what = format!(
+                        "`{}`.{} axis {} (all {len} entries)",
+                        key.node, key.param, key.axis
+                    );
+                    emptied = Some((units.collect(), what));
                     break;
                 }
             }
@@ -653,12 +780,17 @@ impl ChannelAnalysis {
                 let removed: BTreeSet<usize> = remove.iter().copied().collect();
                 emptied = self
                     .values
-                    .values()
-                    .find(|(_, ids)| ids.iter().all(|u| u.is_some_and(|u| removed.contains(&u))))
-                    .map(|(_, ids)| ids.iter().flatten().copied().collect());
+                    .iter()
+                    .find(|(_, (_, ids))| {
+                        ids.iter().all(|u| u.is_some_and(|u| removed.contains(&u)))
+                    })
+                    .map(|(name, (_, ids))| {
+                        let units = ids.iter().flatten().copied().collect();
+                        (units, format!("value `{name}` (every channel)"))
+                    });
             }
-            let Some(candidates) = emptied else {
-                return Ok(());
+            let Some((candidates, what)) = emptied else {
+                return Ok(taken_back);
             };
             let best = remove
                 .iter()
@@ -667,10 +799,8 @@ impl ChannelAnalysis {
                 .max_by(|a, b| priority(*a.1).total_cmp(&priority(*b.1)))
                 .map(|(i, _)| i);
             match best {
-                Some(i) => {
-                    remove.swap_remove(i);
-                }
-                None => return Ok(()),
+                Some(i) => taken_back.push((remove.swap_remove(i), what)),
+                None => return Ok(taken_back),
             }
         }
     }

@@ -13,7 +13,9 @@ pub mod ops;
 pub mod runtime;
 
 pub use builder::{GraphBuilder, Value};
-pub use channels::{analyse, ChannelAnalysis, ChannelGroup, SliceKey, Unit};
+pub use channels::{
+    analyse, ChannelAnalysis, ChannelGroup, ProtectedSpace, Protection, SliceKey, Unit,
+};
 pub use error::{GraphError, Result};
 pub use graph::{Graph, InputKind, InputSpec, Node, Param, Shapes};
 pub use ops::{Op, OpRules, Role};

@@ -232,15 +232,36 @@ pub struct LayersRemoved {
 }
 
 /// Removes the `n` layers with the lowest scores (`scores[i]` belongs to `layers[i]`).
+///
+/// At least one removable layer always stays (`n` must be below `layers.len()`, or 0): removing
+/// every block would leave the skip path alone, in a residual network an identity map with no
+/// parameters, which is no longer the model. Errors: `n` not below the number of removable
+/// layers (the message gives that number), `scores` not one per layer, or a removal that leaves
+/// an invalid graph (the graph is then unchanged).
 pub fn prune_layers(
     g: &mut Graph,
     layers: &[Layer],
     scores: &[f64],
     n: usize,
 ) -> Result<LayersRemoved> {
-    if n > layers.len() {
+    if n > 0 && n >= layers.len() {
+        let rule = match layers.len() {
+            0 => String::new(),
+            k => format!(
+                "; at least one must stay, so remove at most {} (--layers / `count` below {k})",
+                k - 1
+            ),
+        };
         return Err(PruneError::Invalid(format!(
-            "cannot remove {n} layers: the model has {} removable layers",
+            "cannot remove {n} layers: the model has {} removable layers (residual blocks and \
+             transformer layers){rule}",
+            layers.len()
+        )));
+    }
+    if scores.len() != layers.len() {
+        return Err(PruneError::Invalid(format!(
+            "{} layer scores for {} layers",
+            scores.len(),
             layers.len()
         )));
     }

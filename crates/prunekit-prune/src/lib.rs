@@ -31,8 +31,8 @@ pub use sensitivity::{
     analyse_sensitivity, propose, prune_weight, Granularity, Proposal, Sensitivity,
 };
 pub use structured::{
-    prune_structured, unit_scores, unscored_groups, Aggregate, Criterion, GroupPruned, Norm,
-    Normalize, StructuredConfig, StructuredReport, UnscoredGroup,
+    prune_structured, unit_scores, unscored_groups, Aggregate, Criterion, GroupPruned, HeadCounts,
+    Limit, Norm, Normalize, Shortfall, StructuredConfig, StructuredReport, UnscoredGroup,
 };
 pub use unstructured::{prune_nm, prune_unstructured, UnstructuredScope};
 pub use verify::{

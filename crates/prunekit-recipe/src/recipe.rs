@@ -720,17 +720,22 @@ impl<'a> RunCx<'a> {
     }
 }
 
-/// What a stage did: a JSON description, and for structured stages the removed original indices
-/// (to verify the rewrite against masking).
+/// What a stage did: a JSON description, for structured stages the removed original indices
+/// (to verify the rewrite against masking), and lines for the user.
 pub struct StageOutcome {
     pub detail: serde_json::Value,
     pub removed: Option<BTreeMap<SliceKey, BTreeSet<usize>>>,
+    /// one line per group pruned less than asked, naming the group and the reason
+    pub shortfalls: Vec<String>,
+    /// set when the stage asked for something and did nothing: why
+    pub warning: Option<String>,
 }
 
 /// Runs one stage on `g`; returns what it did.
 pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcome> {
     use serde_json::json;
     let mut removed = None;
+    let (mut shortfalls, mut warning) = (Vec::new(), None);
     let detail = match stage {
         Stage::Structured(s) => {
             let calib = cx.calibration_for(&s.criterion)?;
@@ -748,7 +753,12 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             }
             let r = prune_structured(g, &cfg, crit.as_ref())?;
             removed = Some(r.removed());
-            json!({ "criterion": s.criterion, "groups": r.groups, "unscored": r.unscored })
+            shortfalls = r.shortfalls.iter().map(|s| s.to_string()).collect();
+            warning = r.warning.clone();
+            // every field of the report (groups, shortfalls, attention head counts, ...)
+            let mut detail = json!(r);
+            detail["criterion"] = json!(s.criterion);
+            detail
         }
         Stage::Layers(l) => {
             let layers = find_layers(g)?;
@@ -904,7 +914,12 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             detail["recalibration"] = r;
         }
     }
-    Ok(StageOutcome { detail, removed })
+    Ok(StageOutcome {
+        detail,
+        removed,
+        shortfalls,
+        warning,
+    })
 }
 
 /// Re-estimates the BatchNorm statistics of a just-pruned model on the calibration batches, when
@@ -1067,9 +1082,19 @@ pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> R
     let mut stages = Vec::new();
     for (i, s) in recipe.stages.iter().enumerate() {
         let t0 = Instant::now();
-        let detail = run_stage(&mut g, s, &cx)
-            .map_err(|e| RecipeError::Invalid(format!("stage {} ({}): {e}", i + 1, s.kind())))?
-            .detail;
+        let done = run_stage(&mut g, s, &cx)
+            .map_err(|e| RecipeError::Invalid(format!("stage {} ({}): {e}", i + 1, s.kind())))?;
+        for line in &done.shortfalls {
+            log(&format!(
+                "stage {} ({}): shortfall: {line}",
+                i + 1,
+                s.kind()
+            ));
+        }
+        if let Some(w) = &done.warning {
+            log(&format!("stage {} ({}): warning: {w}", i + 1, s.kind()));
+        }
+        let detail = done.detail;
         let e = evaluate(&g, &split.test, 256)?;
         let logline = StageLog {
             stage: i + 1,
