@@ -14,6 +14,9 @@ pub mod runtime;
 pub use builder::{GraphBuilder, Value};
 pub use channels::{analyse, ChannelAnalysis, ChannelGroup, SliceKey, Unit};
 pub use error::{GraphError, Result};
-pub use graph::{Graph, InputKind, InputSpec, Node, Param, Shapes};
-pub use ops::{Op, OpRules, Role};
+pub use graph::{
+    count_nonzeros, count_zeros, live_rows, Graph, InputKind, InputSpec, Node, NodeMacs, Param,
+    Shapes, WeightCounts,
+};
+pub use ops::{Ctx, Op, OpRules, Role, WeightInputs};
 pub use runtime::{param_grads, Executor, Hooks, Mode};
