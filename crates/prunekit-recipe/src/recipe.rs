@@ -853,7 +853,8 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                 push_note(
                     &mut detail,
                     format!(
-                        "criterion `{criterion}` compares raw scores across layers: layers of a                          smaller scale lose more weights (scale-aware for global scope: {})",
+                        "criterion `{criterion}` compares raw scores across layers: layers of a \
+                         smaller scale lose more weights (scale-aware for global scope: {})",
                         prunekit_prune::SCALE_SAFE_CRITERIA.join(", ")
                     ),
                 );
