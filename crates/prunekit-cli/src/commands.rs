@@ -231,6 +231,7 @@ pub(crate) fn summary_json(s: &Summary) -> serde_json::Value {
         "loss": s.loss,
         "params": s.params,
         "nonzeros": s.nonzeros,
+        "weight_sparsity": s.weight_sparsity,
         "macs": s.macs,
         "effective_macs": s.effective_macs,
         "latency_ms": s.latency_ms,
@@ -368,42 +369,45 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// What every sparsity figure counts (printed by `info`).
+const SPARSITY_COUNTS: &str = "zeros among the weight matrices and kernels (rank >= 2); biases \
+    and norm scales are not counted (params and nonzeros count every trainable value)";
+
 fn info(path: &Path, json: bool) -> Result<()> {
     let g = load_model(path)?;
     let shapes = g.validate()?;
+    let node_macs = g.node_macs()?;
     let mut layers = Vec::new();
-    for n in &g.nodes {
-        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
-        let macs = n.op.rules().macs(&ins, &shapes[&n.name]);
-        let (mut params, mut zeros) = (0usize, 0usize);
-        for p in n.params.values().filter(|p| p.role.trainable()) {
-            params += p.tensor().elem_count();
-            zeros += p
-                .tensor()
-                .eq(0.0)?
-                .to_dtype(candle_core::DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()? as usize;
-        }
+    for (n, m) in g.nodes.iter().zip(&node_macs) {
+        let params: usize = n
+            .params
+            .values()
+            .filter(|p| p.role.trainable())
+            .map(|p| p.tensor().elem_count())
+            .sum();
+        let w = prunekit_graph::WeightCounts::of(n.params.values())?;
         layers.push(json!({
             "name": n.name, "op": n.op.type_name(), "inputs": n.inputs, "shape": shapes[&n.name],
-            "params": params, "zeros": zeros, "macs": macs,
-            "sparsity": if params > 0 { zeros as f64 / params as f64 } else { 0.0 },
+            "params": params, "weights": w.weights, "zeros": w.zeros, "macs": m.dense,
+            "sparsity": w.sparsity(),
         }));
     }
     let params = g.param_count();
     let nonzeros = g.nonzero_count()?;
+    let weights = g.weight_counts()?;
     let macs = g.macs()?;
     if json {
         let out = json!({
             "name": g.name, "inputs": g.inputs, "outputs": g.outputs, "layers": layers,
             "params": params, "nonzeros": nonzeros, "macs": macs, "effective_macs": g.effective_macs()?,
-            "sparsity": 1.0 - nonzeros as f64 / params.max(1) as f64, "meta": g.meta,
+            "weights": weights.weights, "weight_zeros": weights.zeros,
+            "sparsity": weights.sparsity(), "sparsity_counts": SPARSITY_COUNTS, "meta": g.meta,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("model {} ({})", g.name, path.display());
+    println!("sparsity: {SPARSITY_COUNTS}");
     for i in &g.inputs {
         println!("input {}: {:?} ({:?})", i.name, i.shape, i.kind);
     }
@@ -428,10 +432,11 @@ fn info(path: &Path, json: bool) -> Result<()> {
         )
     );
     println!(
-        "total: {} params, {} nonzero ({:.1}% sparse), {} MACs per sample; outputs: {}",
+        "total: {} params, {} nonzero; {} weights, {:.1}% zero; {} MACs per sample; outputs: {}",
         human(params as f64),
         human(nonzeros as f64),
-        100.0 * (1.0 - nonzeros as f64 / params.max(1) as f64),
+        human(weights.weights as f64),
+        100.0 * weights.sparsity(),
         human(macs as f64),
         g.outputs.join(", ")
     );
@@ -470,7 +475,15 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
             ],
             vec!["params".into(), human(s.params as f64)],
             vec!["nonzeros".into(), human(s.nonzeros as f64)],
+            vec![
+                "weight sparsity".into(),
+                format!("{:.1}%", 100.0 * s.weight_sparsity),
+            ],
             vec!["MACs".into(), human(s.macs as f64)],
+            vec![
+                "MACs (zeros skipped)".into(),
+                human(s.effective_macs as f64),
+            ],
             vec![
                 "latency (batch 1)".into(),
                 format!(

@@ -181,6 +181,7 @@ enum Criterion {
 enum ScopeArg {
     Layer,
     Global,
+    Row,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

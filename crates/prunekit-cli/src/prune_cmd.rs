@@ -28,10 +28,12 @@ pub struct PruneArgs {
     /// group to remove, in [0, 1)
     #[arg(long)]
     pub structured: Option<f64>,
-    /// importance criterion for every pruning step (l1, l2, random, and the data-driven ones,
-    /// which need --calib; an unknown name lists the known ones)
-    #[arg(long, default_value = "l1")]
-    pub criterion: String,
+    /// importance criterion for every pruning step (l1, l2, random, lamp, fpgm, bn-scale, and the
+    /// data-driven ones, which need --calib; an unknown name lists the known ones). Default: l1,
+    /// except lamp for --unstructured with --scope global (raw magnitudes are not comparable
+    /// across layers)
+    #[arg(long)]
+    pub criterion: Option<String>,
     /// keep structured widths a multiple of N
     #[arg(long, default_value_t = 1)]
     pub round_to: usize,
@@ -61,9 +63,13 @@ pub struct PruneArgs {
     /// mask every weight with |w| below T
     #[arg(long, conflicts_with = "nm")]
     pub threshold: Option<f64>,
-    /// N:M sparsity along the input dimension, e.g. 2:4
+    /// N:M sparsity along the input dimension, e.g. 2:4; weights whose input size M does not
+    /// divide are left dense and listed
     #[arg(long, value_name = "N:M", conflicts_with = "unstructured")]
     pub nm: Option<String>,
+    /// with --nm: a weight whose input size M does not divide is an error instead
+    #[arg(long, requires = "nm")]
+    pub strict: bool,
     /// data for calibration batches (data-driven criteria, layer scores) and for the training of
     /// iterative / gradual schedules: `digits`, `fashion-mnist` or an idx directory
     #[arg(long, value_name = "DATA")]
@@ -84,9 +90,11 @@ pub struct PruneArgs {
     /// iterative / gradual / --sparse-train: batch size
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// rank within each layer, or over all layers (structured units and unstructured weights)
-    #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
-    pub scope: ScopeArg,
+    /// rank within each layer, over all layers (structured units and unstructured weights), or
+    /// within each output row (unstructured only). Default: row for --criterion wanda with
+    /// --unstructured, layer otherwise
+    #[arg(long, value_enum)]
+    pub scope: Option<ScopeArg>,
     /// do not re-estimate the BatchNorm running statistics on the --calib data after pruning
     /// (re-calibration is on by default whenever --calib is given)
     #[arg(long)]
@@ -112,6 +120,7 @@ fn counts(g: &Graph) -> Result<serde_json::Value> {
     Ok(json!({
         "params": g.param_count(),
         "nonzeros": g.nonzero_count()?,
+        "weight_sparsity": g.weight_counts()?.sparsity(),
         "macs": g.macs()?,
         "effective_macs": g.effective_macs()?,
     }))
@@ -119,10 +128,12 @@ fn counts(g: &Graph) -> Result<serde_json::Value> {
 
 /// The recipe stages the flags describe, in the order they run.
 pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
-    let scope = match a.scope {
+    let scope = a.scope.map(|s| match s {
         ScopeArg::Layer => "layer",
         ScopeArg::Global => "global",
-    };
+        ScopeArg::Row => "row",
+    });
+    let criterion = a.criterion.clone().unwrap_or_else(|| "l1".into());
     let mut stages = Vec::new();
     if let Some(epochs) = a.sparse_train {
         stages.push(Stage::SparseTrain(SparseTrainStage {
@@ -143,16 +154,19 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
         }));
     }
     if let Some(ratio) = a.structured {
+        if scope == Some("row") {
+            bail!("--scope row applies to --unstructured only (structured units are ranked per layer or globally)");
+        }
         stages.push(Stage::Structured(StructuredStage {
             ratio,
-            criterion: a.criterion.clone(),
-            scope: scope.into(),
+            criterion: criterion.clone(),
+            scope: scope.unwrap_or("layer").into(),
             round_to: a.round_to,
             min_ratio: a.min_ratio,
             max_ratio: a.max_ratio,
             steps: a.steps,
             protect: a.protect.clone(),
-            ..StructuredStage::new(ratio, &a.criterion)
+            ..StructuredStage::new(ratio, &criterion)
         }));
     }
     if let Some(nm) = &a.nm {
@@ -165,8 +179,9 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
         stages.push(Stage::Nm(NmStage {
             n,
             m,
-            criterion: a.criterion.clone(),
+            criterion: criterion.clone(),
             exclude: a.protect.clone(),
+            strict: a.strict,
         }));
     }
     if let Some(target) = a.unstructured {
@@ -179,7 +194,7 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
         stages.push(Stage::Unstructured(UnstructuredStage {
             target,
             criterion: a.criterion.clone(),
-            scope: scope.into(),
+            scope: scope.map(Into::into),
             schedule: a.schedule.clone(),
             rounds: a.rounds,
             train,
@@ -368,6 +383,24 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
                 r["batch_norms"],
                 r["samples"]
             );
+        }
+    }
+    for st in &stage_log {
+        let d = &st["detail"];
+        if let Some(n) = d["scored_weights"].as_f64() {
+            println!(
+                "{}: {:.1}% of the {} weights scored by {}{} are zero",
+                st["kind"].as_str().unwrap_or("?"),
+                100.0 * d["sparsity"].as_f64().unwrap_or(0.0),
+                human(n),
+                d["criterion"].as_str().unwrap_or("?"),
+                d["scope"]
+                    .as_str()
+                    .map_or(String::new(), |s| format!(" ({s} scope)"))
+            );
+        }
+        for note in d["notes"].as_array().into_iter().flatten() {
+            println!("note: {}", note.as_str().unwrap_or("?"));
         }
     }
     if let Some(v) = out.get("verify") {

@@ -43,12 +43,77 @@ impl Param {
     pub fn tensor(&self) -> &Tensor {
         self.value.as_tensor()
     }
+    /// Whether unstructured pruning masks this parameter and sparsity figures count it: a weight
+    /// matrix or kernel (`Role::Weight` of rank >= 2: Linear, Conv, attention projections,
+    /// recurrent weights, embedding tables). Biases, norm scales and buffers are not.
+    pub fn is_prunable_weight(&self) -> bool {
+        self.role == Role::Weight && self.tensor().rank() >= 2
+    }
     fn deep_copy(&self) -> Result<Param> {
         Ok(Param {
             value: Var::from_tensor(&self.value.as_tensor().copy()?)?,
             mask: self.mask.as_ref().map(|m| m.copy()).transpose()?,
             role: self.role,
         })
+    }
+}
+
+/// Elements of `t` that are exactly zero, counted in integers (exact at any size: an f32 sum of a
+/// 0/1 tensor stops counting at 2^24). NaN counts as nonzero.
+pub fn count_zeros(t: &Tensor) -> Result<usize> {
+    Ok(t.eq(0.0)?
+        .flatten_all()?
+        .to_vec1::<u8>()?
+        .iter()
+        .filter(|&&z| z != 0)
+        .count())
+}
+
+/// Elements of `t` that are not zero (see [`count_zeros`]).
+pub fn count_nonzeros(t: &Tensor) -> Result<usize> {
+    Ok(t.elem_count() - count_zeros(t)?)
+}
+
+/// Rows (indices along axis 0) of `t` that hold at least one nonzero value; 0 for a scalar.
+pub fn live_rows(t: &Tensor) -> Result<usize> {
+    let Some(&rows) = t.dims().first() else {
+        return Ok(0);
+    };
+    let zero = t.eq(0.0)?.flatten_all()?.to_vec1::<u8>()?;
+    let per = zero.len() / rows.max(1);
+    if per == 0 {
+        return Ok(0);
+    }
+    Ok(zero.chunks(per).filter(|r| r.contains(&0)).count())
+}
+
+/// Zeros among the prunable weights ([`Param::is_prunable_weight`]): what every sparsity figure
+/// is computed from, so zero biases (BatchNorm's beta starts at 0) never count as sparsity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightCounts {
+    /// elements of the prunable weights
+    pub weights: usize,
+    /// of them exactly zero
+    pub zeros: usize,
+}
+
+impl WeightCounts {
+    /// Counts over the prunable weights among `params`.
+    pub fn of<'a>(params: impl IntoIterator<Item = &'a Param>) -> Result<Self> {
+        let mut c = Self::default();
+        for p in params.into_iter().filter(|p| p.is_prunable_weight()) {
+            c.weights += p.tensor().elem_count();
+            c.zeros += count_zeros(p.tensor())?;
+        }
+        Ok(c)
+    }
+    /// zeros / weights (0 without weights).
+    pub fn sparsity(&self) -> f64 {
+        if self.weights == 0 {
+            0.0
+        } else {
+            self.zeros as f64 / self.weights as f64
+        }
     }
 }
 
@@ -434,53 +499,61 @@ impl Graph {
             .sum()
     }
 
-    /// Number of nonzero trainable parameter values.
+    /// Number of nonzero trainable parameter values (weights and biases; counted in integers).
     pub fn nonzero_count(&self) -> Result<usize> {
         let mut nz = 0usize;
         for (_, _, p) in self.trainable() {
-            nz += p
-                .tensor()
-                .ne(0.0)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()? as usize;
+            nz += count_nonzeros(p.tensor())?;
         }
         Ok(nz)
     }
 
-    /// Multiply-accumulates per sample, counted from the ops and the inferred shapes.
-    pub fn macs(&self) -> Result<u64> {
-        let shapes = self.validate()?;
-        let mut total = 0u64;
-        for n in &self.nodes {
-            let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
-            total += n.op.rules().macs(&ins, &shapes[&n.name]);
-        }
-        Ok(total)
+    /// Every prunable weight ([`Param::is_prunable_weight`]) as (node, param name, param), in
+    /// order: what unstructured pruning masks and sparsity figures count.
+    pub fn prunable_weights(&self) -> impl Iterator<Item = (&Node, &String, &Param)> {
+        self.params().filter(|(_, _, p)| p.is_prunable_weight())
     }
 
-    /// Multiply-accumulates per sample when zero weights are skipped: each op's MACs scaled by the
-    /// density of its weight.
+    /// Zero and total counts of the prunable weights of the whole model.
+    pub fn weight_counts(&self) -> Result<WeightCounts> {
+        WeightCounts::of(self.prunable_weights().map(|(_, _, p)| p))
+    }
+
+    /// Multiply-accumulates per sample, counted from the ops and the inferred shapes.
+    pub fn macs(&self) -> Result<u64> {
+        Ok(self.node_macs()?.iter().map(|m| m.dense).sum())
+    }
+
+    /// Multiply-accumulates per sample when zero weights are skipped (see [`NodeMacs`]).
     pub fn effective_macs(&self) -> Result<u64> {
+        let total: f64 = self.node_macs()?.iter().map(|m| m.effective).sum();
+        Ok(total.round() as u64)
+    }
+
+    /// Dense and zeros-skipped MACs per sample of every node, in graph order.
+    pub fn node_macs(&self) -> Result<Vec<NodeMacs>> {
         let shapes = self.validate()?;
-        let mut total = 0f64;
+        let mut out = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
-            let macs = n.op.rules().macs(&ins, &shapes[&n.name]) as f64;
-            let density = match n.params.get("weight") {
-                Some(w) if macs > 0.0 => {
-                    let t = w.tensor();
-                    t.ne(0.0)?
-                        .to_dtype(DType::F32)?
-                        .sum_all()?
-                        .to_scalar::<f32>()? as f64
-                        / t.elem_count() as f64
+            let rules = n.op.rules();
+            let dense = rules.macs(&ins, &shapes[&n.name]);
+            let mut skipped = 0f64;
+            for (param, macs) in rules.weight_macs(&ins, &shapes[&n.name]) {
+                let Some(p) = n.params.get(param) else {
+                    continue;
+                };
+                let t = p.tensor();
+                if t.elem_count() > 0 {
+                    skipped += macs as f64 * count_zeros(t)? as f64 / t.elem_count() as f64;
                 }
-                _ => 1.0,
-            };
-            total += macs * density;
+            }
+            out.push(NodeMacs {
+                dense,
+                effective: (dense as f64 - skipped).max(0.0),
+            });
         }
-        Ok(total.round() as u64)
+        Ok(out)
     }
 
     /// Sets a mask on a parameter and zeroes the masked values. The mask holds 0 (pruned) and 1 (kept).
@@ -543,7 +616,72 @@ impl Graph {
     }
 }
 
+/// MACs per sample of one node: `dense` as the op counts them, `effective` with the zeros of its
+/// weights skipped: every weight the op lists in `OpRules::weight_macs` (a Linear's or Conv's
+/// `weight`, attention's q/k/v/o weights, a recurrent layer's weight_ih and weight_hh) saves its
+/// MACs times its zero fraction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeMacs {
+    pub dense: u64,
+    pub effective: f64,
+}
+
 /// A seeded generator from a u64 seed; every random choice in prunekit goes through one.
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GraphBuilder;
+
+    #[test]
+    fn counts_are_exact_above_two_to_the_24() {
+        // an f32 sum of 0/1 flags stops at 2^24 = 16_777_216 (2^24 + 1 rounds back down)
+        let n = (1usize << 24) + 1;
+        let zeros = Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(count_zeros(&zeros).unwrap(), n);
+        assert_eq!(count_nonzeros(&zeros).unwrap(), 0);
+        let ones = Tensor::ones(n, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(count_nonzeros(&ones).unwrap(), n);
+        let rows = Tensor::new(&[[0f32, 0.0], [0.0, 2.0], [f32::NAN, 0.0]], &Device::Cpu).unwrap();
+        assert_eq!(count_zeros(&rows).unwrap(), 4, "NaN is not zero");
+        assert_eq!(live_rows(&rows).unwrap(), 2);
+    }
+
+    /// Masks the first `zeros` elements (row-major) of a parameter.
+    fn mask_first(g: &mut Graph, node: &str, param: &str, zeros: usize) {
+        let t = g.node(node).unwrap().params[param].tensor().clone();
+        let n = t.elem_count();
+        let m: Vec<f32> = (0..n).map(|i| if i < zeros { 0.0 } else { 1.0 }).collect();
+        let m = Tensor::from_vec(m, t.dims(), &Device::Cpu).unwrap();
+        g.set_mask(node, param, m).unwrap();
+    }
+
+    #[test]
+    fn effective_macs_skip_the_zeros_of_every_weight() {
+        // attention (T = 5, E = 8, 2 heads of 4) then an LSTM (hidden 6) then a linear head
+        let mut b = GraphBuilder::new("seq", 0);
+        let x = b.input("x", &[5, 8]);
+        let a = b.attention(&x, 2, 2, 4, false, None).unwrap();
+        let h = b.lstm(&a, 6, false).unwrap();
+        let y = b.linear(&h, 3).unwrap();
+        let mut g = b.finish(&[&y]).unwrap();
+        let dense = g.macs().unwrap();
+        assert_eq!(g.effective_macs().unwrap(), dense);
+        // o_weight [8, 8] half zero, weight_hh [24, 6] a quarter zero, weight_ih [24, 8] none
+        mask_first(&mut g, "attention1", "o_weight", 32);
+        mask_first(&mut g, "lstm1", "weight_hh", 36);
+        mask_first(&mut g, "attention1", "k_weight", 16);
+        let (t, e, out, q) = (5u64, 8u64, 8u64, 8u64);
+        let saved_o = (t * q * out) as f64 * 0.5;
+        let saved_k = (t * e * q) as f64 * 0.25;
+        let saved_hh = (t * 24 * 6) as f64 * 0.25;
+        let want = (dense as f64 - saved_o - saved_k - saved_hh).round() as u64;
+        assert_eq!(g.effective_macs().unwrap(), want);
+        let per = g.node_macs().unwrap();
+        assert_eq!(per.len(), 3);
+        assert!((per[1].effective - (per[1].dense as f64 - saved_hh)).abs() < 1e-9);
+    }
 }

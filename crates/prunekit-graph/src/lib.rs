@@ -17,6 +17,9 @@ pub use channels::{
     analyse, ChannelAnalysis, ChannelGroup, ProtectedSpace, Protection, SliceKey, Unit,
 };
 pub use error::{GraphError, Result};
-pub use graph::{Graph, InputKind, InputSpec, Node, Param, Shapes};
-pub use ops::{Op, OpRules, Role};
+pub use graph::{
+    count_nonzeros, count_zeros, live_rows, Graph, InputKind, InputSpec, Node, NodeMacs, Param,
+    Shapes, WeightCounts,
+};
+pub use ops::{Ctx, Op, OpRules, Role, WeightInputs};
 pub use runtime::{param_grads, Executor, Hooks, Mode};

@@ -1,5 +1,5 @@
 //! Executes a graph with candle: forward in eval or training mode, with or without gradient tracking,
-//! with hooks that capture the inputs and outputs of chosen nodes. Backward is candle's autodiff
+//! with hooks that capture the inputs and outputs of chosen nodes and the input of chosen weights. Backward is candle's autodiff
 //! (`loss.backward()`), through our custom ops where candle lacks a backward.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 
 use crate::error::{GraphError, Result};
 use crate::graph::{Graph, InputKind};
-use crate::ops::{Ctx, ParamView};
+use crate::ops::{Ctx, ParamView, WeightInputs};
 
 /// How a forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,13 @@ impl Mode {
 
 /// Capture requests and captured tensors.
 ///
+/// `capture_weight_inputs` asks for the activation that multiplies a weight, keyed by (node,
+/// param): the op reports it from inside its forward ([`Ctx::report_weight_input`]), so inputs
+/// internal to an op are available too (attention's concatenated head outputs before `o_weight`,
+/// the hidden states h_{t-1} fed to a recurrent `weight_hh`). After a run, `weight_inputs` holds
+/// the pieces of every requested weight its op reported (one tensor for most ops, one per time
+/// step for `weight_hh`); a weight whose op reports nothing (an embedding table) is absent.
+///
 /// candle's `backward` keeps gradients of variables only, so for the nodes in `capture_grads` the
 /// runtime adds a zero variable (a probe) to the node's output in a pass with `grad` on;
 /// [`Hooks::output_grad`] then reads the activation gradient from the probe after `backward()`.
@@ -51,6 +58,8 @@ pub struct Hooks {
     pub capture_grads: HashSet<String>,
     pub outputs: HashMap<String, Tensor>,
     pub inputs: HashMap<String, Vec<Tensor>>,
+    pub capture_weight_inputs: HashSet<(String, String)>,
+    pub weight_inputs: HashMap<(String, String), Vec<Tensor>>,
     probes: HashMap<String, Var>,
 }
 
@@ -70,6 +79,13 @@ impl Hooks {
     pub fn grads_of<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
         Self {
             capture_grads: names.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+    /// Asks for the input of every (node, param) weight in `keys`.
+    pub fn weight_inputs_of<I: IntoIterator<Item = (String, String)>>(keys: I) -> Self {
+        Self {
+            capture_weight_inputs: keys.into_iter().collect(),
             ..Default::default()
         }
     }
@@ -136,10 +152,15 @@ impl Executor {
         }
         let mut values: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
         values.resize(base + g.nodes.len(), None);
-        let mut ctx = Ctx {
-            train: mode.train,
-            rng: &mut self.rng,
-        };
+        let mut ctx = Ctx::new(mode.train, &mut self.rng);
+        // the requested weights of every node; a run replaces what an earlier one captured
+        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+        if let Some(h) = hooks.as_deref_mut() {
+            h.weight_inputs.clear();
+            for (node, param) in &h.capture_weight_inputs {
+                wanted.entry(node.clone()).or_default().push(param.clone());
+            }
+        }
         let fuse = relu_fusions(g, hooks.as_deref());
         let mut skip = vec![false; g.nodes.len()];
         for (i, n) in g.nodes.iter().enumerate() {
@@ -159,6 +180,10 @@ impl Executor {
                 node: &n.name,
                 params: &n.params,
                 track_grad: mode.grad,
+            };
+            ctx.weight_inputs = WeightInputs {
+                wanted: wanted.get(n.name.as_str()).cloned().unwrap_or_default(),
+                reported: Vec::new(),
             };
             let forward_error = |e: candle_core::Error| GraphError::Forward {
                 node: n.name.clone(),
@@ -195,6 +220,12 @@ impl Executor {
                     let probe = Var::zeros(y.shape(), y.dtype(), y.device())?;
                     y = (y + probe.as_tensor())?;
                     h.probes.insert(out_name.clone(), probe);
+                }
+                for (param, x) in std::mem::take(&mut ctx.weight_inputs.reported) {
+                    h.weight_inputs
+                        .entry((n.name.clone(), param))
+                        .or_default()
+                        .push(x);
                 }
                 if h.capture_inputs.contains(&n.name) {
                     h.inputs.insert(n.name.clone(), xs.clone());

@@ -665,10 +665,7 @@ fn positional_embedding_adds_the_first_rows() {
         track_grad: false,
     };
     let mut rng = rng(0);
-    let mut ctx = Ctx {
-        train: false,
-        rng: &mut rng,
-    };
+    let mut ctx = Ctx::new(false, &mut rng);
     let e = op
         .forward(&[long], &view, &mut ctx)
         .unwrap_err()

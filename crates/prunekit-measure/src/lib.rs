@@ -53,10 +53,16 @@ pub struct Latency {
 pub struct Summary {
     pub accuracy: Option<f64>,
     pub loss: Option<f64>,
+    /// trainable values (weights and biases)
     pub params: usize,
+    /// of them nonzero
     pub nonzeros: usize,
+    /// zeros among the weight matrices and kernels ([`prunekit_graph::WeightCounts`]: biases and
+    /// norm scales, which may start at zero, are not counted)
+    #[serde(default)]
+    pub weight_sparsity: f64,
     pub macs: u64,
-    /// MACs when zero weights are skipped
+    /// MACs when the zeros of every weight are skipped ([`Graph::effective_macs`])
     pub effective_macs: u64,
     /// median batch-1 latency
     pub latency_ms: f64,
@@ -129,6 +135,7 @@ pub fn summarize(g: &Graph, test: Option<&Dataset>) -> Result<Summary> {
         loss: eval.map(|e| e.loss),
         params: g.param_count(),
         nonzeros: g.nonzero_count()?,
+        weight_sparsity: g.weight_counts()?.sparsity(),
         macs: g.macs()?,
         effective_macs: g.effective_macs()?,
         latency_ms: lat.median_ms,

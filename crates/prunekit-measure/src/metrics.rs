@@ -6,9 +6,9 @@
 //! The pure functions over slices carry the definitions and are tested against hand-computed values;
 //! the functions over a [`Graph`] run the model and feed them.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use prunekit_data::Dataset;
-use prunekit_graph::{Executor, Graph};
+use prunekit_graph::{count_nonzeros, live_rows, Executor, Graph, WeightCounts};
 use serde::{Deserialize, Serialize};
 
 use crate::{MeasureError, Result};
@@ -405,27 +405,24 @@ pub struct LayerStats {
     pub width: Option<usize>,
     /// rows of the weight with any nonzero value (the width once masked rows are dropped)
     pub live_width: Option<usize>,
+    /// trainable values (weights and biases)
     pub params: usize,
+    /// of them nonzero
     pub nonzeros: usize,
-    /// 1 - nonzeros / params (0 for no params)
+    /// zeros among the layer's weight matrices and kernels ([`prunekit_graph::WeightCounts`]);
+    /// biases and norm scales are not counted (0 without such weights)
     pub sparsity: f64,
     pub macs: u64,
-    /// MACs scaled by the weight's density, as in [`Graph::effective_macs`]
+    /// MACs with the zeros of every weight skipped, as in [`Graph::effective_macs`]
     pub effective_macs: u64,
-}
-
-fn nonzero(t: &Tensor) -> Result<usize> {
-    Ok(t.ne(0.0)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()? as usize)
 }
 
 /// Widths, counts, sparsity and MACs of every node with trainable parameters, in graph order.
 pub fn layer_stats(g: &Graph) -> Result<Vec<LayerStats>> {
     let shapes = g.validate()?;
+    let macs = g.node_macs()?;
     let mut out = Vec::new();
-    for n in &g.nodes {
+    for (i, n) in g.nodes.iter().enumerate() {
         let trainable: Vec<_> = n.params.values().filter(|p| p.role.trainable()).collect();
         if trainable.is_empty() {
             continue;
@@ -433,28 +430,18 @@ pub fn layer_stats(g: &Graph) -> Result<Vec<LayerStats>> {
         let (mut params, mut nonzeros) = (0usize, 0usize);
         for p in &trainable {
             params += p.tensor().elem_count();
-            nonzeros += nonzero(p.tensor())?;
+            nonzeros += count_nonzeros(p.tensor())?;
         }
-        let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
         let output_shape = shapes[&n.name].clone();
-        let macs = n.op.rules().macs(&ins, &output_shape);
-        let (mut width, mut live_width, mut density) = (None, None, 1.0);
+        let (mut width, mut live_width) = (None, None);
         if let Some(w) = n.params.get("weight") {
             let t = w.tensor();
             if let Some(&rows) = t.dims().first() {
-                let per_row = t
-                    .reshape((rows, t.elem_count() / rows.max(1)))?
-                    .ne(0.0)?
-                    .to_dtype(DType::F32)?
-                    .sum(D::Minus1)?
-                    .to_vec1::<f32>()?;
                 width = Some(rows);
-                live_width = Some(per_row.iter().filter(|&&c| c > 0.0).count());
-            }
-            if t.elem_count() > 0 {
-                density = nonzero(t)? as f64 / t.elem_count() as f64;
+                live_width = Some(live_rows(t)?);
             }
         }
+        let weights = WeightCounts::of(n.params.values())?;
         out.push(LayerStats {
             node: n.name.clone(),
             op: n.op.type_name().to_string(),
@@ -463,13 +450,9 @@ pub fn layer_stats(g: &Graph) -> Result<Vec<LayerStats>> {
             live_width,
             params,
             nonzeros,
-            sparsity: if params > 0 {
-                1.0 - nonzeros as f64 / params as f64
-            } else {
-                0.0
-            },
-            macs,
-            effective_macs: (macs as f64 * density).round() as u64,
+            sparsity: weights.sparsity(),
+            macs: macs[i].dense,
+            effective_macs: macs[i].effective.round() as u64,
         });
     }
     Ok(out)
@@ -786,7 +769,8 @@ mod tests {
         assert_eq!(fc1.output_shape, vec![3]);
         // weight 6 + bias 3; nonzero: 3 weights + 1 bias; one weight row all zero
         assert_eq!((fc1.params, fc1.nonzeros), (9, 4));
-        assert!(close(fc1.sparsity, 5.0 / 9.0));
+        // sparsity counts the weight only: its 3 zeros of 6 (the 2 zero biases do not count)
+        assert!(close(fc1.sparsity, 0.5), "{}", fc1.sparsity);
         assert_eq!((fc1.width, fc1.live_width), (Some(3), Some(2)));
         // 3 outputs x 2 inputs; weight density 3 / 6
         assert_eq!((fc1.macs, fc1.effective_macs), (6, 3));

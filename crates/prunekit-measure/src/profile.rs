@@ -59,10 +59,7 @@ pub fn profile_training_step(g: &Graph, x: &Tensor, iters: usize) -> Result<Vec<
             track_grad: true,
         };
         let rules = n.op.rules();
-        let mut ctx = Ctx {
-            train: true,
-            rng: &mut rng,
-        };
+        let mut ctx = Ctx::new(true, &mut rng);
         let probe = rules.forward(&xs, &view, &mut ctx)?;
         let r = Tensor::randn(0f32, 1.0, probe.shape(), probe.device())?.to_dtype(probe.dtype())?;
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());

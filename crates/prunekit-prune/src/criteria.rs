@@ -29,7 +29,7 @@
 //! | `fisher` | 0.5 w^2 (1/N) sum_i g_i^2 | sum over S of the element scores | LeCun et al. 1990, Optimal Brain Damage, with the empirical Fisher as the Hessian diagonal | yes: estimates the loss increase |
 //! | `snip` | \|w g_all\| / sum over the model of \|w g_all\| | per slice sum | Lee et al. 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity | yes: normalised over the whole model |
 //! | `movement` | -sum_t w_t g_t over fine-tuning steps t (or over calibration batches) | per slice sum | Sanh et al. 2020, Movement Pruning | yes: a first-order loss change |
-//! | `wanda` | \|W_ij\| \|\|X_j\|\|_2 over the calibration inputs | per slice sum | Sun et al. 2024, A Simple and Effective Pruning Approach for LLMs | no: meant within each output row |
+//! | `wanda` | \|W_ij\| \|\|X_j\|\|_2 over the calibration inputs of every weight matrix (o_weight, weight_hh included) | per slice sum | Sun et al. 2024, A Simple and Effective Pruning Approach for LLMs | no: meant within each output row |
 //!
 //! "Across layers" says whether scores of different layers may be ranked together (global scope):
 //! the loss-based criteria (taylor, fisher, snip, movement) are invariant under the rescaling of a
@@ -1077,28 +1077,37 @@ data_criterion!(
     Snip,
     "snip", |s| s);
 
-/// How a node's input norms apply to its weights.
+/// How a weight's input features map onto its columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Feature {
-    /// the last axis of the input (Linear, attention, recurrent)
+    /// the last axis of the input is the weight's axis 1 (Linear, attention, recurrent)
     Last,
-    /// axis 1 of the batched input, with this many groups (convolutions)
+    /// axis 1 of the batched input is the kernel's axis 1, with this many groups (convolutions)
     Channel(usize),
 }
 
-/// The weights Wanda scores on node `n`, and how its input's features are taken.
-fn wanda_params(op: &Op) -> Option<(Feature, &'static [&'static str])> {
+/// The weights Wanda scores on a node of this op, each with how its input's features are taken:
+/// every weight matrix that multiplies an activation. The op reports each one's input during the
+/// forward pass ([`prunekit_graph::Ctx::report_weight_input`]), including inputs internal to the
+/// op: attention's concatenated head outputs (o_weight), the hidden states h_{t-1} (weight_hh).
+/// Embedding tables are lookups, not products with an activation, and are not scored (Sun et al.
+/// prune the linear layers only).
+fn wanda_params(op: &Op) -> Vec<(&'static str, Feature)> {
     match op {
-        Op::Linear(_) => Some((Feature::Last, &["weight"])),
-        Op::Conv2d(c) => Some((Feature::Channel(c.groups), &["weight"])),
-        Op::Conv1d(c) => Some((Feature::Channel(c.groups), &["weight"])),
-        Op::Attention(_) => Some((Feature::Last, &["q_weight", "k_weight", "v_weight"])),
-        Op::Lstm(_) | Op::Gru(_) => Some((Feature::Last, &["weight_ih"])),
-        _ => None,
+        Op::Linear(_) => vec![("weight", Feature::Last)],
+        Op::Conv2d(c) => vec![("weight", Feature::Channel(c.groups))],
+        Op::Conv1d(c) => vec![("weight", Feature::Channel(c.groups))],
+        Op::Attention(_) => ["q_weight", "k_weight", "v_weight", "o_weight"]
+            .map(|p| (p, Feature::Last))
+            .to_vec(),
+        Op::Lstm(_) | Op::Gru(_) => {
+            vec![("weight_ih", Feature::Last), ("weight_hh", Feature::Last)]
+        }
+        _ => Vec::new(),
     }
 }
 
-/// Per-feature sums of squares of a batched input.
+/// Per-feature sums of squares of a batched input piece.
 fn feature_sumsq(x: &Tensor, feature: Feature) -> Result<Vec<f64>> {
     let x = x.to_dtype(DType::F64)?.sqr()?;
     Ok(match feature {
@@ -1110,92 +1119,116 @@ fn feature_sumsq(x: &Tensor, feature: Feature) -> Result<Vec<f64>> {
     })
 }
 
+/// ||X_j||_2 per input feature of one weight, broadcast to the weight's shape `dims`: along axis
+/// 1 for matrices ([out, in]); along the input channels of each group for kernels ([out, in /
+/// groups, k..]).
+fn wanda_scale(
+    name: &str,
+    dims: &[usize],
+    feature: Feature,
+    norms: &[f64],
+    device: &Device,
+) -> Result<Tensor> {
+    let mismatch = |what: String| {
+        PruneError::Invalid(format!(
+            "wanda: `{name}` has shape {dims:?} but its input has {} features{what}",
+            norms.len()
+        ))
+    };
+    let mut shape = vec![1usize; dims.len()];
+    match feature {
+        Feature::Last => {
+            let inf = dims.get(1).copied().unwrap_or(0);
+            if dims.len() != 2 || inf != norms.len() {
+                return Err(mismatch(String::new()));
+            }
+            shape[1] = inf;
+            Ok(Tensor::from_vec(norms.to_vec(), shape, device)?)
+        }
+        Feature::Channel(groups) => {
+            let (out, per) = (dims[0], dims.get(1).copied().unwrap_or(0));
+            let groups = groups.max(1);
+            if per * groups != norms.len() || out % groups != 0 {
+                return Err(mismatch(format!(" in {groups} group(s)")));
+            }
+            let out_per_group = out / groups;
+            let v: Vec<f64> = (0..out)
+                .flat_map(|o| {
+                    let base = (o / out_per_group) * per;
+                    norms[base..base + per].iter().copied()
+                })
+                .collect();
+            shape[0] = out;
+            shape[1] = per;
+            Ok(Tensor::from_vec(v, shape, device)?)
+        }
+    }
+}
+
 impl Wanda {
     fn scores(&self, g: &Graph) -> Result<Scores> {
-        let targets: Vec<(&str, Feature, &[&str])> = g
-            .nodes
-            .iter()
-            .filter(|n| !n.inputs.is_empty())
-            .filter_map(|n| wanda_params(&n.op).map(|(f, ps)| (n.name.as_str(), f, ps)))
-            .collect();
-        let mut sumsq: HashMap<&str, Vec<f64>> = HashMap::new();
+        let mut targets: HashMap<(String, String), Feature> = HashMap::new();
+        for n in &g.nodes {
+            for (param, feature) in wanda_params(&n.op) {
+                if n.params.get(param).is_some_and(|p| p.role == Role::Weight) {
+                    targets.insert((n.name.clone(), param.to_string()), feature);
+                }
+            }
+        }
+        let mut sumsq: HashMap<(String, String), Vec<f64>> = HashMap::new();
         let mut exec = Executor::new(0);
         for (x, _) in &self.calib.batches {
-            let mut hooks = Hooks::inputs_of(targets.iter().map(|t| t.0));
+            let mut hooks = Hooks::weight_inputs_of(targets.keys().cloned());
             exec.run(g, &[model_input(g, x)?], Mode::EVAL, Some(&mut hooks))?;
-            for &(name, feature, _) in &targets {
-                let Some(input) = hooks.inputs.get(name).and_then(|xs| xs.first()) else {
+            for (key, pieces) in hooks.weight_inputs {
+                let Some(&feature) = targets.get(&key) else {
                     continue;
                 };
-                let s = feature_sumsq(input, feature)?;
-                match sumsq.get_mut(name) {
-                    Some(acc) if acc.len() == s.len() => {
-                        acc.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+                for piece in pieces {
+                    let s = feature_sumsq(&piece, feature)?;
+                    let acc = sumsq
+                        .entry(key.clone())
+                        .or_insert_with(|| vec![0.0; s.len()]);
+                    if acc.len() != s.len() {
+                        return Err(PruneError::Invalid(format!(
+                            "wanda: the input of `{}.{}` changed from {} to {} features between \
+                             pieces",
+                            key.0,
+                            key.1,
+                            acc.len(),
+                            s.len()
+                        )));
                     }
-                    _ => {
-                        sumsq.insert(name, s);
-                    }
+                    acc.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
                 }
             }
         }
         let mut scores = HashMap::new();
-        for (name, feature, params) in targets {
-            let Some(ss) = sumsq.get(name) else { continue };
+        for (key, ss) in sumsq {
+            let feature = targets[&key];
+            let Some(w) = weight_f64(g, &key.0, &key.1)? else {
+                continue;
+            };
             let norms: Vec<f64> = ss.iter().map(|v| v.sqrt()).collect();
-            for &param in params {
-                let Some(w) = weight_f64(g, name, param)? else {
-                    continue;
-                };
-                let dims = w.dims().to_vec();
-                let scale = match feature {
-                    Feature::Last => {
-                        let inf = dims.last().copied().unwrap_or(0);
-                        if inf != norms.len() {
-                            continue;
-                        }
-                        let mut shape = vec![1usize; dims.len()];
-                        shape[dims.len() - 1] = inf;
-                        Tensor::from_vec(norms.clone(), shape, w.device())?
-                    }
-                    Feature::Channel(groups) => {
-                        let (out, per) = (dims[0], dims.get(1).copied().unwrap_or(0));
-                        let groups = groups.max(1);
-                        if per * groups != norms.len() || out % groups != 0 {
-                            return Err(PruneError::Invalid(format!(
-                                "wanda: `{name}` has weight {dims:?} in {groups} group(s) but its \
-                                 input has {} channels",
-                                norms.len()
-                            )));
-                        }
-                        let out_per_group = out / groups;
-                        let v: Vec<f64> = (0..out)
-                            .flat_map(|o| {
-                                let base = (o / out_per_group) * per;
-                                norms[base..base + per].iter().copied()
-                            })
-                            .collect();
-                        let mut shape = vec![1usize; dims.len()];
-                        shape[0] = out;
-                        shape[1] = per;
-                        Tensor::from_vec(v, shape, w.device())?
-                    }
-                };
-                scores.insert(
-                    (name.to_string(), param.to_string()),
-                    w.abs()?.broadcast_mul(&scale)?,
-                );
-            }
+            let name = format!("{}.{}", key.0, key.1);
+            let scale = wanda_scale(&name, w.dims(), feature, &norms, w.device())?;
+            scores.insert(key, w.abs()?.broadcast_mul(&scale)?);
         }
         Ok(scores)
     }
 }
 data_criterion!(
-    /// Wanda (Sun et al. 2024): importance = |W_ij| * ||X_j||_2, X_j being input feature j of the
-    /// layer over every calibration sample and position. Linear weights and the input projections of
-    /// attention (q, k, v) and recurrent layers (weight_ih) use the last axis of the node's input;
-    /// convolutions use each input channel's norm over samples and positions, broadcast over the
-    /// kernel (and following the group structure). Every other parameter gives None. Meant for
-    /// unstructured pruning compared within each output row ([`crate::UnstructuredScope::Row`]).
+    /// Wanda (Sun et al. 2024, "A Simple and Effective Pruning Approach for Large Language
+    /// Models", eq. 1): importance = |W_ij| * ||X_j||_2, X_j being input feature j of the weight
+    /// over every calibration sample and position. Every weight matrix that multiplies an
+    /// activation is scored, each with its own input as the op reports it (see
+    /// [`prunekit_graph::Hooks`]): Linear weights; attention's q, k, v (the layer input) and o
+    /// (the concatenated head outputs); recurrent weight_ih (the input sequence) and weight_hh
+    /// (h_{t-1} over every step with a recurrent term); convolutions use each input channel's
+    /// norm over samples and positions, broadcast over the kernel (and following the group
+    /// structure). Embedding tables give None (unstructured pruning lists them as left out).
+    /// Meant for unstructured pruning compared within each output row
+    /// ([`crate::UnstructuredScope::Row`], the default scope for `wanda`).
     Wanda,
     "wanda", |s| s);
 

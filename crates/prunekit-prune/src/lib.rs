@@ -2,7 +2,8 @@
 //!
 //! - [`criteria`]: importance criteria (norms, random, LAMP, FPGM, BatchNorm scales, Taylor, Fisher,
 //!   SNIP, movement, Wanda) and calibration data; every one serves both granularities.
-//! - [`unstructured`]: masks by any criterion per layer, globally, per output row, or N:M.
+//! - [`unstructured`]: masks by any criterion per layer, globally, per output row, or N:M; no
+//!   output row is ever emptied, and weights a criterion cannot score are listed.
 //! - [`magnitude`]: unstructured masks by weight magnitude, by threshold or target ratio, per layer or global.
 //! - [`structured`]: units from the dependency analysis (channels, heads, recurrent units, conv
 //!   groups) scored by a criterion and removed physically with every coupled slice; `verify`
@@ -34,7 +35,10 @@ pub use structured::{
     prune_structured, unit_scores, unscored_groups, Aggregate, Criterion, GroupPruned, HeadCounts,
     Limit, Norm, Normalize, Shortfall, StructuredConfig, StructuredReport, UnscoredGroup,
 };
-pub use unstructured::{prune_nm, prune_unstructured, UnstructuredScope};
+pub use unstructured::{
+    default_unstructured_criterion, default_unstructured_scope, prune_nm, prune_unstructured,
+    LeftOut, UnstructuredReport, UnstructuredScope, SCALE_SAFE_CRITERIA,
+};
 pub use verify::{
     random_inputs, random_removal_error, rel_error, removal_error, removal_trials, verify,
     RemovalCheck, Verification,
@@ -64,23 +68,15 @@ pub fn check_ratio(what: &str, ratio: f64) -> Result<()> {
     Ok(())
 }
 
-/// Zeros per prunable weight (what unstructured pruning and N:M leave).
+/// Zeros per prunable weight (what unstructured pruning and N:M leave), counted in integers.
 pub fn layer_sparsity(g: &prunekit_graph::Graph) -> Result<Vec<LayerSparsity>> {
-    prunable_weights(g)
-        .into_iter()
-        .map(|(node, param)| {
-            let t = g.node(&node)?.params[&param].tensor().flatten_all()?;
-            let zeros = t
-                .to_dtype(candle_core::DType::F32)?
-                .eq(0f32)?
-                .to_dtype(candle_core::DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()? as usize;
+    g.prunable_weights()
+        .map(|(n, k, p)| {
             Ok(LayerSparsity {
-                total: t.elem_count(),
-                zeros,
-                node,
-                param,
+                node: n.name.clone(),
+                param: k.clone(),
+                total: p.tensor().elem_count(),
+                zeros: prunekit_graph::count_zeros(p.tensor())?,
             })
         })
         .collect()

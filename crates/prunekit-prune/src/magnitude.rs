@@ -1,11 +1,11 @@
 //! Unstructured magnitude pruning: the smallest |w| are masked, per layer or across all layers
 //! (the targets and scopes shared with [`crate::unstructured`]).
 
-use prunekit_graph::{Graph, Role};
+use prunekit_graph::Graph;
 use serde::Serialize;
 
 use crate::criteria::Norm;
-use crate::unstructured::prune_unstructured;
+use crate::unstructured::{prune_unstructured, UnstructuredReport};
 use crate::{PruneError, Result};
 
 /// How much to prune.
@@ -26,8 +26,8 @@ pub enum Scope {
     Global,
 }
 
-/// Sparsity of one weight after pruning.
-#[derive(Clone, Debug, Serialize)]
+/// Sparsity of one weight after pruning: `zeros` of its `total` elements (integer counts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayerSparsity {
     pub node: String,
     pub param: String,
@@ -35,18 +35,20 @@ pub struct LayerSparsity {
     pub zeros: usize,
 }
 
-/// The weights unstructured pruning touches: every weight matrix or kernel (rank >= 2) of
-/// Linear, Conv and Embedding ops. Norm scales and biases are left dense.
+/// The weights unstructured pruning touches, as (node, param): every weight matrix or kernel
+/// ([`prunekit_graph::Param::is_prunable_weight`]: rank >= 2) of Linear, Conv, attention,
+/// recurrent and Embedding ops. Norm scales and biases are left dense.
 pub fn prunable_weights(g: &Graph) -> Vec<(String, String)> {
-    g.params()
-        .filter(|(_, _, p)| p.role == Role::Weight && p.tensor().rank() >= 2)
+    g.prunable_weights()
         .map(|(n, k, _)| (n.name.clone(), k.clone()))
         .collect()
 }
 
 /// Masks weights by magnitude (|w|): [`prune_unstructured`] with [`Norm::L1`]. Existing masks are
-/// kept (a pruned weight stays pruned).
-pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Vec<LayerSparsity>> {
+/// kept (a pruned weight stays pruned) and no output row is emptied. Magnitudes are not
+/// comparable across layers of different scale: with [`Scope::Global`] prefer LAMP
+/// ([`crate::Lamp`]).
+pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<UnstructuredReport> {
     if let Target::Threshold(t) = target {
         if t.is_nan() || t < 0.0 {
             return Err(PruneError::Invalid(format!(
@@ -60,7 +62,6 @@ pub fn magnitude_prune(g: &mut Graph, target: Target, scope: Scope) -> Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
     use prunekit_graph::GraphBuilder;
 
     fn mlp() -> Graph {
@@ -73,15 +74,7 @@ mod tests {
     }
 
     fn zeros_of(g: &Graph, n: &str) -> usize {
-        let t = g.node(n).unwrap().params["weight"].tensor().clone();
-        t.eq(0.0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as usize
+        prunekit_graph::count_zeros(g.node(n).unwrap().params["weight"].tensor()).unwrap()
     }
 
     #[test]
@@ -108,10 +101,23 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        magnitude_prune(&mut g, Target::Ratio(0.75), Scope::Global).unwrap();
+        let r = magnitude_prune(&mut g, Target::Ratio(0.75), Scope::Global).unwrap();
         let total = zeros_of(&g, "linear1") + zeros_of(&g, "linear2");
         assert_eq!(total, (0.75f64 * 640.0).round() as usize);
-        // every surviving weight is at least as large as every pruned one
+        // the largest weight of every row (16 per row of linear1, 32 of linear2) always stays
+        let mut best = vec![false; before.len()];
+        let mut rows_floored = 0;
+        for (start, len) in (0..512)
+            .step_by(16)
+            .map(|s| (s, 16))
+            .chain((512..640).step_by(32).map(|s| (s, 32)))
+        {
+            let i = (start..start + len)
+                .max_by(|&a, &b| before[a].total_cmp(&before[b]))
+                .unwrap();
+            best[i] = true;
+        }
+        // every other surviving weight is at least as large as every pruned one
         let after: Vec<f32> = prunable_weights(&g)
             .iter()
             .flat_map(|(n, k)| {
@@ -132,10 +138,24 @@ mod tests {
         let min_kept = before
             .iter()
             .zip(&after)
-            .filter(|(_, a)| **a != 0.0)
-            .map(|(b, _)| *b)
+            .zip(&best)
+            .filter(|((_, a), best)| **a != 0.0 && !**best)
+            .map(|((b, _), _)| *b)
             .fold(f32::MAX, f32::min);
         assert!(max_pruned <= min_kept);
+        // the rows saved: those whose best is among the 480 smallest of all
+        let mut sorted = before.clone();
+        sorted.sort_by(f32::total_cmp);
+        let cut = sorted[total - 1];
+        for (i, b) in best.iter().enumerate() {
+            if *b {
+                assert_ne!(after[i], 0.0, "a row's best weight was pruned");
+                if before[i] <= cut {
+                    rows_floored += 1;
+                }
+            }
+        }
+        assert_eq!(r.rows_kept, rows_floored);
     }
 
     #[test]

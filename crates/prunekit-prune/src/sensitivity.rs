@@ -141,8 +141,9 @@ pub fn analyse_sensitivity(
     })
 }
 
-/// Masks the `ratio` lowest-scored elements of one weight (keeping its existing mask); returns
-/// how many of its elements are zero-masked now.
+/// Masks the `ratio` lowest-scored elements of one weight (keeping its existing mask, which
+/// counts, and the best weight of every output row); returns how many of its elements are
+/// zero-masked now.
 pub fn prune_weight(
     g: &mut Graph,
     criterion: &dyn Criterion,
@@ -151,49 +152,13 @@ pub fn prune_weight(
     ratio: f64,
 ) -> Result<usize> {
     check_ratio("weight", ratio)?;
-    criterion.prepare(g)?;
-    let imp = criterion.importance(g, node, param)?.ok_or_else(|| {
-        PruneError::Invalid(format!(
-            "criterion `{}` does not score `{node}.{param}`",
-            criterion.name()
-        ))
-    })?;
-    let p = &g.node(node)?.params[param];
-    let dims = p.tensor().dims().to_vec();
-    let mut scores: Vec<f64> = imp
-        .to_dtype(candle_core::DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?
-        .into_iter()
-        .map(|s| criterion.reduce(s))
-        .collect();
-    if let Some(m) = &p.mask {
-        let m: Vec<f64> = m
-            .to_dtype(candle_core::DType::F64)?
-            .flatten_all()?
-            .to_vec1()?;
-        for (s, k) in scores.iter_mut().zip(m) {
-            if k == 0.0 {
-                *s = f64::NEG_INFINITY;
-            }
-        }
-    }
-    let k = (ratio * scores.len() as f64).floor() as usize;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    let mut keep = vec![1f32; scores.len()];
-    for &i in &order[..k] {
-        keep[i] = 0.0;
-    }
-    for (i, s) in scores.iter().enumerate() {
-        if *s == f64::NEG_INFINITY {
-            keep[i] = 0.0;
-        }
-    }
-    let zeros = keep.iter().filter(|&&v| v == 0.0).count();
-    let mask = candle_core::Tensor::from_vec(keep, dims.as_slice(), &g.device())?;
-    g.set_mask(node, param, mask)?;
-    Ok(zeros)
+    let n = g
+        .node(node)?
+        .params
+        .get(param)
+        .map_or(0, |p| p.tensor().elem_count());
+    let count = (ratio * n as f64).floor() as usize;
+    Ok(crate::unstructured::prune_one(g, criterion, node, param, count)?.zeros)
 }
 
 /// Greedy allocation: start every layer at ratio 0 and repeatedly advance the layer whose next

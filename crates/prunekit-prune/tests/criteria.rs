@@ -911,7 +911,7 @@ fn nm_gives_exactly_n_nonzeros_per_group() {
             .into_iter()
             .map(|(node, k)| (node.clone(), vec_of(&weight(&g, &node, &k))))
             .collect();
-        prune_nm(&mut g, c.as_ref(), n, m).unwrap();
+        prune_nm(&mut g, c.as_ref(), n, m, false).unwrap();
         for (node, k) in prunable_weights(&g) {
             let w = weight(&g, &node, &k);
             let (rows, cols) = w.dims2().unwrap();
@@ -940,17 +940,25 @@ fn nm_gives_exactly_n_nonzeros_per_group() {
             }
         }
     }
-    // convolution kernels: groups run along the input channels at every kernel position
+    // convolution kernels: groups run along the input channels at every kernel position; a
+    // first convolution over 1 channel stays dense (listed), or is an error when strict
     let mut g = prunekit_zoo::build("digits-cnn", 0).unwrap();
-    let msg = prune_nm(&mut g, &Norm::L1, 2, 4).unwrap_err().to_string();
+    let msg = prune_nm(&mut g.clone(), &Norm::L1, 2, 4, true)
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains("conv2d1") && msg.contains("input size 1") && msg.contains("M = 4"),
         "{msg}"
     );
-    assert!(
-        g.params().all(|(_, _, p)| p.mask.is_none()),
-        "nothing masked on error"
+    let r = prune_nm(&mut g, &Norm::L1, 2, 4, false).unwrap();
+    assert_eq!(r.left_out.len(), 1);
+    assert_eq!(
+        (r.left_out[0].node.as_str(), r.left_out[0].param.as_str()),
+        ("conv2d1", "weight")
     );
+    assert!(g.node("conv2d1").unwrap().params["weight"].mask.is_none());
+    assert_eq!(r.len(), prunable_weights(&g).len() - 1);
+    assert!(r.iter().all(|l| 2 * l.zeros == l.total));
 }
 
 #[test]
@@ -962,7 +970,7 @@ fn nm_on_convolution_kernels() {
     let h = b.flatten(&h).unwrap();
     let y = b.linear(&h, 4).unwrap();
     let mut g = b.finish(&[&y]).unwrap();
-    prune_nm(&mut g, &Norm::L1, 2, 4).unwrap();
+    prune_nm(&mut g, &Norm::L1, 2, 4, false).unwrap();
     let w = vec_of(&weight(&g, "conv2d1", "weight")); // [8, 8, 3, 3]
     for o in 0..8 {
         for start in [0, 4] {

@@ -52,14 +52,7 @@ pub fn make_criterion_excluding(
 
 /// Fraction of zero values among the prunable weights.
 pub fn sparsity_of(g: &Graph) -> Result<f64> {
-    let (zeros, total) = prunekit_prune::layer_sparsity(g)?
-        .iter()
-        .fold((0, 0), |(z, t), l| (z + l.zeros, t + l.total));
-    Ok(if total == 0 {
-        0.0
-    } else {
-        zeros as f64 / total as f64
-    })
+    Ok(g.weight_counts()?.sparsity())
 }
 
 /// A copy of `g` with freshly initialised parameters (same structure, new seed).

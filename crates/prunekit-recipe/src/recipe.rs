@@ -11,8 +11,8 @@ use prunekit_data::{Augment, Dataset, Split};
 use prunekit_graph::Graph;
 use prunekit_measure::{summarize, Summary};
 use prunekit_prune::{
-    block_influence, find_layers, magnitude::Scope, prune_layers, prune_structured,
-    StructuredConfig, Target,
+    block_influence, find_layers, magnitude::Scope, prune_layers, prune_structured, LeftOut,
+    StructuredConfig, Target, UnstructuredReport,
 };
 use prunekit_train::{
     evaluate, fit_with, DistillConfig, Distillation, LrSchedule, OptimizerKind, StepHook,
@@ -178,8 +178,8 @@ impl Default for UnstructuredStage {
     fn default() -> Self {
         Self {
             target: 0.5,
-            criterion: d_criterion(),
-            scope: d_scope(),
+            criterion: None,
+            scope: None,
             schedule: d_schedule(),
             rounds: 1,
             train: None,
@@ -293,13 +293,14 @@ pub struct LayersStage {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnstructuredStage {
-    /// final sparsity of the prunable weights, in [0, 1)
+    /// final sparsity of the prunable weights the criterion scores, in [0, 1)
     pub target: f64,
-    #[serde(default = "d_criterion")]
-    pub criterion: String,
-    /// "layer", "global" or "row"
-    #[serde(default = "d_scope")]
-    pub scope: String,
+    /// default: `lamp` with scope "global" (scale-aware), `l1` otherwise
+    #[serde(default)]
+    pub criterion: Option<String>,
+    /// "layer", "global" or "row"; default: "row" for `wanda`, "layer" otherwise
+    #[serde(default)]
+    pub scope: Option<String>,
     /// "one-shot", "iterative" or "gradual"
     #[serde(default = "d_schedule")]
     pub schedule: String,
@@ -330,9 +331,34 @@ pub struct NmStage {
     pub m: usize,
     #[serde(default = "d_criterion")]
     pub criterion: String,
-    /// nodes whose weights stay dense (e.g. a first layer whose input width M does not divide)
+    /// nodes whose weights stay dense
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// a weight whose input size M does not divide is an error instead of being left dense
+    #[serde(default)]
+    pub strict: bool,
+}
+
+impl UnstructuredStage {
+    /// The scope name: as written, else `row` for `wanda` and `layer` otherwise.
+    pub fn scope_name(&self) -> String {
+        match (&self.scope, &self.criterion) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => prunekit_prune::default_unstructured_scope(c).name().into(),
+            (None, None) => "layer".into(),
+        }
+    }
+
+    /// The criterion name: as written, else the default for the scope (`lamp` for global).
+    pub fn criterion_name(&self) -> Result<String> {
+        Ok(match &self.criterion {
+            Some(c) => c.clone(),
+            None => prunekit_prune::default_unstructured_criterion(
+                unstructured_scope(&self.scope_name()).map_err(RecipeError::Invalid)?,
+            )
+            .into(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -491,7 +517,8 @@ impl Recipe {
                 }
                 Stage::Unstructured(u) => {
                     at.in_range("target", u.target, 0.0, 1.0, false)?;
-                    unstructured_scope(&u.scope).map_err(|m| at.problem(Some("scope"), m))?;
+                    unstructured_scope(&u.scope_name())
+                        .map_err(|m| at.problem(Some("scope"), m))?;
                     at.one_of(
                         "schedule",
                         &u.schedule,
@@ -791,32 +818,45 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             json!(r)
         }
         Stage::Unstructured(u) => {
-            let scope = unstructured_scope(&u.scope).map_err(RecipeError::Invalid)?;
-            let c = cx.calibration_for(&u.criterion)?;
-            let prune_to = |g: &mut Graph, s: f64| -> Result<()> {
+            let scope_name = u.scope_name();
+            let scope = unstructured_scope(&scope_name).map_err(RecipeError::Invalid)?;
+            let criterion = u.criterion_name()?;
+            let c = cx.calibration_for(&criterion)?;
+            let prune_to = |g: &mut Graph, s: f64| -> Result<UnstructuredReport> {
                 let crit =
-                    make_criterion_excluding(&u.criterion, g, c.as_ref(), cx.seed, &u.exclude)?;
-                prune_unstructured(g, crit.as_ref(), Target::Ratio(s), scope)?;
-                Ok(())
+                    make_criterion_excluding(&criterion, g, c.as_ref(), cx.seed, &u.exclude)?;
+                Ok(prune_unstructured(
+                    g,
+                    crit.as_ref(),
+                    Target::Ratio(s),
+                    scope,
+                )?)
             };
-            match u.schedule.as_str() {
+            let mut detail = match u.schedule.as_str() {
                 "one-shot" => {
-                    prune_to(g, u.target)?;
-                    json!({ "criterion": u.criterion, "schedule": "one-shot", "target": u.target })
+                    let r = prune_to(g, u.target)?;
+                    let mut d = json!({ "criterion": criterion, "scope": scope_name,
+                        "schedule": "one-shot", "target": u.target });
+                    pass_detail(&mut d, &r, &u.exclude);
+                    d
                 }
                 "iterative" => {
                     let t = u.train.as_ref().ok_or_else(|| {
                         RecipeError::Invalid("iterative pruning needs `train`".into())
                     })?;
                     let mut rounds = Vec::new();
+                    let mut last = UnstructuredReport::default();
                     for k in 1..=u.rounds {
                         let s = iterative_sparsity(u.target, k, u.rounds);
-                        prune_to(g, s)?;
+                        last = prune_to(g, s)?;
                         train_with(g, t, cx, &format!("round {k}"), &mut [])?;
                         rounds.push(json!({ "round": k, "sparsity": s,
                             "accuracy": cx.test_accuracy(g)? }));
                     }
-                    json!({ "criterion": u.criterion, "schedule": "iterative", "rounds": rounds })
+                    let mut d = json!({ "criterion": criterion, "scope": scope_name,
+                        "schedule": "iterative", "rounds": rounds });
+                    pass_detail(&mut d, &last, &u.exclude);
+                    d
                 }
                 _ => {
                     let t = u.train.as_ref().ok_or_else(|| {
@@ -829,10 +869,10 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                     let n = end.saturating_sub(u.start_step) / dt;
                     let s_i = crate::criteria::sparsity_of(g)?;
                     let c2 = c.clone();
-                    let crit_name = u.criterion.clone();
+                    let crit_name = criterion.clone();
                     let exclude = u.exclude.clone();
                     let seed = cx.seed;
-                    let events = if u.criterion == "movement" {
+                    let events = if criterion == "movement" {
                         // the real movement criterion: scores accumulated from this training
                         let mut hook = MovementPruning {
                             movement: prunekit_prune::Movement::new(),
@@ -874,25 +914,49 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
                         hook.events
                     };
                     // the ramp must end exactly at the target
-                    if events.last().map(|e| e.1) != Some(u.target) {
-                        prune_to(g, u.target)?;
+                    let last = if events.last().map(|e| e.1) != Some(u.target) {
+                        Some(prune_to(g, u.target)?)
+                    } else {
+                        None
+                    };
+                    let mut d = json!({ "criterion": criterion, "scope": scope_name,
+                        "schedule": "gradual", "events": events.len(), "every": dt,
+                        "first": events.first(), "last": events.last() });
+                    if let Some(r) = &last {
+                        pass_detail(&mut d, r, &u.exclude);
                     }
-                    json!({ "criterion": u.criterion, "schedule": "gradual",
-                        "events": events.len(), "every": dt,
-                        "first": events.first(), "last": events.last() })
+                    d
                 }
+            };
+            if scope == UnstructuredScope::Global
+                && !prunekit_prune::SCALE_SAFE_CRITERIA.contains(&criterion.as_str())
+            {
+                push_note(
+                    &mut detail,
+                    format!(
+                        "criterion `{criterion}` compares raw scores across layers: layers of a \
+                         smaller scale lose more weights (scale-aware for global scope: {})",
+                        prunekit_prune::SCALE_SAFE_CRITERIA.join(", ")
+                    ),
+                );
             }
+            detail
         }
         Stage::Threshold(t) => {
-            prunekit_prune::magnitude_prune(g, Target::Threshold(t.value), Scope::Layer)?;
-            json!({ "threshold": t.value })
+            let r = prunekit_prune::magnitude_prune(g, Target::Threshold(t.value), Scope::Layer)?;
+            let mut d = json!({ "threshold": t.value });
+            pass_detail(&mut d, &r, &[]);
+            d
         }
         Stage::Nm(nm) => {
             let calib = cx.calibration_for(&nm.criterion)?;
             let crit =
                 make_criterion_excluding(&nm.criterion, g, calib.as_ref(), cx.seed, &nm.exclude)?;
-            prune_nm(g, crit.as_ref(), nm.n, nm.m)?;
-            json!({ "pattern": format!("{}:{}", nm.n, nm.m), "criterion": nm.criterion })
+            let r = prune_nm(g, crit.as_ref(), nm.n, nm.m, nm.strict)?;
+            let mut d = json!({ "pattern": format!("{}:{}", nm.n, nm.m),
+                "criterion": nm.criterion, "strict": nm.strict });
+            pass_detail(&mut d, &r, &nm.exclude);
+            d
         }
         Stage::Finetune(t) => {
             train_with(g, t, cx, "finetune", &mut [])?;
@@ -944,6 +1008,54 @@ fn recalibrate(g: &mut Graph, cx: &RunCx) -> Result<Option<serde_json::Value>> {
         "accuracy_without": before,
         "accuracy_with": after,
     })))
+}
+
+/// Adds what an unstructured / N:M pass reports to a stage detail: `sparsity` (over the scored
+/// weights), `scored_weights`, `left_out` (weights left dense, with the reason; `excluded` nodes
+/// say so), `rows_kept`, and one `notes` line for each of them.
+fn pass_detail(d: &mut serde_json::Value, r: &UnstructuredReport, excluded: &[String]) {
+    let (_, total) = r.counts();
+    let left_out: Vec<LeftOut> = r
+        .left_out
+        .iter()
+        .map(|l| LeftOut {
+            reason: if excluded.contains(&l.node) {
+                "excluded".into()
+            } else {
+                l.reason.clone()
+            },
+            ..l.clone()
+        })
+        .collect();
+    let shown = UnstructuredReport {
+        layers: Vec::new(),
+        left_out: left_out.clone(),
+        rows_kept: r.rows_kept,
+    };
+    d["sparsity"] = serde_json::json!(r.sparsity());
+    d["scored_weights"] = serde_json::json!(total);
+    d["left_out"] = serde_json::json!(left_out);
+    d["rows_kept"] = serde_json::json!(r.rows_kept);
+    if !r.left_out.is_empty() {
+        push_note(
+            d,
+            format!(
+                "the ratio is over the {total} weights scored; {} weight tensor(s) left dense",
+                r.left_out.len()
+            ),
+        );
+    }
+    for n in shown.notes() {
+        push_note(d, n);
+    }
+}
+
+/// Appends a line to a stage detail's `notes` (what `prunekit prune` and `prunekit run` print).
+fn push_note(d: &mut serde_json::Value, note: String) {
+    match d.get_mut("notes").and_then(|n| n.as_array_mut()) {
+        Some(a) => a.push(serde_json::Value::String(note)),
+        None => d["notes"] = serde_json::json!([note]),
+    }
 }
 
 /// Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).

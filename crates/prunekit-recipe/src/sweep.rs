@@ -78,7 +78,7 @@ pub fn sweep(
             SweepKind::Structured => Stage::Structured(StructuredStage::new(level, criterion)),
             SweepKind::Unstructured => Stage::Unstructured(UnstructuredStage {
                 target: level,
-                criterion: criterion.into(),
+                criterion: Some(criterion.into()),
                 ..UnstructuredStage::default()
             }),
         };

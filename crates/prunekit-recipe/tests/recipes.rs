@@ -107,6 +107,9 @@ fn iterative_rounds_and_lottery_rewinding() {
          [[stage]]\nkind = \"unstructured\"\ntarget = 0.875\nscope = \"global\"\nschedule = \"iterative\"\nrounds = 3\n\
          [stage.train]\nepochs = 1\nlr = 0.02\nbatch_size = 32\n"
     ));
+    // global scope without a criterion: LAMP (scale-aware)
+    assert_eq!(rep.stages[0].detail["criterion"], "lamp");
+    assert_eq!(rep.stages[0].detail["scope"], "global");
     let rounds = rep.stages[0].detail["rounds"].as_array().unwrap().clone();
     let s: Vec<f64> = rounds
         .iter()
@@ -147,20 +150,46 @@ fn structured_layers_and_finetune_stages() {
 }
 
 #[test]
-fn nm_skips_excluded_layers_and_errors_without() {
+fn nm_leaves_non_divisible_layers_dense_and_strict_refuses() {
     let base = "[model]\narch = \"digits-cnn\"\n[data]\nname = \"digits\"\ntrain_limit = 200\n";
-    let r = parse(&format!("{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\n")).unwrap();
+    // strict: the 1-channel first convolution is an error naming it
+    let r = parse(&format!(
+        "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\nstrict = true\n"
+    ))
+    .unwrap();
     let err = run(&r, false, &mut |_| {}).unwrap_err().to_string();
     assert!(
         err.contains("conv2d1") && err.contains("input size 1"),
         "{err}"
     );
-    let (g, _) = run_text(&format!(
-        "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\nexclude = [\"conv2d1\"]\n"
-    ));
-    for l in prunekit_prune::layer_sparsity(&g).unwrap() {
-        let want = if l.node == "conv2d1" { 0 } else { l.total / 2 };
-        assert_eq!(l.zeros, want, "{l:?}");
+    // by default it is left dense and listed; excluding it says so too
+    for (extra, reason) in [
+        ("", "divisible by M = 4"),
+        ("exclude = [\"conv2d1\"]\n", "excluded"),
+    ] {
+        let (g, rep) = run_text(&format!(
+            "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\n{extra}"
+        ));
+        for l in prunekit_prune::layer_sparsity(&g).unwrap() {
+            let want = if l.node == "conv2d1" { 0 } else { l.total / 2 };
+            assert_eq!(l.zeros, want, "{l:?}");
+        }
+        let d = &rep.stages[0].detail;
+        assert_eq!(d["left_out"][0]["node"], "conv2d1", "{d}");
+        let why = d["left_out"][0]["reason"].as_str().unwrap();
+        assert!(why.contains(reason), "{why}");
+        let notes: Vec<&str> = d["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str())
+            .collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("conv2d1.weight left dense")),
+            "{notes:?}"
+        );
     }
     let r = parse(&format!(
         "{base}[[stage]]\nkind = \"nm\"\nn = 2\nm = 4\nexclude = [\"nope\"]\n"

@@ -65,7 +65,6 @@ pub fn row_cells(r: &ComparisonRow) -> [String; 5] {
 /// The whole-model measures of one model: (measure, value) pairs.
 pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
     let s = &m.summary;
-    let sparsity = 1.0 - s.nonzeros as f64 / (s.params.max(1)) as f64;
     let mut rows = vec![
         ("test accuracy".into(), opt(s.accuracy, pct)),
         ("test loss".into(), opt(s.loss, f::plain)),
@@ -94,7 +93,7 @@ pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
     rows.extend([
         ("params".into(), int(s.params as u64)),
         ("nonzero params".into(), int(s.nonzeros as u64)),
-        ("sparsity".into(), pct(sparsity)),
+        ("weight sparsity".into(), pct(s.weight_sparsity)),
         ("MACs per sample".into(), int(s.macs)),
         (
             "MACs per sample, zeros skipped".into(),
@@ -232,9 +231,9 @@ const METHOD: &str = "Latency: eval-mode forward passes of a random input batch 
     prunekit report measures each model in a fresh process that has only loaded the model, so the \
     peak is what loading the model and one inference need, and \"added\" is the peak minus the \
     resident set (VmRSS) just before the pass. Width: rows of a layer's weight that hold any \
-    nonzero value (output channels or features). Sparsity: the fraction of a layer's parameters \
-    that are zero. MACs: multiply-accumulates per sample, counted from the graph; \"zeros \
-    skipped\" scales each layer by its weight's density.";
+    nonzero value (output channels or features). Sparsity: the fraction of the weight matrices \
+    and kernels (rank >= 2) that is zero; biases and norm scales are not counted. MACs: multiply-accumulates per sample, counted from the graph; \"zeros \
+    skipped\" removes, for every weight, its MACs times its zero fraction.";
 
 fn sensitivity_cells(s: &Sensitivity) -> (Vec<String>, Vec<Vec<String>>) {
     let mut ratios: Vec<f64> = s

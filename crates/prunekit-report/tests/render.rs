@@ -50,6 +50,7 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
             loss: Some(0.0454 * scale as f64),
             params,
             nonzeros,
+            weight_sparsity: 1.0 - nonzeros as f64 / params as f64,
             macs: 337_536 / scale as u64,
             effective_macs: 300_001 / scale as u64,
             latency_ms: ms_,

@@ -277,11 +277,33 @@ impl OpRules for Attention {
         projections + 2 * nh * t * t * hd
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    /// q: T E nh hd, k and v: T E nkv hd each, o: T nh hd out (the scores and the weighted sum
+    /// of values have no weight).
+    fn weight_macs(&self, inputs: &[&[usize]], _output: &[usize]) -> Vec<(&'static str, u64)> {
+        let t = inputs.first().and_then(|x| x.first()).copied().unwrap_or(0) as u64;
+        let (e, out) = (self.embed_dim as u64, self.out_dim as u64);
+        let (q, kv) = (
+            (self.num_heads * self.head_dim) as u64,
+            (self.num_kv_heads * self.head_dim) as u64,
+        );
+        vec![
+            ("q_weight", t * e * q),
+            ("k_weight", t * e * kv),
+            ("v_weight", t * e * kv),
+            ("o_weight", t * q * out),
+        ]
+    }
+
+    /// Reports x as the input of q/k/v_weight and the concatenated head outputs [B, T, nh*hd] as
+    /// the input of o_weight.
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let group = self.group().map_err(candle_core::Error::Msg)?;
         let x = &xs[0];
         let (batch, steps, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        for w in ["q_weight", "k_weight", "v_weight"] {
+            ctx.report_weight_input(w, x);
+        }
         let project = |w: &str, b: &str| -> candle_core::Result<Tensor> {
             let bias = if self.bias { Some(p.get(b)?) } else { None };
             candle_nn::Linear::new(p.get(w)?, bias).forward(x)
@@ -312,6 +334,7 @@ impl OpRules for Attention {
             .reshape((batch, nh, steps, hd))?
             .transpose(1, 2)?
             .reshape((batch, steps, nh * hd))?;
+        ctx.report_weight_input("o_weight", &y);
         let o_bias = if self.bias {
             Some(p.get("o_bias")?)
         } else {

@@ -179,7 +179,12 @@ impl OpRules for Conv2d {
             * (self.kernel[0] * self.kernel[1]) as u64
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn weight_macs(&self, inputs: &[&[usize]], output: &[usize]) -> Vec<(&'static str, u64)> {
+        vec![("weight", self.macs(inputs, output))]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        ctx.report_weight_input("weight", &xs[0]);
         let y = crate::kernels::conv::conv2d(
             &xs[0],
             &p.get("weight")?,
@@ -284,7 +289,12 @@ impl OpRules for Conv1d {
         numel(output) * (self.in_channels / self.groups) as u64 * self.kernel as u64
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn weight_macs(&self, inputs: &[&[usize]], output: &[usize]) -> Vec<(&'static str, u64)> {
+        vec![("weight", self.macs(inputs, output))]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        ctx.report_weight_input("weight", &xs[0]);
         let x = xs[0]
             .unsqueeze(2)?
             .pad_with_zeros(3, self.padding, self.padding)?;

@@ -70,7 +70,12 @@ impl OpRules for Linear {
         numel(output) * self.in_features as u64
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn weight_macs(&self, inputs: &[&[usize]], output: &[usize]) -> Vec<(&'static str, u64)> {
+        vec![("weight", self.macs(inputs, output))]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        ctx.report_weight_input("weight", &xs[0]);
         candle_nn::Linear::new(p.get("weight")?, p.opt("bias")?).forward(&xs[0])
     }
 

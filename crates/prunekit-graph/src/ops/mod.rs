@@ -90,6 +90,49 @@ pub struct Ctx<'a> {
     pub train: bool,
     /// seeded generator for dropout masks
     pub rng: &'a mut rand::rngs::StdRng,
+    /// the weights of the node being run whose inputs a hook asked for, and what the op reported
+    /// (see [`Ctx::report_weight_input`]); the runtime fills and drains it around every node
+    pub weight_inputs: WeightInputs,
+}
+
+/// Weight-input capture for one node: the requested parameter names and the reported tensors.
+#[derive(Debug, Default)]
+pub struct WeightInputs {
+    /// parameters of the node being run whose inputs are wanted
+    pub wanted: Vec<String>,
+    /// (parameter, input piece) in the order the op reported them
+    pub reported: Vec<(String, Tensor)>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context with no weight inputs requested.
+    pub fn new(train: bool, rng: &'a mut rand::rngs::StdRng) -> Self {
+        Self {
+            train,
+            rng,
+            weight_inputs: WeightInputs::default(),
+        }
+    }
+
+    /// Whether a hook asked for the input of weight `param` of the node being run (ops check it
+    /// before building a tensor only the report needs).
+    pub fn wants_weight_input(&self, param: &str) -> bool {
+        self.weight_inputs.wanted.iter().any(|p| p == param)
+    }
+
+    /// Reports the activation that multiplies weight `param` of the node being run, when a hook
+    /// asked for it (otherwise nothing happens). For a matrix weight [out, in] applied as
+    /// y = x W^T, `x` is [batch, .., in] (its features on the last axis); for a convolution kernel
+    /// [out, in / groups, k..], `x` is the unpadded input [batch, in, spatial..] (features on axis
+    /// 1). An op may report several pieces for one weight: a recurrent layer reports h_{t-1} of
+    /// every step that has a recurrent term ([batch, hidden] each). The tensor is detached.
+    pub fn report_weight_input(&mut self, param: &str, x: &Tensor) {
+        if self.wants_weight_input(param) {
+            self.weight_inputs
+                .reported
+                .push((param.to_string(), x.detach()));
+        }
+    }
 }
 
 /// The parameters of one node as the forward pass sees them: tracked variables when gradients are
@@ -139,7 +182,16 @@ pub trait OpRules {
     fn macs(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
         0
     }
-    /// Forward pass on batched tensors (axis 0 is the batch).
+    /// The MACs per sample each weight takes part in, as (parameter, MACs): every element of such
+    /// a weight is used equally often, so skipping its zeros saves MACs times its zero fraction
+    /// ([`crate::Graph::effective_macs`]). MACs without a weight (attention scores) are not listed.
+    /// Default: none.
+    fn weight_macs(&self, _inputs: &[&[usize]], _output: &[usize]) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    /// Forward pass on batched tensors (axis 0 is the batch). An op with weights reports the
+    /// input of each weight through [`Ctx::report_weight_input`] (Wanda and other activation
+    /// criteria read them through [`crate::Hooks`]).
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor>;
     /// How channels flow through this op (for pruning): which parameter slices its inputs' and
     /// output's channels index, and how they relate (see [`crate::channels`]). The default

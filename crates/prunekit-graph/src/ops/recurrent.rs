@@ -64,6 +64,21 @@ fn project_inputs(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Ten
         .reshape((batch, steps, rows))
 }
 
+/// MACs of weight_ih (T G H I) and weight_hh (T G H H) of a recurrent layer with `gates` gates.
+fn recurrent_weight_macs(
+    inputs: &[&[usize]],
+    gates: usize,
+    input_size: usize,
+    hidden_size: usize,
+) -> Vec<(&'static str, u64)> {
+    let t = inputs.first().and_then(|x| x.first()).copied().unwrap_or(0) as u64;
+    let rows = (gates * hidden_size) as u64;
+    vec![
+        ("weight_ih", t * rows * input_size as u64),
+        ("weight_hh", t * rows * hidden_size as u64),
+    ]
+}
+
 /// Re-derives (input_size, hidden_size) from the recurrent weights: weight_ih [G*H, I], weight_hh [G*H, H].
 fn resize_recurrent(
     shapes: &BTreeMap<String, Vec<usize>>,
@@ -162,8 +177,14 @@ impl OpRules for Lstm {
         t * 4 * h * (self.input_size + self.hidden_size) as u64
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn weight_macs(&self, inputs: &[&[usize]], _output: &[usize]) -> Vec<(&'static str, u64)> {
+        recurrent_weight_macs(inputs, 4, self.input_size, self.hidden_size)
+    }
+
+    /// Reports x as the input of weight_ih and h_{t-1} of every step t >= 1 as that of weight_hh.
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let x = &xs[0];
+        ctx.report_weight_input("weight_ih", x);
         let h_size = self.hidden_size;
         // both biases enter every step the same way: fold b_hh into the input projection
         let bias = (p.get("bias_ih")? + p.get("bias_hh")?)?;
@@ -176,7 +197,10 @@ impl OpRules for Lstm {
             let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
             // h0 = 0: the first step has no recurrent term
             let gates = match hs.last() {
-                Some(h) => (xt + h.matmul(&w_hh_t)?)?,
+                Some(h) => {
+                    ctx.report_weight_input("weight_hh", h);
+                    (xt + h.matmul(&w_hh_t)?)?
+                }
                 None => xt,
             };
             let gate = |k: usize| gates.narrow(D::Minus1, k * h_size, h_size);
@@ -251,8 +275,14 @@ impl OpRules for Gru {
         t * 3 * h * (self.input_size + self.hidden_size) as u64
     }
 
-    fn forward(&self, xs: &[Tensor], p: &ParamView, _ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    fn weight_macs(&self, inputs: &[&[usize]], _output: &[usize]) -> Vec<(&'static str, u64)> {
+        recurrent_weight_macs(inputs, 3, self.input_size, self.hidden_size)
+    }
+
+    /// Reports x as the input of weight_ih and h_{t-1} of every step t >= 1 as that of weight_hh.
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let x = &xs[0];
+        ctx.report_weight_input("weight_ih", x);
         let h_size = self.hidden_size;
         let xw = project_inputs(x, &p.get("weight_ih")?, &p.get("bias_ih")?)?;
         let w_hh_t = p.get("weight_hh")?.t()?;
@@ -263,7 +293,10 @@ impl OpRules for Gru {
             let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
             // h0 = 0: the first step's recurrent term is b_hh alone
             let hw = match hs.last() {
-                Some(h) => h.matmul(&w_hh_t)?.broadcast_add(&b_hh)?,
+                Some(h) => {
+                    ctx.report_weight_input("weight_hh", h);
+                    h.matmul(&w_hh_t)?.broadcast_add(&b_hh)?
+                }
                 None => b_hh.unsqueeze(0)?.broadcast_as(xt.dims())?,
             };
             let xg = |k: usize| xt.narrow(D::Minus1, k * h_size, h_size);
