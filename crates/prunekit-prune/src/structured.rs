@@ -580,6 +580,8 @@ struct ProductPlan {
 
 /// The one-round plan over the first analysis: per group, the units asked for and the units the
 /// run removes; the head products; and the global target's shortfall, if any.
+/// `unscored[gi]` marks groups the criterion cannot score: their units are held (in `locked`) and
+/// they do not count towards the global target.
 struct Plan {
     groups: Vec<GroupPlan>,
     products: Vec<ProductPlan>,
@@ -590,6 +592,7 @@ fn plan(
     a: &ChannelAnalysis,
     scores: &[f64],
     locked: &BTreeSet<usize>,
+    unscored: &[bool],
     cfg: &StructuredConfig,
 ) -> Plan {
     let free = |gi: usize| -> Vec<usize> {
@@ -622,7 +625,11 @@ fn plan(
             })
             .collect(),
         Scope::Global => {
-            let total: usize = sizes.iter().sum();
+            // the ratio applies to the units the criterion scores (unscored groups are held)
+            let total: usize = (0..ng)
+                .filter(|&gi| !unscored[gi])
+                .map(|gi| sizes[gi])
+                .sum();
             let target = share(cfg.ratio, total);
             let mut order: Vec<(usize, usize)> = Vec::new(); // (unit, group)
             for gi in 0..ng {
@@ -976,7 +983,12 @@ pub fn prune_structured(
         }
     }
     let scores: Vec<f64> = scored.iter().map(|s| s.unwrap_or(0.0)).collect();
-    let planned = plan(&first, &scores, &locked, cfg);
+    let held: Vec<bool> = first
+        .groups
+        .iter()
+        .map(|gr| unscored.iter().any(|u| u.group == gr.key()))
+        .collect();
+    let planned = plan(&first, &scores, &locked, &held, cfg);
     let tracer = Tracer::new(&first);
     let mut origin: Origin = BTreeMap::new();
     // per original group: what keep_nonempty took back, in words
