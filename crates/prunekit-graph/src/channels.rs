@@ -363,7 +363,7 @@ impl ChannelCx<'_> {
                 None => first = Some(c.elems),
                 Some(f) => {
                     for (&x, &y) in f.iter().zip(&c.elems) {
-                        self.state.union(x, y);
+                        self.state.couple(x, y);
                     }
                 }
             }

@@ -580,14 +580,14 @@ struct ProductPlan {
 
 /// The one-round plan over the first analysis: per group, the units asked for and the units the
 /// run removes; the head products; and the global target's shortfall, if any.
-/// `unscored[gi]` marks groups the criterion cannot score: their units are held (in `locked`) and
-/// they do not count towards the global target.
 struct Plan {
     groups: Vec<GroupPlan>,
     products: Vec<ProductPlan>,
     global: Option<Shortfall>,
 }
 
+/// `unscored[gi]` marks groups the criterion cannot score: their units are held (in `locked`) and
+/// they do not count towards the global target.
 fn plan(
     a: &ChannelAnalysis,
     scores: &[f64],
