@@ -993,9 +993,18 @@ fn recalibrate(g: &mut Graph, cx: &RunCx) -> Result<Option<serde_json::Value>> {
     if !cx.recalibrate || !prunekit_train::has_batch_norm(g) {
         return Ok(None);
     }
-    let Some(calib) = cx.calibration()? else {
+    let Some(split) = cx.split else {
         return Ok(None);
     };
+    // the calibration batches, or as many samples as a small training set has (at least 2 per
+    // batch: training-mode statistics need two values per channel)
+    let n = split.train.len();
+    let size = cx.calib_batch_size.min(n);
+    if size < 2 {
+        return Ok(None);
+    }
+    let count = cx.calib_batches.min(n / size).max(1);
+    let calib = crate::criteria::calibration(&split.train, count, size, cx.seed, &cx.device)?;
     let before = cx.test_accuracy(g)?;
     let batches: Vec<Vec<candle_core::Tensor>> =
         calib.batches.iter().map(|(x, _)| vec![x.clone()]).collect();
