@@ -1179,6 +1179,25 @@ pub fn prune_structured(
     Ok(report)
 }
 
+/// The error when `criterion` can score none of the model's groups.
+fn no_group_scored(criterion: &dyn Criterion, unscored: &[UnscoredGroup]) -> PruneError {
+    let mut reasons: Vec<&str> = unscored.iter().map(|u| u.reason.as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    PruneError::Invalid(format!(
+        "criterion `{}` can score none of the model's {} prunable groups ({}): {}; pick another \
+         criterion",
+        criterion.name(),
+        unscored.len(),
+        unscored
+            .iter()
+            .map(|u| u.group.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reasons.join("; ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1221,23 +1240,4 @@ mod tests {
             vec![2, 1]
         );
     }
-}
-
-/// The error when `criterion` can score none of the model's groups.
-fn no_group_scored(criterion: &dyn Criterion, unscored: &[UnscoredGroup]) -> PruneError {
-    let mut reasons: Vec<&str> = unscored.iter().map(|u| u.reason.as_str()).collect();
-    reasons.sort_unstable();
-    reasons.dedup();
-    PruneError::Invalid(format!(
-        "criterion `{}` can score none of the model's {} prunable groups ({}): {}; pick another \
-         criterion",
-        criterion.name(),
-        unscored.len(),
-        unscored
-            .iter()
-            .map(|u| u.group.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        reasons.join("; ")
-    ))
 }
