@@ -92,7 +92,7 @@ pub fn digits(seed: u64, test_fraction: f64) -> Result<(Split, Normalization)> {
     let mut test = all.subset(&test_idx);
     train.name = "digits/train".into();
     test.name = "digits/test".into();
-    let norm = Normalization::compute(&train.x);
+    let norm = Normalization::compute(train.float_values().unwrap_or(&[]));
     train.normalize(&norm);
     test.normalize(&norm);
     Ok((Split { train, test }, norm))
@@ -135,10 +135,10 @@ mod tests {
         let f = 0.25;
         let (split, _) = digits(1, f).expect("digits");
         assert_eq!(split.train.len() + split.test.len(), 1797);
-        assert_eq!(split.train.sample_shape, vec![1, 8, 8]);
-        assert_eq!(split.train.num_classes, 10);
-        assert_eq!(split.train.x.len(), split.train.len() * 64);
-        assert_eq!(split.test.x.len(), split.test.len() * 64);
+        assert_eq!(split.train.sample_shape(), &[1, 8, 8]);
+        assert_eq!(split.train.num_classes(), Some(10));
+        assert_eq!(split.train.float_values().unwrap().len(), split.train.len() * 64);
+        assert_eq!(split.test.float_values().unwrap().len(), split.test.len() * 64);
         let tr = split.train.class_counts();
         let te = split.test.class_counts();
         for c in 0..10 {
@@ -161,8 +161,8 @@ mod tests {
         assert_eq!(na, nb);
         let (c, _) = digits(6, 0.2).expect("digits");
         assert_eq!(a.train.len(), c.train.len());
-        assert_ne!(a.train.y, c.train.y);
-        assert_ne!(a.test.x, c.test.x);
+        assert_ne!(a.train.labels().unwrap(), c.train.labels().unwrap());
+        assert_ne!(a.test.float_values().unwrap(), c.test.float_values().unwrap());
     }
 
     #[test]
@@ -171,19 +171,16 @@ mod tests {
         // Raw values are 0..16.
         assert!(norm.mean > 1.0 && norm.mean < 16.0, "{norm:?}");
         assert!(norm.std > 1.0 && norm.std < 16.0, "{norm:?}");
-        let n = split.train.x.len() as f64;
-        let mean = split.train.x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = split
-            .train
-            .x
-            .iter()
+        let n = split.train.float_values().unwrap().len() as f64;
+        let mean = split.train.float_values().unwrap().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = split.train.float_values().unwrap().iter()
             .map(|&v| (f64::from(v) - mean).powi(2))
             .sum::<f64>()
             / n;
         assert!(mean.abs() < 1e-4, "train mean {mean}");
         assert!((var.sqrt() - 1.0).abs() < 1e-4, "train std {}", var.sqrt());
         // Test values are raw values mapped through the same normalisation.
-        for &v in &split.test.x {
+        for &v in split.test.float_values().unwrap() {
             let raw = norm.invert(v);
             assert!((raw - raw.round()).abs() < 1e-3 && (-0.01..=16.01).contains(&raw));
         }

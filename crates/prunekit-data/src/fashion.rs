@@ -222,13 +222,13 @@ mod tests {
         write_fake(dir.path());
         let (split, norm) = fashion_mnist(Some(dir.path())).expect("load");
         assert_eq!((split.train.len(), split.test.len()), (6, 3));
-        assert_eq!(split.train.sample_shape, vec![1, 2, 3]);
-        assert_eq!(split.test.y, vec![4, 5, 6]);
+        assert_eq!(split.train.sample_shape(), &[1, 2, 3]);
+        assert_eq!(split.test.labels().unwrap(), &[4, 5, 6]);
         assert_eq!(split.train.class_counts()[9], 2);
         let raw: Vec<f32> = (0..36).map(|v| (v * 7) as f32 / 255.0).collect();
         let want = Normalization::compute(&raw);
         assert!((norm.mean - want.mean).abs() < 1e-6 && (norm.std - want.std).abs() < 1e-6);
-        assert!((norm.invert(split.test.x[0]) - 1.0).abs() < 1e-5);
+        assert!((norm.invert(split.test.float_values().unwrap()[0]) - 1.0).abs() < 1e-5);
     }
 
     #[test]
@@ -282,13 +282,13 @@ mod tests {
         println!("loaded Fashion-MNIST in {:?} ({norm:?})", start.elapsed());
         assert_eq!(split.train.len(), 60_000);
         assert_eq!(split.test.len(), 10_000);
-        assert_eq!(split.train.sample_shape, vec![1, 28, 28]);
-        assert_eq!(split.train.num_classes, 10);
+        assert_eq!(split.train.sample_shape(), &[1, 28, 28]);
+        assert_eq!(split.train.num_classes(), Some(10));
         assert_eq!(split.train.class_counts(), vec![6_000; 10]);
         assert_eq!(split.test.class_counts(), vec![1_000; 10]);
         assert!(norm.mean > 0.2 && norm.mean < 0.4, "{norm:?}");
-        let n = split.train.x.len() as f64;
-        let mean = split.train.x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let n = split.train.float_values().unwrap().len() as f64;
+        let mean = split.train.float_values().unwrap().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
         assert!(mean.abs() < 1e-3, "normalised train mean {mean}");
     }
 }

@@ -20,18 +20,46 @@ mod digits;
 mod error;
 mod fashion;
 mod idx;
+mod task;
 
 use std::path::Path;
 
 pub use augment::Augment;
 pub use batches::Batches;
-pub use dataset::{Dataset, Normalization, Split};
+pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values};
+pub use task::{Direction, Task, TaskKind, IGNORE};
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
     fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
 };
 pub use idx::{encode_idx, read_idx};
+
+/// A seeded rng (the one constructor of the crate's randomness).
+pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// The environment variable naming the folder that holds the shared data sets (`fsdd/`,
+/// `credit/`, `movielens/`, ...), when they are not in `shared/data` of the working directory or a
+/// folder above it.
+pub const SHARED_DATA_ENV: &str = "PRUNEKIT_SHARED_DATA";
+
+/// Where the shared data set `name` (a folder such as `"fsdd"`) lives: `$PRUNEKIT_SHARED_DATA/name`
+/// when the variable is set, otherwise `shared/data/name` in the working directory or the first
+/// folder above it that has one (a checkout sits beside `../shared`). `None` when none exists; the
+/// loaders then say where they looked.
+pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
+    if let Some(root) = std::env::var_os(SHARED_DATA_ENV) {
+        let p = Path::new(&root).join(name);
+        return p.is_dir().then_some(p);
+    }
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .map(|a| a.join("shared").join("data").join(name))
+        .find(|p| p.is_dir())
+}
 
 /// Names accepted by [`load`].
 pub const DATASETS: &[&str] = &["digits", "fashion-mnist"];
