@@ -83,17 +83,20 @@ if "table" in sections:
         name = f"{gran.replace(' ', '-').replace(':', 'of').replace('%', '')}-{crit}"
         v = run(name, header() + stage + finetune())
         if v is None:
-            rows.append((gran, crit, None, None, None, None))
+            rows.append((gran, crit, None, None, None, None, None))
             continue
         s1, s2 = v["stages"][0], v["stages"][1]
-        rows.append((gran, crit, v["before"]["accuracy"], s1["accuracy"], s2["accuracy"],
-                     s2["macs"] / v["before"]["macs"]))
-    print("\n| granularity | criterion | dense | right after pruning | after fine-tune | MACs after/before |")
-    print("|---|---|---|---|---|---|")
-    for gran, crit, b, a1, a2, macs in rows:
-        print(f"| {gran} | {crit} | {pct(b)} | {pct(a1)} | {pct(a2)} | {'-' if macs is None else f'{macs:.2f}x'} |")
+        recal = s1.get("detail", {}).get("recalibration") or {}
+        rows.append((gran, crit, v["before"]["accuracy"], recal.get("accuracy_without"), s1["accuracy"],
+                     s2["accuracy"], s2["macs"] / v["before"]["macs"]))
+    print("\n| granularity | criterion | dense | right after pruning | + BatchNorm re-calibration "
+          "| after fine-tune | MACs after/before |")
+    print("|---|---|---|---|---|---|---|")
+    for gran, crit, b, a0, a1, a2, macs in rows:
+        print(f"| {gran} | {crit} | {pct(b)} | {pct(a0)} | {pct(a1)} | {pct(a2)} "
+              f"| {'-' if macs is None else f'{macs:.2f}x'} |")
     best = {}
-    for gran, crit, _, _, a2, _ in rows:
+    for gran, crit, _, _, _, a2, _ in rows:
         if a2 is not None and (gran not in best or a2 > best[gran][1]):
             best[gran] = (crit, a2)
     print("\nbest after fine-tuning: " + "; ".join(f"{g}: {c} ({pct(a)})" for g, (c, a) in best.items()))
