@@ -67,6 +67,10 @@ pub struct ZooOptions {
     pub input: Option<Vec<usize>>,
     /// output classes; for `llama-tiny` the vocabulary size (its embedding and `lm_head`)
     pub classes: Option<usize>,
+    /// sizes of the id vocabularies the model embeds, one per embedded input: `[V]` for the
+    /// token encoders (`bert-tiny`: the token vocabulary); models with several id inputs take
+    /// them in input order. `None` keeps the model's own.
+    pub vocab: Option<Vec<usize>>,
 }
 
 /// What kind of input a model takes.
@@ -281,10 +285,10 @@ fn recurrent_classifier(
 /// BERT-like encoder (Devlin et al. 2019), tiny: token + learned positional embeddings, LayerNorm,
 /// two post-LN layers (attention 4x16, GELU MLP 128), a tanh pooler over the first token and a
 /// linear classifier.
-fn bert_tiny(b: &mut GraphBuilder, ids: &Value, classes: usize) -> Result<Value> {
+fn bert_tiny(b: &mut GraphBuilder, ids: &Value, classes: usize, vocab: usize) -> Result<Value> {
     let (dim, heads, head_dim, ffn) = (64, 4, 16, 128);
     let steps = ids.shape[0];
-    let h = b.embedding(ids, BERT_VOCAB, dim)?;
+    let h = b.embedding(ids, vocab, dim)?;
     let h = b.positional_embedding(&h, steps)?;
     let mut h = b.layer_norm(&h)?;
     for _ in 0..2 {
@@ -344,7 +348,13 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
         Form::Sequence => b.input("sequence", &input),
         Form::Tokens => b.ids_input("tokens", &input),
     };
-    body(&mut b, name, &x, classes)
+    let vocab = opts.vocab.clone().unwrap_or_default();
+    if vocab.contains(&0) {
+        return Err(GraphError::Invalid(format!(
+            "architecture `{name}`: a vocabulary size must be positive, got {vocab:?}"
+        )));
+    }
+    body(&mut b, name, &x, classes, &vocab)
         .and_then(|y| b.finish(&[&y]))
         .map_err(|e| {
             GraphError::Invalid(format!(
@@ -355,7 +365,13 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
 }
 
 /// The layers of architecture `name` on input `x`.
-fn body(b: &mut GraphBuilder, name: &str, x: &Value, classes: usize) -> Result<Value> {
+fn body(
+    b: &mut GraphBuilder,
+    name: &str,
+    x: &Value,
+    classes: usize,
+    vocab: &[usize],
+) -> Result<Value> {
     match name {
         "digits-mlp" => {
             let h = b.flatten(x)?;
@@ -399,7 +415,7 @@ fn body(b: &mut GraphBuilder, name: &str, x: &Value, classes: usize) -> Result<V
         "mobilenet" => mobilenet(b, x, classes),
         "lstm-classifier" => recurrent_classifier(b, x, false, classes),
         "gru-classifier" => recurrent_classifier(b, x, true, classes),
-        "bert-tiny" => bert_tiny(b, x, classes),
+        "bert-tiny" => bert_tiny(b, x, classes, vocab.first().copied().unwrap_or(BERT_VOCAB)),
         "llama-tiny" => llama_tiny(b, x, classes),
         other => Err(GraphError::Invalid(format!(
             "unknown architecture `{other}`; known: {}",
@@ -622,6 +638,7 @@ mod tests {
         let opts = ZooOptions {
             input: Some(vec![1, 28, 28]),
             classes: None,
+            ..Default::default()
         };
         let g = build_with("resnet20", 0, &opts).unwrap();
         assert_eq!(g.inputs[0].shape, vec![1, 28, 28]);
@@ -648,6 +665,7 @@ mod tests {
             let opts = ZooOptions {
                 input: Some(input.to_vec()),
                 classes: Some(*classes),
+                ..Default::default()
             };
             let g = build_with(name, 0, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
             let y = forward(&g, 2, Mode::EVAL);
@@ -665,9 +683,17 @@ mod tests {
     #[test]
     fn bad_options_name_the_model_and_the_expected_form() {
         let err = |name: &str, input: Option<Vec<usize>>, classes: Option<usize>| {
-            build_with(name, 0, &ZooOptions { input, classes })
-                .unwrap_err()
-                .to_string()
+            build_with(
+                name,
+                0,
+                &ZooOptions {
+                    input,
+                    classes,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string()
         };
         let e = err("resnet20", Some(vec![28, 28]), None);
         assert!(
