@@ -79,8 +79,12 @@ pub fn sensitivity(a: &SensitivityArgs) -> Result<()> {
     let calib = Calibration::from_dataset(&split.train, 4, 64, 0, &g.device())?;
     let crit = criterion_by_name(&a.criterion, &g, Some(&calib), 0)?;
     let mut metric = |h: &prunekit_graph::Graph| -> prunekit_prune::Result<f64> {
+        // the headline metric, negated when lower is better (sensitivity maximises)
         prunekit_train::evaluate(h, &split.test, 256)
-            .map(|e| e.accuracy)
+            .map(|e| {
+                e.headline_value()
+                    .map_or(f64::NAN, |v| e.direction().score(v))
+            })
             .map_err(|e| prunekit_prune::PruneError::Invalid(e.to_string()))
     };
     let quiet = a.json;
@@ -97,12 +101,17 @@ pub fn sensitivity(a: &SensitivityArgs) -> Result<()> {
         },
     )?;
     let proposal = a.target.map(|t| propose(&s, t)).transpose()?;
+    // the curves hold the headline metric, negated when lower is better
+    let headline = match split.test.task.direction() {
+        prunekit_data::Direction::Higher => split.test.task.headline().to_string(),
+        prunekit_data::Direction::Lower => format!("-{}", split.test.task.headline()),
+    };
     if let Some(dir) = &a.report {
         let mut r = report_graphs(&[&g], &[model_name(&a.model)], &split, &name, 32, !a.json)?;
         r.title = format!("Sensitivity report: {}", model_name(&a.model));
         r.sensitivity = Some(prunekit_report::Sensitivity {
-            metric: "accuracy".into(),
-            unit: prunekit_report::Unit::Fraction,
+            metric: headline.clone(),
+            unit: prunekit_report::model::metric_unit(&headline),
             curves: s
                 .curves
                 .iter()
@@ -230,6 +239,7 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
             }
         },
     )?;
+    let headline = split.test.task.headline().to_string();
     if let Some(dir) = &a.report {
         let mut r = report_graphs(&[&g], &[model_name(&a.model)], &split, &name, 32, !a.json)?;
         r.title = format!("Sweep report: {}", model_name(&a.model));
@@ -249,14 +259,14 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
                     String::new()
                 }
             ),
-            metric: "accuracy".into(),
-            unit: prunekit_report::Unit::Fraction,
+            metric: headline.clone(),
+            unit: prunekit_report::model::metric_unit(&headline),
             points: points
                 .iter()
                 .map(|p| prunekit_report::SweepPoint {
                     sparsity: 1.0 - p.nonzeros as f64 / base.nonzeros.max(1) as f64,
                     mac_fraction: p.effective_macs as f64 / base.macs.max(1) as f64,
-                    metric: p.accuracy.unwrap_or(f64::NAN),
+                    metric: p.metrics.get(&headline).copied().unwrap_or(f64::NAN),
                     macs: Some(p.effective_macs),
                     latency_ms: Some(p.latency_ms),
                 })
@@ -279,8 +289,9 @@ pub fn sweep_cmd(a: &SweepArgs) -> Result<()> {
         .map(|p| {
             vec![
                 format!("{}", p.level),
-                p.accuracy
-                    .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x)),
+                p.metrics
+                    .get(&headline)
+                    .map_or("-".into(), |&x| crate::commands::metric_value(&headline, x)),
                 human(p.params as f64),
                 human(p.nonzeros as f64),
                 format!(

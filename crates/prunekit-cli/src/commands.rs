@@ -197,14 +197,18 @@ fn train_cmd(
                     l.epoch.to_string(),
                     format!("{:.4}", l.lr),
                     format!("{:.4}", l.train_loss),
-                    format!("{:.2}%", 100.0 * l.train_accuracy),
-                    l.test_loss.map_or("-".into(), |v| format!("{v:.4}")),
-                    l.test_accuracy
+                    l.train_accuracy
                         .map_or("-".into(), |v| format!("{:.2}%", 100.0 * v)),
+                    l.test
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{:.4}", e.loss)),
+                    l.test_headline()
+                        .map_or("-".into(), |(n, v)| metric_value(n, v)),
                     format!("{:.1}s", l.seconds),
                 ]
             })
             .collect();
+        let headline = format!("test {}", split.test.task.headline());
         println!(
             "{}",
             render(
@@ -214,7 +218,7 @@ fn train_cmd(
                     "train loss",
                     "train acc",
                     "test loss",
-                    "test acc",
+                    headline.as_str(),
                     "time"
                 ],
                 &rows
@@ -225,19 +229,47 @@ fn train_cmd(
     Ok(())
 }
 
+/// A summary as JSON: the task's metrics by name (`accuracy`, `auc`, `rmse`, ...), `headline`,
+/// `loss`, params, nonzeros, MACs, latency and file size.
 pub(crate) fn summary_json(s: &Summary) -> serde_json::Value {
-    json!({
-        "accuracy": s.accuracy,
-        "loss": s.loss,
-        "params": s.params,
-        "nonzeros": s.nonzeros,
-        "weight_sparsity": s.weight_sparsity,
-        "macs": s.macs,
-        "effective_macs": s.effective_macs,
-        "latency_ms": s.latency_ms,
-        "latency": s.latency,
-        "file_bytes": s.file_bytes,
-    })
+    json!(s)
+}
+
+/// A metric's value as a person reads it: shares in percent, others to four decimals.
+pub(crate) fn metric_value(name: &str, v: f64) -> String {
+    if prunekit_report::model::metric_unit(name) == prunekit_report::model::Unit::Fraction {
+        format!("{:.2}%", 100.0 * v)
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// One row per metric of the task (headline first): before, after, and the change (points for
+/// shares, the difference otherwise).
+pub(crate) fn metric_rows(b: &Summary, a: &Summary) -> Vec<Vec<String>> {
+    let mut names: Vec<&String> = a.metrics.keys().collect();
+    if let Some(h) = &a.headline {
+        names.sort_by_key(|n| *n != h);
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let (x, y) = (b.metrics.get(n).copied(), a.metrics.get(n).copied());
+            let cell = |v: Option<f64>| v.map_or("-".into(), |v| metric_value(n, v));
+            let fraction = prunekit_report::model::metric_unit(n)
+                == prunekit_report::model::Unit::Fraction;
+            vec![
+                n.clone(),
+                cell(x),
+                cell(y),
+                match (x, y) {
+                    (Some(x), Some(y)) if fraction => format!("{:+.2} pt", 100.0 * (y - x)),
+                    (Some(x), Some(y)) => format!("{:+.4}", y - x),
+                    _ => "-".into(),
+                },
+            ]
+        })
+        .collect()
 }
 
 fn ratio(before: f64, after: f64) -> String {
@@ -260,17 +292,8 @@ fn count_row(label: &str, before: f64, after: f64) -> Vec<String> {
 
 /// The before/after table: one row per measure, with the ratio after/before.
 pub(crate) fn before_after_table(b: &Summary, a: &Summary) -> String {
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}%", 100.0 * x));
-    let rows = vec![
-        vec![
-            "accuracy".into(),
-            pct(b.accuracy),
-            pct(a.accuracy),
-            match (b.accuracy, a.accuracy) {
-                (Some(x), Some(y)) => format!("{:+.2} pt", 100.0 * (y - x)),
-                _ => "-".into(),
-            },
-        ],
+    let mut rows = metric_rows(b, a);
+    rows.extend([
         count_row("params", b.params as f64, a.params as f64),
         count_row("nonzeros", b.nonzeros as f64, a.nonzeros as f64),
         count_row("MACs", b.macs as f64, a.macs as f64),
@@ -291,7 +314,7 @@ pub(crate) fn before_after_table(b: &Summary, a: &Summary) -> String {
             format!("{:.1} KB", a.file_bytes as f64 / 1024.0),
             ratio(b.file_bytes as f64, a.file_bytes as f64),
         ],
-    ];
+    ]);
     render(&["", "before", "after", "after/before"], &rows)
 }
 
@@ -330,7 +353,7 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
     let just_pruned = prunekit_train::evaluate(&pruned, &split.test, 256)?;
     log(&format!(
         "accuracy right after pruning: {:.2}%",
-        100.0 * just_pruned.accuracy
+        100.0 * just_pruned.accuracy().unwrap_or(0.0)
     ));
     let mut ft = TrainConfig::sgd_cosine(8, 32, 0.02, split.train.len());
     ft.seed = seed;
@@ -347,7 +370,7 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
         let out = json!({
             "before": summary_json(&before),
             "after": summary_json(&after),
-            "after_pruning_before_finetune": { "accuracy": just_pruned.accuracy },
+            "after_pruning_before_finetune": { "accuracy": just_pruned.accuracy() },
             "groups": report.groups,
             "wall_seconds": seconds,
         });
@@ -464,11 +487,20 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
                 "dataset".into(),
                 format!("{name} (test, {} samples)", split.test.len()),
             ],
-            vec![
-                "accuracy".into(),
-                s.accuracy
-                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
-            ],
+        ];
+        let mut names: Vec<&String> = s.metrics.keys().collect();
+        if let Some(h) = &s.headline {
+            names.sort_by_key(|n| *n != h);
+        }
+        let mut rows = [
+            rows,
+            names
+                .into_iter()
+                .map(|n| vec![n.clone(), metric_value(n, s.metrics[n])])
+                .collect(),
+        ]
+        .concat();
+        rows.extend([
             vec![
                 "loss".into(),
                 s.loss.map_or("-".into(), |l| format!("{l:.4}")),
@@ -495,8 +527,7 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
                 "file size".into(),
                 format!("{:.1} KB", s.file_bytes as f64 / 1024.0),
             ],
-        ];
-        let mut rows = rows;
+        ]);
         if let Some(l) = batched {
             rows.push(vec![
                 format!("latency (batch {})", l.batch),

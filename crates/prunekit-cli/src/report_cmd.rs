@@ -8,7 +8,7 @@ use clap::Args;
 use prunekit_data::Split;
 use prunekit_graph::Graph;
 use prunekit_measure::metrics::{
-    check_classifier, classification_metrics, inference_memory, layer_stats, train_test_gap,
+    classification_metrics, inference_memory, layer_stats, train_test_gap,
     InferenceMemory,
 };
 use prunekit_report::{
@@ -293,7 +293,7 @@ fn measured(
     let dataset = dataset.to_string();
     check_split(split, &dataset)?;
     for (g, p) in graphs.iter().zip(paths) {
-        check_classifier(g, &split.test)
+        prunekit_measure::check_task(g, &split.test)
             .with_context(|| format!("{} does not fit the data", p.display()))?;
     }
     let memories = peak_memory(paths, latency_batch, progress);
@@ -322,8 +322,8 @@ fn measured(
             name: dataset,
             train_samples: split.train.len(),
             test_samples: split.test.len(),
-            sample_shape: split.test.sample_shape.clone(),
-            classes: split.test.num_classes,
+            sample_shape: split.test.sample_shape().to_vec(),
+            classes: split.test.num_classes().unwrap_or(0),
         }),
         models,
         comparison,
@@ -372,11 +372,11 @@ fn check_split(split: &Split, name: &str) -> Result<()> {
     if split.test.is_empty() {
         bail!("the dataset `{name}` has no test samples");
     }
-    if split.train.sample_shape != split.test.sample_shape {
+    if split.train.input_shapes() != split.test.input_shapes() {
         bail!(
-            "the dataset `{name}` is inconsistent: training samples of shape {:?}, test samples of shape {:?}",
-            split.train.sample_shape,
-            split.test.sample_shape
+            "the dataset `{name}` is inconsistent: training inputs of shapes {:?}, test inputs of shapes {:?}",
+            split.train.input_shapes(),
+            split.test.input_shapes()
         );
     }
     Ok(())
@@ -412,7 +412,7 @@ fn measure(
         summary,
         layers: layer_stats(g)?,
         gap,
-        classification: Some(classification_metrics(g, &split.test, &[5])?),
+        classification: classification_metrics(g, &split.test, &[5])?,
         latency_batch: batched,
         memory,
     })

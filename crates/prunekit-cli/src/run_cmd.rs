@@ -71,11 +71,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
             println!("{d}");
         }
         for s in &report.stages {
+            let m = s.metrics.get(&s.headline).copied();
             println!(
-                "stage {} {:<12} accuracy {:6.2}%  nonzeros {:>9}  MACs {:>11}  {:6.1} s",
+                "stage {} {:<12} {} {:>8}  nonzeros {:>9}  MACs {:>11}  {:6.1} s",
                 s.stage,
                 s.kind,
-                100.0 * s.accuracy,
+                s.headline,
+                m.map_or("-".into(), |v| crate::commands::metric_value(&s.headline, v)),
                 s.nonzeros,
                 s.macs,
                 s.seconds

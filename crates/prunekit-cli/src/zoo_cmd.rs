@@ -106,6 +106,7 @@ fn create(
     let opts = ZooOptions {
         input: input.map(parse_shape).transpose()?,
         classes,
+        vocab: None,
     };
     let g = prunekit_zoo::build_with(name, seed, &opts)?;
     check_writable(output)?;

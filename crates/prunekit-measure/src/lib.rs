@@ -1,9 +1,12 @@
 //! Measuring a model for real: accuracy on held-out data, parameter and nonzero counts, MACs counted
 //! from the graph, the size of the saved files, and latency (median of many timed runs after warm-up).
 
+pub mod evaluate;
 pub mod metrics;
 pub mod profile;
 
+pub use evaluate::{check_task, evaluate, model_inputs, Evaluation};
+pub use prunekit_data::Direction;
 pub use metrics::{
     classification_metrics, inference_memory, layer_stats, train_test_gap, Classification,
     InferenceMemory, LayerStats, TrainTestGap,
@@ -20,8 +23,6 @@ use serde::{Deserialize, Serialize};
 pub enum MeasureError {
     #[error(transparent)]
     Graph(#[from] prunekit_graph::GraphError),
-    #[error(transparent)]
-    Train(#[from] prunekit_train::TrainError),
     #[error(transparent)]
     Data(#[from] prunekit_data::DataError),
     #[error(transparent)]
@@ -48,10 +49,30 @@ pub struct Latency {
     pub threads: usize,
 }
 
+impl Summary {
+    /// Test accuracy, for tasks that report it.
+    pub fn accuracy(&self) -> Option<f64> {
+        self.metrics.get("accuracy").copied()
+    }
+
+    /// The headline metric's name and value, when measured.
+    pub fn headline_metric(&self) -> Option<(&str, f64)> {
+        let name = self.headline.as_deref()?;
+        Some((name, *self.metrics.get(name)?))
+    }
+}
+
 /// Every number of a before/after table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    pub accuracy: Option<f64>,
+    /// the task's metrics on the test data by their standard names (`accuracy`, `auc`, `rmse`,
+    /// `hit_rate@10`, ...), empty without test data
+    #[serde(flatten)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// the name of the task's headline metric (`None` without test data)
+    #[serde(default)]
+    pub headline: Option<String>,
+    /// the task's loss on the test data
     pub loss: Option<f64>,
     /// trainable values (weights and biases)
     pub params: usize,
@@ -75,33 +96,41 @@ pub fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
-/// A random input batch matching the model's first input.
-pub fn random_input(g: &Graph, batch: usize) -> Result<Tensor> {
-    let spec = g
-        .inputs
-        .first()
-        .ok_or_else(|| prunekit_graph::GraphError::Invalid("the model has no input".into()))?;
-    let mut dims = vec![batch];
-    dims.extend_from_slice(&spec.shape);
+/// A random batch for every model input, in order: N(0, 1) floats `[batch, ..shape]` in the
+/// model's dtype, id 0 for id inputs (valid for every embedding).
+///
+/// # Errors
+/// A model without inputs, or a candle error.
+pub fn random_inputs(g: &Graph, batch: usize) -> Result<Vec<Tensor>> {
+    if g.inputs.is_empty() {
+        return Err(prunekit_graph::GraphError::Invalid("the model has no input".into()).into());
+    }
     let device = g.device();
-    Ok(match spec.kind {
-        InputKind::Float => Tensor::randn(0f32, 1.0, dims, &device)?.to_dtype(g.dtype())?,
-        InputKind::Ids => Tensor::zeros(dims, DType::U32, &device)?,
-    })
+    g.inputs
+        .iter()
+        .map(|spec| {
+            let mut dims = vec![batch];
+            dims.extend_from_slice(&spec.shape);
+            Ok(match spec.kind {
+                InputKind::Float => Tensor::randn(0f32, 1.0, dims, &device)?.to_dtype(g.dtype())?,
+                InputKind::Ids => Tensor::zeros(dims, DType::U32, &device)?,
+            })
+        })
+        .collect()
 }
 
 /// Eval-mode forward latency at `batch`: `warmup` untimed runs, then the median and 90th percentile
 /// of `runs` timed runs.
 pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<Latency> {
-    let x = random_input(g, batch)?;
+    let x = random_inputs(g, batch)?;
     let mut exec = Executor::new(0);
     for _ in 0..warmup {
-        exec.eval(g, std::slice::from_ref(&x))?;
+        exec.eval(g, &x)?;
     }
     let mut times = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
         let t0 = Instant::now();
-        exec.eval(g, std::slice::from_ref(&x))?;
+        exec.eval(g, &x)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -126,13 +155,12 @@ pub fn file_size(g: &Graph) -> Result<u64> {
 /// Measures a classification model: accuracy and loss on `test` (when given), counts, size and
 /// batch-1 latency.
 pub fn summarize(g: &Graph, test: Option<&Dataset>) -> Result<Summary> {
-    let eval = test
-        .map(|t| prunekit_train::evaluate(g, t, 256))
-        .transpose()?;
+    let eval = test.map(|t| evaluate(g, t, 256)).transpose()?;
     let lat = latency(g, 1, 10, 50)?;
     Ok(Summary {
-        accuracy: eval.map(|e| e.accuracy),
-        loss: eval.map(|e| e.loss),
+        loss: eval.as_ref().map(|e| e.loss),
+        headline: eval.as_ref().map(|e| e.headline.clone()),
+        metrics: eval.map(|e| e.metrics).unwrap_or_default(),
         params: g.param_count(),
         nonzeros: g.nonzero_count()?,
         weight_sparsity: g.weight_counts()?.sparsity(),

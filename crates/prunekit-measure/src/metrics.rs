@@ -190,6 +190,44 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
     Ok(Some(u / (pos as f64 * neg as f64)))
 }
 
+/// The Kolmogorov-Smirnov statistic of a binary scorer (credit scoring's standard separation
+/// measure): the largest distance between the empirical score distributions of positives and
+/// negatives, `max_t |F_pos(t) - F_neg(t)|` = the largest `|TPR - FPR|` over thresholds, in [0, 1].
+/// Tied scores move together. `None` without both classes.
+pub fn ks_statistic(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
+    if scores.len() != labels.len() {
+        return Err(invalid(format!(
+            "{} scores but {} labels",
+            scores.len(),
+            labels.len()
+        )));
+    }
+    check_finite("KS scores", scores.iter().copied())?;
+    let pos = labels.iter().filter(|&&y| y).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return Ok(None);
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut cp, mut cn, mut best) = (0usize, 0usize, 0f64);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if labels[order[j]] {
+                cp += 1;
+            } else {
+                cn += 1;
+            }
+            j += 1;
+        }
+        best = best.max((cp as f64 / pos as f64 - cn as f64 / neg as f64).abs());
+        i = j;
+    }
+    Ok(Some(best))
+}
+
 /// Root mean squared error (regression, ratings). `None` for no samples.
 pub fn rmse(pred: &[f64], target: &[f64]) -> Result<Option<f64>> {
     if pred.len() != target.len() {
@@ -293,54 +331,21 @@ pub fn mean_episode_return(
     Ok(EpisodeReturns::from_returns(&returns))
 }
 
-/// Checks that `g` can be evaluated on `data`: one input whose shape is the samples' shape, a
-/// non-empty dataset, and an output at least as wide as the number of classes.
-pub fn check_classifier(g: &Graph, data: &Dataset) -> Result<()> {
-    let [input] = g.inputs.as_slice() else {
-        return Err(invalid(format!(
-            "the model `{}` has {} inputs; evaluation needs exactly one",
-            g.name,
-            g.inputs.len()
-        )));
-    };
-    if input.shape != data.sample_shape {
-        return Err(invalid(format!(
-            "the model `{}` takes inputs of shape {:?} but the dataset `{}` has samples of shape {:?}",
-            g.name, input.shape, data.name, data.sample_shape
-        )));
-    }
-    if data.is_empty() {
-        return Err(invalid(format!("the dataset `{}` is empty", data.name)));
-    }
-    let [out] = g.outputs.as_slice() else {
-        return Err(invalid(format!(
-            "the model `{}` has {} outputs; evaluation needs exactly one",
-            g.name,
-            g.outputs.len()
-        )));
-    };
-    let shapes = g.validate()?;
-    let width = shapes[out].last().copied().unwrap_or(1);
-    if width < data.num_classes {
-        return Err(invalid(format!(
-            "the model `{}` has {width} outputs but the dataset `{}` has {} classes",
-            g.name, data.name, data.num_classes
-        )));
-    }
-    Ok(())
-}
-
-/// Eval-mode logits of every sample, row-major `[data.len(), outputs]`.
+/// Eval-mode outputs of every sample, row-major `[data.len(), outputs]` (the output flattened
+/// per sample), with the width.
+///
+/// # Errors
+/// As [`crate::check_task`].
 pub fn logits(g: &Graph, data: &Dataset, batch: usize) -> Result<(Vec<f32>, usize)> {
-    check_classifier(g, data)?;
+    crate::check_task(g, data)?;
     let device = g.device();
     let mut exec = Executor::new(0);
     let all: Vec<usize> = (0..data.len()).collect();
     let mut out = Vec::new();
     let mut width = 0;
     for idx in all.chunks(batch.max(1)) {
-        let (x, _) = data.batch(idx, &device)?;
-        let y = exec.eval(g, &[x])?.remove(0);
+        let b = data.batch(idx, &device)?;
+        let y = exec.eval(g, &crate::model_inputs(g, b.inputs)?)?.remove(0);
         let y = y.flatten_from(1)?.to_dtype(DType::F32)?;
         width = y.dim(1)?;
         out.extend(y.flatten_all()?.to_vec1::<f32>()?);
@@ -368,30 +373,41 @@ pub struct Classification {
 
 /// Runs `g` over `data` once and computes top-k accuracy for each `k` in `ks` smaller than the number
 /// of classes (top-k at k >= classes is always 1) and, for two classes, the binary metrics.
-pub fn classification_metrics(g: &Graph, data: &Dataset, ks: &[usize]) -> Result<Classification> {
+/// `None` for datasets without class targets.
+pub fn classification_metrics(
+    g: &Graph,
+    data: &Dataset,
+    ks: &[usize],
+) -> Result<Option<Classification>> {
+    let (Some(labels), Some(classes)) = (data.labels(), data.num_classes()) else {
+        return Ok(None);
+    };
+    if matches!(data.task.kind, prunekit_data::TaskKind::Ranking { .. }) {
+        return Ok(None);
+    }
     let (scores, width) = logits(g, data, 256)?;
     let mut top_k = Vec::new();
-    for &k in ks.iter().filter(|&&k| k < data.num_classes.max(width)) {
-        if let Some(accuracy) = top_k_accuracy(&scores, &data.y, k)? {
+    for &k in ks.iter().filter(|&&k| k < classes.max(width)) {
+        if let Some(accuracy) = top_k_accuracy(&scores, labels, k)? {
             top_k.push(TopK { k, accuracy });
         }
     }
-    let binary = if data.num_classes == 2 && width == 2 {
+    let binary = if classes == 2 && width == 2 {
         let p1: Vec<f64> = scores
             .chunks(2)
             .map(|r| 1.0 / (1.0 + (r[0] as f64 - r[1] as f64).exp()))
             .collect();
-        let labels: Vec<bool> = data.y.iter().map(|&y| y == 1).collect();
+        let labels: Vec<bool> = labels.iter().map(|&y| y == 1).collect();
         Some(binary_metrics(&p1, &labels, 0.5)?)
     } else {
         None
     };
-    Ok(Classification {
+    Ok(Some(Classification {
         samples: data.len(),
-        classes: data.num_classes,
+        classes,
         top_k,
         binary,
-    })
+    }))
 }
 
 /// One layer (a node with trainable parameters) as it stands.
@@ -458,58 +474,73 @@ pub fn layer_stats(g: &Graph) -> Result<Vec<LayerStats>> {
     Ok(out)
 }
 
-/// Loss and accuracy on one split.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// Loss and the task's metrics on one split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitEval {
     pub samples: usize,
-    pub accuracy: f64,
     pub loss: f64,
+    /// the task's metrics by name
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
-/// Accuracy and loss on the training and the test split, and their differences.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The headline metric and loss on the training and the test split, and their differences.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainTestGap {
     pub train: SplitEval,
     pub test: SplitEval,
-    /// train accuracy - test accuracy
-    pub accuracy_gap: f64,
+    /// the task's headline metric (`accuracy`, `auc`, `rmse`, ...)
+    pub headline: String,
+    /// train headline - test headline (positive when a higher-is-better metric is better on the
+    /// training data; negative for a lower-is-better one such as RMSE that is lower in training)
+    pub headline_gap: Option<f64>,
     /// test loss - train loss
     pub loss_gap: f64,
 }
 
 /// Evaluates `g` on both splits. With `max_train`, the training split is thinned to at most that many
-/// samples, evenly spaced (large training sets cost more than the gap is worth).
+/// samples, evenly spaced (whole ranking lists for ranking data; large training sets cost more than
+/// the gap is worth).
+///
+/// # Errors
+/// As [`crate::evaluate`].
 pub fn train_test_gap(
     g: &Graph,
     train: &Dataset,
     test: &Dataset,
     max_train: Option<usize>,
 ) -> Result<TrainTestGap> {
-    check_classifier(g, train)?;
-    check_classifier(g, test)?;
     let thinned;
     let train = match max_train {
         Some(m) if m > 0 && train.len() > m => {
-            let idx: Vec<usize> = (0..m).map(|i| i * train.len() / m).collect();
-            thinned = train.subset(&idx);
+            let units = train.len() / train.subset_unit();
+            let m = (m / train.subset_unit()).clamp(1, units);
+            let idx: Vec<usize> = (0..m).map(|i| i * units / m).collect();
+            thinned = train.subset_lists(&idx);
             &thinned
         }
         _ => train,
     };
-    let ev = |d: &Dataset| -> Result<SplitEval> {
-        let e = prunekit_train::evaluate(g, d, 256)?;
-        Ok(SplitEval {
-            samples: e.samples,
-            accuracy: e.accuracy,
-            loss: e.loss,
-        })
+    let ev = |d: &Dataset| -> Result<(SplitEval, Option<f64>, String)> {
+        let e = crate::evaluate(g, d, 256)?;
+        let h = e.headline_value();
+        Ok((
+            SplitEval {
+                samples: e.samples,
+                loss: e.loss,
+                metrics: e.metrics,
+            },
+            h,
+            e.headline,
+        ))
     };
-    let (tr, te) = (ev(train)?, ev(test)?);
+    let (tr, htr, _) = ev(train)?;
+    let (te, hte, headline) = ev(test)?;
     Ok(TrainTestGap {
+        loss_gap: te.loss - tr.loss,
+        headline_gap: htr.zip(hte).map(|(a, b)| a - b),
+        headline,
         train: tr,
         test: te,
-        accuracy_gap: tr.accuracy - te.accuracy,
-        loss_gap: te.loss - tr.loss,
     })
 }
 
@@ -549,12 +580,12 @@ pub fn inference_memory(g: &Graph, batch: usize) -> Result<Option<InferenceMemor
     if batch == 0 {
         return Err(invalid("the batch size must be at least 1"));
     }
-    let x = crate::random_input(g, batch)?;
+    let x = crate::random_inputs(g, batch)?;
     let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let Some((baseline, _)) = memory_kb() else {
         return Ok(None);
     };
-    let y = Executor::new(0).eval(g, std::slice::from_ref(&x))?;
+    let y = Executor::new(0).eval(g, &x)?;
     drop(y);
     let Some((_, peak)) = memory_kb() else {
         return Ok(None);
@@ -575,6 +606,18 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn ks_statistic_by_hand() {
+        // positives 0.9, 0.8, 0.3; negatives 0.7, 0.2, 0.1: after 0.3 all 3 negatives below...
+        let s = [0.9, 0.8, 0.3, 0.7, 0.2, 0.1];
+        let y = [true, true, true, false, false, false];
+        // ascending: 0.1n 0.2n 0.3p 0.7n 0.8p 0.9p; |Fp - Fn| peaks at 2/3 after 0.2
+        let ks = ks_statistic(&s, &y).unwrap().unwrap();
+        assert!((ks - 2.0 / 3.0).abs() < 1e-12, "{ks}");
+        assert_eq!(ks_statistic(&[0.5, 0.5], &[true, false]).unwrap(), Some(0.0));
+        assert_eq!(ks_statistic(&[0.5], &[true]).unwrap(), None);
     }
 
     #[test]

@@ -44,8 +44,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
-use prunekit_data::Dataset;
-use prunekit_graph::loss::cross_entropy;
+use prunekit_data::{Batch, Dataset};
+use prunekit_graph::loss::Loss;
 use prunekit_graph::{param_grads, Executor, Graph, Hooks, InputKind, Mode, Op, Param, Role};
 use rand::{Rng, SeedableRng};
 
@@ -531,34 +531,70 @@ impl Criterion for BnScale {
 // ---------------------------------------------------------------------------------------------
 // Calibration data and the passes over it
 
-/// Calibration batches: (inputs, labels) pairs, labels being class ids.
+/// Calibration batches (the model's inputs and the targets of each batch) and the task's loss,
+/// which the gradient criteria differentiate.
 #[derive(Clone, Debug)]
 pub struct Calibration {
-    pub batches: Vec<(Tensor, Tensor)>,
+    /// The batches, each `inputs` `[B, ..]` per model input and `target` `[B, ..]`.
+    pub batches: Vec<Batch>,
+    /// The loss of the task the batches come from.
+    pub loss: Loss,
 }
 
 impl Calibration {
-    /// At least one batch; every batch's inputs and labels agree on the batch size.
+    /// Single-input classification batches: (inputs `[B, ..]`, class ids `[B]`) pairs with the
+    /// cross-entropy loss. At least one batch; every batch's inputs and labels agree on the batch
+    /// size.
+    ///
+    /// # Errors
+    /// [`PruneError::Invalid`] for no batch or a batch-size mismatch.
     pub fn new(batches: Vec<(Tensor, Tensor)>) -> Result<Self> {
+        Self::from_batches(
+            batches
+                .into_iter()
+                .map(|(x, y)| Batch {
+                    inputs: vec![x],
+                    target: y,
+                })
+                .collect(),
+            Loss::CrossEntropy {
+                class_weights: None,
+            },
+        )
+    }
+
+    /// Batches of any task with its loss. At least one batch; in every batch each input and the
+    /// target share one positive batch size.
+    ///
+    /// # Errors
+    /// [`PruneError::Invalid`] for no batch or a batch-size mismatch.
+    pub fn from_batches(batches: Vec<Batch>, loss: Loss) -> Result<Self> {
         if batches.is_empty() {
             return Err(PruneError::Invalid(
                 "calibration needs at least one batch".into(),
             ));
         }
-        for (i, (x, y)) in batches.iter().enumerate() {
-            let (bx, by) = (x.dims().first().copied(), y.dims().first().copied());
-            if bx.is_none() || bx != by || bx == Some(0) {
+        for (i, b) in batches.iter().enumerate() {
+            let by = b.target.dims().first().copied();
+            let ok = by.is_some_and(|n| n > 0)
+                && !b.inputs.is_empty()
+                && b.inputs.iter().all(|x| x.dims().first().copied() == by);
+            if !ok {
                 return Err(PruneError::Invalid(format!(
-                    "calibration batch {i}: inputs {:?} and labels {:?} must share a positive batch size",
-                    x.dims(),
-                    y.dims()
+                    "calibration batch {i}: inputs {:?} and targets {:?} must share a positive batch size",
+                    b.inputs.iter().map(|x| x.dims().to_vec()).collect::<Vec<_>>(),
+                    b.target.dims()
                 )));
             }
         }
-        Ok(Self { batches })
+        Ok(Self { batches, loss })
     }
 
-    /// `batches` batches of `batch_size` distinct samples of `data`, chosen with `seed`.
+    /// `batches` batches of `batch_size` distinct samples of `data`, chosen with `seed`, with the
+    /// loss of `data`'s task.
+    ///
+    /// # Errors
+    /// [`PruneError::Invalid`] when the dataset has fewer samples than asked for.
     pub fn from_dataset(
         data: &Dataset,
         batches: usize,
@@ -588,7 +624,7 @@ impl Calibration {
             .chunks(batch_size)
             .map(|c| data.batch(c, device))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Self::new(out)
+        Self::from_batches(out, data.task.loss())
     }
 
     pub fn len(&self) -> usize {
@@ -601,60 +637,58 @@ impl Calibration {
     pub fn samples(&self) -> usize {
         self.batches
             .iter()
-            .map(|(x, _)| x.dims().first().copied().unwrap_or(0))
+            .map(|b| b.target.dims().first().copied().unwrap_or(0))
             .sum()
     }
 }
 
-/// Checks the model has one input and one output (what calibration passes feed and read).
+/// Checks the model has one output (what calibration passes read).
 fn check_model(g: &Graph, what: &str) -> Result<()> {
-    if g.inputs.len() != 1 || g.outputs.len() != 1 {
+    if g.outputs.len() != 1 {
         return Err(PruneError::Invalid(format!(
-            "criterion `{what}` runs calibration batches through the model and needs one input and \
-             one output; the model has {} input(s) and {} output(s)",
-            g.inputs.len(),
+            "criterion `{what}` runs calibration batches through the model and needs one output; \
+             the model has {}",
             g.outputs.len()
         )));
     }
     Ok(())
 }
 
-/// The batch as the model's input: real-valued inputs converted to the model's dtype.
-fn model_input(g: &Graph, x: &Tensor) -> Result<Tensor> {
-    let float = g.inputs.first().map(|s| s.kind) == Some(InputKind::Float);
-    Ok(if float && x.dtype() != g.dtype() {
-        x.to_dtype(g.dtype())?
-    } else {
-        x.clone()
-    })
+/// A batch's inputs as the model takes them: real-valued inputs converted to the model's dtype.
+fn model_inputs(g: &Graph, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+    xs.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let float = g.inputs.get(i).map(|s| s.kind) == Some(InputKind::Float);
+            Ok(if float && x.dtype() != g.dtype() {
+                x.to_dtype(g.dtype())?
+            } else {
+                x.clone()
+            })
+        })
+        .collect()
 }
 
-/// Mean cross-entropy of `logits` against class-id `labels`: [B, C] against [B], or
-/// [B, .., C] against [B, ..] (token-level), with the labels checked against the classes.
-fn classification_loss(logits: &Tensor, labels: &Tensor, what: &str) -> Result<Tensor> {
-    let dims = logits.dims();
-    let bad = || {
-        PruneError::Invalid(format!(
-            "criterion `{what}` needs class logits [batch, .., classes] and labels [batch, ..]; the \
-             model outputs {:?} for labels {:?}",
-            logits.dims(),
-            labels.dims()
-        ))
-    };
-    if dims.len() < 2 || labels.dims() != &dims[..dims.len() - 1] {
-        return Err(bad());
+/// The calibration loss of `output` against `target`, class ids checked against the outputs.
+fn task_loss(loss: &Loss, output: &Tensor, target: &Tensor, what: &str) -> Result<Tensor> {
+    if !matches!(loss, Loss::Mse) {
+        let classes = output.dims().last().copied().unwrap_or(0);
+        let vals = target.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let ignore = match loss {
+            Loss::TokenCrossEntropy { ignore } => Some(f64::from(*ignore)),
+            _ => None,
+        };
+        if let Some(v) = vals
+            .iter()
+            .find(|&&v| Some(v) != ignore && (v < 0.0 || v >= classes as f64))
+        {
+            return Err(PruneError::Invalid(format!(
+                "criterion `{what}`: calibration label {v} is not a class of the model's {classes} outputs"
+            )));
+        }
     }
-    let classes = dims[dims.len() - 1];
-    let rows = logits.elem_count() / classes.max(1);
-    let y = labels.flatten_all()?;
-    let vals = y.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    if let Some(v) = vals.iter().find(|&&v| v < 0.0 || v >= classes as f64) {
-        return Err(PruneError::Invalid(format!(
-            "criterion `{what}`: calibration label {v} is not a class of the model's {classes} outputs"
-        )));
-    }
-    let logits = logits.reshape((rows, classes))?;
-    Ok(cross_entropy(&logits, &y)?)
+    loss.compute(output, target)
+        .map_err(|e| PruneError::Invalid(format!("criterion `{what}`: {e}")))
 }
 
 /// Weight gradients (or scores) by (node, param).
@@ -664,17 +698,17 @@ type Grads = HashMap<(String, String), Tensor>;
 fn batch_grads(
     g: &Graph,
     exec: &mut Executor,
-    x: &Tensor,
-    y: &Tensor,
+    b: &Batch,
+    loss: &Loss,
     what: &str,
 ) -> Result<Grads> {
-    let x = model_input(g, x)?;
-    let logits = exec
-        .run(g, std::slice::from_ref(&x), Mode::EVAL_GRAD, None)?
+    let xs = model_inputs(g, &b.inputs)?;
+    let out = exec
+        .run(g, &xs, Mode::EVAL_GRAD, None)?
         .into_iter()
         .next()
         .ok_or_else(|| PruneError::Invalid("the model produced no output".into()))?;
-    let grads = classification_loss(&logits, y, what)?.backward()?;
+    let grads = task_loss(loss, &out, &b.target, what)?.backward()?;
     weight_grads(g, &grads)
 }
 
@@ -715,14 +749,21 @@ fn each_gradient(
 ) -> Result<()> {
     check_model(g, what)?;
     let mut exec = Executor::new(0);
-    for (x, y) in &calib.batches {
-        let n = x.dim(0)?;
+    for b in &calib.batches {
+        let n = b.target.dim(0)?;
         match of {
-            GradOf::Batch => f(n, batch_grads(g, &mut exec, x, y, what)?)?,
+            GradOf::Batch => f(n, batch_grads(g, &mut exec, b, &calib.loss, what)?)?,
             GradOf::Sample => {
                 for i in 0..n {
-                    let (xi, yi) = (x.narrow(0, i, 1)?, y.narrow(0, i, 1)?);
-                    f(1, batch_grads(g, &mut exec, &xi, &yi, what)?)?;
+                    let one = Batch {
+                        inputs: b
+                            .inputs
+                            .iter()
+                            .map(|x| x.narrow(0, i, 1))
+                            .collect::<candle_core::Result<_>>()?,
+                        target: b.target.narrow(0, i, 1)?,
+                    };
+                    f(1, batch_grads(g, &mut exec, &one, &calib.loss, what)?)?;
                 }
             }
         }
@@ -1177,9 +1218,9 @@ impl Wanda {
         }
         let mut sumsq: HashMap<(String, String), Vec<f64>> = HashMap::new();
         let mut exec = Executor::new(0);
-        for (x, _) in &self.calib.batches {
+        for b in &self.calib.batches {
             let mut hooks = Hooks::weight_inputs_of(targets.keys().cloned());
-            exec.run(g, &[model_input(g, x)?], Mode::EVAL, Some(&mut hooks))?;
+            exec.run(g, &model_inputs(g, &b.inputs)?, Mode::EVAL, Some(&mut hooks))?;
             for (key, pieces) in hooks.weight_inputs {
                 let Some(&feature) = targets.get(&key) else {
                     continue;

@@ -22,7 +22,11 @@ pub enum SweepKind {
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepPoint {
     pub level: f64,
-    pub accuracy: Option<f64>,
+    /// the task's metrics on the test data by name (`accuracy`, `auc`, `rmse`, ...)
+    #[serde(flatten)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// the task's headline metric
+    pub headline: Option<String>,
     pub params: usize,
     pub nonzeros: usize,
     pub macs: u64,
@@ -58,9 +62,11 @@ pub fn sweep(
     let mut out = Vec::with_capacity(levels.len() + 1);
     let measure = |h: &Graph, level: f64| -> Result<SweepPoint> {
         let s = summarize(h, Some(&split.test))?;
+        let s = &s;
         Ok(SweepPoint {
             level,
-            accuracy: s.accuracy,
+            metrics: s.metrics.clone(),
+            headline: s.headline.clone(),
             params: s.params,
             nonzeros: s.nonzeros,
             macs: s.macs,

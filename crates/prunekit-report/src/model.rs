@@ -1,7 +1,7 @@
 //! The report's data: every number a renderer shows is a field here, so report.json holds them all.
 
 use prunekit_measure::metrics::{Classification, InferenceMemory, LayerStats, TrainTestGap};
-use prunekit_measure::{Latency, Summary};
+use prunekit_measure::{Direction, Latency, Summary};
 use serde::{Deserialize, Serialize};
 
 /// A whole report: one model, or a before/after pair with its comparison, plus the curves other
@@ -64,6 +64,17 @@ pub enum Unit {
     Bytes,
     Kib,
     Plain,
+}
+
+/// How a metric is shown: shares (accuracy, AUC, F1, precision, recall, KS, hit rate, NDCG) as
+/// fractions, the others (RMSE, MAE, perplexity, loss) as plain numbers.
+pub fn metric_unit(name: &str) -> Unit {
+    let plain = ["rmse", "mae", "perplexity", "loss"];
+    if plain.iter().any(|p| name.contains(p)) {
+        Unit::Plain
+    } else {
+        Unit::Fraction
+    }
 }
 
 /// One measure before and after.
@@ -146,46 +157,38 @@ impl Comparison {
     /// Compares every measure both models have.
     pub fn new(before: &ModelReport, after: &ModelReport) -> Self {
         let (b, a) = (&before.summary, &after.summary);
-        let mut rows = vec![
-            ComparisonRow::new("accuracy", Unit::Fraction, b.accuracy, a.accuracy, true),
-            ComparisonRow::new("loss", Unit::Plain, b.loss, a.loss, false),
-        ];
-        if let (Some(cb), Some(ca)) = (&before.classification, &after.classification) {
-            for tb in &cb.top_k {
-                if let Some(ta) = ca.top_k.iter().find(|t| t.k == tb.k) {
-                    rows.push(ComparisonRow::new(
-                        format!("top-{} accuracy", tb.k),
-                        Unit::Fraction,
-                        Some(tb.accuracy),
-                        Some(ta.accuracy),
-                        true,
-                    ));
-                }
-            }
-            if let (Some(bb), Some(ba)) = (&cb.binary, &ca.binary) {
-                for (name, x, y) in [
-                    ("precision", bb.precision, ba.precision),
-                    ("recall", bb.recall, ba.recall),
-                    ("F1", bb.f1, ba.f1),
-                    ("ROC AUC", bb.roc_auc, ba.roc_auc),
-                ] {
-                    rows.push(ComparisonRow::new(name, Unit::Fraction, x, y, true));
-                }
-            }
+        // every metric of the task, the headline first, then the loss
+        let mut names: Vec<&String> = b.metrics.keys().collect();
+        if let Some(h) = &b.headline {
+            names.sort_by_key(|n| *n != h);
         }
+        let mut rows: Vec<ComparisonRow> = names
+            .into_iter()
+            .map(|n| {
+                ComparisonRow::new(
+                    n.as_str(),
+                    metric_unit(n),
+                    b.metrics.get(n).copied(),
+                    a.metrics.get(n).copied(),
+                    Direction::of(n) == Direction::Higher,
+                )
+            })
+            .collect();
+        rows.push(ComparisonRow::new("loss", Unit::Plain, b.loss, a.loss, false));
         if let (Some(gb), Some(ga)) = (&before.gap, &after.gap) {
+            let h = &gb.headline;
             rows.push(ComparisonRow::new(
-                "train accuracy",
-                Unit::Fraction,
-                Some(gb.train.accuracy),
-                Some(ga.train.accuracy),
-                true,
+                format!("train {h}"),
+                metric_unit(h),
+                gb.train.metrics.get(h).copied(),
+                ga.train.metrics.get(h).copied(),
+                Direction::of(h) == Direction::Higher,
             ));
             rows.push(ComparisonRow::new(
-                "train - test accuracy",
-                Unit::Fraction,
-                Some(gb.accuracy_gap),
-                Some(ga.accuracy_gap),
+                format!("train - test {h}"),
+                metric_unit(h),
+                gb.headline_gap,
+                ga.headline_gap,
                 false,
             ));
         }

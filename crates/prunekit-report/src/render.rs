@@ -65,30 +65,28 @@ pub fn row_cells(r: &ComparisonRow) -> [String; 5] {
 /// The whole-model measures of one model: (measure, value) pairs.
 pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
     let s = &m.summary;
-    let mut rows = vec![
-        ("test accuracy".into(), opt(s.accuracy, pct)),
-        ("test loss".into(), opt(s.loss, f::plain)),
-    ];
-    if let Some(c) = &m.classification {
-        for t in &c.top_k {
-            rows.push((format!("top-{} accuracy", t.k), pct(t.accuracy)));
-        }
-        if let Some(b) = &c.binary {
-            rows.push((
-                format!("precision / recall / F1 (threshold {})", b.threshold),
-                format!(
-                    "{} / {} / {}",
-                    opt(b.precision, pct),
-                    opt(b.recall, pct),
-                    opt(b.f1, pct)
-                ),
-            ));
-            rows.push(("ROC AUC".into(), opt(b.roc_auc, f::plain)));
-            rows.push((
-                "TP / FP / TN / FN".into(),
-                format!("{} / {} / {} / {}", b.tp, b.fp, b.tn, b.fn_),
-            ));
-        }
+    let mut names: Vec<&String> = s.metrics.keys().collect();
+    if let Some(h) = &s.headline {
+        names.sort_by_key(|n| *n != h);
+    }
+    let mut rows: Vec<(String, String)> = names
+        .into_iter()
+        .map(|n| {
+            let v = s.metrics[n];
+            let cell = match crate::model::metric_unit(n) {
+                crate::model::Unit::Fraction => pct(v),
+                _ => f::plain(v),
+            };
+            (format!("test {n}"), cell)
+        })
+        .collect();
+    rows.push(("test loss".into(), opt(s.loss, f::plain)));
+    // the confusion counts behind precision / recall / F1 (the metrics themselves are above)
+    if let Some(b) = m.classification.as_ref().and_then(|c| c.binary.as_ref()) {
+        rows.push((
+            format!("TP / FP / TN / FN (threshold {})", b.threshold),
+            format!("{} / {} / {} / {}", b.tp, b.fp, b.tn, b.fn_),
+        ));
     }
     rows.extend([
         ("params".into(), int(s.params as u64)),
@@ -192,23 +190,35 @@ fn layer_comparison_cells(c: &Comparison) -> Vec<[String; 8]> {
         .collect()
 }
 
-fn gap_cells(m: &ModelReport) -> Option<(Vec<[String; 4]>, String)> {
+fn gap_cells(m: &ModelReport) -> Option<(Vec<[String; 4]>, String, String)> {
     let g = m.gap.as_ref()?;
+    let h = &g.headline;
+    let fraction = crate::model::metric_unit(h) == crate::model::Unit::Fraction;
+    let cell = |v: Option<f64>| match v {
+        Some(v) if fraction => pct(v),
+        Some(v) => f::plain(v),
+        None => "-".into(),
+    };
     let row = |name: &str, e: &prunekit_measure::metrics::SplitEval| {
         [
             name.to_string(),
             int(e.samples as u64),
-            pct(e.accuracy),
+            cell(e.metrics.get(h).copied()),
             f::plain(e.loss),
         ]
+    };
+    let gap = match g.headline_gap {
+        Some(v) if fraction => f::pt(v),
+        Some(v) => format!("{v:+.4}"),
+        None => "-".into(),
     };
     Some((
         vec![row("train", &g.train), row("test", &g.test)],
         format!(
-            "train - test accuracy: {}; test - train loss: {}",
-            f::pt(g.accuracy_gap),
+            "train - test {h}: {gap}; test - train loss: {}",
             format_args!("{:+.4}", g.loss_gap)
         ),
+        h.clone(),
     ))
 }
 
@@ -369,12 +379,12 @@ pub fn to_markdown(r: &Report) -> String {
             .map(|(a, b)| vec![a, b])
             .collect();
         md_table(&mut out, &strings(["measure", "value"]), &rows, 1);
-        if let Some((rows, line)) = gap_cells(m) {
+        if let Some((rows, line, h)) = gap_cells(m) {
             let _ = writeln!(out, "### Train / test\n");
             let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
             md_table(
                 &mut out,
-                &strings(["split", "samples", "accuracy", "loss"]),
+                &strings(["split", "samples", h.as_str(), "loss"]),
                 &rows,
                 1,
             );
@@ -933,12 +943,12 @@ pub fn to_html(r: &Report) -> Result<String> {
             .map(|(a, b)| vec![a, b])
             .collect();
         html_table_class(&mut out, "kv", &strings(["measure", "value"]), &rows, 1);
-        if let Some((rows, line)) = gap_cells(m) {
+        if let Some((rows, line, h)) = gap_cells(m) {
             out.push_str("<h3>Train / test</h3>");
             let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
             html_table(
                 &mut out,
-                &strings(["split", "samples", "accuracy", "loss"]),
+                &strings(["split", "samples", h.as_str(), "loss"]),
                 &rows,
                 1,
             );

@@ -1,13 +1,17 @@
 //! Knowledge distillation from a dense teacher: the student's loss becomes
-//! `(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`
-//! (Hinton et al. 2015; the T^2 keeps the soft term's gradient scale independent of T).
+//! `(1 - alpha) * task loss + alpha * soft`, where for class outputs (classification, binary,
+//! ranking, next item, language modelling: logits over the last axis)
+//! `soft = T^2 * KL(softmax(teacher / T) || softmax(student / T))` (Hinton et al. 2015; the T^2
+//! keeps the soft term's gradient scale independent of T), and for regression outputs
+//! `soft = MSE(student, teacher)` (distilling the teacher's outputs; T is not used).
 
 use candle_core::Tensor;
 use prunekit_graph::ops::activation::log_softmax;
 use prunekit_graph::{Executor, Graph};
 
-use crate::loss::cross_entropy;
+use crate::loss::mse;
 use crate::trainer::{StepCx, StepHook};
+use prunekit_data::TaskKind;
 use crate::{Result, TrainError};
 
 /// Distillation settings.
@@ -38,7 +42,8 @@ impl DistillConfig {
     }
 }
 
-/// KL(softmax(t / T) || softmax(s / T)) averaged over the batch (rows of [B, C] logits), times T^2.
+/// KL(softmax(t / T) || softmax(s / T)) averaged over the rows (every position of logits
+/// [B, .., C]: per sample for [B, C], per token for [B, T, V]), times T^2.
 pub fn kd_loss(
     student: &Tensor,
     teacher: &Tensor,
@@ -48,8 +53,9 @@ pub fn kd_loss(
     let ls = log_softmax(&student.affine(1.0 / t, 0.0)?)?;
     let lt = log_softmax(&teacher.affine(1.0 / t, 0.0)?.detach())?;
     let pt = lt.exp()?;
-    let rows = student.dim(0)? as f64;
-    (pt * (lt - ls)?)?.sum_all()? * (t * t / rows)
+    let classes = student.dim(candle_core::D::Minus1)?.max(1);
+    let rows = (student.elem_count() / classes) as f64;
+    (pt * (lt - ls)?)?.sum_all()? * (t * t / rows.max(1.0))
 }
 
 /// A training hook that distils `teacher` (run in eval mode) into the model being trained.
@@ -72,22 +78,21 @@ impl Distillation {
 
 impl StepHook for Distillation {
     fn extra_loss(&mut self, _g: &Graph, cx: &StepCx) -> Result<Option<Tensor>> {
-        let t = self
-            .exec
-            .eval(&self.teacher, std::slice::from_ref(cx.inputs))?
-            .remove(0);
-        if t.dims() != cx.logits.dims() {
+        let t = self.exec.eval(&self.teacher, cx.inputs)?.remove(0);
+        if t.dims() != cx.output.dims() {
             return Err(TrainError::Invalid(format!(
                 "the teacher's outputs {:?} differ from the student's {:?}",
                 t.dims(),
-                cx.logits.dims()
+                cx.output.dims()
             )));
         }
         let a = self.config.alpha;
-        let soft = kd_loss(cx.logits, &t, self.config.temperature)?;
-        // the loop adds this to the task loss CE: CE + extra = (1 - a) CE + a * soft
-        let ce = cross_entropy(cx.logits, cx.labels)?;
-        Ok(Some(((soft * a)? - (ce * a)?)?))
+        let soft = match cx.task.kind {
+            TaskKind::Regression => mse(cx.output, &t.detach())?,
+            _ => kd_loss(cx.output, &t, self.config.temperature)?,
+        };
+        // the loop adds this to the task loss L: L + extra = (1 - a) L + a * soft
+        Ok(Some(((soft * a)? - (cx.task_loss * a)?)?))
     }
 }
 

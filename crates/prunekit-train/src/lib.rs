@@ -16,7 +16,8 @@ pub use loss::{accuracy, cross_entropy, mse};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
 pub use recalibrate::{has_batch_norm, recalibrate_batch_norm, Recalibration};
 pub use schedule::LrSchedule;
-pub use trainer::{evaluate, fit, fit_with, EpochLog, EvalResult, StepCx, StepHook, TrainConfig};
+pub use prunekit_measure::{evaluate, Evaluation};
+pub use trainer::{fit, fit_with, EpochLog, StepCx, StepHook, TrainConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -24,6 +25,8 @@ pub enum TrainError {
     Graph(#[from] prunekit_graph::GraphError),
     #[error(transparent)]
     Data(#[from] prunekit_data::DataError),
+    #[error(transparent)]
+    Measure(#[from] prunekit_measure::MeasureError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]

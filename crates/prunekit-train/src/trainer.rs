@@ -1,15 +1,17 @@
-//! The training loop and evaluation for classification graphs (one input, logits output).
+//! The training loop, through the dataset's task: any number of inputs, the task's loss, and the
+//! task's metrics on the test data after every epoch (`prunekit_measure::evaluate`).
 
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use prunekit_data::{Augment, Batches, Dataset};
+use prunekit_data::{Augment, Batches, Dataset, Task, TaskKind};
 use prunekit_graph::{Executor, Graph, Mode};
+use prunekit_measure::{check_task, evaluate, model_inputs, Evaluation};
 use serde::Serialize;
 
-use crate::loss::{accuracy, cross_entropy};
+use crate::loss::accuracy;
 use crate::optim::OptimizerKind;
 use crate::schedule::LrSchedule;
 use crate::{Result, TrainError};
@@ -56,19 +58,21 @@ impl TrainConfig {
 pub struct EpochLog {
     pub epoch: usize,
     pub lr: f64,
+    /// mean task loss over the epoch's training batches (train mode)
     pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub test_loss: Option<f64>,
-    pub test_accuracy: Option<f64>,
+    /// accuracy over the epoch's training batches, for single-label class tasks
+    pub train_accuracy: Option<f64>,
+    /// the task's loss and metrics on the test data after the epoch
+    pub test: Option<Evaluation>,
     pub seconds: f64,
 }
 
-/// Loss and accuracy over a dataset.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct EvalResult {
-    pub loss: f64,
-    pub accuracy: f64,
-    pub samples: usize,
+impl EpochLog {
+    /// The test headline metric's name and value, when measured.
+    pub fn test_headline(&self) -> Option<(&str, f64)> {
+        let e = self.test.as_ref()?;
+        Some((e.headline.as_str(), e.headline_value()?))
+    }
 }
 
 fn progress_bar(show: bool, len: u64, label: &str) -> ProgressBar {
@@ -85,40 +89,21 @@ fn progress_bar(show: bool, len: u64, label: &str) -> ProgressBar {
     pb
 }
 
-fn check_task(g: &Graph, data: &Dataset) -> Result<()> {
-    let input = g
-        .inputs
-        .first()
-        .ok_or_else(|| TrainError::Invalid("the model has no input".into()))?;
-    if g.inputs.len() != 1 || g.outputs.len() != 1 {
-        return Err(TrainError::Invalid(
-            "training needs a model with one input and one output".into(),
-        ));
-    }
-    if input.shape != data.sample_shape {
-        return Err(TrainError::Invalid(format!(
-            "the model's input `{}` has shape {:?} but the dataset `{}` has samples of shape {:?}",
-            input.name, input.shape, data.name, data.sample_shape
-        )));
-    }
-    if data.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "dataset `{}` is empty",
-            data.name
-        )));
-    }
-    Ok(())
-}
-
 /// What a training step looks like to a [`StepHook`].
 pub struct StepCx<'a> {
     /// optimizer steps taken before this one (0-based), and the epoch
     pub step: usize,
     pub epoch: usize,
-    pub inputs: &'a Tensor,
-    pub labels: &'a Tensor,
+    /// the batch's inputs, one per model input (`[B, ..]`)
+    pub inputs: &'a [Tensor],
+    /// the batch's targets (class ids `[B]`, values `[B, D]`, token ids `[B, T]`)
+    pub target: &'a Tensor,
     /// the model's (train-mode) output for `inputs`
-    pub logits: &'a Tensor,
+    pub output: &'a Tensor,
+    /// the task loss of this batch (before any hook's extra term)
+    pub task_loss: &'a Tensor,
+    /// the task being trained
+    pub task: &'a Task,
 }
 
 /// Code that runs inside the training loop: extra loss terms (distillation, sparsity penalties),
@@ -157,11 +142,19 @@ pub fn fit_with(
     hooks: &mut [&mut dyn StepHook],
 ) -> Result<Vec<EpochLog>> {
     check_task(g, train)?;
+    if let Some(t) = test {
+        check_task(g, t)?;
+    }
     if cfg.batch_size == 0 {
         return Err(TrainError::Invalid("batch size must be positive".into()));
     }
     g.apply_masks()?;
     let device = g.device();
+    let loss_fn = train.task.loss();
+    let class_task = matches!(
+        train.task.kind,
+        TaskKind::Classification | TaskKind::Binary | TaskKind::NextItem
+    );
     let mut opt = cfg.optimizer.build(cfg.lr);
     let mut exec = Executor::new(cfg.seed);
     let mut rng = prunekit_graph::graph::rng(cfg.seed ^ 0x5eed);
@@ -185,21 +178,21 @@ pub fn fit_with(
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         for idx in batches.epoch(epoch) {
             opt.set_lr(cfg.schedule.lr_at(cfg.lr, step));
-            let (x, y) = if cfg.augment.is_identity() {
-                train.batch(&idx, &device)?
-            } else {
-                train.batch_augmented(&idx, &cfg.augment, &mut rng, &device)?
-            };
-            let logits = exec
-                .run(g, std::slice::from_ref(&x), Mode::TRAIN, None)?
-                .remove(0);
-            let task = cross_entropy(&logits, &y)?;
+            let b = train.batch_augmented(&idx, &cfg.augment, &mut rng, &device)?;
+            let x = model_inputs(g, b.inputs)?;
+            let y = b.target;
+            let output = exec.run(g, &x, Mode::TRAIN, None)?.remove(0);
+            let task = loss_fn.compute(&output, &y).map_err(|e| {
+                TrainError::Invalid(format!("training on `{}`: {e}", train.name))
+            })?;
             let cx = StepCx {
                 step,
                 epoch,
                 inputs: &x,
-                labels: &y,
-                logits: &logits,
+                target: &y,
+                output: &output,
+                task_loss: &task,
+                task: &train.task,
             };
             let mut loss = task.clone();
             for h in hooks.iter_mut() {
@@ -222,7 +215,9 @@ pub fn fit_with(
                 )));
             }
             loss_sum += l * idx.len() as f64;
-            hits += accuracy(&logits, &y)?;
+            if class_task {
+                hits += accuracy(&output, &y)?;
+            }
             seen += idx.len();
             step += 1;
             pb.inc(1);
@@ -237,9 +232,8 @@ pub fn fit_with(
             epoch: epoch + 1,
             lr: opt.lr(),
             train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: hits as f64 / seen.max(1) as f64,
-            test_loss: eval.map(|e| e.loss),
-            test_accuracy: eval.map(|e| e.accuracy),
+            train_accuracy: class_task.then(|| hits as f64 / seen.max(1) as f64),
+            test: eval,
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
@@ -247,22 +241,3 @@ pub fn fit_with(
     Ok(logs)
 }
 
-/// Eval-mode loss and accuracy over a whole dataset.
-pub fn evaluate(g: &Graph, data: &Dataset, batch_size: usize) -> Result<EvalResult> {
-    check_task(g, data)?;
-    let device: Device = g.device();
-    let mut exec = Executor::new(0);
-    let (mut loss_sum, mut hits) = (0f64, 0usize);
-    let all: Vec<usize> = (0..data.len()).collect();
-    for idx in all.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(idx, &device)?;
-        let logits = exec.eval(g, &[x])?.remove(0);
-        loss_sum += cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
-        hits += accuracy(&logits, &y)?;
-    }
-    Ok(EvalResult {
-        loss: loss_sum / data.len() as f64,
-        accuracy: hits as f64 / data.len() as f64,
-        samples: data.len(),
-    })
-}
