@@ -87,7 +87,7 @@ if "table" in sections:
             continue
         s1, s2 = v["stages"][0], v["stages"][1]
         recal = s1.get("detail", {}).get("recalibration") or {}
-        rows.append((gran, crit, v["before"]["accuracy"], recal.get("accuracy_without"), s1["accuracy"],
+        rows.append((gran, crit, v["before"]["accuracy"], recal.get("without", recal.get("accuracy_without")), s1["accuracy"],
                      s2["accuracy"], s2["macs"] / v["before"]["macs"]))
     print("\n| granularity | criterion | dense | right after pruning | + BatchNorm re-calibration "
           "| after fine-tune | MACs after/before |")
@@ -130,6 +130,6 @@ if "lottery" in sections:
         res[reinit] = run(f"lottery-{'reinit' if reinit else 'rewind'}", text)
     if res[False] and res[True]:
         d = res[False]["stages"][0]["detail"]
-        print(f"\nlottery ticket at 80% (resnet20, 2 rounds, rewind to step 20): dense {pct(d['dense_accuracy'])}, "
+        print(f"\nlottery ticket at 80% (resnet20, 2 rounds, rewind to step 20): dense {pct(d.get('dense', d.get('dense_accuracy')))}, "
               f"rewound ticket {pct(res[False]['stages'][0]['accuracy'])}, random re-init "
               f"{pct(res[True]['stages'][0]['accuracy'])}")

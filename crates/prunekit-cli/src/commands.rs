@@ -256,8 +256,8 @@ pub(crate) fn metric_rows(b: &Summary, a: &Summary) -> Vec<Vec<String>> {
         .map(|n| {
             let (x, y) = (b.metrics.get(n).copied(), a.metrics.get(n).copied());
             let cell = |v: Option<f64>| v.map_or("-".into(), |v| metric_value(n, v));
-            let fraction = prunekit_report::model::metric_unit(n)
-                == prunekit_report::model::Unit::Fraction;
+            let fraction =
+                prunekit_report::model::metric_unit(n) == prunekit_report::model::Unit::Fraction;
             vec![
                 n.clone(),
                 cell(x),
@@ -482,12 +482,10 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
         v["latency_batch"] = json!(batched);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let rows = vec![
-            vec![
-                "dataset".into(),
-                format!("{name} (test, {} samples)", split.test.len()),
-            ],
-        ];
+        let rows = vec![vec![
+            "dataset".into(),
+            format!("{name} (test, {} samples)", split.test.len()),
+        ]];
         let mut names: Vec<&String> = s.metrics.keys().collect();
         if let Some(h) = &s.headline {
             names.sort_by_key(|n| *n != h);

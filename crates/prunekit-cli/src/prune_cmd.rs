@@ -300,7 +300,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
             32,
             !a.json,
         )?;
-        crate::report_cmd::add_recalibration_rows(&mut r, &stage_log);
+        prunekit_report::add_recalibration_rows(&mut r, &stage_log);
         crate::report_cmd::write(dir, &r, a.json)?;
         out["report"] = json!(dir);
     }
@@ -372,14 +372,13 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     }
     for st in out["stages"].as_array().into_iter().flatten() {
         let r = &st["detail"]["recalibration"];
-        if let (Some(without), Some(with)) =
-            (r["accuracy_without"].as_f64(), r["accuracy_with"].as_f64())
-        {
+        if let (Some(without), Some(with)) = (r["without"].as_f64(), r["with"].as_f64()) {
+            let metric = r["metric"].as_str().unwrap_or("accuracy");
             println!(
-                "{}: accuracy right after pruning {:.2}% without BatchNorm re-calibration, {:.2}% with ({} batch norms, {} samples)",
+                "{}: {metric} right after pruning {} without BatchNorm re-calibration, {} with ({} batch norms, {} samples)",
                 st["kind"].as_str().unwrap_or("?"),
-                100.0 * without,
-                100.0 * with,
+                crate::commands::metric_value(metric, without),
+                crate::commands::metric_value(metric, with),
                 r["batch_norms"],
                 r["samples"]
             );

@@ -7,20 +7,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use prunekit_data::Split;
 use prunekit_graph::Graph;
-use prunekit_measure::metrics::{
-    classification_metrics, inference_memory, layer_stats, train_test_gap,
-    InferenceMemory,
-};
+use prunekit_measure::metrics::{inference_memory, InferenceMemory};
 use prunekit_report::{
-    row_cells, summary_cells, write_report, Comparison, DatasetInfo, ModelReport, Report,
+    build_report, row_cells, summary_cells, write_report, ModelToReport, Report,
 };
 
 use crate::commands::{load_data, load_model};
 use crate::table::render;
 use crate::DataArgs;
-
-/// The training split is thinned to this many samples for the train/test gap.
-const MAX_TRAIN_SAMPLES: usize = 10_000;
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -107,35 +101,6 @@ pub fn compare(a: &CompareArgs) -> Result<()> {
 
 /// Fails early (before minutes of measuring) when the output directory cannot be created: the
 /// nearest existing ancestor must be a directory.
-/// Adds to the comparison, for every stage (`{"kind", "detail"}` as the prune command and recipes
-/// log them) that re-calibrated BatchNorm, the accuracy right after that stage without and with the
-/// re-calibration (against the model before pruning).
-pub(crate) fn add_recalibration_rows(r: &mut Report, stages: &[serde_json::Value]) {
-    let Some(c) = r.comparison.as_mut() else {
-        return;
-    };
-    let before = c
-        .rows
-        .iter()
-        .find(|row| row.measure == "accuracy")
-        .and_then(|row| row.before);
-    for st in stages {
-        let rc = &st["detail"]["recalibration"];
-        let kind = st["kind"].as_str().unwrap_or("pruning");
-        for (key, what) in [("accuracy_without", "without"), ("accuracy_with", "with")] {
-            if let Some(v) = rc[key].as_f64() {
-                c.rows.push(prunekit_report::ComparisonRow::new(
-                    format!("accuracy right after {kind} pruning, {what} BatchNorm re-calibration"),
-                    prunekit_report::Unit::Fraction,
-                    before,
-                    Some(v),
-                    true,
-                ));
-            }
-        }
-    }
-}
-
 fn check_output_dir(dir: &Path) -> Result<()> {
     if let Some(existing) = dir.ancestors().find(|p| p.exists()) {
         if !existing.is_dir() {
@@ -277,7 +242,9 @@ pub(crate) fn check_report_dir(dir: Option<&Path>) -> Result<()> {
     dir.map_or(Ok(()), check_output_dir)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The report of `graphs` (loaded from `paths`, shown as `names`) on `split`: the report library
+/// measures everything but the peak memory, which this binary measures in a fresh child process
+/// per model.
 fn measured(
     graphs: &[&Graph],
     paths: &[&Path],
@@ -290,46 +257,35 @@ fn measured(
     if latency_batch == 0 {
         bail!("--latency-batch must be at least 1");
     }
-    let dataset = dataset.to_string();
-    check_split(split, &dataset)?;
+    check_split(split, dataset)?;
     for (g, p) in graphs.iter().zip(paths) {
         prunekit_measure::check_task(g, &split.test)
             .with_context(|| format!("{} does not fit the data", p.display()))?;
     }
     let memories = peak_memory(paths, latency_batch, progress);
-    let mut models = Vec::new();
-    for (((g, p), name), mem) in graphs.iter().zip(paths).zip(names).zip(memories) {
-        if progress {
-            eprintln!("measuring {name} on {dataset} ...");
-        }
-        models.push(
-            measure(g, mem, p, name, split, latency_batch)
-                .with_context(|| format!("cannot measure {}", p.display()))?,
-        );
-    }
-    let comparison = match models.as_slice() {
-        [b, a] => Some(Comparison::new(b, a)),
-        _ => None,
-    };
-    let title = match names {
-        [b, a] => format!("Pruning report: {b} → {a}"),
-        [m] => format!("Model report: {m}"),
-        _ => "Model report".into(),
-    };
-    Ok(Report {
-        title,
-        dataset: Some(DatasetInfo {
-            name: dataset,
-            train_samples: split.train.len(),
-            test_samples: split.test.len(),
-            sample_shape: split.test.sample_shape().to_vec(),
-            classes: split.test.num_classes().unwrap_or(0),
-        }),
-        models,
-        comparison,
-        sensitivity: None,
-        sweeps: Vec::new(),
-    })
+    let models: Vec<ModelToReport> = graphs
+        .iter()
+        .zip(paths)
+        .zip(names)
+        .zip(memories)
+        .map(|(((g, p), name), memory)| ModelToReport {
+            graph: g,
+            name: name.clone(),
+            path: Some(p.display().to_string()),
+            memory,
+        })
+        .collect();
+    Ok(build_report(
+        &models,
+        split,
+        dataset,
+        latency_batch,
+        &mut |line| {
+            if progress {
+                eprintln!("{line}");
+            }
+        },
+    )?)
 }
 
 /// Peak inference memory of each model, each in a fresh child process of this binary (as `prunekit
@@ -380,42 +336,6 @@ fn check_split(split: &Split, name: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn measure(
-    g: &Graph,
-    memory: Option<InferenceMemory>,
-    path: &Path,
-    name: &str,
-    split: &Split,
-    latency_batch: usize,
-) -> Result<ModelReport> {
-    let summary = prunekit_measure::summarize(g, Some(&split.test))?;
-    let gap = if split.train.is_empty() {
-        None
-    } else {
-        Some(train_test_gap(
-            g,
-            &split.train,
-            &split.test,
-            Some(MAX_TRAIN_SAMPLES),
-        )?)
-    };
-    let batched = if latency_batch > 1 {
-        Some(prunekit_measure::latency(g, latency_batch, 5, 30)?)
-    } else {
-        None
-    };
-    Ok(ModelReport {
-        name: name.to_string(),
-        path: Some(path.display().to_string()),
-        summary,
-        layers: layer_stats(g)?,
-        gap,
-        classification: classification_metrics(g, &split.test, &[5])?,
-        latency_batch: batched,
-        memory,
-    })
 }
 
 fn print_tables(r: &Report) {

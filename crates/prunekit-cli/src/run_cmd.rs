@@ -49,7 +49,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
             .iter()
             .map(|s| serde_json::json!({ "kind": s.kind, "detail": s.detail }))
             .collect();
-        crate::report_cmd::add_recalibration_rows(&mut r, &stages);
+        prunekit_report::add_recalibration_rows(&mut r, &stages);
         crate::report_cmd::write(dir, &r, quiet)?;
     }
     if let Some(out) = &a.output {
@@ -77,7 +77,10 @@ pub fn run(a: &RunArgs) -> Result<()> {
                 s.stage,
                 s.kind,
                 s.headline,
-                m.map_or("-".into(), |v| crate::commands::metric_value(&s.headline, v)),
+                m.map_or("-".into(), |v| crate::commands::metric_value(
+                    &s.headline,
+                    v
+                )),
                 s.nonzeros,
                 s.macs,
                 s.seconds

@@ -74,7 +74,7 @@ fn before_after_report_carries_the_measured_numbers() {
             ms(sm["latency"]["p90_ms"].as_f64().unwrap()),
             int(u("file_bytes")),
             ms(m["latency_batch"]["median_ms"].as_f64().unwrap()),
-            pct(m["gap"]["train"]["accuracy"].as_f64().unwrap()),
+            pct(m["gap"]["train"]["metrics"]["accuracy"].as_f64().unwrap()),
         ];
         assert_eq!(m["latency_batch"]["batch"], 8);
         assert_eq!(

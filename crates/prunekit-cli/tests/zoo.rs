@@ -43,6 +43,7 @@ fn create_then_info() {
         &prunekit_zoo::ZooOptions {
             input: Some(vec![1, 28, 28]),
             classes: None,
+            vocab: None,
         },
     )
     .unwrap();

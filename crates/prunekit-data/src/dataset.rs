@@ -314,7 +314,7 @@ impl Dataset {
             }
         }
         if let TaskKind::Ranking { list_len } = task.kind {
-            if list_len < 2 || n % list_len != 0 {
+            if list_len < 2 || !n.is_multiple_of(list_len) {
                 return Err(bad(format!(
                     "ranking lists of {list_len} candidates do not divide {n} samples"
                 )));
@@ -619,11 +619,17 @@ mod tests {
     #[test]
     fn basics_and_subset() {
         let d = toy();
-        assert_eq!((d.len(), d.inputs[0].sample_len(), d.is_empty()), (4, 4, false));
+        assert_eq!(
+            (d.len(), d.inputs[0].sample_len(), d.is_empty()),
+            (4, 4, false)
+        );
         assert_eq!(d.class_counts(), vec![1, 2, 1]);
         let s = d.subset(&[3, 0, 3]);
         assert_eq!(s.labels(), Some(&[1, 0, 1][..]));
-        assert_eq!(&s.float_values().expect("float")[..8], &[30.0, 31.0, 32.0, 33.0, 0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            &s.float_values().expect("float")[..8],
+            &[30.0, 31.0, 32.0, 33.0, 0.0, 1.0, 2.0, 3.0]
+        );
         assert_eq!(s.sample_shape(), &[1, 2, 2]);
     }
 

@@ -137,8 +137,14 @@ mod tests {
         assert_eq!(split.train.len() + split.test.len(), 1797);
         assert_eq!(split.train.sample_shape(), &[1, 8, 8]);
         assert_eq!(split.train.num_classes(), Some(10));
-        assert_eq!(split.train.float_values().unwrap().len(), split.train.len() * 64);
-        assert_eq!(split.test.float_values().unwrap().len(), split.test.len() * 64);
+        assert_eq!(
+            split.train.float_values().unwrap().len(),
+            split.train.len() * 64
+        );
+        assert_eq!(
+            split.test.float_values().unwrap().len(),
+            split.test.len() * 64
+        );
         let tr = split.train.class_counts();
         let te = split.test.class_counts();
         for c in 0..10 {
@@ -162,7 +168,10 @@ mod tests {
         let (c, _) = digits(6, 0.2).expect("digits");
         assert_eq!(a.train.len(), c.train.len());
         assert_ne!(a.train.labels().unwrap(), c.train.labels().unwrap());
-        assert_ne!(a.test.float_values().unwrap(), c.test.float_values().unwrap());
+        assert_ne!(
+            a.test.float_values().unwrap(),
+            c.test.float_values().unwrap()
+        );
     }
 
     #[test]
@@ -172,8 +181,19 @@ mod tests {
         assert!(norm.mean > 1.0 && norm.mean < 16.0, "{norm:?}");
         assert!(norm.std > 1.0 && norm.std < 16.0, "{norm:?}");
         let n = split.train.float_values().unwrap().len() as f64;
-        let mean = split.train.float_values().unwrap().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = split.train.float_values().unwrap().iter()
+        let mean = split
+            .train
+            .float_values()
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+            / n;
+        let var = split
+            .train
+            .float_values()
+            .unwrap()
+            .iter()
             .map(|&v| (f64::from(v) - mean).powi(2))
             .sum::<f64>()
             / n;

@@ -288,7 +288,14 @@ mod tests {
         assert_eq!(split.test.class_counts(), vec![1_000; 10]);
         assert!(norm.mean > 0.2 && norm.mean < 0.4, "{norm:?}");
         let n = split.train.float_values().unwrap().len() as f64;
-        let mean = split.train.float_values().unwrap().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let mean = split
+            .train
+            .float_values()
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+            / n;
         assert!(mean.abs() < 1e-3, "normalised train mean {mean}");
     }
 }

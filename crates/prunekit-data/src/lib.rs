@@ -27,13 +27,13 @@ use std::path::Path;
 pub use augment::Augment;
 pub use batches::Batches;
 pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values};
-pub use task::{Direction, Task, TaskKind, IGNORE};
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
     fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
 };
 pub use idx::{encode_idx, read_idx};
+pub use task::{Direction, Task, TaskKind, IGNORE};
 
 /// A seeded rng (the one constructor of the crate's randomness).
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {

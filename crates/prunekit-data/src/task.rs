@@ -91,6 +91,11 @@ pub struct Task {
     /// binary set; `None` weighs every sample alike. Only for class targets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<Vec<f32>>,
+    /// A headline other than the kind's own, one of its [`Task::metric_names`] (e.g. `f1` of
+    /// the spam class for a spam filter, whose classes are imbalanced); set it with
+    /// [`Task::with_headline`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headline_override: Option<&'static str>,
 }
 
 impl Task {
@@ -99,6 +104,26 @@ impl Task {
         Self {
             kind,
             class_weights: None,
+            headline_override: None,
+        }
+    }
+
+    /// The task with `metric` as its headline.
+    ///
+    /// # Errors
+    /// The metric's name when the task does not report it, with the names it does.
+    pub fn with_headline(mut self, metric: &str) -> std::result::Result<Self, String> {
+        let names = self.metric_names(Some(usize::MAX));
+        match names.iter().find(|n| **n == metric) {
+            Some(n) => {
+                self.headline_override = Some(n);
+                Ok(self)
+            }
+            None => Err(format!(
+                "a {} task reports {}, not `{metric}`",
+                self.kind_name(),
+                names.join(", ")
+            )),
         }
     }
 
@@ -121,6 +146,9 @@ impl Task {
     /// The metric reported first and used to compare models: `accuracy`, `auc`, `rmse`,
     /// `hit_rate@10` or `perplexity`.
     pub fn headline(&self) -> &'static str {
+        if let Some(h) = self.headline_override {
+            return h;
+        }
         match self.kind {
             TaskKind::Classification => "accuracy",
             TaskKind::Binary => "auc",
@@ -184,7 +212,21 @@ mod tests {
             Task::classification().metric_names(Some(10)),
             vec!["accuracy", "top5_accuracy"]
         );
-        assert_eq!(Task::classification().metric_names(Some(2)), vec!["accuracy"]);
+        assert_eq!(
+            Task::classification().metric_names(Some(2)),
+            vec!["accuracy"]
+        );
+        let spam = Task::new(TaskKind::Binary)
+            .with_headline("f1")
+            .expect("binary reports f1");
+        assert_eq!(
+            (spam.headline(), spam.direction()),
+            ("f1", Direction::Higher)
+        );
+        let err = Task::new(TaskKind::Regression)
+            .with_headline("auc")
+            .unwrap_err();
+        assert!(err.contains("rmse, mae") && err.contains("`auc`"), "{err}");
         assert!(matches!(
             Task::new(TaskKind::LanguageModel).loss(),
             Loss::TokenCrossEntropy { ignore: IGNORE }

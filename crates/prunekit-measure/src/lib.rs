@@ -6,11 +6,11 @@ pub mod metrics;
 pub mod profile;
 
 pub use evaluate::{check_task, evaluate, model_inputs, Evaluation};
-pub use prunekit_data::Direction;
 pub use metrics::{
     classification_metrics, inference_memory, layer_stats, train_test_gap, Classification,
     InferenceMemory, LayerStats, TrainTestGap,
 };
+pub use prunekit_data::Direction;
 
 use std::time::Instant;
 

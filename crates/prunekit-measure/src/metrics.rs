@@ -616,7 +616,10 @@ mod tests {
         // ascending: 0.1n 0.2n 0.3p 0.7n 0.8p 0.9p; |Fp - Fn| peaks at 2/3 after 0.2
         let ks = ks_statistic(&s, &y).unwrap().unwrap();
         assert!((ks - 2.0 / 3.0).abs() < 1e-12, "{ks}");
-        assert_eq!(ks_statistic(&[0.5, 0.5], &[true, false]).unwrap(), Some(0.0));
+        assert_eq!(
+            ks_statistic(&[0.5, 0.5], &[true, false]).unwrap(),
+            Some(0.0)
+        );
         assert_eq!(ks_statistic(&[0.5], &[true]).unwrap(), None);
     }
 
@@ -851,7 +854,7 @@ mod tests {
             2,
         )
         .unwrap();
-        let c = classification_metrics(&g, &data, &[1, 5]).unwrap();
+        let c = classification_metrics(&g, &data, &[1, 5]).unwrap().unwrap();
         assert_eq!((c.samples, c.classes), (4, 2));
         assert_eq!(
             c.top_k,
@@ -866,23 +869,36 @@ mod tests {
         assert_eq!(b.roc_auc, Some(0.625));
         let gap = train_test_gap(&g, &data, &data.subset(&[0, 2]), Some(2)).unwrap();
         // train thinned to samples 0 and 2 (both right), test is the same two
-        assert_eq!((gap.train.samples, gap.train.accuracy), (2, 1.0));
-        assert!(close(gap.accuracy_gap, 0.0) && close(gap.loss_gap, 0.0));
+        assert_eq!((gap.train.samples, gap.train.metrics["accuracy"]), (2, 1.0));
+        assert!(close(gap.headline_gap.unwrap(), 0.0) && close(gap.loss_gap, 0.0));
+        // the same data as a binary task: every binary metric by name, AUC the headline
+        let mut bin = data.clone();
+        bin.task = prunekit_data::Task::new(prunekit_data::TaskKind::Binary);
+        let e = crate::evaluate(&g, &bin, 3).unwrap();
+        assert_eq!(
+            (e.headline.as_str(), e.headline_value()),
+            ("auc", Some(0.625))
+        );
+        assert_eq!(e.get("accuracy"), Some(0.5));
+        assert_eq!(e.get("precision"), Some(0.5));
+        assert_eq!(e.get("f1"), Some(0.5));
+        // scores ascending: -1 (0), -1 (1), 1 (0), 2 (1): KS peaks at 0.5
+        assert_eq!(e.get("ks"), Some(0.5));
     }
 
     #[test]
     fn mismatched_data_is_a_clear_error() {
         let g = identity();
         let wrong = Dataset::new("d3", vec![0.; 3], vec![0], vec![3], 2).unwrap();
-        let e = check_classifier(&g, &wrong).unwrap_err().to_string();
+        let e = crate::check_task(&g, &wrong).unwrap_err().to_string();
         assert!(e.contains("[2]") && e.contains("[3]"), "{e}");
         let empty = Dataset::new("e", vec![], vec![], vec![2], 2).unwrap();
-        assert!(check_classifier(&g, &empty)
+        assert!(crate::check_task(&g, &empty)
             .unwrap_err()
             .to_string()
             .contains("empty"));
         let many = Dataset::new("m", vec![0.; 2], vec![4], vec![2], 5).unwrap();
-        let e = check_classifier(&g, &many).unwrap_err().to_string();
+        let e = crate::check_task(&g, &many).unwrap_err().to_string();
         assert!(e.contains("2 outputs") && e.contains("5 classes"), "{e}");
     }
 

@@ -543,12 +543,22 @@ pub struct Calibration {
 
 impl Calibration {
     /// Single-input classification batches: (inputs `[B, ..]`, class ids `[B]`) pairs with the
-    /// cross-entropy loss. At least one batch; every batch's inputs and labels agree on the batch
-    /// size.
+    /// cross-entropy loss, or with per-position ids `[B, T]` the token-level cross-entropy. At
+    /// least one batch; every batch's inputs and labels agree on the batch size.
     ///
     /// # Errors
     /// [`PruneError::Invalid`] for no batch or a batch-size mismatch.
     pub fn new(batches: Vec<(Tensor, Tensor)>) -> Result<Self> {
+        let tokens = batches.first().is_some_and(|(_, y)| y.rank() > 1);
+        let loss = if tokens {
+            Loss::TokenCrossEntropy {
+                ignore: prunekit_data::IGNORE,
+            }
+        } else {
+            Loss::CrossEntropy {
+                class_weights: None,
+            }
+        };
         Self::from_batches(
             batches
                 .into_iter()
@@ -557,9 +567,7 @@ impl Calibration {
                     target: y,
                 })
                 .collect(),
-            Loss::CrossEntropy {
-                class_weights: None,
-            },
+            loss,
         )
     }
 
@@ -673,7 +681,10 @@ fn model_inputs(g: &Graph, xs: &[Tensor]) -> Result<Vec<Tensor>> {
 fn task_loss(loss: &Loss, output: &Tensor, target: &Tensor, what: &str) -> Result<Tensor> {
     if !matches!(loss, Loss::Mse) {
         let classes = output.dims().last().copied().unwrap_or(0);
-        let vals = target.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let vals = target
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
         let ignore = match loss {
             Loss::TokenCrossEntropy { ignore } => Some(f64::from(*ignore)),
             _ => None,
@@ -1220,7 +1231,12 @@ impl Wanda {
         let mut exec = Executor::new(0);
         for b in &self.calib.batches {
             let mut hooks = Hooks::weight_inputs_of(targets.keys().cloned());
-            exec.run(g, &model_inputs(g, &b.inputs)?, Mode::EVAL, Some(&mut hooks))?;
+            exec.run(
+                g,
+                &model_inputs(g, &b.inputs)?,
+                Mode::EVAL,
+                Some(&mut hooks),
+            )?;
             for (key, pieces) in hooks.weight_inputs {
                 let Some(&feature) = targets.get(&key) else {
                     continue;

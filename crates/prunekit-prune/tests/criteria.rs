@@ -124,7 +124,8 @@ fn taylor_matches_finite_differences_per_batch() {
         let wg: Vec<Vec<f64>> = calib
             .batches
             .iter()
-            .map(|(x, y)| {
+            .map(|b| {
+                let (x, y) = (&b.inputs[0], &b.target);
                 (0..w.len())
                     .map(|i| {
                         let at = |d: f64| {
@@ -526,7 +527,8 @@ fn wanda_keeps_the_largest_w_times_input_norm_per_row() {
     // expected: per layer, |W| * ||X_j|| from the inputs each layer sees (unpruned model)
     let mut exec = Executor::new(0);
     let mut sumsq: HashMap<&str, Vec<f64>> = HashMap::new();
-    for (x, _) in &calib.batches {
+    for b in &calib.batches {
+        let x = &b.inputs[0];
         let mut hooks = Hooks::outputs_of(["relu1"]);
         exec.run(&g, std::slice::from_ref(x), Mode::EVAL, Some(&mut hooks))
             .unwrap();
@@ -1074,8 +1076,14 @@ fn bad_inputs_are_errors() {
     let a = Calibration::from_dataset(&train, 2, 4, 1, &dev).unwrap();
     let b = Calibration::from_dataset(&train, 2, 4, 1, &dev).unwrap();
     let c = Calibration::from_dataset(&train, 2, 4, 2, &dev).unwrap();
-    assert_eq!(vec_of(&a.batches[1].0), vec_of(&b.batches[1].0));
-    assert_ne!(vec_of(&a.batches[0].0), vec_of(&c.batches[0].0));
+    assert_eq!(
+        vec_of(&a.batches[1].inputs[0]),
+        vec_of(&b.batches[1].inputs[0])
+    );
+    assert_ne!(
+        vec_of(&a.batches[0].inputs[0]),
+        vec_of(&c.batches[0].inputs[0])
+    );
     assert_eq!(a.samples(), 8);
     // targets
     let mut m = g.clone();

@@ -930,6 +930,7 @@ fn every_zoo_model() {
         let options = prunekit_zoo::ZooOptions {
             input: Some(input),
             classes: None,
+            vocab: None,
         };
         let small = prunekit_zoo::build_with(name, 0, &options).unwrap();
         let err = check(&small, 2);

@@ -94,9 +94,9 @@ fn gradual_schedule_reaches_the_target_on_the_cubic_ramp() {
     let first = d["first"][1].as_f64().unwrap();
     assert!(first > 0.0 && first < 0.75, "{d}");
     assert!(
-        rep.after.accuracy.unwrap() > 0.8,
+        rep.after.accuracy().unwrap() > 0.8,
         "{:?}",
-        rep.after.accuracy
+        rep.after.accuracy()
     );
 }
 
@@ -132,8 +132,8 @@ fn iterative_rounds_and_lottery_rewinding() {
     assert!((sparsity_of(&g1).unwrap() - 0.75).abs() < 0.01);
     assert!((sparsity_of(&g2).unwrap() - 0.75).abs() < 0.01);
     // same masks, different weights: the two runs end differently
-    assert_ne!(r1.after.accuracy, r2.after.accuracy);
-    assert!(r1.stages[0].detail["dense_accuracy"].as_f64().unwrap() > 0.8);
+    assert_ne!(r1.after.accuracy(), r2.after.accuracy());
+    assert!(r1.stages[0].detail["dense"].as_f64().unwrap() > 0.8);
 }
 
 #[test]
@@ -210,8 +210,8 @@ fn gradual_movement_pruning_uses_scores_from_the_same_training() {
     assert!((s - 0.7).abs() < 0.01, "sparsity {s}");
     assert!(rep.stages[0].detail["events"].as_u64().unwrap() >= 5);
     assert!(
-        rep.after.accuracy.unwrap() > 0.5,
+        rep.after.accuracy().unwrap() > 0.5,
         "{:?}",
-        rep.after.accuracy
+        rep.after.accuracy()
     );
 }

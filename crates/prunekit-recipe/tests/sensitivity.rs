@@ -17,7 +17,8 @@ fn structured_and_unstructured_curves_and_a_proposal_that_reaches_its_target() {
     let mut metric = |h: &prunekit_graph::Graph| -> prunekit_prune::Result<f64> {
         Ok(evaluate(h, &split.test, 256)
             .map_err(|e| prunekit_prune::PruneError::Invalid(e.to_string()))?
-            .accuracy)
+            .accuracy()
+            .unwrap_or(0.0))
     };
     let ratios = [0.25, 0.5, 0.75];
     let s = analyse_sensitivity(

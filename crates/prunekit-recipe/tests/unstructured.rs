@@ -255,7 +255,7 @@ fn global_default_survives_a_function_preserving_rescale() {
     let (a, b) = (outputs(&g, &x), outputs(&big, &x));
     let scale = a.iter().map(|v| v.abs()).fold(0.0, f64::max);
     assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-3 * scale));
-    let dense = evaluate(&g, &test, 256).unwrap().accuracy;
+    let dense = evaluate(&g, &test, 256).unwrap().accuracy().unwrap();
 
     // the default criterion of global scope is scale-aware: both models get the same masks
     let name = default_unstructured_criterion(UnstructuredScope::Global);
@@ -283,8 +283,8 @@ fn global_default_survives_a_function_preserving_rescale() {
         assert!(zeros < mask(&pb).len(), "{n}.{k} emptied");
     }
     let (acc_a, acc_b) = (
-        evaluate(&pa, &test, 256).unwrap().accuracy,
-        evaluate(&pb, &test, 256).unwrap().accuracy,
+        evaluate(&pa, &test, 256).unwrap().accuracy().unwrap(),
+        evaluate(&pb, &test, 256).unwrap().accuracy().unwrap(),
     );
     assert!((acc_a - acc_b).abs() < 1e-9, "{acc_a} vs {acc_b}");
     assert!(acc_b > dense - 0.05, "dense {dense}, pruned {acc_b}");

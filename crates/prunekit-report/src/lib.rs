@@ -5,6 +5,7 @@
 //! ([`to_markdown`]), one self-contained HTML page with inline CSS and SVG charts drawn with plotters
 //! ([`to_html`]), and JSON ([`to_json`]); [`write_report`] writes the three files atomically.
 
+pub mod assemble;
 mod charts;
 pub mod fmt;
 pub mod model;
@@ -13,9 +14,10 @@ mod render;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use assemble::{add_recalibration_rows, build_report, model_report, ModelToReport};
 pub use model::{
-    Comparison, ComparisonRow, DatasetInfo, LayerComparison, ModelReport, Report, Sensitivity,
-    SensitivityCurve, SensitivityPoint, Sweep, SweepPoint, Unit,
+    Comparison, ComparisonRow, DatasetInfo, LayerComparison, ModelReport, Report, Robustness,
+    RobustnessPoint, Sensitivity, SensitivityCurve, SensitivityPoint, Sweep, SweepPoint, Unit,
 };
 pub use render::{esc, row_cells, summary_cells, to_html, to_markdown};
 
@@ -32,6 +34,8 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
     #[error("cannot draw a chart: {0}")]
     Chart(String),
+    #[error(transparent)]
+    Measure(#[from] prunekit_measure::MeasureError),
 }
 
 pub type Result<T> = std::result::Result<T, ReportError>;

@@ -29,6 +29,30 @@ pub struct DatasetInfo {
     pub test_samples: usize,
     pub sample_shape: Vec<usize>,
     pub classes: usize,
+    /// the task's kind (`classification`, `binary`, `regression`, `ranking`, ...)
+    #[serde(default)]
+    pub task: Option<String>,
+    /// the task's headline metric
+    #[serde(default)]
+    pub headline: Option<String>,
+}
+
+/// The headline metric with the test inputs perturbed: a measured generalisation probe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Robustness {
+    /// what was done to the inputs and what the level means (`gaussian noise (std)`,
+    /// `token dropout (probability)`)
+    pub perturbation: String,
+    /// the metric measured (the task's headline)
+    pub metric: String,
+    pub points: Vec<RobustnessPoint>,
+}
+
+/// One perturbation level and the metric there (`None` when undefined).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessPoint {
+    pub level: f64,
+    pub metric: Option<f64>,
 }
 
 /// One model and everything measured of it.
@@ -51,6 +75,9 @@ pub struct ModelReport {
     /// peak resident memory of one inference
     #[serde(default)]
     pub memory: Option<InferenceMemory>,
+    /// the headline metric under perturbed inputs
+    #[serde(default)]
+    pub robustness: Option<Robustness>,
 }
 
 /// How a value is shown: a fraction as a percentage (and its change in points), a count with
@@ -174,7 +201,24 @@ impl Comparison {
                 )
             })
             .collect();
-        rows.push(ComparisonRow::new("loss", Unit::Plain, b.loss, a.loss, false));
+        rows.push(ComparisonRow::new(
+            "loss",
+            Unit::Plain,
+            b.loss,
+            a.loss,
+            false,
+        ));
+        if let (Some(rb), Some(ra)) = (&before.robustness, &after.robustness) {
+            for (pb, pa) in rb.points.iter().zip(&ra.points) {
+                rows.push(ComparisonRow::new(
+                    format!("{} under {} {}", rb.metric, rb.perturbation, pb.level),
+                    metric_unit(&rb.metric),
+                    pb.metric,
+                    pa.metric,
+                    Direction::of(&rb.metric) == Direction::Higher,
+                ));
+            }
+        }
         if let (Some(gb), Some(ga)) = (&before.gap, &after.gap) {
             let h = &gb.headline;
             rows.push(ComparisonRow::new(

@@ -88,6 +88,25 @@ pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
             format!("{} / {} / {} / {}", b.tp, b.fp, b.tn, b.fn_),
         ));
     }
+    if let Some(r) = &m.robustness {
+        let fraction = crate::model::metric_unit(&r.metric) == crate::model::Unit::Fraction;
+        let cells: Vec<String> = r
+            .points
+            .iter()
+            .map(|p| {
+                let v = match p.metric {
+                    Some(v) if fraction => pct(v),
+                    Some(v) => f::plain(v),
+                    None => "-".into(),
+                };
+                format!("{}: {v}", p.level)
+            })
+            .collect();
+        rows.push((
+            format!("test {} under {}", r.metric, r.perturbation),
+            cells.join(", "),
+        ));
+    }
     rows.extend([
         ("params".into(), int(s.params as u64)),
         ("nonzero params".into(), int(s.nonzeros as u64)),

@@ -46,7 +46,13 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
         name: name.into(),
         path: Some(format!("/models/{name}")),
         summary: Summary {
-            accuracy: Some(acc),
+            metrics: [
+                ("accuracy".to_string(), acc),
+                ("f1".to_string(), acc - 0.0123),
+            ]
+            .into_iter()
+            .collect(),
+            headline: Some("accuracy".into()),
             loss: Some(0.0454 * scale as f64),
             params,
             nonzeros,
@@ -61,15 +67,16 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
         gap: Some(TrainTestGap {
             train: SplitEval {
                 samples: 1438,
-                accuracy: 0.9993,
+                metrics: [("accuracy".to_string(), 0.9993)].into_iter().collect(),
                 loss: 0.0005,
             },
             test: SplitEval {
                 samples: 359,
-                accuracy: acc,
+                metrics: [("accuracy".to_string(), acc)].into_iter().collect(),
                 loss: 0.0454,
             },
-            accuracy_gap: 0.9993 - acc,
+            headline: "accuracy".into(),
+            headline_gap: Some(0.9993 - acc),
             loss_gap: 0.0449,
         }),
         classification: Some(Classification {
@@ -98,6 +105,20 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
             peak_kb: 22_724,
             delta_kb: 7_684 / scale as u64,
             hwm_reset: true,
+        }),
+        robustness: Some(Robustness {
+            perturbation: "gaussian noise (std)".into(),
+            metric: "accuracy".into(),
+            points: vec![
+                RobustnessPoint {
+                    level: 0.1,
+                    metric: Some(acc - 0.0011),
+                },
+                RobustnessPoint {
+                    level: 0.5,
+                    metric: Some(acc - 0.0789),
+                },
+            ],
         }),
     }
 }
@@ -139,6 +160,8 @@ fn sample() -> Report {
             test_samples: 359,
             sample_shape: vec![1, 8, 8],
             classes: 10,
+            task: Some("classification".into()),
+            headline: Some("accuracy".into()),
         }),
         models: vec![before, after],
         comparison: Some(comparison),
@@ -167,7 +190,8 @@ fn expected_strings(r: &Report) -> Vec<String> {
     let mut want = Vec::new();
     for m in &r.models {
         let s = &m.summary;
-        want.push(pct(s.accuracy.unwrap()));
+        want.push(pct(s.accuracy().unwrap()));
+        want.push(pct(s.metrics["f1"]));
         want.push(format!("{:.4}", s.loss.unwrap()));
         want.push(int(s.params as u64));
         want.push(int(s.nonzeros as u64));
@@ -183,14 +207,15 @@ fn expected_strings(r: &Report) -> Vec<String> {
         let mem = m.memory.unwrap();
         want.push(int(mem.delta_kb));
         want.push(int(mem.peak_kb));
-        let gap = m.gap.unwrap();
-        want.push(pct(gap.train.accuracy));
+        for p in &m.robustness.as_ref().unwrap().points {
+            want.push(format!("{}: {}", p.level, pct(p.metric.unwrap())));
+        }
+        let gap = m.gap.as_ref().unwrap();
+        want.push(pct(gap.train.metrics["accuracy"]));
         want.push(format!("{:.4}", gap.train.loss));
         let c = m.classification.as_ref().unwrap();
-        want.push(pct(c.top_k[0].accuracy));
         let b = c.binary.unwrap();
-        want.push(pct(b.precision.unwrap()));
-        want.push(format!("{:.4}", b.roc_auc.unwrap()));
+        want.push(format!("{} / {} / {} / {}", b.tp, b.fp, b.tn, b.fn_));
         for l in &m.layers {
             want.push(int(l.params as u64));
             want.push(int(l.nonzeros as u64));

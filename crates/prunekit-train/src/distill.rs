@@ -11,8 +11,8 @@ use prunekit_graph::{Executor, Graph};
 
 use crate::loss::mse;
 use crate::trainer::{StepCx, StepHook};
-use prunekit_data::TaskKind;
 use crate::{Result, TrainError};
+use prunekit_data::TaskKind;
 
 /// Distillation settings.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

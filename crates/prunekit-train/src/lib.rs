@@ -14,9 +14,9 @@ pub use distill::{kd_loss, DistillConfig, Distillation};
 pub use group_sparsity::GroupSparsity;
 pub use loss::{accuracy, cross_entropy, mse};
 pub use optim::{AdamW, Optimizer, OptimizerKind, Sgd};
+pub use prunekit_measure::{evaluate, Evaluation};
 pub use recalibrate::{has_batch_norm, recalibrate_batch_norm, Recalibration};
 pub use schedule::LrSchedule;
-pub use prunekit_measure::{evaluate, Evaluation};
 pub use trainer::{fit, fit_with, EpochLog, StepCx, StepHook, TrainConfig};
 
 #[derive(Debug, thiserror::Error)]

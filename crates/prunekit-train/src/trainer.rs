@@ -182,9 +182,9 @@ pub fn fit_with(
             let x = model_inputs(g, b.inputs)?;
             let y = b.target;
             let output = exec.run(g, &x, Mode::TRAIN, None)?.remove(0);
-            let task = loss_fn.compute(&output, &y).map_err(|e| {
-                TrainError::Invalid(format!("training on `{}`: {e}", train.name))
-            })?;
+            let task = loss_fn
+                .compute(&output, &y)
+                .map_err(|e| TrainError::Invalid(format!("training on `{}`: {e}", train.name)))?;
             let cx = StepCx {
                 step,
                 epoch,
@@ -240,4 +240,3 @@ pub fn fit_with(
     pb.finish_and_clear();
     Ok(logs)
 }
-
