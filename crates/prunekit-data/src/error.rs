@@ -178,6 +178,59 @@ pub enum DataError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A WAV file that cannot be used: empty, truncated, not a WAV, without samples, ...
+    #[error("{}: {problem}", .path.display())]
+    BadWav {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        problem: String,
+    },
+
+    /// A WAV file of another sample rate than the features expect (refused, not resampled).
+    #[error(
+        "{}: sample rate {found} Hz, expected {expected} Hz (resample it first, e.g. `sox IN -r {expected} OUT`)",
+        .path.display()
+    )]
+    WrongSampleRate {
+        /// The file.
+        path: PathBuf,
+        /// Its sample rate, in Hz.
+        found: u32,
+        /// The sample rate expected, in Hz.
+        expected: u32,
+    },
+
+    /// A file whose name does not follow the dataset's naming pattern.
+    #[error("{}: file name does not match {pattern}", .path.display())]
+    BadFileName {
+        /// The file.
+        path: PathBuf,
+        /// The expected pattern, e.g. `{digit}_{speaker}_{index}.wav`.
+        pattern: String,
+    },
+
+    /// A folder without any file of the kind a dataset is made of.
+    #[error("{}: no {what}", .dir.display())]
+    NoFiles {
+        /// The folder.
+        dir: PathBuf,
+        /// What was looked for, in words.
+        what: String,
+    },
+
+    /// A shared data set (`shared/data/<name>`) that is not where [`crate::shared_data_dir`]
+    /// looks.
+    #[error(
+        "shared data set {name} not found: {looked} (set PRUNEKIT_SHARED_DATA to the folder holding {name}/, or pass the data folder)"
+    )]
+    SharedDataNotFound {
+        /// The data set's folder name, e.g. `fsdd`.
+        name: String,
+        /// Where it was looked for, in words.
+        looked: String,
+    },
+
     /// An error from candle while building tensors.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

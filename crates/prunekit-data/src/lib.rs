@@ -19,6 +19,7 @@ mod dataset;
 mod digits;
 mod error;
 mod fashion;
+mod fsdd;
 mod idx;
 mod task;
 
@@ -31,6 +32,10 @@ pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
     fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
+};
+pub use fsdd::{
+    featurize, fsdd, read_wav, AudioFeatures, FeatureStats, Featurizer, FSDD_CLASSES,
+    FSDD_FILE_PATTERN, FSDD_INPUT, FSDD_TEST_INDEX_BELOW, MAX_WAV_BYTES,
 };
 pub use idx::{encode_idx, read_idx};
 pub use task::{Direction, Task, TaskKind, IGNORE};
@@ -62,16 +67,22 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Names accepted by [`load`].
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist"];
+pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "fsdd"];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
 /// `dir`, default [`FASHION_MNIST_DIR`]; `seed` is ignored, the split is the
-/// official one). Unknown names give an error listing the known ones.
+/// official one) or `"fsdd"` (the Free Spoken Digit Dataset as `[64, 20]` MFCC sequences of
+/// [`AudioFeatures::default`], from `dir`, default [`shared_data_dir`]`("fsdd")`; `seed` is
+/// ignored, the split is the conventional one; the features are already normalised per feature,
+/// so the returned [`Normalization`] is the identity: call [`fsdd`] for the fitted
+/// [`FeatureStats`]). Unknown names give an error listing the known ones.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
         "fashion-mnist" => fashion_mnist(dir),
+        // already normalised per feature (the stats are returned by `fsdd` itself)
+        "fsdd" => fsdd(dir, &AudioFeatures::default()).map(|(s, _)| (s, Normalization::default())),
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),
