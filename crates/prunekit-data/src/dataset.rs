@@ -314,7 +314,7 @@ impl Dataset {
             }
         }
         if let TaskKind::Ranking { list_len } = task.kind {
-            if list_len < 2 || n % list_len != 0 {
+            if list_len < 2 || !n.is_multiple_of(list_len) {
                 return Err(bad(format!(
                     "ranking lists of {list_len} candidates do not divide {n} samples"
                 )));
