@@ -229,6 +229,61 @@ pub enum DataError {
         name: String,
         /// Where it was looked for, in words.
         looked: String,
+    /// A shared data set is neither in the given directory nor found by
+    /// [`crate::shared_data_dir`].
+    #[error("{name}: data not found ({hint})")]
+    NoData {
+        /// The data set (its folder name under `shared/data`).
+        name: String,
+        /// Where it was looked for and how to point at it.
+        hint: String,
+    },
+
+    /// A column the table's schema requires is not in the CSV header.
+    #[error("{}: missing column `{column}` (the header has: {header})", .path.display())]
+    MissingColumn {
+        /// The CSV file.
+        path: PathBuf,
+        /// The missing column.
+        column: String,
+        /// The header's column names, comma-separated.
+        header: String,
+    },
+
+    /// A cell that cannot be read as its column's type (a non-numeric cell in a numeric
+    /// column, an unknown or missing target value).
+    #[error("{}:{line}: column `{column}`: {problem}", .path.display())]
+    BadCell {
+        /// The CSV file.
+        path: PathBuf,
+        /// 1-based line of the record in the file (the header is line 1).
+        line: u64,
+        /// The column's name.
+        column: String,
+        /// What is wrong, with the offending value.
+        problem: String,
+    },
+
+    /// A CSV file that is not well-formed (a record with the wrong number of fields, e.g. a
+    /// truncated last line, or invalid UTF-8).
+    #[error("{}:{line}: malformed CSV: {problem}", .path.display())]
+    MalformedCsv {
+        /// The CSV file.
+        path: PathBuf,
+        /// 1-based line where the problem was found (0 when unknown).
+        line: u64,
+        /// What is wrong.
+        problem: String,
+    },
+
+    /// A table that is well-formed but unusable: a duplicate column, too large, a column with
+    /// more categories than allowed, a class with no training samples.
+    #[error("{}: {problem}", .path.display())]
+    BadTable {
+        /// The CSV file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
     },
 
     /// An error from candle while building tensors.

@@ -4,7 +4,9 @@
 //! * [`fashion_mnist`]: Fashion-MNIST from idx files, by default those of the
 //!   Debian package `dataset-fashion-mnist` in [`FASHION_MNIST_DIR`]
 //!   (install it with `scripts/install-data.sh`).
-//! * [`load`]: either of them by name (see [`DATASETS`]).
+//! * [`credit_data`], [`lending_club`]: the credit-risk tables of `shared/data/credit` (CSV,
+//!   binary target, tabular preprocessing fitted on the training split).
+//! * [`load`]: any of them by name (see [`DATASETS`]).
 //!
 //! Datasets live in memory as [`Dataset`]s of f32 samples; [`Batches`] yields
 //! seeded shuffled mini-batches of indices, [`Dataset::batch`] turns them into
@@ -15,6 +17,7 @@
 
 mod augment;
 mod batches;
+mod credit;
 mod dataset;
 mod digits;
 mod error;
@@ -27,6 +30,12 @@ use std::path::Path;
 
 pub use augment::Augment;
 pub use batches::Batches;
+pub use credit::{
+    balanced_class_weights, credit_data, credit_table, lending_club, load_table, CategoricalColumn,
+    CreditFile, NumericColumn, Scaler, TableConfig, TableRow, TableSchema, TabularPreprocessing,
+    CREDIT_DATA_SCHEMA, LENDING_CLUB_SCHEMA, MAX_CATEGORIES, MAX_FEATURE_VALUES, MAX_TABLE_BYTES,
+    MISSING_MARKERS, TABLE_TEST_FRACTION,
+};
 pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values};
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
@@ -68,6 +77,7 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
 
 /// Names accepted by [`load`].
 pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "fsdd"];
+pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "credit", "lending-club"];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
@@ -77,12 +87,21 @@ pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "fsdd"];
 /// ignored, the split is the conventional one; the features are already normalised per feature,
 /// so the returned [`Normalization`] is the identity: call [`fsdd`] for the fitted
 /// [`FeatureStats`]). Unknown names give an error listing the known ones.
+/// official one). `"credit"` and `"lending-club"` are the credit-risk tables ([`credit_data`],
+/// [`lending_club`]: from `dir`, default `shared/data/credit`, split with `seed`); their
+/// features are already standardised per column by the fitted [`TabularPreprocessing`], so the
+/// [`Normalization`] returned for them is the identity. Unknown names give an error listing the
+/// known ones.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
         "fashion-mnist" => fashion_mnist(dir),
         // already normalised per feature (the stats are returned by `fsdd` itself)
         "fsdd" => fsdd(dir, &AudioFeatures::default()).map(|(s, _)| (s, Normalization::default())),
+        "credit" => credit_data(dir, seed).map(|(split, _)| (split, Normalization::default())),
+        "lending-club" => {
+            lending_club(dir, seed).map(|(split, _)| (split, Normalization::default()))
+        }
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),

@@ -1,7 +1,8 @@
 //! Built-in architectures, each built with the graph builder from a seed (PyTorch's default inits).
 //!
 //! Every classifier's last layer is named `classifier`; the language model's is `lm_head`. Shapes
-//! are per sample (no batch axis): images [C, H, W], feature sequences [T, F], token ids [T].
+//! are per sample (no batch axis): images [C, H, W], feature sequences [T, F], token ids [T],
+//! tabular feature vectors [F].
 
 use prunekit_graph::{Graph, GraphBuilder, GraphError, Result, Value};
 
@@ -52,6 +53,10 @@ pub const MODELS: &[(&str, &str)] = &[
         "llama-tiny",
         "Llama-like decoder on 32 token ids (vocab 1000): dim 64, 2 layers, GQA 8/2 heads, RoPE",
     ),
+    (
+        "mlp",
+        "MLP for tabular features [F] (default 16; e.g. credit risk): linear 64, linear 32, linear 2",
+    ),
 ];
 
 /// Names of the built-in architectures.
@@ -63,7 +68,7 @@ pub fn names() -> Vec<&'static str> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ZooOptions {
     /// per-sample input shape: [C, H, W] for the image models, [T, F] for the recurrent
-    /// classifiers, [T] (sequence length) for the token models
+    /// classifiers, [T] (sequence length) for the token models, [F] (features) for `mlp`
     pub input: Option<Vec<usize>>,
     /// output classes; for `llama-tiny` the vocabulary size (its embedding and `lm_head`)
     pub classes: Option<usize>,
@@ -79,6 +84,8 @@ enum Form {
     Image,
     Sequence,
     Tokens,
+    /// A float feature vector (tabular data), input `"features"`.
+    Vector,
 }
 
 impl Form {
@@ -87,13 +94,14 @@ impl Form {
             Form::Image => "[C, H, W] (channels, height, width)",
             Form::Sequence => "[T, F] (time steps, features per step)",
             Form::Tokens => "[T] (the number of token ids)",
+            Form::Vector => "[F] (the number of features)",
         }
     }
     fn rank(self) -> usize {
         match self {
             Form::Image => 3,
             Form::Sequence => 2,
-            Form::Tokens => 1,
+            Form::Tokens | Form::Vector => 1,
         }
     }
 }
@@ -109,6 +117,7 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
         "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
         "bert-tiny" => (Form::Tokens, &[32], 2),
         "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
+        "mlp" => (Form::Vector, &[16], 2),
         _ => return None,
     })
 }
@@ -331,6 +340,16 @@ fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize) -> Result<Value> 
     b.named("lm_head").linear(&h, vocab)
 }
 
+/// The tabular MLP on features `[F]`: linear 64 -> ReLU -> linear 32 -> ReLU -> `classifier`
+/// linear `classes` (logits `[classes]`; for a binary task the score is softmax class 1).
+fn tabular_mlp(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    let h = b.linear(x, 64)?;
+    let h = b.relu(&h)?;
+    let h = b.linear(&h, 32)?;
+    let h = b.relu(&h)?;
+    b.named("classifier").linear(&h, classes)
+}
+
 /// Builds a built-in architecture by name with seeded weights, its own input shape and classes.
 pub fn build(name: &str, seed: u64) -> Result<Graph> {
     build_with(name, seed, &ZooOptions::default())
@@ -347,6 +366,7 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
         Form::Image => b.input("image", &input),
         Form::Sequence => b.input("sequence", &input),
         Form::Tokens => b.ids_input("tokens", &input),
+        Form::Vector => b.input("features", &input),
     };
     let vocab = opts.vocab.clone().unwrap_or_default();
     if vocab.contains(&0) {
@@ -417,6 +437,7 @@ fn body(
         "gru-classifier" => recurrent_classifier(b, x, true, classes),
         "bert-tiny" => bert_tiny(b, x, classes, vocab.first().copied().unwrap_or(BERT_VOCAB)),
         "llama-tiny" => llama_tiny(b, x, classes),
+        "mlp" => tabular_mlp(b, x, classes),
         other => Err(GraphError::Invalid(format!(
             "unknown architecture `{other}`; known: {}",
             names().join(", ")
@@ -462,7 +483,7 @@ mod tests {
     fn expected_output(name: &str) -> Vec<usize> {
         match name {
             "llama-tiny" => vec![32, 1000],
-            "bert-tiny" => vec![2],
+            "bert-tiny" | "mlp" => vec![2],
             _ => vec![10],
         }
     }
@@ -483,7 +504,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_one_builds() {
         let n = names();
-        assert_eq!(n.len(), 12);
+        assert_eq!(n.len(), 13);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -660,6 +681,7 @@ mod tests {
             ("bert-tiny", &[1], 3, &[3]),
             ("bert-tiny", &[12], 2, &[2]),
             ("llama-tiny", &[7], 50, &[7, 50]),
+            ("mlp", &[5], 3, &[3]),
         ];
         for (name, input, classes, out) in cases {
             let opts = ZooOptions {
@@ -702,6 +724,11 @@ mod tests {
         );
         let e = err("lstm-classifier", Some(vec![1, 32, 20]), None);
         assert!(e.contains("lstm-classifier") && e.contains("[T, F]"), "{e}");
+        let e = err("mlp", Some(vec![1, 30]), None);
+        assert!(
+            e.contains("mlp") && e.contains("[F]") && e.contains("[1, 30]"),
+            "{e}"
+        );
         let e = err("bert-tiny", Some(vec![32, 64]), None);
         assert!(e.contains("bert-tiny") && e.contains("[T]"), "{e}");
         let e = err("mobilenet", Some(vec![3, 0, 32]), None);
@@ -733,12 +760,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mlp_on_30_tabular_features() {
+        let opts = ZooOptions {
+            input: Some(vec![30]),
+            ..Default::default()
+        };
+        let g = build_with("mlp", 0, &opts).unwrap();
+        assert_eq!(g.inputs[0].name, "features");
+        assert_eq!(
+            (g.inputs[0].shape.clone(), g.inputs[0].kind),
+            (vec![30], InputKind::Float)
+        );
+        let s = g.validate().unwrap();
+        let linears: Vec<&Vec<usize>> = g
+            .nodes
+            .iter()
+            .filter(|n| n.op.type_name() == "linear")
+            .map(|n| &s[&n.name])
+            .collect();
+        assert_eq!(linears, [&vec![64], &vec![32], &vec![2]]);
+        // 30*64 + 64 + 64*32 + 32 + 32*2 + 2
+        assert_eq!(g.param_count(), 1984 + 2080 + 66);
+        assert_eq!(g.macs().unwrap(), 30 * 64 + 64 * 32 + 32 * 2);
+        for mode in [Mode::EVAL, Mode::TRAIN] {
+            let y = forward(&g, 5, mode);
+            assert_eq!(y.dims(), &[5, 2]);
+            assert_finite("mlp", &y);
+        }
+    }
+
     /// Every model's input, parameters and MACs are the recorded ones, so a change to a model's
     /// size is deliberate (`cargo test -p prunekit-zoo sizes -- --nocapture` prints them).
     /// digits-mlp by hand: 64*128 + 128 + 128*64 + 64 + 64*10 + 10 params, 64*128 + 128*64 +
     /// 64*10 MACs; llama-tiny: embedding 1000*64, per layer 2 RMSNorms (64 each), attention
     /// (q 64x64, k and v 16x64, o 64x64, with biases) and the SwiGLU (64->176 twice, 176->64, with
-    /// biases), a final RMSNorm and the 64->1000 head.
+    /// biases), a final RMSNorm and the 64->1000 head; mlp: 16*64 + 64 + 64*32 + 32 + 32*2 + 2
+    /// params, 16*64 + 64*32 + 32*2 MACs.
     #[test]
     fn sizes() {
         let recorded: &[(&str, &[usize], usize, u64)] = &[
@@ -754,6 +812,7 @@ mod tests {
             ("gru-classifier", &[32, 20], 24_682, 756_192),
             ("bert-tiny", &[32], 137_410, 2_363_520),
             ("llama-tiny", &[32], 218_536, 5_128_192),
+            ("mlp", &[16], 3_234, 3_136),
         ];
         assert_eq!(
             recorded.iter().map(|r| r.0).collect::<Vec<_>>(),
@@ -770,6 +829,7 @@ mod tests {
             1000 * 64 + 2 * llama_layer + 64 + 64 * 1000 + 1000,
             recorded[11].2
         );
+        assert_eq!(16 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2, recorded[12].2);
         for &(name, input, params, macs) in recorded {
             let g = build(name, 0).unwrap();
             println!(
