@@ -20,6 +20,7 @@ mod digits;
 mod error;
 mod fashion;
 mod idx;
+mod movielens;
 mod task;
 
 use std::path::Path;
@@ -27,13 +28,18 @@ use std::path::Path;
 pub use augment::Augment;
 pub use batches::Batches;
 pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values};
-pub use task::{Direction, Task, TaskKind, IGNORE};
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
     fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
 };
 pub use idx::{encode_idx, read_idx};
+pub use movielens::{
+    movielens_ranking, movielens_ratings, movielens_ratings_files, movielens_sequences,
+    read_movielens, MovieLens, MOVIELENS_FILE, MOVIELENS_HISTORY, MOVIELENS_LIST_LEN,
+    MOVIELENS_MAX_RATINGS, MOVIELENS_MAX_VALUES, MOVIELENS_NEGATIVES, MOVIELENS_TEST_FRACTION,
+};
+pub use task::{Direction, Task, TaskKind, IGNORE};
 
 /// A seeded rng (the one constructor of the crate's randomness).
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -62,7 +68,13 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Names accepted by [`load`].
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist"];
+pub const DATASETS: &[&str] = &[
+    "digits",
+    "fashion-mnist",
+    "movielens",
+    "movielens-rank",
+    "movielens-seq",
+];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
@@ -72,6 +84,15 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
         "fashion-mnist" => fashion_mnist(dir),
+        // MovieLens (from `dir`, default `shared_data_dir("movielens")`): rating regression,
+        // NCF ranking and next-item sequences, seeded; ids need no normalisation
+        "movielens" => movielens_ratings(dir, seed, MOVIELENS_TEST_FRACTION)
+            .map(|s| (s, Normalization::default())),
+        "movielens-rank" => movielens_ranking(dir, seed, MOVIELENS_NEGATIVES, MOVIELENS_LIST_LEN)
+            .map(|s| (s, Normalization::default())),
+        "movielens-seq" => {
+            movielens_sequences(dir, seed, MOVIELENS_HISTORY).map(|s| (s, Normalization::default()))
+        }
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),
