@@ -284,6 +284,28 @@ pub enum DataError {
         path: PathBuf,
         /// What is wrong.
         problem: String,
+    /// A bad line of a table (CSV) file: a missing column, a cell that does not parse, a value
+    /// out of range, an id the training file does not know.
+    #[error("{}: line {line}: {problem}", .path.display())]
+    BadRecord {
+        /// The file being read.
+        path: PathBuf,
+        /// The 1-based line (1 is the header).
+        line: u64,
+        /// What is wrong, naming the column and the value.
+        problem: String,
+    },
+
+    /// A shared data set (see [`crate::shared_data_dir`]) that is not installed.
+    #[error(
+        "shared data set `{name}` not found: looked for shared/data/{name} in the working \
+         directory and the folders above it (or ${env}/{name} when that is set); pass its \
+         directory instead",
+        env = crate::SHARED_DATA_ENV
+    )]
+    NoSharedData {
+        /// The data set's folder name, e.g. `"movielens"`.
+        name: String,
     },
 
     /// An error from candle while building tensors.

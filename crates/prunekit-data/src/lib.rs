@@ -24,6 +24,7 @@ mod error;
 mod fashion;
 mod fsdd;
 mod idx;
+mod movielens;
 mod task;
 
 use std::path::Path;
@@ -47,6 +48,11 @@ pub use fsdd::{
     FSDD_FILE_PATTERN, FSDD_INPUT, FSDD_TEST_INDEX_BELOW, MAX_WAV_BYTES,
 };
 pub use idx::{encode_idx, read_idx};
+pub use movielens::{
+    movielens_ranking, movielens_ratings, movielens_ratings_files, movielens_sequences,
+    read_movielens, MovieLens, MOVIELENS_FILE, MOVIELENS_HISTORY, MOVIELENS_LIST_LEN,
+    MOVIELENS_MAX_RATINGS, MOVIELENS_MAX_VALUES, MOVIELENS_NEGATIVES, MOVIELENS_TEST_FRACTION,
+};
 pub use task::{Direction, Task, TaskKind, IGNORE};
 
 /// A seeded rng (the one constructor of the crate's randomness).
@@ -78,6 +84,13 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
 /// Names accepted by [`load`].
 pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "fsdd"];
 pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "credit", "lending-club"];
+pub const DATASETS: &[&str] = &[
+    "digits",
+    "fashion-mnist",
+    "movielens",
+    "movielens-rank",
+    "movielens-seq",
+];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
@@ -101,6 +114,14 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
         "credit" => credit_data(dir, seed).map(|(split, _)| (split, Normalization::default())),
         "lending-club" => {
             lending_club(dir, seed).map(|(split, _)| (split, Normalization::default()))
+        // MovieLens (from `dir`, default `shared_data_dir("movielens")`): rating regression,
+        // NCF ranking and next-item sequences, seeded; ids need no normalisation
+        "movielens" => movielens_ratings(dir, seed, MOVIELENS_TEST_FRACTION)
+            .map(|s| (s, Normalization::default())),
+        "movielens-rank" => movielens_ranking(dir, seed, MOVIELENS_NEGATIVES, MOVIELENS_LIST_LEN)
+            .map(|s| (s, Normalization::default())),
+        "movielens-seq" => {
+            movielens_sequences(dir, seed, MOVIELENS_HISTORY).map(|s| (s, Normalization::default()))
         }
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),

@@ -56,6 +56,12 @@ pub const MODELS: &[(&str, &str)] = &[
     (
         "mlp",
         "MLP for tabular features [F] (default 16; e.g. credit risk): linear 64, linear 32, linear 2",
+        "ncf",
+        "NeuMF on (user, item) ids (vocab 671, 9066): shared embeddings 32, GMF + MLP 64-32-16, 1 output",
+    ),
+    (
+        "gru-recommender",
+        "next-item GRU on 20 item ids (vocab 9067 with PAD): embedding 64, GRU 64, 9066 items",
     ),
 ];
 
@@ -69,12 +75,15 @@ pub fn names() -> Vec<&'static str> {
 pub struct ZooOptions {
     /// per-sample input shape: [C, H, W] for the image models, [T, F] for the recurrent
     /// classifiers, [T] (sequence length) for the token models, [F] (features) for `mlp`
+    /// classifiers, [T] (sequence length) for the token models and `gru-recommender`, [] for
+    /// `ncf` (one user id and one item id)
     pub input: Option<Vec<usize>>,
     /// output classes; for `llama-tiny` the vocabulary size (its embedding and `lm_head`)
     pub classes: Option<usize>,
     /// sizes of the id vocabularies the model embeds, one per embedded input: `[V]` for the
     /// token encoders (`bert-tiny`: the token vocabulary); models with several id inputs take
-    /// them in input order. `None` keeps the model's own.
+    /// them in input order (`ncf`: `[users, items]`; `gru-recommender`: `[items + 1]`, the items
+    /// and a PAD id). `None` keeps the model's own.
     pub vocab: Option<Vec<usize>>,
 }
 
@@ -86,6 +95,10 @@ enum Form {
     Tokens,
     /// A float feature vector (tabular data), input `"features"`.
     Vector,
+    /// an item-id history [T] (input `history`)
+    History,
+    /// one user id and one item id (inputs `user` and `item`, shape [] each)
+    UserItem,
 }
 
 impl Form {
@@ -95,6 +108,8 @@ impl Form {
             Form::Sequence => "[T, F] (time steps, features per step)",
             Form::Tokens => "[T] (the number of token ids)",
             Form::Vector => "[F] (the number of features)",
+            Form::History => "[T] (the number of past item ids)",
+            Form::UserItem => "[] (one user id and one item id per sample)",
         }
     }
     fn rank(self) -> usize {
@@ -102,6 +117,8 @@ impl Form {
             Form::Image => 3,
             Form::Sequence => 2,
             Form::Tokens | Form::Vector => 1,
+            Form::Tokens | Form::History => 1,
+            Form::UserItem => 0,
         }
     }
 }
@@ -118,12 +135,18 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
         "bert-tiny" => (Form::Tokens, &[32], 2),
         "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
         "mlp" => (Form::Vector, &[16], 2),
+        "ncf" => (Form::UserItem, &[], 1),
+        "gru-recommender" => (Form::History, &[20], MOVIELENS_ITEMS),
         _ => return None,
     })
 }
 
 const BERT_VOCAB: usize = 1000;
 const LLAMA_VOCAB: usize = 1000;
+/// Users and movies of the shared MovieLens file: the default vocabularies of `ncf` and
+/// `gru-recommender`.
+const MOVIELENS_USERS: usize = 671;
+const MOVIELENS_ITEMS: usize = 9066;
 
 /// What the `classes` option sets for a model.
 fn classes_word(name: &str) -> &'static str {
@@ -347,6 +370,54 @@ fn tabular_mlp(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value>
     let h = b.relu(&h)?;
     let h = b.linear(&h, 32)?;
     let h = b.relu(&h)?;
+/// NeuMF (He et al. 2017, "Neural Collaborative Filtering", Fig. 3) with one user and one item
+/// embedding (32) shared by both towers, so that pruning the embedding width removes the same
+/// dimensions from both: u = E_user[user], v = E_item[item]; GMF = u * v; MLP = 64-32-16 ReLU
+/// over [u, v]; `classifier` over [GMF, MLP] (48 -> classes: 1 rating, or 2 for the
+/// interacted / not logits of ranking). Inputs: one user id and one item id per sample, below
+/// `vocab = [users, items]` (default the MovieLens 671 and 9066).
+fn ncf(
+    b: &mut GraphBuilder,
+    user: &Value,
+    item: &Value,
+    classes: usize,
+    vocab: &[usize],
+) -> Result<Value> {
+    let (users, items) = match *vocab {
+        [] => (MOVIELENS_USERS, MOVIELENS_ITEMS),
+        [u, i] => (u, i),
+        _ => {
+            return Err(GraphError::Invalid(format!(
+                "ncf takes two vocabularies [users, items], got {vocab:?}"
+            )))
+        }
+    };
+    let dim = 32;
+    let u = b.named("user_embedding").embedding(user, users, dim)?;
+    let v = b.named("item_embedding").embedding(item, items, dim)?;
+    let gmf = b.named("gmf").mul(&u, &v)?;
+    let mut h = b.concat(&[&u, &v], 0)?;
+    for width in [64, 32, 16] {
+        h = b.linear(&h, width)?;
+        h = b.relu(&h)?;
+    }
+    let h = b.concat(&[&gmf, &h], 0)?;
+    b.named("classifier").linear(&h, classes)
+}
+
+/// A GRU next-item recommender (Hidasi et al. 2016, "Session-based Recommendations with
+/// Recurrent Neural Networks"): item-id history [T] -> embedding 64 over `vocab[0]` ids (default
+/// `classes + 1`: the items and a PAD id) -> GRU 64 (last step) -> `classifier` over the
+/// `classes` items.
+fn gru_recommender(
+    b: &mut GraphBuilder,
+    history: &Value,
+    classes: usize,
+    vocab: &[usize],
+) -> Result<Value> {
+    let ids = vocab.first().copied().unwrap_or(classes + 1);
+    let h = b.named("item_embedding").embedding(history, ids, 64)?;
+    let h = b.gru(&h, 64, false)?;
     b.named("classifier").linear(&h, classes)
 }
 
@@ -367,6 +438,12 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
         Form::Sequence => b.input("sequence", &input),
         Form::Tokens => b.ids_input("tokens", &input),
         Form::Vector => b.input("features", &input),
+    let xs = match form {
+        Form::Image => vec![b.input("image", &input)],
+        Form::Sequence => vec![b.input("sequence", &input)],
+        Form::Tokens => vec![b.ids_input("tokens", &input)],
+        Form::History => vec![b.ids_input("history", &input)],
+        Form::UserItem => vec![b.ids_input("user", &input), b.ids_input("item", &input)],
     };
     let vocab = opts.vocab.clone().unwrap_or_default();
     if vocab.contains(&0) {
@@ -374,7 +451,7 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
             "architecture `{name}`: a vocabulary size must be positive, got {vocab:?}"
         )));
     }
-    body(&mut b, name, &x, classes, &vocab)
+    body(&mut b, name, &xs, classes, &vocab)
         .and_then(|y| b.finish(&[&y]))
         .map_err(|e| {
             GraphError::Invalid(format!(
@@ -384,14 +461,15 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
         })
 }
 
-/// The layers of architecture `name` on input `x`.
+/// The layers of architecture `name` on its inputs `xs` (one, except `ncf`'s user and item).
 fn body(
     b: &mut GraphBuilder,
     name: &str,
-    x: &Value,
+    xs: &[Value],
     classes: usize,
     vocab: &[usize],
 ) -> Result<Value> {
+    let x = &xs[0];
     match name {
         "digits-mlp" => {
             let h = b.flatten(x)?;
@@ -438,6 +516,8 @@ fn body(
         "bert-tiny" => bert_tiny(b, x, classes, vocab.first().copied().unwrap_or(BERT_VOCAB)),
         "llama-tiny" => llama_tiny(b, x, classes),
         "mlp" => tabular_mlp(b, x, classes),
+        "ncf" => ncf(b, x, &xs[1], classes, vocab),
+        "gru-recommender" => gru_recommender(b, x, classes, vocab),
         other => Err(GraphError::Invalid(format!(
             "unknown architecture `{other}`; known: {}",
             names().join(", ")
@@ -451,21 +531,25 @@ mod tests {
     use candle_core::{DType, Device, Tensor};
     use prunekit_graph::{param_grads, Executor, InputKind, Mode, Op};
 
-    /// A random batch for the graph's (single) input: normal floats, or ids below the vocabulary.
-    fn sample_input(g: &Graph, batch: usize) -> Tensor {
-        let spec = &g.inputs[0];
+    /// A random batch for input `k`: normal floats, or ids below the vocabulary of the embedding
+    /// that reads it (the first embedding when none reads it directly).
+    fn sample_input_k(g: &Graph, k: usize, batch: usize) -> Tensor {
+        let spec = &g.inputs[k];
         let mut dims = vec![batch];
         dims.extend_from_slice(&spec.shape);
         match spec.kind {
             InputKind::Float => Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap(),
             InputKind::Ids => {
-                let vocab = g
-                    .nodes
-                    .iter()
-                    .find_map(|n| match &n.op {
-                        Op::Embedding(e) => Some(e.num_embeddings),
+                let embedding = |direct: bool| {
+                    g.nodes.iter().find_map(|n| match &n.op {
+                        Op::Embedding(e) if !direct || n.inputs[0] == spec.name => {
+                            Some(e.num_embeddings)
+                        }
                         _ => None,
                     })
+                };
+                let vocab = embedding(true)
+                    .or_else(|| embedding(false))
                     .expect("an ids model embeds its ids");
                 Tensor::rand(0f32, vocab as f32, dims, &Device::Cpu)
                     .unwrap()
@@ -484,14 +568,19 @@ mod tests {
         match name {
             "llama-tiny" => vec![32, 1000],
             "bert-tiny" | "mlp" => vec![2],
+            "bert-tiny" => vec![2],
+            "ncf" => vec![1],
+            "gru-recommender" => vec![9066],
             _ => vec![10],
         }
     }
 
     fn forward(g: &Graph, batch: usize, mode: Mode) -> Tensor {
-        let x = sample_input(g, batch);
+        let xs: Vec<Tensor> = (0..g.inputs.len())
+            .map(|k| sample_input_k(g, k, batch))
+            .collect();
         Executor::new(0)
-            .run(g, &[x], mode, None)
+            .run(g, &xs, mode, None)
             .unwrap_or_else(|e| panic!("{}: forward failed: {e}", g.name))
             .remove(0)
     }
@@ -505,6 +594,7 @@ mod tests {
     fn names_are_unique_and_every_one_builds() {
         let n = names();
         assert_eq!(n.len(), 13);
+        assert_eq!(n.len(), 14);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -788,6 +878,120 @@ mod tests {
             assert_eq!(y.dims(), &[5, 2]);
             assert_finite("mlp", &y);
         }
+    /// ncf by hand: user and item embeddings of 32, the MLP tower 64 -> 64 -> 32 -> 16 and the
+    /// classifier over [GMF 32, MLP 16] with one output.
+    const NCF_PARAMS: usize =
+        (671 + 9066) * 32 + (64 * 64 + 64) + (64 * 32 + 32) + (32 * 16 + 16) + (48 + 1);
+    /// gru-recommender by hand: embedding 9067 x 64, GRU 64 -> 64 (PyTorch layout: 3 gates of
+    /// input and hidden weights and two biases), classifier 64 -> 9066.
+    const GRU_REC_PARAMS: usize = 9067 * 64 + (2 * 3 * 64 * 64 + 6 * 64) + (64 * 9066 + 9066);
+
+    #[test]
+    fn recommenders_take_user_item_or_history_ids() {
+        let opts = |vocab: Vec<usize>, classes| ZooOptions {
+            classes: Some(classes),
+            vocab: Some(vocab),
+            ..Default::default()
+        };
+        for classes in [1, 2] {
+            let g = build_with("ncf", 4, &opts(vec![7, 11], classes)).unwrap();
+            let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+            assert_eq!(names, ["user", "item"]);
+            assert!(g.inputs.iter().all(|i| i.shape.is_empty()));
+            for mode in [Mode::EVAL, Mode::TRAIN] {
+                let y = forward(&g, 5, mode);
+                assert_eq!(y.dims(), &[5, classes]);
+                assert_finite("ncf", &y);
+            }
+            let s = g.validate().unwrap();
+            assert_eq!(s["user_embedding"], vec![32]);
+            assert_eq!(s["gmf"], vec![32]);
+            // GMF and the MLP tower read the same two embeddings
+            let gmf = g.nodes.iter().find(|n| n.name == "gmf").unwrap();
+            assert_eq!(gmf.inputs, ["user_embedding", "item_embedding"]);
+            let first_concat = g
+                .nodes
+                .iter()
+                .find(|n| n.op.type_name() == "concat")
+                .unwrap();
+            assert_eq!(first_concat.inputs, gmf.inputs);
+            let classifier = g.nodes.iter().find(|n| n.name == "classifier").unwrap();
+            assert_eq!(s[&classifier.inputs[0]], vec![48]);
+        }
+        // the user and item ids select their own rows: ids past the user table are refused
+        let g = build_with("ncf", 0, &opts(vec![3, 50], 1)).unwrap();
+        let ids = |v: Vec<u32>| Tensor::new(v, &Device::Cpu).unwrap();
+        let ok = Executor::new(0).run(&g, &[ids(vec![2, 0]), ids(vec![49, 7])], Mode::EVAL, None);
+        assert_eq!(ok.unwrap()[0].dims(), &[2, 1]);
+        let bad = Executor::new(0).run(&g, &[ids(vec![3, 0]), ids(vec![1, 1])], Mode::EVAL, None);
+        assert!(bad.is_err());
+        let e = build_with("ncf", 0, &opts(vec![7], 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ncf") && e.contains("[users, items]"), "{e}");
+
+        let g = build_with(
+            "gru-recommender",
+            0,
+            &ZooOptions {
+                input: Some(vec![6]),
+                ..opts(vec![13], 12)
+            },
+        )
+        .unwrap();
+        assert_eq!(g.inputs[0].name, "history");
+        assert_eq!(g.inputs[0].shape, vec![6]);
+        let y = forward(&g, 3, Mode::TRAIN);
+        assert_eq!(y.dims(), &[3, 12]);
+        assert_finite("gru-recommender", &y);
+        // without a vocabulary the embedding holds the items and a PAD id
+        let g = build_with(
+            "gru-recommender",
+            0,
+            &ZooOptions {
+                classes: Some(30),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = g.nodes.iter().find_map(|n| match &n.op {
+            Op::Embedding(e) => Some(e.num_embeddings),
+            _ => None,
+        });
+        assert_eq!(e, Some(31));
+    }
+
+    /// The embedding width of `ncf` is one channel group over both embeddings (the GMF product
+    /// couples them) that also slices the MLP's first layer (twice: the u and v halves) and the
+    /// classifier's GMF columns; removing half of it keeps a model that runs.
+    #[test]
+    fn ncf_embedding_width_is_one_prunable_group() {
+        let opts = ZooOptions {
+            vocab: Some(vec![7, 11]),
+            classes: Some(1),
+            ..Default::default()
+        };
+        let mut g = build_with("ncf", 0, &opts).unwrap();
+        let a = prunekit_graph::analyse(&g).unwrap();
+        let group = a
+            .groups
+            .iter()
+            .find(|gr| gr.nodes.iter().any(|n| n == "user_embedding"))
+            .expect("a group over the user embedding");
+        assert!(
+            group.nodes.iter().any(|n| n == "item_embedding"),
+            "{group:?}"
+        );
+        assert_eq!(group.units.len(), 32, "{group:?}");
+        let before = g.param_count();
+        let half: Vec<usize> = group.units[..16].to_vec();
+        a.remove(&mut g, &half).unwrap();
+        // 16 columns of both tables, 2 x 16 input rows of the first MLP layer (64 outputs),
+        // 16 classifier columns
+        assert_eq!(before - g.param_count(), (7 + 11) * 16 + 2 * 16 * 64 + 16);
+        let y = forward(&g, 3, Mode::EVAL);
+        assert_eq!(y.dims(), &[3, 1]);
+        assert_finite("ncf", &y);
     }
 
     /// Every model's input, parameters and MACs are the recorded ones, so a change to a model's
@@ -813,6 +1017,14 @@ mod tests {
             ("bert-tiny", &[32], 137_410, 2_363_520),
             ("llama-tiny", &[32], 218_536, 5_128_192),
             ("mlp", &[16], 3_234, 3_136),
+            // embeddings and the GMF product count no MACs
+            ("ncf", &[], NCF_PARAMS, 64 * 64 + 64 * 32 + 32 * 16 + 48),
+            (
+                "gru-recommender",
+                &[20],
+                GRU_REC_PARAMS,
+                20 * (2 * 3 * 64 * 64) + 64 * 9066,
+            ),
         ];
         assert_eq!(
             recorded.iter().map(|r| r.0).collect::<Vec<_>>(),
