@@ -4,7 +4,9 @@
 //! * [`fashion_mnist`]: Fashion-MNIST from idx files, by default those of the
 //!   Debian package `dataset-fashion-mnist` in [`FASHION_MNIST_DIR`]
 //!   (install it with `scripts/install-data.sh`).
-//! * [`load`]: either of them by name (see [`DATASETS`]).
+//! * [`spam_assassin`]: the SpamAssassin mail corpus as byte-level BPE token ids, fetched into a
+//!   cache outside the repository by `scripts/fetch-spam.sh`.
+//! * [`load`]: any of them by name (see [`DATASETS`]).
 //!
 //! Datasets live in memory as [`Dataset`]s of f32 samples; [`Batches`] yields
 //! seeded shuffled mini-batches of indices, [`Dataset::batch`] turns them into
@@ -20,6 +22,7 @@ mod digits;
 mod error;
 mod fashion;
 mod idx;
+mod spam;
 mod task;
 
 use std::path::Path;
@@ -34,6 +37,12 @@ pub use fashion::{
     fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
 };
 pub use idx::{encode_idx, read_idx};
+pub use spam::{
+    dedup_mails, encode_mails, mail_text, read_spam_corpus, spam_assassin, spam_cache_dir,
+    train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN, MAX_MAILS,
+    MAX_MAIL_BYTES, SPAM_CLS_ID, SPAM_GROUPS, SPAM_INPUT, SPAM_MAILS, SPAM_PAD_ID,
+    SPAM_SPECIAL_TOKENS, SPAM_UNK_ID,
+};
 
 /// A seeded rng (the one constructor of the crate's randomness).
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -62,16 +71,21 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Names accepted by [`load`].
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist"];
+pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "spam"];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
 /// `dir`, default [`FASHION_MNIST_DIR`]; `seed` is ignored, the split is the
-/// official one). Unknown names give an error listing the known ones.
+/// official one) or `"spam"` (the SpamAssassin corpus, from `dir`, default [`spam_cache_dir`],
+/// with [`SpamConfig::default`] and `seed` for the split; the normalisation is the identity, and
+/// the trained tokenizer is dropped: call [`spam_assassin`] to keep it). Unknown names give an
+/// error listing the known ones.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
         "fashion-mnist" => fashion_mnist(dir),
+        "spam" => spam_assassin(dir, seed, &SpamConfig::default())
+            .map(|d| (d.split, Normalization::default())),
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),
