@@ -182,6 +182,21 @@ pub enum DataError {
     #[error("{}: {problem}", .path.display())]
     BadWav {
         /// The file.
+    /// A dataset's files are not where they were looked for.
+    #[error("{}: no {what} found ({fix})", .path.display())]
+    NoCorpus {
+        /// The folder looked in.
+        path: PathBuf,
+        /// What was looked for, in words.
+        what: String,
+        /// How to get it.
+        fix: String,
+    },
+
+    /// A data file that is corrupt, truncated or inconsistent (the problem says which).
+    #[error("{}: {problem}", .path.display())]
+    BadFile {
+        /// The file (or folder).
         path: PathBuf,
         /// What is wrong, in words.
         problem: String,
@@ -306,6 +321,13 @@ pub enum DataError {
     NoSharedData {
         /// The data set's folder name, e.g. `"movielens"`.
         name: String,
+    /// An error from the `tokenizers` crate.
+    #[error("tokenizer: {context}: {message}")]
+    Tokenizer {
+        /// What was being done.
+        context: String,
+        /// The tokenizer's message.
+        message: String,
     },
 
     /// An error from candle while building tensors.

@@ -6,6 +6,8 @@
 //!   (install it with `scripts/install-data.sh`).
 //! * [`credit_data`], [`lending_club`]: the credit-risk tables of `shared/data/credit` (CSV,
 //!   binary target, tabular preprocessing fitted on the training split).
+//! * [`spam_assassin`]: the SpamAssassin mail corpus as byte-level BPE token ids, fetched into a
+//!   cache outside the repository by `scripts/fetch-spam.sh`.
 //! * [`load`]: any of them by name (see [`DATASETS`]).
 //!
 //! Datasets live in memory as [`Dataset`]s of f32 samples; [`Batches`] yields
@@ -25,6 +27,7 @@ mod fashion;
 mod fsdd;
 mod idx;
 mod movielens;
+mod spam;
 mod task;
 
 use std::path::Path;
@@ -54,6 +57,12 @@ pub use movielens::{
     MOVIELENS_MAX_RATINGS, MOVIELENS_MAX_VALUES, MOVIELENS_NEGATIVES, MOVIELENS_TEST_FRACTION,
 };
 pub use task::{Direction, Task, TaskKind, IGNORE};
+pub use spam::{
+    dedup_mails, encode_mails, mail_text, read_spam_corpus, spam_assassin, spam_cache_dir,
+    train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN, MAX_MAILS,
+    MAX_MAIL_BYTES, SPAM_CLS_ID, SPAM_GROUPS, SPAM_INPUT, SPAM_MAILS, SPAM_PAD_ID,
+    SPAM_SPECIAL_TOKENS, SPAM_UNK_ID,
+};
 
 /// A seeded rng (the one constructor of the crate's randomness).
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -91,6 +100,7 @@ pub const DATASETS: &[&str] = &[
     "movielens-rank",
     "movielens-seq",
 ];
+pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "spam"];
 
 /// Loads a dataset by name: `"digits"` (split with `seed` and
 /// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
@@ -105,6 +115,10 @@ pub const DATASETS: &[&str] = &[
 /// features are already standardised per column by the fitted [`TabularPreprocessing`], so the
 /// [`Normalization`] returned for them is the identity. Unknown names give an error listing the
 /// known ones.
+/// official one) or `"spam"` (the SpamAssassin corpus, from `dir`, default [`spam_cache_dir`],
+/// with [`SpamConfig::default`] and `seed` for the split; the normalisation is the identity, and
+/// the trained tokenizer is dropped: call [`spam_assassin`] to keep it). Unknown names give an
+/// error listing the known ones.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
@@ -123,6 +137,8 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
         "movielens-seq" => {
             movielens_sequences(dir, seed, MOVIELENS_HISTORY).map(|s| (s, Normalization::default()))
         }
+        "spam" => spam_assassin(dir, seed, &SpamConfig::default())
+            .map(|d| (d.split, Normalization::default())),
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),

@@ -50,6 +50,10 @@ pub const MODELS: &[(&str, &str)] = &[
         "BERT-like encoder on 32 token ids (vocab 1000): dim 64, 2 post-LN layers, 4 heads, 2 classes",
     ),
     (
+        "gru-text",
+        "text classifier on 32 token ids (vocab 1000): embedding 64, GRU 64 (last step), 2 classes",
+    ),
+    (
         "llama-tiny",
         "Llama-like decoder on 32 token ids (vocab 1000): dim 64, 2 layers, GQA 8/2 heads, RoPE",
     ),
@@ -84,6 +88,8 @@ pub struct ZooOptions {
     /// token encoders (`bert-tiny`: the token vocabulary); models with several id inputs take
     /// them in input order (`ncf`: `[users, items]`; `gru-recommender`: `[items + 1]`, the items
     /// and a PAD id). `None` keeps the model's own.
+    /// token classifiers (`bert-tiny`, `gru-text`: the token vocabulary); models with several id
+    /// inputs take them in input order. `None` keeps the model's own.
     pub vocab: Option<Vec<usize>>,
 }
 
@@ -132,7 +138,7 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
             (Form::Image, &[3, 32, 32], 10)
         }
         "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
-        "bert-tiny" => (Form::Tokens, &[32], 2),
+        "bert-tiny" | "gru-text" => (Form::Tokens, &[32], 2),
         "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
         "mlp" => (Form::Vector, &[16], 2),
         "ncf" => (Form::UserItem, &[], 1),
@@ -142,6 +148,7 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
 }
 
 const BERT_VOCAB: usize = 1000;
+const GRU_TEXT_VOCAB: usize = 1000;
 const LLAMA_VOCAB: usize = 1000;
 /// Users and movies of the shared MovieLens file: the default vocabularies of `ncf` and
 /// `gru-recommender`.
@@ -341,6 +348,15 @@ fn bert_tiny(b: &mut GraphBuilder, ids: &Value, classes: usize, vocab: usize) ->
     b.named("classifier").linear(&p, classes)
 }
 
+/// GRU text classifier: token ids [T] -> embedding [T, 64] -> GRU 64 (Cho et al. 2014), last
+/// step [64] -> `classifier` [classes]. The last step reads whatever the sequence ends with, so
+/// with padded inputs pad on the left (the GRU has no mask).
+fn gru_text(b: &mut GraphBuilder, ids: &Value, classes: usize, vocab: usize) -> Result<Value> {
+    let h = b.embedding(ids, vocab, 64)?;
+    let h = b.gru(&h, 64, false)?;
+    b.named("classifier").linear(&h, classes)
+}
+
 /// Llama-like decoder (Touvron et al. 2023), tiny: pre-RMSNorm layers of causal grouped-query
 /// attention with RoPE (8 query heads sharing 2 key/value heads of 8) and a SwiGLU MLP (176), a
 /// final RMSNorm and `lm_head` over the vocabulary: [T, vocab].
@@ -514,6 +530,12 @@ fn body(
         "lstm-classifier" => recurrent_classifier(b, x, false, classes),
         "gru-classifier" => recurrent_classifier(b, x, true, classes),
         "bert-tiny" => bert_tiny(b, x, classes, vocab.first().copied().unwrap_or(BERT_VOCAB)),
+        "gru-text" => gru_text(
+            b,
+            x,
+            classes,
+            vocab.first().copied().unwrap_or(GRU_TEXT_VOCAB),
+        ),
         "llama-tiny" => llama_tiny(b, x, classes),
         "mlp" => tabular_mlp(b, x, classes),
         "ncf" => ncf(b, x, &xs[1], classes, vocab),
@@ -571,6 +593,7 @@ mod tests {
             "bert-tiny" => vec![2],
             "ncf" => vec![1],
             "gru-recommender" => vec![9066],
+            "bert-tiny" | "gru-text" => vec![2],
             _ => vec![10],
         }
     }
@@ -770,6 +793,7 @@ mod tests {
             ("gru-classifier", &[5, 40], 2, &[2]),
             ("bert-tiny", &[1], 3, &[3]),
             ("bert-tiny", &[12], 2, &[2]),
+            ("gru-text", &[128], 2, &[2]),
             ("llama-tiny", &[7], 50, &[7, 50]),
             ("mlp", &[5], 3, &[3]),
         ];
@@ -833,6 +857,54 @@ mod tests {
             e.contains("fashion-cnn") && e.contains("[1, 2, 2]") && e.contains("max_pool2d"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn gru_text_takes_the_vocabulary_and_length_and_runs_on_padded_ids() {
+        let opts = ZooOptions {
+            input: Some(vec![128]),
+            classes: None,
+            vocab: Some(vec![6000]),
+        };
+        let g = build_with("gru-text", 0, &opts).unwrap();
+        assert_eq!(g.inputs[0].name, "tokens");
+        assert_eq!(g.inputs[0].kind, InputKind::Ids);
+        assert_eq!(g.inputs[0].shape, vec![128]);
+        let s = g.validate().unwrap();
+        let emb = g
+            .nodes
+            .iter()
+            .find(|n| n.op.type_name() == "embedding")
+            .unwrap();
+        assert!(
+            matches!(&emb.op, Op::Embedding(e) if e.num_embeddings == 6000 && e.embedding_dim == 64)
+        );
+        assert_eq!(s[&emb.name], vec![128, 64]);
+        let gru = g.nodes.iter().find(|n| n.op.type_name() == "gru").unwrap();
+        assert_eq!(s[&gru.name], vec![64]);
+        assert_eq!(s["classifier"], vec![2]);
+        // [CLS]-like id 2, a few tokens, then [PAD] = 0, and a row of the largest id
+        let mut ids = vec![0u32; 2 * 128];
+        ids[..4].copy_from_slice(&[2, 17, 4000, 5]);
+        ids[128..].fill(5999);
+        let x = Tensor::from_vec(ids, (2, 128), &Device::Cpu).unwrap();
+        let y = Executor::new(0)
+            .run(&g, &[x], Mode::EVAL, None)
+            .unwrap()
+            .remove(0);
+        assert_eq!(y.dims(), &[2, 2]);
+        assert_finite("gru-text", &y);
+        let e = build_with(
+            "gru-text",
+            0,
+            &ZooOptions {
+                vocab: Some(vec![0]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gru-text") && e.contains("vocabulary"), "{e}");
     }
 
     #[test]
@@ -1015,6 +1087,7 @@ mod tests {
             ("lstm-classifier", &[32, 20], 32_746, 1_008_096),
             ("gru-classifier", &[32, 20], 24_682, 756_192),
             ("bert-tiny", &[32], 137_410, 2_363_520),
+            ("gru-text", &[32], 89_090, 786_560),
             ("llama-tiny", &[32], 218_536, 5_128_192),
             ("mlp", &[16], 3_234, 3_136),
             // embeddings and the GMF product count no MACs
@@ -1039,9 +1112,14 @@ mod tests {
             + 64;
         assert_eq!(
             1000 * 64 + 2 * llama_layer + 64 + 64 * 1000 + 1000,
-            recorded[11].2
+            recorded[12].2
         );
         assert_eq!(16 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2, recorded[12].2);
+        // gru-text: embedding 1000*64, GRU 64->64 (PyTorch's layout: 3 gates of input and
+        // recurrent weights, two biases), linear 64->2; MACs 32 steps of both matrices + the head
+        let gru = 2 * 192 * 64 + 2 * 192;
+        assert_eq!(1000 * 64 + gru + 64 * 2 + 2, recorded[11].2);
+        assert_eq!(32 * 2 * 192 * 64 + 64 * 2, recorded[11].3);
         for &(name, input, params, macs) in recorded {
             let g = build(name, 0).unwrap();
             println!(
