@@ -669,8 +669,8 @@ pub fn load_table(
     })?;
     let prep = TabularPreprocessing::fit(&table, &train_idx)?;
     let task = Task {
-        kind: TaskKind::Binary,
         class_weights: config.class_weights.then_some(weights),
+        ..Task::new(TaskKind::Binary)
     };
     let side = |side: &str, idx: &[usize]| -> Result<Dataset> {
         Dataset::with_task(
@@ -698,7 +698,7 @@ pub fn load_table(
 /// with `config`; see [`load_table`] for the steps, the output and the errors.
 ///
 /// # Errors
-/// [`DataError::NoData`] when `dir` is `None` and no `shared/data/credit` is found; otherwise as
+/// [`DataError::SharedDataNotFound`] when `dir` is `None` and no `shared/data/credit` is found; otherwise as
 /// [`load_table`].
 pub fn credit_table(
     file: CreditFile,
@@ -706,16 +706,7 @@ pub fn credit_table(
     seed: u64,
     config: &TableConfig,
 ) -> Result<(Split, TabularPreprocessing)> {
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => crate::shared_data_dir("credit").ok_or_else(|| DataError::NoData {
-            name: "credit".into(),
-            hint: format!(
-                "no shared/data/credit in the working directory or above it; set {} or pass --data DIR",
-                crate::SHARED_DATA_ENV
-            ),
-        })?,
-    };
+    let dir = crate::data_dir(dir, "credit")?;
     let schema = file.schema();
     load_table(&dir.join(schema.file), schema, seed, config)
 }

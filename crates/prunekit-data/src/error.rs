@@ -182,21 +182,6 @@ pub enum DataError {
     #[error("{}: {problem}", .path.display())]
     BadWav {
         /// The file.
-    /// A dataset's files are not where they were looked for.
-    #[error("{}: no {what} found ({fix})", .path.display())]
-    NoCorpus {
-        /// The folder looked in.
-        path: PathBuf,
-        /// What was looked for, in words.
-        what: String,
-        /// How to get it.
-        fix: String,
-    },
-
-    /// A data file that is corrupt, truncated or inconsistent (the problem says which).
-    #[error("{}: {problem}", .path.display())]
-    BadFile {
-        /// The file (or folder).
         path: PathBuf,
         /// What is wrong, in words.
         problem: String,
@@ -244,14 +229,6 @@ pub enum DataError {
         name: String,
         /// Where it was looked for, in words.
         looked: String,
-    /// A shared data set is neither in the given directory nor found by
-    /// [`crate::shared_data_dir`].
-    #[error("{name}: data not found ({hint})")]
-    NoData {
-        /// The data set (its folder name under `shared/data`).
-        name: String,
-        /// Where it was looked for and how to point at it.
-        hint: String,
     },
 
     /// A column the table's schema requires is not in the CSV header.
@@ -299,6 +276,8 @@ pub enum DataError {
         path: PathBuf,
         /// What is wrong.
         problem: String,
+    },
+
     /// A bad line of a table (CSV) file: a missing column, a cell that does not parse, a value
     /// out of range, an id the training file does not know.
     #[error("{}: line {line}: {problem}", .path.display())]
@@ -311,16 +290,26 @@ pub enum DataError {
         problem: String,
     },
 
-    /// A shared data set (see [`crate::shared_data_dir`]) that is not installed.
-    #[error(
-        "shared data set `{name}` not found: looked for shared/data/{name} in the working \
-         directory and the folders above it (or ${env}/{name} when that is set); pass its \
-         directory instead",
-        env = crate::SHARED_DATA_ENV
-    )]
-    NoSharedData {
-        /// The data set's folder name, e.g. `"movielens"`.
-        name: String,
+    /// A dataset's files are not where they were looked for.
+    #[error("{}: no {what} found ({fix})", .path.display())]
+    NoCorpus {
+        /// The folder looked in.
+        path: PathBuf,
+        /// What was looked for, in words.
+        what: String,
+        /// How to get it.
+        fix: String,
+    },
+
+    /// A data file that is corrupt, truncated or inconsistent (the problem says which).
+    #[error("{}: {problem}", .path.display())]
+    BadFile {
+        /// The file (or folder).
+        path: PathBuf,
+        /// What is wrong, in words.
+        problem: String,
+    },
+
     /// An error from the `tokenizers` crate.
     #[error("tokenizer: {context}: {message}")]
     Tokenizer {

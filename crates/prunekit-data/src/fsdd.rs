@@ -750,24 +750,6 @@ fn list_recordings(dir: &Path) -> Result<Vec<Recording>> {
     Ok(out)
 }
 
-/// Where [`crate::shared_data_dir`] looked for `name`, in words.
-fn looked_for(name: &str) -> String {
-    match std::env::var_os(crate::SHARED_DATA_ENV) {
-        Some(root) => format!(
-            "{}={} has no folder {name}",
-            crate::SHARED_DATA_ENV,
-            Path::new(&root).display()
-        ),
-        None => format!(
-            "no shared/data/{name} in {} or any folder above it, and {} is not set",
-            std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_else(|_| "the working directory".into()),
-            crate::SHARED_DATA_ENV
-        ),
-    }
-}
-
 /// Loads the Free Spoken Digit Dataset from `dir` (the folder holding `recordings/`, or the
 /// recordings themselves; default [`crate::shared_data_dir`]`("fsdd")`) as `[T, F]` feature
 /// sequences of `cfg` (see [`AudioFeatures`]): `"fsdd/train"` (index 5 and above, 2,700 clips)
@@ -786,13 +768,7 @@ fn looked_for(name: &str) -> String {
 /// [`Featurizer::new`].
 pub fn fsdd(dir: Option<&Path>, cfg: &AudioFeatures) -> Result<(Split, FeatureStats)> {
     let featurizer = Featurizer::new(cfg)?;
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => crate::shared_data_dir("fsdd").ok_or_else(|| DataError::SharedDataNotFound {
-            name: "fsdd".into(),
-            looked: looked_for("fsdd"),
-        })?,
-    };
+    let dir = crate::data_dir(dir, "fsdd")?;
     let recordings = list_recordings(&dir)?;
     // first error in file order, whatever order the threads finish in
     let kept: Vec<Vec<f32>> = recordings
@@ -1196,7 +1172,7 @@ mod tests {
     fn missing_shared_data_says_where_it_looked() {
         let m = DataError::SharedDataNotFound {
             name: "fsdd".into(),
-            looked: looked_for("fsdd"),
+            looked: crate::looked_for("fsdd"),
         }
         .to_string();
         assert!(

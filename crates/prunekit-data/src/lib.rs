@@ -56,13 +56,13 @@ pub use movielens::{
     read_movielens, MovieLens, MOVIELENS_FILE, MOVIELENS_HISTORY, MOVIELENS_LIST_LEN,
     MOVIELENS_MAX_RATINGS, MOVIELENS_MAX_VALUES, MOVIELENS_NEGATIVES, MOVIELENS_TEST_FRACTION,
 };
-pub use task::{Direction, Task, TaskKind, IGNORE};
 pub use spam::{
     dedup_mails, encode_mails, mail_text, read_spam_corpus, spam_assassin, spam_cache_dir,
     train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN, MAX_MAILS,
     MAX_MAIL_BYTES, SPAM_CLS_ID, SPAM_GROUPS, SPAM_INPUT, SPAM_MAILS, SPAM_PAD_ID,
     SPAM_SPECIAL_TOKENS, SPAM_UNK_ID,
 };
+pub use task::{Direction, Task, TaskKind, IGNORE};
 
 /// A seeded rng (the one constructor of the crate's randomness).
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
@@ -90,35 +90,73 @@ pub fn shared_data_dir(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// Where the shared data set `name` was looked for, in words (for the error when it is absent).
+pub(crate) fn looked_for(name: &str) -> String {
+    match std::env::var_os(SHARED_DATA_ENV) {
+        Some(root) => format!(
+            "{}={} has no folder {name}",
+            SHARED_DATA_ENV,
+            Path::new(&root).display()
+        ),
+        None => format!(
+            "no shared/data/{name} in {} or any folder above it, and {} is not set",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "the working directory".into()),
+            SHARED_DATA_ENV
+        ),
+    }
+}
+
+/// `dir`, or the shared data set `name` ([`shared_data_dir`]).
+///
+/// # Errors
+/// [`DataError::SharedDataNotFound`], saying where it looked, when `dir` is `None` and the
+/// shared folder is absent.
+pub(crate) fn data_dir(dir: Option<&Path>, name: &str) -> Result<std::path::PathBuf> {
+    match dir {
+        Some(d) => Ok(d.to_path_buf()),
+        None => shared_data_dir(name).ok_or_else(|| DataError::SharedDataNotFound {
+            name: name.into(),
+            looked: looked_for(name),
+        }),
+    }
+}
+
 /// Names accepted by [`load`].
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "fsdd"];
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "credit", "lending-club"];
 pub const DATASETS: &[&str] = &[
     "digits",
     "fashion-mnist",
+    "fsdd",
+    "credit",
+    "lending-club",
     "movielens",
     "movielens-rank",
     "movielens-seq",
+    "spam",
 ];
-pub const DATASETS: &[&str] = &["digits", "fashion-mnist", "spam"];
 
-/// Loads a dataset by name: `"digits"` (split with `seed` and
-/// [`DIGITS_TEST_FRACTION`]; `dir` is ignored) or `"fashion-mnist"` (from
-/// `dir`, default [`FASHION_MNIST_DIR`]; `seed` is ignored, the split is the
-/// official one) or `"fsdd"` (the Free Spoken Digit Dataset as `[64, 20]` MFCC sequences of
-/// [`AudioFeatures::default`], from `dir`, default [`shared_data_dir`]`("fsdd")`; `seed` is
-/// ignored, the split is the conventional one; the features are already normalised per feature,
-/// so the returned [`Normalization`] is the identity: call [`fsdd`] for the fitted
-/// [`FeatureStats`]). Unknown names give an error listing the known ones.
-/// official one). `"credit"` and `"lending-club"` are the credit-risk tables ([`credit_data`],
-/// [`lending_club`]: from `dir`, default `shared/data/credit`, split with `seed`); their
-/// features are already standardised per column by the fitted [`TabularPreprocessing`], so the
-/// [`Normalization`] returned for them is the identity. Unknown names give an error listing the
-/// known ones.
-/// official one) or `"spam"` (the SpamAssassin corpus, from `dir`, default [`spam_cache_dir`],
-/// with [`SpamConfig::default`] and `seed` for the split; the normalisation is the identity, and
-/// the trained tokenizer is dropped: call [`spam_assassin`] to keep it). Unknown names give an
-/// error listing the known ones.
+/// Loads a dataset by name, each with its task (see [`DATASETS`]):
+///
+/// * `"digits"`: split with `seed` and [`DIGITS_TEST_FRACTION`]; `dir` is ignored.
+/// * `"fashion-mnist"`: from `dir`, default [`FASHION_MNIST_DIR`]; the official split.
+/// * `"fsdd"`: the Free Spoken Digit Dataset as `[64, 20]` MFCC sequences of
+///   [`AudioFeatures::default`], from `dir`, default [`shared_data_dir`]`("fsdd")`; the
+///   conventional split (`seed` is ignored); call [`fsdd`] for the fitted [`FeatureStats`].
+/// * `"credit"`, `"lending-club"`: the credit-risk tables ([`credit_data`], [`lending_club`]),
+///   from `dir`, default `shared/data/credit`, split with `seed`, standardised by the fitted
+///   [`TabularPreprocessing`].
+/// * `"movielens"`, `"movielens-rank"`, `"movielens-seq"`: rating regression
+///   ([`movielens_ratings`]), the NCF ranking protocol ([`movielens_ranking`]) and next-item
+///   histories ([`movielens_sequences`]), from `dir`, default `shared/data/movielens`, seeded.
+/// * `"spam"`: the SpamAssassin corpus ([`spam_assassin`] with [`SpamConfig::default`]), from
+///   `dir`, default [`spam_cache_dir`], split with `seed`; the trained tokenizer is dropped (call
+///   [`spam_assassin`] to keep it).
+///
+/// The datasets that come normalised by their loader return the identity [`Normalization`].
+///
+/// # Errors
+/// An unknown name lists the known ones; each loader's errors name the file and the problem.
 pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normalization)> {
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
@@ -128,6 +166,7 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
         "credit" => credit_data(dir, seed).map(|(split, _)| (split, Normalization::default())),
         "lending-club" => {
             lending_club(dir, seed).map(|(split, _)| (split, Normalization::default()))
+        }
         // MovieLens (from `dir`, default `shared_data_dir("movielens")`): rating regression,
         // NCF ranking and next-item sequences, seeded; ids need no normalisation
         "movielens" => movielens_ratings(dir, seed, MOVIELENS_TEST_FRACTION)

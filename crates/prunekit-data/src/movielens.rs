@@ -327,12 +327,7 @@ pub fn read_movielens(path: &Path) -> Result<MovieLens> {
 
 /// The ratings file of `dir`, default `shared_data_dir("movielens")`.
 fn ratings_path(dir: Option<&Path>) -> Result<PathBuf> {
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => crate::shared_data_dir("movielens").ok_or_else(|| DataError::NoSharedData {
-            name: "movielens".into(),
-        })?,
-    };
+    let dir = crate::data_dir(dir, "movielens")?;
     if !dir.is_dir() {
         return Err(DataError::NoSuchDirectory { path: dir });
     }
@@ -390,7 +385,7 @@ fn rating_set(name: &str, data: &MovieLens, idx: &[usize]) -> Result<Dataset> {
 ///
 /// # Errors
 /// [`DataError::InvalidArgument`] unless `0 < test_fraction < 1`;
-/// [`DataError::NoSharedData`] / [`DataError::NoSuchDirectory`] when the directory is missing;
+/// [`DataError::SharedDataNotFound`] / [`DataError::NoSuchDirectory`] when the directory is missing;
 /// the errors of [`read_movielens`].
 pub fn movielens_ratings(dir: Option<&Path>, seed: u64, test_fraction: f64) -> Result<Split> {
     if !(test_fraction > 0.0 && test_fraction < 1.0) {

@@ -58,14 +58,16 @@ pub const MODELS: &[(&str, &str)] = &[
         "Llama-like decoder on 32 token ids (vocab 1000): dim 64, 2 layers, GQA 8/2 heads, RoPE",
     ),
     (
-        "mlp",
-        "MLP for tabular features [F] (default 16; e.g. credit risk): linear 64, linear 32, linear 2",
         "ncf",
         "NeuMF on (user, item) ids (vocab 671, 9066): shared embeddings 32, GMF + MLP 64-32-16, 1 output",
     ),
     (
         "gru-recommender",
         "next-item GRU on 20 item ids (vocab 9067 with PAD): embedding 64, GRU 64, 9066 items",
+    ),
+    (
+        "mlp",
+        "MLP for tabular features [F] (default 16; e.g. credit risk): linear 64, linear 32, linear 2",
     ),
 ];
 
@@ -78,18 +80,15 @@ pub fn names() -> Vec<&'static str> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ZooOptions {
     /// per-sample input shape: [C, H, W] for the image models, [T, F] for the recurrent
-    /// classifiers, [T] (sequence length) for the token models, [F] (features) for `mlp`
-    /// classifiers, [T] (sequence length) for the token models and `gru-recommender`, [] for
-    /// `ncf` (one user id and one item id)
+    /// classifiers, [T] (sequence length) for the token models and `gru-recommender`, [F]
+    /// (features) for `mlp`, [] for `ncf` (one user id and one item id)
     pub input: Option<Vec<usize>>,
     /// output classes; for `llama-tiny` the vocabulary size (its embedding and `lm_head`)
     pub classes: Option<usize>,
     /// sizes of the id vocabularies the model embeds, one per embedded input: `[V]` for the
-    /// token encoders (`bert-tiny`: the token vocabulary); models with several id inputs take
-    /// them in input order (`ncf`: `[users, items]`; `gru-recommender`: `[items + 1]`, the items
-    /// and a PAD id). `None` keeps the model's own.
     /// token classifiers (`bert-tiny`, `gru-text`: the token vocabulary); models with several id
-    /// inputs take them in input order. `None` keeps the model's own.
+    /// inputs take them in input order (`ncf`: `[users, items]`; `gru-recommender`: `[items + 1]`,
+    /// the items and a PAD id). `None` keeps the model's own.
     pub vocab: Option<Vec<usize>>,
 }
 
@@ -99,12 +98,12 @@ enum Form {
     Image,
     Sequence,
     Tokens,
-    /// A float feature vector (tabular data), input `"features"`.
-    Vector,
     /// an item-id history [T] (input `history`)
     History,
     /// one user id and one item id (inputs `user` and `item`, shape [] each)
     UserItem,
+    /// A float feature vector (tabular data), input `"features"`.
+    Vector,
 }
 
 impl Form {
@@ -113,17 +112,16 @@ impl Form {
             Form::Image => "[C, H, W] (channels, height, width)",
             Form::Sequence => "[T, F] (time steps, features per step)",
             Form::Tokens => "[T] (the number of token ids)",
-            Form::Vector => "[F] (the number of features)",
             Form::History => "[T] (the number of past item ids)",
             Form::UserItem => "[] (one user id and one item id per sample)",
+            Form::Vector => "[F] (the number of features)",
         }
     }
     fn rank(self) -> usize {
         match self {
             Form::Image => 3,
             Form::Sequence => 2,
-            Form::Tokens | Form::Vector => 1,
-            Form::Tokens | Form::History => 1,
+            Form::Tokens | Form::History | Form::Vector => 1,
             Form::UserItem => 0,
         }
     }
@@ -140,9 +138,9 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
         "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
         "bert-tiny" | "gru-text" => (Form::Tokens, &[32], 2),
         "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
-        "mlp" => (Form::Vector, &[16], 2),
         "ncf" => (Form::UserItem, &[], 1),
         "gru-recommender" => (Form::History, &[20], MOVIELENS_ITEMS),
+        "mlp" => (Form::Vector, &[16], 2),
         _ => return None,
     })
 }
@@ -379,13 +377,6 @@ fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize) -> Result<Value> 
     b.named("lm_head").linear(&h, vocab)
 }
 
-/// The tabular MLP on features `[F]`: linear 64 -> ReLU -> linear 32 -> ReLU -> `classifier`
-/// linear `classes` (logits `[classes]`; for a binary task the score is softmax class 1).
-fn tabular_mlp(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
-    let h = b.linear(x, 64)?;
-    let h = b.relu(&h)?;
-    let h = b.linear(&h, 32)?;
-    let h = b.relu(&h)?;
 /// NeuMF (He et al. 2017, "Neural Collaborative Filtering", Fig. 3) with one user and one item
 /// embedding (32) shared by both towers, so that pruning the embedding width removes the same
 /// dimensions from both: u = E_user[user], v = E_item[item]; GMF = u * v; MLP = 64-32-16 ReLU
@@ -437,6 +428,16 @@ fn gru_recommender(
     b.named("classifier").linear(&h, classes)
 }
 
+/// The tabular MLP on features `[F]`: linear 64 -> ReLU -> linear 32 -> ReLU -> `classifier`
+/// linear `classes` (logits `[classes]`; for a binary task the score is softmax class 1).
+fn tabular_mlp(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    let h = b.linear(x, 64)?;
+    let h = b.relu(&h)?;
+    let h = b.linear(&h, 32)?;
+    let h = b.relu(&h)?;
+    b.named("classifier").linear(&h, classes)
+}
+
 /// Builds a built-in architecture by name with seeded weights, its own input shape and classes.
 pub fn build(name: &str, seed: u64) -> Result<Graph> {
     build_with(name, seed, &ZooOptions::default())
@@ -449,17 +450,13 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
     let (form, input, classes) = resolve(name, opts)?;
     let mut b = GraphBuilder::new(name, seed);
     b.meta("architecture", serde_json::json!(name));
-    let x = match form {
-        Form::Image => b.input("image", &input),
-        Form::Sequence => b.input("sequence", &input),
-        Form::Tokens => b.ids_input("tokens", &input),
-        Form::Vector => b.input("features", &input),
     let xs = match form {
         Form::Image => vec![b.input("image", &input)],
         Form::Sequence => vec![b.input("sequence", &input)],
         Form::Tokens => vec![b.ids_input("tokens", &input)],
         Form::History => vec![b.ids_input("history", &input)],
         Form::UserItem => vec![b.ids_input("user", &input), b.ids_input("item", &input)],
+        Form::Vector => vec![b.input("features", &input)],
     };
     let vocab = opts.vocab.clone().unwrap_or_default();
     if vocab.contains(&0) {
@@ -537,9 +534,9 @@ fn body(
             vocab.first().copied().unwrap_or(GRU_TEXT_VOCAB),
         ),
         "llama-tiny" => llama_tiny(b, x, classes),
-        "mlp" => tabular_mlp(b, x, classes),
         "ncf" => ncf(b, x, &xs[1], classes, vocab),
         "gru-recommender" => gru_recommender(b, x, classes, vocab),
+        "mlp" => tabular_mlp(b, x, classes),
         other => Err(GraphError::Invalid(format!(
             "unknown architecture `{other}`; known: {}",
             names().join(", ")
@@ -589,11 +586,9 @@ mod tests {
     fn expected_output(name: &str) -> Vec<usize> {
         match name {
             "llama-tiny" => vec![32, 1000],
-            "bert-tiny" | "mlp" => vec![2],
-            "bert-tiny" => vec![2],
+            "bert-tiny" | "mlp" | "gru-text" => vec![2],
             "ncf" => vec![1],
             "gru-recommender" => vec![9066],
-            "bert-tiny" | "gru-text" => vec![2],
             _ => vec![10],
         }
     }
@@ -616,8 +611,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_one_builds() {
         let n = names();
-        assert_eq!(n.len(), 13);
-        assert_eq!(n.len(), 14);
+        assert_eq!(n.len(), 16);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -922,34 +916,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mlp_on_30_tabular_features() {
-        let opts = ZooOptions {
-            input: Some(vec![30]),
-            ..Default::default()
-        };
-        let g = build_with("mlp", 0, &opts).unwrap();
-        assert_eq!(g.inputs[0].name, "features");
-        assert_eq!(
-            (g.inputs[0].shape.clone(), g.inputs[0].kind),
-            (vec![30], InputKind::Float)
-        );
-        let s = g.validate().unwrap();
-        let linears: Vec<&Vec<usize>> = g
-            .nodes
-            .iter()
-            .filter(|n| n.op.type_name() == "linear")
-            .map(|n| &s[&n.name])
-            .collect();
-        assert_eq!(linears, [&vec![64], &vec![32], &vec![2]]);
-        // 30*64 + 64 + 64*32 + 32 + 32*2 + 2
-        assert_eq!(g.param_count(), 1984 + 2080 + 66);
-        assert_eq!(g.macs().unwrap(), 30 * 64 + 64 * 32 + 32 * 2);
-        for mode in [Mode::EVAL, Mode::TRAIN] {
-            let y = forward(&g, 5, mode);
-            assert_eq!(y.dims(), &[5, 2]);
-            assert_finite("mlp", &y);
-        }
     /// ncf by hand: user and item embeddings of 32, the MLP tower 64 -> 64 -> 32 -> 16 and the
     /// classifier over [GMF 32, MLP 16] with one output.
     const NCF_PARAMS: usize =
@@ -1066,6 +1032,36 @@ mod tests {
         assert_finite("ncf", &y);
     }
 
+    #[test]
+    fn mlp_on_30_tabular_features() {
+        let opts = ZooOptions {
+            input: Some(vec![30]),
+            ..Default::default()
+        };
+        let g = build_with("mlp", 0, &opts).unwrap();
+        assert_eq!(g.inputs[0].name, "features");
+        assert_eq!(
+            (g.inputs[0].shape.clone(), g.inputs[0].kind),
+            (vec![30], InputKind::Float)
+        );
+        let s = g.validate().unwrap();
+        let linears: Vec<&Vec<usize>> = g
+            .nodes
+            .iter()
+            .filter(|n| n.op.type_name() == "linear")
+            .map(|n| &s[&n.name])
+            .collect();
+        assert_eq!(linears, [&vec![64], &vec![32], &vec![2]]);
+        // 30*64 + 64 + 64*32 + 32 + 32*2 + 2
+        assert_eq!(g.param_count(), 1984 + 2080 + 66);
+        assert_eq!(g.macs().unwrap(), 30 * 64 + 64 * 32 + 32 * 2);
+        for mode in [Mode::EVAL, Mode::TRAIN] {
+            let y = forward(&g, 5, mode);
+            assert_eq!(y.dims(), &[5, 2]);
+            assert_finite("mlp", &y);
+        }
+    }
+
     /// Every model's input, parameters and MACs are the recorded ones, so a change to a model's
     /// size is deliberate (`cargo test -p prunekit-zoo sizes -- --nocapture` prints them).
     /// digits-mlp by hand: 64*128 + 128 + 128*64 + 64 + 64*10 + 10 params, 64*128 + 128*64 +
@@ -1089,7 +1085,6 @@ mod tests {
             ("bert-tiny", &[32], 137_410, 2_363_520),
             ("gru-text", &[32], 89_090, 786_560),
             ("llama-tiny", &[32], 218_536, 5_128_192),
-            ("mlp", &[16], 3_234, 3_136),
             // embeddings and the GMF product count no MACs
             ("ncf", &[], NCF_PARAMS, 64 * 64 + 64 * 32 + 32 * 16 + 48),
             (
@@ -1098,13 +1093,18 @@ mod tests {
                 GRU_REC_PARAMS,
                 20 * (2 * 3 * 64 * 64) + 64 * 9066,
             ),
+            ("mlp", &[16], 3_234, 3_136),
         ];
         assert_eq!(
             recorded.iter().map(|r| r.0).collect::<Vec<_>>(),
             names(),
             "one recorded size per model"
         );
-        assert_eq!(64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10, recorded[0].2);
+        let size_of = |name: &str| recorded.iter().find(|r| r.0 == name).map_or(0, |r| r.2);
+        assert_eq!(
+            64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10,
+            size_of("digits-mlp")
+        );
         let llama_layer = 2 * 64
             + (2 * 64 * 64 + 2 * 64 + 2 * (16 * 64 + 16))
             + 2 * (64 * 176 + 176)
@@ -1112,14 +1112,18 @@ mod tests {
             + 64;
         assert_eq!(
             1000 * 64 + 2 * llama_layer + 64 + 64 * 1000 + 1000,
-            recorded[12].2
+            size_of("llama-tiny")
         );
-        assert_eq!(16 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2, recorded[12].2);
+        assert_eq!(16 * 64 + 64 + 64 * 32 + 32 + 32 * 2 + 2, size_of("mlp"));
         // gru-text: embedding 1000*64, GRU 64->64 (PyTorch's layout: 3 gates of input and
         // recurrent weights, two biases), linear 64->2; MACs 32 steps of both matrices + the head
         let gru = 2 * 192 * 64 + 2 * 192;
-        assert_eq!(1000 * 64 + gru + 64 * 2 + 2, recorded[11].2);
-        assert_eq!(32 * 2 * 192 * 64 + 64 * 2, recorded[11].3);
+        assert_eq!(1000 * 64 + gru + 64 * 2 + 2, size_of("gru-text"));
+        let gru_text_macs = recorded
+            .iter()
+            .find(|r| r.0 == "gru-text")
+            .map_or(0, |r| r.3);
+        assert_eq!(32 * 2 * 192 * 64 + 64 * 2, gru_text_macs);
         for &(name, input, params, macs) in recorded {
             let g = build(name, 0).unwrap();
             println!(
