@@ -58,8 +58,8 @@ pub use movielens::{
 };
 pub use spam::{
     dedup_mails, encode_mails, mail_text, read_spam_corpus, spam_assassin, spam_cache_dir,
-    train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN, MAX_MAILS,
-    MAX_MAIL_BYTES, SPAM_CLS_ID, SPAM_GROUPS, SPAM_INPUT, SPAM_MAILS, SPAM_PAD_ID,
+    spam_task, train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN,
+    MAX_MAILS, MAX_MAIL_BYTES, SPAM_CLS_ID, SPAM_GROUPS, SPAM_INPUT, SPAM_MAILS, SPAM_PAD_ID,
     SPAM_SPECIAL_TOKENS, SPAM_UNK_ID,
 };
 pub use task::{Direction, Task, TaskKind, IGNORE};
@@ -149,9 +149,10 @@ pub const DATASETS: &[&str] = &[
 /// * `"movielens"`, `"movielens-rank"`, `"movielens-seq"`: rating regression
 ///   ([`movielens_ratings`]), the NCF ranking protocol ([`movielens_ranking`]) and next-item
 ///   histories ([`movielens_sequences`]), from `dir`, default `shared/data/movielens`, seeded.
-/// * `"spam"`: the SpamAssassin corpus ([`spam_assassin`] with [`SpamConfig::default`]), from
-///   `dir`, default [`spam_cache_dir`], split with `seed`; the trained tokenizer is dropped (call
-///   [`spam_assassin`] to keep it).
+/// * `"spam"`: the SpamAssassin corpus ([`spam_assassin`] with [`SpamConfig::default`] but
+///   left padding, so that a recurrent model's last step reads the mail), from `dir`, default
+///   [`spam_cache_dir`], split with `seed`; F1 of the spam class is the headline; the trained
+///   tokenizer is dropped (call [`spam_assassin`] to keep it).
 ///
 /// The datasets that come normalised by their loader return the identity [`Normalization`].
 ///
@@ -176,8 +177,16 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
         "movielens-seq" => {
             movielens_sequences(dir, seed, MOVIELENS_HISTORY).map(|s| (s, Normalization::default()))
         }
-        "spam" => spam_assassin(dir, seed, &SpamConfig::default())
-            .map(|d| (d.split, Normalization::default())),
+        // left-padded: a recurrent model's last step reads the mail, not padding
+        "spam" => spam_assassin(
+            dir,
+            seed,
+            &SpamConfig {
+                pad_left: true,
+                ..SpamConfig::default()
+            },
+        )
+        .map(|d| (d.split, Normalization::default())),
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),

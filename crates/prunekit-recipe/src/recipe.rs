@@ -1127,8 +1127,20 @@ fn lottery(g: &mut Graph, l: &LotteryStage, cx: &RunCx) -> Result<serde_json::Va
     )
 }
 
-/// The model a recipe starts from.
-pub fn build_model(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Graph> {
+/// The model a recipe starts from: loaded from `path`, or the zoo architecture `arch` built with
+/// the recipe's `input`, `classes` and `vocab`, each taken from `data` when the recipe leaves it
+/// out (the first input's per-sample shape; the classes of class targets, the width of
+/// regression targets; per id input, its largest id + 1 over both splits).
+///
+/// # Errors
+/// Neither `arch` nor `path`, a model that cannot be read, or an architecture that does not build
+/// for those sizes.
+pub fn build_model(
+    spec: &ModelSpec,
+    data: Option<&Split>,
+    seed: u64,
+    device: &Device,
+) -> Result<Graph> {
     if let Some(p) = &spec.path {
         return Ok(prunekit_graph::format::load(p, device)?);
     }
@@ -1136,10 +1148,39 @@ pub fn build_model(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Graph
         .arch
         .as_deref()
         .ok_or_else(|| RecipeError::Invalid("[model] needs `arch` or `path`".into()))?;
+    let from_data = |f: &dyn Fn(&Split) -> Option<Vec<usize>>| data.and_then(f);
     let opts = prunekit_zoo::ZooOptions {
-        input: spec.input.clone(),
-        classes: spec.classes,
-        vocab: spec.vocab.clone(),
+        input: spec
+            .input
+            .clone()
+            .or_else(|| from_data(&|s| Some(s.train.sample_shape().to_vec()))),
+        classes: spec.classes.or_else(|| {
+            data.and_then(|s| match &s.train.target {
+                prunekit_data::Target::Regression { dim, .. } => Some(*dim),
+                _ => s.train.num_classes(),
+            })
+        }),
+        vocab: spec.vocab.clone().or_else(|| {
+            from_data(&|s| {
+                let v: Vec<usize> = s
+                    .train
+                    .inputs
+                    .iter()
+                    .zip(&s.test.inputs)
+                    .filter_map(|(a, b)| match (&a.values, &b.values) {
+                        (prunekit_data::Values::U32(x), prunekit_data::Values::U32(y)) => Some(
+                            x.iter()
+                                .chain(y)
+                                .copied()
+                                .max()
+                                .map_or(1, |m| m as usize + 1),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                (!v.is_empty()).then_some(v)
+            })
+        }),
     };
     Ok(prunekit_zoo::build_with(arch, seed, &opts)?)
 }
@@ -1210,7 +1251,7 @@ pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> R
     recipe.check()?;
     let device = prunekit_graph::device::default_device();
     let split = load_split(&recipe.data, recipe.seed)?;
-    let mut g = build_model(&recipe.model, recipe.seed, &device)?;
+    let mut g = build_model(&recipe.model, Some(&split), recipe.seed, &device)?;
     g.meta
         .insert("dataset".into(), serde_json::json!(recipe.data.name));
     let mut cx = RunCx {
