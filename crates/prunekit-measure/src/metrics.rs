@@ -157,9 +157,13 @@ pub fn binary_metrics(scores: &[f64], labels: &[bool], threshold: f64) -> Result
     })
 }
 
-/// ROC AUC as the Mann-Whitney statistic: the probability that a random positive scores above a
-/// random negative, ties counting one half (average ranks). `None` without both classes.
-pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
+/// The sample indices in ascending order of score, with the counts of positives and negatives;
+/// `None` without both classes. Errors for unequal lengths or a NaN score (`what` names them).
+fn ascending(
+    scores: &[f64],
+    labels: &[bool],
+    what: &str,
+) -> Result<Option<(Vec<usize>, usize, usize)>> {
     if scores.len() != labels.len() {
         return Err(invalid(format!(
             "{} scores but {} labels",
@@ -167,7 +171,7 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
             labels.len()
         )));
     }
-    check_finite("ROC scores", scores.iter().copied())?;
+    check_finite(what, scores.iter().copied())?;
     let pos = labels.iter().filter(|&&y| y).count();
     let neg = labels.len() - pos;
     if pos == 0 || neg == 0 {
@@ -175,6 +179,15 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    Ok(Some((order, pos, neg)))
+}
+
+/// ROC AUC as the Mann-Whitney statistic: the probability that a random positive scores above a
+/// random negative, ties counting one half (average ranks). `None` without both classes.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
+    let Some((order, pos, neg)) = ascending(scores, labels, "ROC scores")? else {
+        return Ok(None);
+    };
     let mut rank_sum = 0f64; // 1-based ranks of the positives, ties averaged
     let mut i = 0;
     while i < order.len() {
@@ -195,21 +208,9 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
 /// negatives, `max_t |F_pos(t) - F_neg(t)|` = the largest `|TPR - FPR|` over thresholds, in [0, 1].
 /// Tied scores move together. `None` without both classes.
 pub fn ks_statistic(scores: &[f64], labels: &[bool]) -> Result<Option<f64>> {
-    if scores.len() != labels.len() {
-        return Err(invalid(format!(
-            "{} scores but {} labels",
-            scores.len(),
-            labels.len()
-        )));
-    }
-    check_finite("KS scores", scores.iter().copied())?;
-    let pos = labels.iter().filter(|&&y| y).count();
-    let neg = labels.len() - pos;
-    if pos == 0 || neg == 0 {
+    let Some((order, pos, neg)) = ascending(scores, labels, "KS scores")? else {
         return Ok(None);
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    };
     let (mut cp, mut cn, mut best) = (0usize, 0usize, 0f64);
     let mut i = 0;
     while i < order.len() {

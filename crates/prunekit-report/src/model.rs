@@ -93,10 +93,11 @@ pub enum Unit {
     Plain,
 }
 
-/// How a metric is shown: shares (accuracy, AUC, F1, precision, recall, KS, hit rate, NDCG) as
-/// fractions, the others (RMSE, MAE, perplexity, loss) as plain numbers.
+/// How a metric is shown: shares (accuracy, F1, precision, recall, hit rate, NDCG) as
+/// percentages, the others (AUC and KS as statisticians write them, RMSE, MAE, perplexity,
+/// loss) as plain numbers.
 pub fn metric_unit(name: &str) -> Unit {
-    let plain = ["rmse", "mae", "perplexity", "loss"];
+    let plain = ["rmse", "mae", "perplexity", "loss", "auc", "ks"];
     if plain.iter().any(|p| name.contains(p)) {
         Unit::Plain
     } else {
