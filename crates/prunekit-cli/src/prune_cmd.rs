@@ -224,6 +224,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
             ..ModelSpec::default()
         },
         data: DataSpec::named("none"),
+        task: None,
         train: None,
         stages: stages.clone(),
     }

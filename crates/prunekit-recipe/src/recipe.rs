@@ -43,11 +43,71 @@ pub struct Recipe {
     pub seed: u64,
     pub model: ModelSpec,
     pub data: DataSpec,
+    /// changes to the dataset's own task (headline metric, class weights)
+    #[serde(default)]
+    pub task: Option<TaskSpec>,
     /// train the model before pruning (e.g. a zoo architecture from scratch)
     #[serde(default)]
     pub train: Option<TrainSpec>,
     #[serde(default, rename = "stage")]
     pub stages: Vec<Stage>,
+}
+
+/// `[task]`: what a recipe changes in the task its dataset comes with.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// the headline metric, one the task reports (e.g. `f1` for a binary task)
+    #[serde(default)]
+    pub headline: Option<String>,
+    /// `"balanced"`: weigh the cross-entropy by n / (C n_c) from the training labels
+    /// (scikit-learn's "balanced"); `"none"`: unweighted
+    #[serde(default)]
+    pub class_weights: Option<String>,
+}
+
+impl TaskSpec {
+    /// Applies the changes to both sides of `split`.
+    ///
+    /// # Errors
+    /// A headline the task does not report, or class weights other than `balanced` / `none` or
+    /// for a task without class targets; the message names `[task]` and the field.
+    pub fn apply(&self, split: &mut Split) -> Result<()> {
+        if let Some(h) = &self.headline {
+            for d in [&mut split.train, &mut split.test] {
+                d.task = d
+                    .task
+                    .clone()
+                    .with_headline(h)
+                    .map_err(|e| RecipeError::Invalid(format!("[task] headline: {e}")))?;
+            }
+        }
+        let weights = match self.class_weights.as_deref() {
+            None => return Ok(()),
+            Some("none") => None,
+            Some("balanced") => {
+                let counts = split.train.class_counts();
+                let n: usize = counts.iter().sum();
+                if counts.is_empty() || counts.contains(&0) {
+                    return Err(RecipeError::Invalid(format!(
+                        "[task] class_weights = \"balanced\" needs training samples of every class \
+                         (counts {counts:?})"
+                    )));
+                }
+                let c = counts.len() as f32;
+                Some(counts.iter().map(|&k| n as f32 / (c * k as f32)).collect())
+            }
+            Some(other) => {
+                return Err(RecipeError::Invalid(format!(
+                    "[task] class_weights = {other:?}: expected \"balanced\" or \"none\""
+                )))
+            }
+        };
+        for d in [&mut split.train, &mut split.test] {
+            d.task.class_weights = weights.clone();
+        }
+        Ok(())
+    }
 }
 
 /// The model: a built-in architecture or a model directory.
@@ -1250,7 +1310,10 @@ pub struct RunOutput {
 pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
     recipe.check()?;
     let device = prunekit_graph::device::default_device();
-    let split = load_split(&recipe.data, recipe.seed)?;
+    let mut split = load_split(&recipe.data, recipe.seed)?;
+    if let Some(t) = &recipe.task {
+        t.apply(&mut split)?;
+    }
     let mut g = build_model(&recipe.model, Some(&split), recipe.seed, &device)?;
     g.meta
         .insert("dataset".into(), serde_json::json!(recipe.data.name));

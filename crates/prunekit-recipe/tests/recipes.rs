@@ -215,3 +215,37 @@ fn gradual_movement_pruning_uses_scores_from_the_same_training() {
         rep.after.accuracy()
     );
 }
+
+#[test]
+fn domain_recipes_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/domains");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            Recipe::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 11, "{n} domain recipes");
+}
+
+#[test]
+fn task_table_sets_the_headline_and_class_weights() {
+    let base = "[model]\narch = \"digits-mlp\"\n\n[data]\nname = \"digits\"\n\n";
+    let r = parse(&format!(
+        "{base}[task]\nheadline = \"top5_accuracy\"\nclass_weights = \"balanced\"\n\n\
+         [train]\nepochs = 1\nlr = 0.05\nbatch_size = 32\n"
+    ))
+    .unwrap();
+    let (_, rep) = run(&r, false, &mut |_| {}).unwrap();
+    assert_eq!(rep.after.headline.as_deref(), Some("top5_accuracy"));
+    assert!(rep.after.metrics.contains_key("accuracy"));
+    // a metric the task does not report is an error naming [task] and the metric
+    let bad = parse(&format!("{base}[task]\nheadline = \"rmse\"\n")).unwrap();
+    let e = run(&bad, false, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("[task] headline") && e.contains("`rmse`"), "{e}");
+    let bad = parse(&format!("{base}[task]\nclass_weights = \"inverse\"\n")).unwrap();
+    let e = run(&bad, false, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("class_weights") && e.contains("balanced"), "{e}");
+}
