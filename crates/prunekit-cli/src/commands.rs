@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use prunekit_data::{Augment, Split};
-use prunekit_graph::{format, Graph};
+use prunekit_graph::Graph;
 use prunekit_measure::{summarize, Summary};
 use prunekit_prune::{magnitude_prune, prune_structured, Norm, Scope, StructuredConfig, Target};
 use prunekit_train::{fit, LrSchedule, OptimizerKind, TrainConfig};
@@ -19,18 +19,23 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Demo { save, json, seed } => demo(save.as_deref(), json, seed),
         Command::Info { model, json } => info(&model, json),
+        Command::Export { model, output } => export(&model, &output),
+        Command::Predict {
+            model,
+            inputs,
+            output,
+        } => predict(&model, &inputs, &output),
         Command::Train {
             model,
-            arch,
             output,
             data,
             train,
             json,
         } => {
-            let g = match (model, arch) {
+            let g = match (model, arch()) {
                 (Some(m), _) => load_model(&m)?,
-                (None, Some(a)) => prunekit_zoo::build(&a, train.seed)?,
-                (None, None) => bail!("pass --model DIR or --arch NAME"),
+                (None, Some(a)) => prunekit_zoo::build(a, train.seed)?,
+                (None, None) => bail!("pass --model MODEL or --arch NAME"),
             };
             train_cmd(g, &output, &data, &train, json, "train")
         }
@@ -73,13 +78,120 @@ pub fn run(cmd: Command) -> Result<()> {
     }
 }
 
+static ARCH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Records the global `--arch` (called once by `main`).
+pub(crate) fn set_arch(arch: Option<String>) {
+    let _ = ARCH.set(arch);
+}
+
+/// The global `--arch`, if given.
+pub(crate) fn arch() -> Option<&'static str> {
+    ARCH.get().and_then(|a| a.as_deref())
+}
+
+/// Loads a model in any format `prunekit_io` reads; a state dict is loaded into the `--arch`
+/// architecture (a zoo name, or a model file whose architecture is used).
 pub(crate) fn load_model(path: &Path) -> Result<Graph> {
-    format::load(path, &prunekit_graph::device::default_device())
-        .with_context(|| format!("cannot load model {}", path.display()))
+    let device = prunekit_graph::device::default_device();
+    let ctx = || format!("cannot load model {}", path.display());
+    let format = prunekit_io::detect(path).with_context(ctx)?;
+    if format.has_architecture() {
+        return prunekit_io::load(path, &device).with_context(ctx);
+    }
+    if !matches!(
+        format,
+        prunekit_io::Format::PyTorch | prunekit_io::Format::Safetensors
+    ) {
+        return prunekit_io::load(path, &device).with_context(ctx);
+    }
+    let Some(a) = arch() else {
+        bail!(
+            "{}: a {} state dict holds weights but no architecture; give it with --arch NAME (a built-in architecture, `prunekit zoo list`) or --arch FILE (e.g. the same model's .onnx)",
+            path.display(),
+            format.name()
+        );
+    };
+    let template = if Path::new(a).exists() {
+        prunekit_io::load(Path::new(a), &device)
+            .with_context(|| format!("cannot load the architecture --arch {a}"))?
+    } else {
+        prunekit_zoo::build(a, 0).with_context(|| format!("--arch {a}"))?
+    };
+    prunekit_io::pytorch::load_state_dict(path, template).with_context(ctx)
+}
+
+/// `prunekit export`: any readable model to the format OUT's extension names.
+fn export(model: &Path, output: &Path) -> Result<()> {
+    let g = load_model(model)?;
+    check_output(model, output)?;
+    let f = save_model(&g, output, Some(model))?;
+    println!("wrote {} ({} format)", output.display(), f.name());
+    if matches!(
+        f,
+        prunekit_io::Format::PyTorch | prunekit_io::Format::Safetensors
+    ) {
+        println!(
+            "widths to rebuild the module: {}",
+            prunekit_io::pytorch::widths_path(output).display()
+        );
+    }
+    Ok(())
+}
+
+/// `prunekit predict`: the model's outputs on .npy inputs, as .npy.
+fn predict(model: &Path, inputs: &[std::path::PathBuf], output: &Path) -> Result<()> {
+    let g = load_model(model)?;
+    if inputs.len() != g.inputs.len() {
+        bail!(
+            "{} takes {} input(s), got {} --input (one .npy per input, in the order `prunekit info` lists them)",
+            model.display(),
+            g.inputs.len(),
+            inputs.len()
+        );
+    }
+    let device = g.device();
+    let mut xs = Vec::new();
+    for (p, spec) in inputs.iter().zip(&g.inputs) {
+        let t = prunekit_io::npy::read(p, &device)?;
+        if t.dims().get(1..) != Some(spec.shape.as_slice()) {
+            bail!(
+                "{}: shape {:?} does not fit input `{}` [batch, {}]",
+                p.display(),
+                t.dims(),
+                spec.name,
+                spec.shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let t = match spec.kind {
+            prunekit_graph::InputKind::Ids => t.to_dtype(candle_core::DType::U32)?,
+            prunekit_graph::InputKind::Float => t.to_dtype(g.dtype())?,
+        };
+        xs.push(t);
+    }
+    let ys = prunekit_graph::Executor::new(0)
+        .eval(&g, &xs)
+        .with_context(|| format!("running {}", model.display()))?;
+    for (k, y) in ys.iter().enumerate() {
+        let p = if k == 0 {
+            output.to_path_buf()
+        } else {
+            let mut s = output.as_os_str().to_owned();
+            s.push(format!(".{k}.npy"));
+            s.into()
+        };
+        prunekit_io::npy::write(&p, y)?;
+        println!("wrote {} {:?}", p.display(), y.dims());
+    }
+    Ok(())
 }
 
 pub(crate) fn check_output(input: &Path, output: &Path) -> Result<()> {
-    if format::same_model(input, output) {
+    if prunekit_io::same_file(input, output) {
         bail!(
             "{}: refusing to overwrite the input model; choose another output directory",
             output.display()
@@ -88,8 +200,14 @@ pub(crate) fn check_output(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn save_model(g: &Graph, output: &Path, input: Option<&Path>) -> Result<()> {
-    format::save_protected(g, output, input)
+/// Saves in the format `output`'s extension names (`.onnx`, `.safetensors`, `.pt`; else our
+/// directory); refuses to write over `input`.
+pub(crate) fn save_model(
+    g: &Graph,
+    output: &Path,
+    input: Option<&Path>,
+) -> Result<prunekit_io::Format> {
+    prunekit_io::save(g, output, input)
         .with_context(|| format!("cannot save model to {}", output.display()))
 }
 

@@ -27,6 +27,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Prune neural networks end to end: analyse, prune, recover, measure, write back"
 )]
 struct Cli {
+    /// the architecture: for `train`, the built-in architecture to start from; with a state-dict
+    /// MODEL (a PyTorch .pt / .pth / .bin or a .safetensors file of weights), the architecture its
+    /// tensors are loaded into: a built-in name (`prunekit zoo list`) or a model file whose
+    /// architecture is used (e.g. the same model's .onnx)
+    #[arg(long, global = true, value_name = "NAME|FILE")]
+    arch: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,7 +51,26 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Layers, shapes, parameters, MACs and sparsity of a model.
+    /// Write a model in another format: OUT's extension names it (`.onnx`, `.safetensors`,
+    /// `.pt`; anything else: a prunekit model directory).
+    Export {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run a model on input arrays (NumPy .npy, batch axis first; one per model input, in order)
+    /// and write its first output (or every output: OUT, OUT.1.npy, ...) as .npy.
+    Predict {
+        model: PathBuf,
+        /// an input array; repeat for models with several inputs
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Layers, shapes, parameters, MACs and sparsity of a model (any format: a prunekit
+    /// directory, .onnx, or a state dict with --arch); for an ONNX file, every node prunekit
+    /// cannot import.
     Info {
         model: PathBuf,
         #[arg(long)]
@@ -53,12 +78,10 @@ enum Command {
     },
     /// Train a model directory (or a built-in architecture) on a dataset.
     Train {
-        /// model directory to start from
-        #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
-        model: Option<PathBuf>,
-        /// built-in architecture to start from (see `prunekit zoo list`)
+        /// model to start from (any format `info` reads; a state dict with --arch); without it,
+        /// a fresh --arch
         #[arg(long)]
-        arch: Option<String>,
+        model: Option<PathBuf>,
         /// output model directory
         #[arg(short, long)]
         output: PathBuf,
@@ -214,6 +237,7 @@ fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
     let cli = Cli::parse();
+    commands::set_arch(cli.arch);
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

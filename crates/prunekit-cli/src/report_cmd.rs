@@ -208,7 +208,7 @@ pub(crate) fn report_graphs(
     let mut paths = Vec::new();
     for (i, g) in graphs.iter().enumerate() {
         let p = tmp.path().join(format!("model{i}"));
-        prunekit_graph::format::save(g, &p)?;
+        prunekit_io::native::save(g, &p)?;
         paths.push(p);
     }
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use prunekit_graph::format;
 use prunekit_zoo::ZooOptions;
 use serde_json::json;
 
@@ -110,7 +109,7 @@ fn create(
     };
     let g = prunekit_zoo::build_with(name, seed, &opts)?;
     check_writable(output)?;
-    format::save_protected(&g, output, None)
+    prunekit_io::native::save_protected(&g, output, None)
         .with_context(|| format!("cannot save model to {}", output.display()))?;
     let shapes = g.validate()?;
     let (params, macs) = (g.param_count(), g.macs()?);

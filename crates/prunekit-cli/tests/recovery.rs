@@ -78,7 +78,7 @@ fn recalibration_is_on_with_data_and_reports_both_accuracies() {
         "--no-recalibrate still re-calibrated: {w}"
     );
     let stats = |dir: &Path| {
-        let g = prunekit_graph::format::load(dir, &candle_core::Device::Cpu).unwrap();
+        let g = prunekit_io::native::load(dir, &candle_core::Device::Cpu).unwrap();
         g.node("batch_norm1").unwrap().params["running_mean"]
             .tensor()
             .to_vec1::<f32>()

@@ -1,11 +1,10 @@
-//! prunekit's model graph: typed ops with their rules, the graph and its builder, our model format,
+//! prunekit's model graph: typed ops with their rules, the graph and its builder,
 //! the candle runtime that executes graphs forward and backward, and the losses.
 
 pub mod builder;
 pub mod channels;
 pub mod device;
 pub mod error;
-pub mod format;
 pub mod graph;
 pub mod kernels;
 pub mod loss;

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::rnn::{GRUConfig, LSTMConfig, RNN};
 use common::*;
-use prunekit_graph::format::{load, save, STRUCTURE_FILE};
 use prunekit_graph::ops::*;
 use prunekit_graph::{Executor, Graph, GraphBuilder};
 
@@ -883,75 +882,6 @@ fn slicing_positional_embedding_resizes() {
         g.node("pe").unwrap().op,
         Op::from(PositionalEmbedding { max_len: 4, dim: 3 })
     );
-}
-
-// ----------------------------------------------------------------------------------------------
-// the model format
-
-fn sequence_model() -> Graph {
-    let mut b = GraphBuilder::new("tiny-seq", 8);
-    let t = b.ids_input("tokens", &[6]);
-    let pad = b.input("pad", &[6]);
-    let e = b.embedding(&t, 20, 8).unwrap();
-    let e = b.positional_embedding(&e, 12).unwrap();
-    let a = b.attention(&e, 4, 2, 2, true, Some(10000.0)).unwrap();
-    let a = b.attention_masked(&a, &pad, 2, 1, 4, false, None).unwrap();
-    let mut plain = Attention::new(8, 2, 3);
-    plain.out_dim = 5;
-    plain.bias = false;
-    let a = b.node(plain, &[&a]).unwrap();
-    let l = b.lstm(&a, 5, true).unwrap();
-    let r = b.gru(&l, 3, false).unwrap();
-    let r2 = b.lstm(&l, 2, false).unwrap();
-    b.finish(&[&r, &r2, &l]).unwrap()
-}
-
-fn assert_same_graph(a: &Graph, b: &Graph) {
-    assert_eq!(a.inputs, b.inputs);
-    assert_eq!(a.outputs, b.outputs);
-    assert_eq!(a.nodes.len(), b.nodes.len());
-    for (na, nb) in a.nodes.iter().zip(&b.nodes) {
-        assert_eq!(na.name, nb.name);
-        assert_eq!(na.op, nb.op, "node {}", na.name);
-        assert_eq!(na.inputs, nb.inputs, "node {}", na.name);
-        let ka: Vec<_> = na.params.keys().collect();
-        assert_eq!(ka, nb.params.keys().collect::<Vec<_>>(), "node {}", na.name);
-        for (k, pa) in &na.params {
-            let pb = &nb.params[k];
-            assert_eq!(pa.role, pb.role, "{}.{k}", na.name);
-            assert_eq!(pa.tensor().dims(), pb.tensor().dims(), "{}.{k}", na.name);
-            assert_eq!(bits(pa.tensor()), bits(pb.tensor()), "{}.{k}", na.name);
-        }
-    }
-}
-
-#[test]
-fn sequence_model_roundtrip_is_bit_exact() {
-    let g = sequence_model();
-    randomize_params(&g, 120);
-    let tmp = tempfile::tempdir().unwrap();
-    save(&g, tmp.path()).unwrap();
-    let back = load(tmp.path(), &Device::Cpu).unwrap();
-    assert_same_graph(&g, &back);
-    let mask = Tensor::new(
-        &[
-            [1.0f32, 1.0, 1.0, 1.0, 0.0, 0.0],
-            [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-        ],
-        &Device::Cpu,
-    )
-    .unwrap();
-    let inputs = [ids(&[2, 6], 20, 121), mask];
-    let ya = Executor::new(0).eval(&g, &inputs).unwrap();
-    let yb = Executor::new(0).eval(&back, &inputs).unwrap();
-    assert_eq!(ya.len(), 3);
-    for (a, b) in ya.iter().zip(&yb) {
-        assert_eq!(bits(a), bits(b));
-    }
-    let json = std::fs::read_to_string(tmp.path().join(STRUCTURE_FILE)).unwrap();
-    for tag in ["lstm", "gru", "attention", "positional_embedding"] {
-        assert!(json.contains(&format!("\"type\": \"{tag}\"")), "{json}");
-    }
 }
 
 #[test]

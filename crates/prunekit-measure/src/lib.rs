@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use prunekit_data::Dataset;
-use prunekit_graph::{format, Executor, Graph, InputKind};
+use prunekit_graph::{Executor, Graph, InputKind};
+use prunekit_io::native as format;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]

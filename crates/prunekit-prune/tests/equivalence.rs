@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 use prunekit_graph::channels::{analyse, ChannelAnalysis};
-use prunekit_graph::{format, Graph, GraphBuilder, Role, Value};
+use prunekit_graph::{Graph, GraphBuilder, Role, Value};
+use prunekit_io::native as format;
 use prunekit_prune::{
     prune_structured, random_inputs, random_removal_error, removal_error, removal_trials, Norm,
     StructuredConfig,

@@ -4,7 +4,8 @@
 //! removing every residual block is refused.
 
 use candle_core::Tensor;
-use prunekit_graph::{format, Graph, GraphBuilder, Op, Role, Value};
+use prunekit_graph::{Graph, GraphBuilder, Op, Role, Value};
+use prunekit_io::native as format;
 use prunekit_prune::magnitude::Scope;
 use prunekit_prune::{
     find_layers, prune_layers, prune_structured, random_inputs, verify, Limit, Norm,

@@ -14,6 +14,8 @@ pub enum RecipeError {
     #[error(transparent)]
     Graph(#[from] prunekit_graph::GraphError),
     #[error(transparent)]
+    Io(#[from] prunekit_io::IoError),
+    #[error(transparent)]
     Data(#[from] prunekit_data::DataError),
     #[error(transparent)]
     Train(#[from] prunekit_train::TrainError),

@@ -1202,7 +1202,7 @@ pub fn build_model(
     device: &Device,
 ) -> Result<Graph> {
     if let Some(p) = &spec.path {
-        return Ok(prunekit_graph::format::load(p, device)?);
+        return Ok(prunekit_io::load(p, device)?);
     }
     let arch = spec
         .arch

@@ -334,3 +334,24 @@ pub fn conv(
     c.groups = groups;
     c
 }
+
+/// A sequence model with every sequence op: embedding, positional embedding, attention (RoPE, GQA,
+/// masked, plain), LSTM and GRU; three outputs. Inputs: 6 token ids and a [6] padding mask.
+pub fn sequence_model() -> Graph {
+    use prunekit_graph::ops::Attention;
+    let mut b = GraphBuilder::new("tiny-seq", 8);
+    let t = b.ids_input("tokens", &[6]);
+    let pad = b.input("pad", &[6]);
+    let e = b.embedding(&t, 20, 8).unwrap();
+    let e = b.positional_embedding(&e, 12).unwrap();
+    let a = b.attention(&e, 4, 2, 2, true, Some(10000.0)).unwrap();
+    let a = b.attention_masked(&a, &pad, 2, 1, 4, false, None).unwrap();
+    let mut plain = Attention::new(8, 2, 3);
+    plain.out_dim = 5;
+    plain.bias = false;
+    let a = b.node(plain, &[&a]).unwrap();
+    let l = b.lstm(&a, 5, true).unwrap();
+    let r = b.gru(&l, 3, false).unwrap();
+    let r2 = b.lstm(&l, 2, false).unwrap();
+    b.finish(&[&r, &r2, &l]).unwrap()
+}

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{GraphError, Result};
-use crate::graph::{Graph, InputSpec, Node, Param};
-use crate::ops::Op;
+use prunekit_graph::error::{GraphError, Result};
+use prunekit_graph::graph::{Graph, InputSpec, Node, Param};
+use prunekit_graph::ops::Op;
 
 pub const FORMAT_NAME: &str = "prunekit-model";
 pub const FORMAT_VERSION: u32 = 1;
@@ -177,7 +177,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for nf in file.nodes {
         // bound what model.json declares before comparing tensors with it
-        crate::graph::check_declared_sizes(&nf.name, &nf.op)
+        prunekit_graph::graph::check_declared_sizes(&nf.name, &nf.op)
             .map_err(|e| GraphError::file(&json_path, e.to_string()))?;
         let mut params = BTreeMap::new();
         for d in nf.op.rules().params() {

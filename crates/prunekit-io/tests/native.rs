@@ -2,6 +2,7 @@
 //! outputs), sliced (non-uniform) graphs and masks survive, and every kind of bad input gives an
 //! error naming the file and the problem instead of a panic.
 
+#[path = "../../prunekit-graph/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
@@ -9,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use prunekit_graph::format::{
-    self, load, model_size, save, save_protected, STRUCTURE_FILE, WEIGHTS_FILE,
-};
 use prunekit_graph::ops::Conv2d;
 use prunekit_graph::{Executor, Graph, GraphBuilder, GraphError, InputKind, Mode};
+use prunekit_io::native::{
+    self as format, load, model_size, save, save_protected, STRUCTURE_FILE, WEIGHTS_FILE,
+};
 
 fn cnn() -> Graph {
     let mut b = GraphBuilder::new("tiny-cnn", 5);
@@ -767,4 +768,35 @@ fn a_mask_over_nonzero_values_zeroes_them_at_load() {
     }
     let pruned = mask.eq(0f32).unwrap().to_dtype(DType::F32).unwrap();
     assert!(pruned.sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+}
+
+// the sequence ops (embedding, attention, LSTM, GRU) survive the format
+
+#[test]
+fn sequence_model_roundtrip_is_bit_exact() {
+    let g = sequence_model();
+    randomize_params(&g, 120);
+    let tmp = tempfile::tempdir().unwrap();
+    save(&g, tmp.path()).unwrap();
+    let back = load(tmp.path(), &Device::Cpu).unwrap();
+    assert_same_graph(&g, &back);
+    let mask = Tensor::new(
+        &[
+            [1.0f32, 1.0, 1.0, 1.0, 0.0, 0.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = [ids(&[2, 6], 20, 121), mask];
+    let ya = Executor::new(0).eval(&g, &inputs).unwrap();
+    let yb = Executor::new(0).eval(&back, &inputs).unwrap();
+    assert_eq!(ya.len(), 3);
+    for (a, b) in ya.iter().zip(&yb) {
+        assert_eq!(bits(a), bits(b));
+    }
+    let json = std::fs::read_to_string(tmp.path().join(STRUCTURE_FILE)).unwrap();
+    for tag in ["lstm", "gru", "attention", "positional_embedding"] {
+        assert!(json.contains(&format!("\"type\": \"{tag}\"")), "{json}");
+    }
 }
