@@ -12,6 +12,7 @@
 //! protobuf's structure), not its extension; [`load`] and [`save`] dispatch on it.
 
 pub mod error;
+pub mod fuzz;
 pub mod native;
 pub mod npy;
 pub mod onnx;

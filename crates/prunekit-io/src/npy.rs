@@ -24,6 +24,7 @@ pub fn read(path: &Path, device: &Device) -> Result<Tensor> {
     let len = std::fs::metadata(path)
         .map_err(|e| IoError::io(path, e))?
         .len();
+    check_header_length(path, len)?;
     let f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
     let npy = npyz::NpyFile::new(BufReader::new(f))
         .map_err(|e| IoError::file(path, format!("not a NumPy .npy file: {e}")))?;
@@ -106,6 +107,50 @@ pub fn read(path: &Path, device: &Device) -> Result<Tensor> {
             ),
         )),
     }
+}
+
+/// The header's declared length must fit in the file (and 1 MiB) before npyz reads it: npyz
+/// allocates what the header declares.
+fn check_header_length(path: &Path, len: u64) -> Result<()> {
+    let mut head = [0u8; 12];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(|e| IoError::io(path, e))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    if n < 10 || &head[..6] != b"\x93NUMPY" {
+        return Err(IoError::file(
+            path,
+            "not a NumPy .npy file (no \\x93NUMPY magic)",
+        ));
+    }
+    let (declared, prefix) = match head[6] {
+        1 => (u64::from(u16::from_le_bytes([head[8], head[9]])), 10),
+        2 | 3 if n >= 12 => (
+            u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]])),
+            12,
+        ),
+        v => {
+            return Err(IoError::file(
+                path,
+                format!("not a NumPy .npy file (format version {v})"),
+            ))
+        }
+    };
+    if declared > (1 << 20) || prefix + declared > len {
+        return Err(IoError::file(
+            path,
+            format!("the header declares {declared} bytes, the file has {len}"),
+        ));
+    }
+    Ok(())
 }
 
 fn widen<T: Into<i128>>(v: Vec<T>) -> Vec<i128> {
