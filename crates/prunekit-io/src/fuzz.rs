@@ -76,9 +76,8 @@ pub fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
                 let x = INTERESTING[rng.random_range(0..INTERESTING.len())];
                 let width = [1usize, 2, 4, 8][rng.random_range(0..4)];
                 let bytes = x.to_le_bytes();
-                for k in 0..width.min(v.len() - at) {
-                    v[at + k] = bytes[k];
-                }
+                let w = width.min(v.len() - at);
+                v[at..at + w].copy_from_slice(&bytes[..w]);
             }
             3 => v.truncate(at),
             4 => {
