@@ -289,24 +289,30 @@ pub fn state_dict(g: &Graph) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// What a user needs to rebuild the (pruned) module: each node's op with its widths
-/// (`{"conv1": {"type": "conv2d", "in_channels": 3, "out_channels": 11, ...}, ...}`) and the
-/// input shapes.
+/// What a user needs to rebuild the (pruned) module: the inputs (per-sample shapes), every
+/// node in order with its op and widths and the values it reads, and the outputs:
+/// `{"model", "inputs": [{"name", "shape", "kind"}], "nodes": [{"name": "conv1", "module":
+/// "conv1", "op": {"type": "conv2d", "in_channels": 3, "out_channels": 11, ...}, "inputs":
+/// ["image"]}], "outputs": [...]}`. `module` is the PyTorch module path of the node's
+/// parameters ([`torch_key`]). `scripts/torch_rebuild.py` builds a `torch.nn.Module` from it.
 pub fn widths(g: &Graph) -> serde_json::Value {
-    let nodes: serde_json::Map<String, serde_json::Value> = g
+    let nodes: Vec<serde_json::Value> = g
         .nodes
         .iter()
         .map(|n| {
-            (
-                n.name.replace('/', "."),
-                serde_json::to_value(&n.op).unwrap_or_default(),
-            )
+            serde_json::json!({
+                "name": n.name,
+                "module": n.name.replace('/', "."),
+                "op": serde_json::to_value(&n.op).unwrap_or_default(),
+                "inputs": n.inputs,
+            })
         })
         .collect();
     serde_json::json!({
         "model": g.name,
         "inputs": g.inputs,
-        "modules": nodes,
+        "nodes": nodes,
+        "outputs": g.outputs,
     })
 }
 

@@ -304,6 +304,10 @@ struct View {
 enum Val {
     Const(Const),
     View(View),
+    /// a tensor filled with one value whose shape holds the batch size (`ConstantOfShape` of a
+    /// computed shape: the zero initial state torch.onnx gives an LSTM); read only as an initial
+    /// state
+    BatchFill(f32),
 }
 
 fn canonical_axes(rank: usize) -> Vec<Ax> {
@@ -531,7 +535,7 @@ impl<'a> Importer<'a> {
                         self.file_err(format!("graph output `{}` is produced by no node", o.name))
                     )
                 }
-                Some(Val::Const(_)) => {
+                Some(Val::Const(_) | Val::BatchFill(_)) => {
                     return Err(self.file_err(format!(
                         "graph output `{}` is a constant; prunekit's outputs are computed values",
                         o.name
@@ -697,7 +701,18 @@ impl<'a> Importer<'a> {
         Tensor::from_vec(data, dims, &self.device).map_err(|e| e.to_string())
     }
 
+    /// The value of an ONNX name (a filled constant of batch shape is an error here: only an
+    /// initial state may be one, see [`Importer::get_raw`]).
     fn get(&self, name: &str) -> R<&Val> {
+        match self.get_raw(name)? {
+            Val::BatchFill(_) => Err(format!(
+                "input `{name}` is a filled tensor whose shape holds the batch size; prunekit reads such a tensor only as a zero initial state of an LSTM / GRU"
+            )),
+            v => Ok(v),
+        }
+    }
+
+    fn get_raw(&self, name: &str) -> R<&Val> {
         self.vals.get(name).ok_or_else(|| {
             format!("input `{name}` is produced by no earlier node (a dangling input or a cycle)")
         })
@@ -706,7 +721,7 @@ impl<'a> Importer<'a> {
     fn konst(&self, name: &str) -> R<Const> {
         match self.get(name)? {
             Val::Const(c) => Ok(c.clone()),
-            Val::View(_) => Err(format!(
+            Val::View(_) | Val::BatchFill(_) => Err(format!(
                 "input `{name}` must be a constant (an initializer or a folded shape computation)"
             )),
         }
@@ -722,7 +737,7 @@ impl<'a> Importer<'a> {
     fn view(&self, name: &str) -> R<Option<View>> {
         Ok(match self.get(name)? {
             Val::View(v) => Some(v.clone()),
-            Val::Const(_) => None,
+            Val::Const(_) | Val::BatchFill(_) => None,
         })
     }
 
@@ -763,6 +778,7 @@ impl<'a> Importer<'a> {
     fn materialize(&mut self, onnx: &str) -> R<String> {
         let v = match self.get(onnx)? {
             Val::View(v) => v.clone(),
+            Val::BatchFill(_) => return Err(format!("`{onnx}` is a filled tensor of batch shape")),
             Val::Const(c) => {
                 let c = c.clone();
                 return self.constant_node(onnx, &c, None);
@@ -881,7 +897,16 @@ impl<'a> Importer<'a> {
             }
         }
         if !n.name.is_empty() {
-            n.name.clone()
+            // torch.onnx names nodes `/module/path/OpType` (or `OpType_3`): the module path
+            let name = n
+                .name
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+            match name.rsplit_once('/') {
+                Some((path, last)) if last == n.op_type && !path.trim_matches('/').is_empty() => {
+                    path.to_string()
+                }
+                _ => n.name.clone(),
+            }
         } else {
             n.output.first().cloned().unwrap_or_default()
         }
@@ -899,6 +924,7 @@ impl<'a> Importer<'a> {
         Ok(match self.get(name)? {
             Val::View(v) => v.axes.len(),
             Val::Const(c) => c.dims().len(),
+            Val::BatchFill(_) => 0,
         })
     }
 
@@ -951,16 +977,22 @@ impl<'a> Importer<'a> {
                 );
             }
             "ConstantOfShape" => {
-                let shape = self
-                    .konst(&n.input[0])?
-                    .ints()
-                    .ok_or("ConstantOfShape of a shape holding the batch size")?;
+                let value = attr(n, "value").and_then(|a| a.t.as_ref());
+                let Some(shape) = self.konst(&n.input[0])?.ints() else {
+                    let fill = value
+                        .map(tensor_const)
+                        .transpose()?
+                        .and_then(|c| c.floats())
+                        .and_then(|v| v.first().copied())
+                        .unwrap_or(0.0);
+                    self.vals.insert(out0, Val::BatchFill(fill));
+                    return Ok(());
+                };
                 let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
                 let count: usize = dims.iter().product();
                 if count as u64 > prunekit_graph::graph::MAX_TENSOR_ELEMENTS {
                     return Err(format!("shape {dims:?} is too large"));
                 }
-                let value = attr(n, "value").and_then(|a| a.t.as_ref());
                 let c = match value.map(tensor_const).transpose()? {
                     Some(Const::Int { data, .. }) => Const::Int {
                         dims,
@@ -993,7 +1025,7 @@ impl<'a> Importer<'a> {
                     };
                     self.set_const(&out0, c);
                 }
-                v @ Val::View(_) => {
+                v @ (Val::View(_) | Val::BatchFill(_)) => {
                     let to = attr_i(n, "to", dt::FLOAT as i64) as i32;
                     if !matches!(to, dt::FLOAT | dt::DOUBLE | dt::INT64 | dt::INT32) {
                         return Err(format!("a cast to element type {to} of a computed value"));
@@ -1010,7 +1042,7 @@ impl<'a> Importer<'a> {
                 self.squeeze(n, axes, &out0)?;
             }
             "Transpose" => {
-                let v = self.get(&n.input[0])?.clone();
+                let v = self.get_raw(&n.input[0])?.clone();
                 let rank = self.onnx_rank(&n.input[0])?;
                 let perm: Vec<usize> = match attr_ints(n, "perm") {
                     Some(p) => p.iter().map(|&a| norm_axis(a, rank)).collect::<R<_>>()?,
@@ -1022,6 +1054,9 @@ impl<'a> Importer<'a> {
                     return Err(format!("perm {perm:?} is not a permutation of 0..{rank}"));
                 }
                 match v {
+                    f @ Val::BatchFill(_) => {
+                        self.vals.insert(out0, f);
+                    }
                     Val::View(v) => {
                         let axes = perm.iter().map(|&p| v.axes[p]).collect();
                         self.vals
@@ -1099,7 +1134,10 @@ impl<'a> Importer<'a> {
 
     fn squeeze(&mut self, n: &NodeProto, axes: Option<Vec<i64>>, out: &str) -> R<()> {
         let unsqueeze = n.op_type == "Unsqueeze";
-        match self.get(&n.input[0])?.clone() {
+        match self.get_raw(&n.input[0])?.clone() {
+            f @ Val::BatchFill(_) => {
+                self.vals.insert(out.to_string(), f);
+            }
             Val::Const(c) => {
                 let mut dims = c.dims().to_vec();
                 if unsqueeze {
@@ -1337,7 +1375,7 @@ impl<'a> Importer<'a> {
                 for i in &n.input {
                     xs.push(match self.get(i)?.clone() {
                         Val::Const(c) => self.constant_node(i, &c, Some(rank))?,
-                        Val::View(_) => self.materialize(i)?,
+                        Val::View(_) | Val::BatchFill(_) => self.materialize(i)?,
                     });
                 }
                 let y = self.add(&base, Op::from(gops::Concat { axis }), xs, vec![])?;
@@ -1455,6 +1493,33 @@ impl<'a> Importer<'a> {
                             return Err("gather with multi-dimensional indices".into());
                         }
                         let x = self.input(n, 0)?;
+                        let ax = a as usize;
+                        let extent = self.shapes[&x][ax] as i64;
+                        let wrapped: Vec<i64> = indices
+                            .iter()
+                            .map(|&i| if i < 0 { i + extent } else { i })
+                            .collect();
+                        let contiguous = !wrapped.is_empty()
+                            && wrapped.windows(2).all(|w| w[1] == w[0] + 1)
+                            && wrapped[0] >= 0
+                            && *wrapped.last().unwrap_or(&0) < extent;
+                        if contiguous {
+                            // a run of indices is a narrow (and a scalar one drops the axis)
+                            let op = gops::Narrow {
+                                axis: a,
+                                start: wrapped[0] as usize,
+                                len: wrapped.len(),
+                            };
+                            let y = self.add(&base, Op::from(op), vec![x], vec![])?;
+                            let rank_y = self.shapes[&y].len();
+                            let mut axes = canonical_axes(rank_y);
+                            if scalar {
+                                axes.remove(ax + 1);
+                            }
+                            self.vals
+                                .insert(out0.to_string(), Val::View(View { name: y, axes }));
+                            return Ok(());
+                        }
                         let op = Self::op_json(serde_json::json!({
                             "type": "gather", "axis": a, "indices": indices, "scalar": scalar
                         }))?;
@@ -1517,9 +1582,25 @@ impl<'a> Importer<'a> {
                     .iter()
                     .map(|&a| Self::per_sample_axis(a, rank))
                     .collect::<R<_>>()?;
+                let keepdims = attr_i(n, "keepdims", 1) != 0;
+                // the mean over every axis after the channels is a global average pool
+                let mut sorted: Vec<usize> =
+                    axes.iter().map(|&a| norm_axis(a, rank)).collect::<R<_>>()?;
+                sorted.sort_unstable();
+                if rank >= 3 && sorted == (2..rank).collect::<Vec<_>>() {
+                    let x = self.input(n, 0)?;
+                    let y = self.add(&base, Op::from(gops::GlobalAvgPool {}), vec![x], vec![])?;
+                    let mut axes = vec![Ax::Batch, Ax::Dim(0)];
+                    if keepdims {
+                        axes.extend(std::iter::repeat_n(Ax::Unit, rank - 2));
+                    }
+                    self.vals
+                        .insert(out0.to_string(), Val::View(View { name: y, axes }));
+                    return Ok(());
+                }
                 let x = self.input(n, 0)?;
                 let op = Self::op_json(serde_json::json!({
-                    "type": "reduce_mean", "axes": per, "keepdims": attr_i(n, "keepdims", 1) != 0
+                    "type": "reduce_mean", "axes": per, "keepdims": keepdims
                 }))?;
                 let y = self.add(&base, op, vec![x], vec![])?;
                 self.set(out0, y);
@@ -1631,7 +1712,7 @@ impl<'a> Importer<'a> {
         for (name, v) in [(&a, &va), (&b, &vb)] {
             xs.push(match v {
                 Val::Const(c) => self.constant_node(name, c, Some(rank))?,
-                Val::View(_) => self.materialize(name)?,
+                Val::View(_) | Val::BatchFill(_) => self.materialize(name)?,
             });
         }
         let op = match op_type {
@@ -2089,9 +2170,10 @@ impl<'a> Importer<'a> {
                 continue;
             }
             if let Some(name) = n.input.get(i).filter(|s| !s.is_empty()) {
-                let zero = match self.get(name)? {
+                let zero = match self.get_raw(name)? {
                     Val::Const(c) => c.floats().is_some_and(|v| v.iter().all(|&x| x == 0.0)),
                     Val::View(_) => false,
+                    Val::BatchFill(v) => *v == 0.0,
                 };
                 if !zero || i == 4 || i == 7 {
                     return Err(format!(
