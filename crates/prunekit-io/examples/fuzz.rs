@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
     for (t, p, m) in &report.panics {
         println!("PANIC {t}: {m} (input kept at {})", p.display());
     }
+    let contained =
+        prunekit_io::pytorch::CONTAINED_PANICS.load(std::sync::atomic::Ordering::Relaxed);
+    println!("panics inside candle's pickle reader, contained as errors: {contained}");
     for (t, len, a) in &over {
         println!("ALLOCATION {t}: {a} bytes for a {len}-byte input");
     }

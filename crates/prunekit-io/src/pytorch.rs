@@ -119,15 +119,49 @@ fn read_pt(path: &Path) -> Result<Vec<(String, Tensor)>> {
         }
         m
     };
-    if !sizes.keys().any(|k| k.ends_with("data.pkl")) {
+    let Some(pkl) = sizes.keys().find(|k| k.ends_with("data.pkl")).cloned() else {
         return Err(IoError::file(
             path,
             "a zip archive without data.pkl: not a torch.save checkpoint",
         ));
-    }
+    };
+    // every length the pickle declares must fit in it before candle's reader allocates it
+    let bytes = {
+        use std::io::Read;
+        let f = std::fs::File::open(path).map_err(|e| IoError::io(path, e))?;
+        let mut z = zip::ZipArchive::new(std::io::BufReader::new(f))
+            .map_err(|e| IoError::file(path, format!("not a valid zip archive: {e}")))?;
+        let limit = std::fs::metadata(path)
+            .map_or(0, |m| m.len())
+            .min(MAX_PICKLE_BYTES);
+        let entry = z
+            .by_name(&pkl)
+            .map_err(|e| IoError::file(path, format!("{pkl}: {e}")))?;
+        let mut v = Vec::new();
+        entry
+            .take(limit + 1)
+            .read_to_end(&mut v)
+            .map_err(|e| IoError::file(path, format!("{pkl}: {e}")))?;
+        if v.len() as u64 > limit {
+            return Err(IoError::file(
+                path,
+                format!("{pkl} is larger than the file"),
+            ));
+        }
+        v
+    };
+    scan_pickle(&bytes).map_err(|m| IoError::file(path, format!("{pkl}: {m}")))?;
     let mut pth = None;
     for key in [None, Some("state_dict"), Some("model")] {
-        let p = candle_core::pickle::PthTensors::new(path, key);
+        // candle's reader indexes the argument tuples of tensors without checking their length:
+        // a malformed pickle panics inside it; that panic is contained here as an error
+        let p = std::panic::catch_unwind(|| candle_core::pickle::PthTensors::new(path, key))
+            .unwrap_or_else(|_| {
+                CONTAINED_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(candle_core::Error::Msg(
+                    "malformed tensor records in the pickle".into(),
+                ))
+            });
         match p {
             Ok(p) if !p.tensor_infos().is_empty() => {
                 pth = Some(p);
@@ -171,6 +205,84 @@ fn read_pt(path: &Path) -> Result<Vec<(String, Tensor)>> {
         out.push((name.clone(), to_f32(t)?));
     }
     Ok(out)
+}
+
+/// The most bytes a checkpoint's data.pkl may hold (it describes tensors, it does not hold them).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
+/// Panics of candle's pickle reader contained by [`read_state_dict`] (malformed tensor records),
+/// counted so the fuzz harness reports them apart from panics of our own code.
+pub static CONTAINED_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Walks a pickle's opcodes (protocols 0-5) and checks that every argument, and every length a
+/// string or bytes opcode declares, lies inside the pickle, before any reader allocates it.
+/// Errors: an unknown opcode, an argument past the end, a missing STOP.
+pub fn scan_pickle(b: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0usize;
+    let need = |i: usize, n: u64, what: &str| -> std::result::Result<usize, String> {
+        let end = (i as u64).checked_add(n).filter(|&e| e <= b.len() as u64);
+        end.map(|e| e as usize).ok_or_else(|| {
+            format!(
+                "{what} at byte {i} declares {n} bytes; the pickle has {} in all",
+                b.len()
+            )
+        })
+    };
+    let le = |at: usize, w: usize| -> u64 {
+        let mut v = [0u8; 8];
+        v[..w].copy_from_slice(&b[at..at + w]);
+        u64::from_le_bytes(v)
+    };
+    while i < b.len() {
+        let op = b[i];
+        i += 1;
+        i = match op {
+            b'.' => return Ok(()),
+            // no argument
+            b'(' | b')' | b'0' | b'1' | b'2' | b'N' | b'R' | b'Q' | b'a' | b'b' | b'd' | b'e'
+            | b'l' | b's' | b't' | b'u' | b']' | b'}' | 0x81 | 0x85 | 0x86 | 0x87 | 0x88 | 0x89
+            | 0x90 | 0x91 | 0x92 | 0x93 | 0x94 | 0x97 | 0x98 => i,
+            // fixed-width arguments
+            b'K' | b'h' | b'q' | 0x80 | 0x82 => need(i, 1, "argument")?,
+            b'M' | 0x83 => need(i, 2, "argument")?,
+            b'J' | b'j' | b'r' | 0x84 => need(i, 4, "argument")?,
+            b'G' => need(i, 8, "argument")?,
+            0x95 => need(i, 8, "frame")?,
+            // one-byte length
+            b'U' | b'C' | 0x8c | 0x8a => {
+                let e = need(i, 1, "length")?;
+                need(e, le(i, 1), "string")?
+            }
+            // four-byte length
+            b'T' | b'B' | b'X' | 0x8b => {
+                let e = need(i, 4, "length")?;
+                need(e, le(i, 4), "string")?
+            }
+            // eight-byte length
+            0x8d | 0x8e | 0x96 => {
+                let e = need(i, 8, "length")?;
+                need(e, le(i, 8), "string")?
+            }
+            // newline-terminated arguments (GLOBAL and INST take two lines)
+            b'c' | b'i' => line(b, line(b, i)?)?,
+            b'I' | b'L' | b'S' | b'V' | b'F' | b'g' | b'p' | b'P' => line(b, i)?,
+            other => {
+                return Err(format!(
+                    "unknown pickle opcode 0x{other:02x} at byte {}",
+                    i - 1
+                ))
+            }
+        };
+    }
+    Err("the pickle ends without STOP".into())
+}
+
+/// The position after the newline that ends the line starting at `i`.
+fn line(b: &[u8], i: usize) -> std::result::Result<usize, String> {
+    b.get(i..)
+        .and_then(|rest| rest.iter().position(|&c| c == b'\n'))
+        .map(|p| i + p + 1)
+        .ok_or_else(|| format!("a text argument at byte {i} has no end of line"))
 }
 
 /// Fills the parameters of `template` from the state dict at `path` by name and shape

@@ -476,6 +476,17 @@ struct Importer<'a> {
 
 type R<T> = std::result::Result<T, String>;
 
+/// The largest integer attribute read (channels, kernel, hidden size, ...): 2^31, as the graph's.
+const MAX_INT: u64 = prunekit_graph::graph::MAX_ATTRIBUTE;
+
+/// A non-negative integer attribute within [`MAX_INT`].
+fn bounded(v: i64, what: &str) -> R<usize> {
+    if v < 0 || v as u64 > MAX_INT {
+        return Err(format!("{what} = {v} is negative or larger than 2^31"));
+    }
+    Ok(v as usize)
+}
+
 /// Slice's starts, ends, axes and steps.
 type SliceArgs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>);
 
@@ -929,6 +940,17 @@ impl<'a> Importer<'a> {
     }
 
     fn node(&mut self, n: &NodeProto) -> R<()> {
+        let need = required_inputs(&n.op_type, self.opset);
+        if let Some(i) = (0..need).find(|&i| n.input.get(i).is_none_or(|s| s.is_empty())) {
+            return Err(format!(
+                "has {} input(s); {} needs at least {need} (input {i} is missing)",
+                n.input.len(),
+                n.op_type
+            ));
+        }
+        if Self::out(n, 0).is_none() {
+            return Err("has no output".into());
+        }
         let out0 = Self::out(n, 0).unwrap_or_default().to_string();
         // a node whose inputs are all constants is folded when it computes on shapes
         let all_const = !n.input.is_empty()
@@ -988,8 +1010,14 @@ impl<'a> Importer<'a> {
                     self.vals.insert(out0, Val::BatchFill(fill));
                     return Ok(());
                 };
-                let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                let count: usize = dims.iter().product();
+                let dims: Vec<usize> = shape
+                    .iter()
+                    .map(|&d| bounded(d.max(0), "shape"))
+                    .collect::<R<_>>()?;
+                let count = dims
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .unwrap_or(usize::MAX);
                 if count as u64 > prunekit_graph::graph::MAX_TENSOR_ELEMENTS {
                     return Err(format!("shape {dims:?} is too large"));
                 }
@@ -1389,6 +1417,11 @@ impl<'a> Importer<'a> {
                 let axes: Vec<i64> = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
                 let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
                 let mut y = x;
+                if axes.len() != starts.len() || steps.len() != starts.len() {
+                    return Err(format!(
+                        "starts {starts:?}, axes {axes:?} and steps {steps:?} differ in length"
+                    ));
+                }
                 for k in 0..starts.len() {
                     let a = norm_axis(axes[k], rank)?;
                     let pa = Self::per_sample_axis(a as i64, rank)?;
@@ -1431,7 +1464,10 @@ impl<'a> Importer<'a> {
                 } else {
                     attr_ints(n, "split")
                 } {
-                    Some(s) => s.iter().map(|&v| v.max(0) as usize).collect(),
+                    Some(s) => s
+                        .iter()
+                        .map(|&v| bounded(v.max(0), "split"))
+                        .collect::<R<_>>()?,
                     None => {
                         let each = dim.div_ceil(outs.max(1));
                         (0..outs)
@@ -1801,15 +1837,26 @@ impl<'a> Importer<'a> {
         }
         let x = self.input(n, 0)?;
         let xs = self.shapes[&x].clone();
-        let group = attr_i(n, "group", 1).max(1) as usize;
+        let group = bounded(attr_i(n, "group", 1).max(1), "group")?;
         let kernel: Vec<usize> = attr_ints(n, "kernel_shape")
-            .map(|k| k.iter().map(|&v| v as usize).collect())
+            .map(|k| {
+                k.iter()
+                    .map(|&v| bounded(v, "kernel_shape"))
+                    .collect::<R<_>>()
+            })
+            .transpose()?
             .unwrap_or_else(|| wd[2..].to_vec());
+        if kernel.len() != spatial || kernel[..] != wd[2..] {
+            return Err(format!(
+                "kernel_shape {kernel:?} does not match the weight's {:?}",
+                &wd[2..]
+            ));
+        }
         let strides = attr_ints(n, "strides").unwrap_or_else(|| vec![1; spatial]);
         let dil = attr_ints(n, "dilations").unwrap_or_else(|| vec![1; spatial]);
         let pads = conv_pads(n, spatial, &xs[1..], &kernel, &strides, &dil)?;
         let uniform = |v: &[i64], what: &str| -> R<usize> {
-            if v.iter().any(|&x| x != v[0]) || v[0] < 0 {
+            if v.is_empty() || v.iter().any(|&x| x != v[0]) || v[0] < 0 || v[0] as u64 > MAX_INT {
                 return Err(format!("{what} {v:?} differ per axis; prunekit's convolutions take one value for every axis"));
             }
             Ok(v[0] as usize)
@@ -1818,7 +1865,7 @@ impl<'a> Importer<'a> {
         let dilation = uniform(&dil, "dilations")?;
         let padding = uniform(&pads, "pads")?;
         let bias = self.opt_const(n, 2)?;
-        let (out_c, in_c) = (wd[0], wd[1] * group);
+        let (out_c, in_c) = (wd[0], wd[1].checked_mul(group).ok_or("group is too large")?);
         let base = Self::base_name(n, Some(1));
         let wt = self.tensor(&wd, w.floats().ok_or("weight")?)?;
         let mut params = vec![("weight", wt)];
@@ -1860,10 +1907,10 @@ impl<'a> Importer<'a> {
             return Err("only 2-D transposed convolutions are supported".into());
         }
         let x = self.input(n, 0)?;
-        let group = attr_i(n, "group", 1).max(1) as usize;
+        let group = bounded(attr_i(n, "group", 1).max(1), "group")?;
         let one = |name: &str, default: i64| -> R<usize> {
             let v = attr_ints(n, name).unwrap_or_else(|| vec![default; 2]);
-            if v.iter().any(|&x| x != v[0]) || v[0] < 0 {
+            if v.is_empty() || v.iter().any(|&x| x != v[0]) || v[0] < 0 || v[0] as u64 > MAX_INT {
                 return Err(format!("{name} {v:?} differ per axis"));
             }
             Ok(v[0] as usize)
@@ -1872,11 +1919,11 @@ impl<'a> Importer<'a> {
             return Err("output_shape is not read; give pads and output_padding".into());
         }
         let pads = attr_ints(n, "pads").unwrap_or_else(|| vec![0; 4]);
-        if pads.iter().any(|&p| p != pads[0]) {
+        if pads.len() != 4 || pads.iter().any(|&p| p != pads[0] || p < 0) {
             return Err(format!("pads {pads:?} differ per side"));
         }
         let bias = self.opt_const(n, 2)?;
-        let out_c = wd[1] * group;
+        let out_c = wd[1].checked_mul(group).ok_or("group is too large")?;
         let base = Self::base_name(n, Some(1));
         let wt = self.tensor(&wd, w.floats().ok_or("weight")?)?;
         let mut params = vec![("weight", wt)];
@@ -1951,9 +1998,15 @@ impl<'a> Importer<'a> {
             return Err(format!("pools a [C, H, W] input, got {xs:?}"));
         }
         let k = attr_ints(n, "kernel_shape").ok_or("no kernel_shape")?;
-        let kernel = [k[0] as usize, *k.get(1).unwrap_or(&k[0]) as usize];
         let s = attr_ints(n, "strides").unwrap_or_else(|| vec![1, 1]);
-        let stride = [s[0] as usize, *s.get(1).unwrap_or(&s[0]) as usize];
+        if k.len() != 2 || s.len() != 2 {
+            return Err(format!("kernel_shape {k:?} / strides {s:?} are not 2-D"));
+        }
+        let kernel = [
+            bounded(k[0], "kernel_shape")?,
+            bounded(k[1], "kernel_shape")?,
+        ];
+        let stride = [bounded(s[0], "strides")?, bounded(s[1], "strides")?];
         let pads = conv_pads(n, 2, &xs[1..], &kernel, &s, &[1, 1])?;
         let avg = n.op_type == "AveragePool";
         if avg && pads.iter().any(|&p| p != 0) && attr_i(n, "count_include_pad", 0) == 0 {
@@ -2032,7 +2085,7 @@ impl<'a> Importer<'a> {
                 s => Err(format!("target shape {shape:?}: axis {s:?}")),
             })
             .collect::<R<_>>()?;
-        if dims.iter().product::<usize>() != per_sample {
+        if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(per_sample) {
             return Err(format!(
                 "cannot reshape {per_sample} values per sample to {dims:?}"
             ));
@@ -2202,11 +2255,12 @@ impl<'a> Importer<'a> {
             ));
         };
         let gates = if lstm { 4 } else { 3 };
-        let hidden = attr_i(n, "hidden_size", 0) as usize;
+        let hidden = bounded(attr_i(n, "hidden_size", 0), "hidden_size")?;
+        let rows = gates * hidden;
         let w = self.konst(&n.input[1])?;
         let r = self.konst(&n.input[2])?;
         let input = *self.shapes[&x].last().ok_or("X")?;
-        if w.dims() != [1, gates * hidden, input] || r.dims() != [1, gates * hidden, hidden] {
+        if hidden == 0 || w.dims() != [1, rows, input] || r.dims() != [1, rows, hidden] {
             return Err(format!(
                 "W {:?} / R {:?} do not fit hidden_size {hidden} and input size {input}",
                 w.dims(),
@@ -2219,7 +2273,6 @@ impl<'a> Importer<'a> {
             &super::GRU_SWAP
         };
         let reorder = |v: &[f32], per: usize| super::reorder_blocks(v, order, per);
-        let rows = gates * hidden;
         let wih = reorder(&w.floats().ok_or("W")?, hidden * input);
         let whh = reorder(&r.floats().ok_or("R")?, hidden * hidden);
         let (bih, bhh) = match self.opt_const(n, 3)? {
@@ -2310,6 +2363,19 @@ impl<'a> Importer<'a> {
             self.vals.insert(o, Val::View(View { name, axes }));
         }
         Ok(())
+    }
+}
+
+/// How many leading inputs an op type requires (ONNX's operator specs).
+fn required_inputs(op_type: &str, opset: i64) -> usize {
+    match op_type {
+        "Constant" => 0,
+        "BatchNormalization" => 5,
+        "LSTM" | "GRU" => 3,
+        "Slice" if opset >= 10 => 3,
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "MatMul" | "Gather" | "PRelu" | "Reshape"
+        | "Conv" | "ConvTranspose" | "Gemm" | "LayerNormalization" | "Upsample" => 2,
+        _ => 1,
     }
 }
 
@@ -2484,7 +2550,19 @@ fn gather_const(data: &Const, idx: &Const, axis: i64) -> R<Const> {
 fn concat_const(parts: &[Const], axis: i64) -> R<Const> {
     let first = parts.first().ok_or("Concat of nothing")?;
     let rank = first.dims().len();
-    let a = norm_axis(axis, rank.max(1))?;
+    if rank == 0 {
+        return Err("Concat of scalars".into());
+    }
+    let a = norm_axis(axis, rank)?;
+    for p in parts {
+        let d = p.dims();
+        if d.len() != rank || (0..rank).any(|i| i != a && d[i] != first.dims()[i]) {
+            return Err(format!(
+                "Concat of shapes {:?} and {d:?} along axis {a}",
+                first.dims()
+            ));
+        }
+    }
     let mut dims = first.dims().to_vec();
     dims[a] = parts
         .iter()
@@ -2524,6 +2602,11 @@ fn slice_const(
     let axes: Vec<i64> = axes
         .clone()
         .unwrap_or_else(|| (0..starts.len() as i64).collect());
+    if axes.len() != starts.len() {
+        return Err(format!(
+            "starts {starts:?} and axes {axes:?} differ in length"
+        ));
+    }
     let mut ranges: Vec<(i64, i64, i64)> = dims.iter().map(|&d| (0, d as i64, 1)).collect();
     for k in 0..starts.len() {
         let a = norm_axis(axes[k], dims.len())?;
@@ -2539,7 +2622,7 @@ fn slice_const(
         .iter()
         .map(|&(s, e, st)| {
             if e > s {
-                ((e - s + st - 1) / st) as usize
+                ((e - s - 1) / st + 1) as usize
             } else {
                 0
             }
@@ -2566,6 +2649,17 @@ fn arith_const(op: &str, a: &Const, b: &Const) -> R<Const> {
         bd.to_vec()
     };
     let n = a.len().max(b.len());
+    if a.len() == 0 || b.len() == 0 {
+        let dims = if a.len() == 0 {
+            ad.to_vec()
+        } else {
+            bd.to_vec()
+        };
+        return Ok(match (a, b) {
+            (Const::Int { .. }, Const::Int { .. }) => Const::Int { dims, data: vec![] },
+            _ => Const::Float { dims, data: vec![] },
+        });
+    }
     if matches!(a, Const::Float { .. }) || matches!(b, Const::Float { .. }) {
         let (x, y) = (
             a.floats().ok_or("batch size")?,
