@@ -108,7 +108,7 @@ def _module(op, in_rank):
             return nn.MaxPool2d(k, s, p)
         return nn.AvgPool2d(k, s, p, count_include_pad=True)
     if t == "global_avg_pool":
-        return Fn(lambda x: x.flatten(2).mean(2))
+        return Fn(lambda x: F.adaptive_avg_pool2d(x, 1).flatten(1) if x.dim() == 4 else x.mean(2))
     if t == "add":
         return Fn(lambda *xs: _fold(xs, torch.add))
     if t == "mul":
@@ -122,7 +122,7 @@ def _module(op, in_rank):
 def _fold(xs, f):
     """prunekit's broadcasting: lower-rank inputs get unit axes after the batch axis."""
     rank = max(x.dim() for x in xs)
-    xs = [x.reshape(x.shape[0], *([1] * (rank - x.dim())), *x.shape[1:]) for x in xs]
+    xs = [x if x.dim() == rank else x.reshape(x.shape[0], *([1] * (rank - x.dim())), *x.shape[1:]) for x in xs]
     acc = xs[0]
     for x in xs[1:]:
         acc = f(acc, x)
@@ -215,9 +215,15 @@ def main():
                 shape = [2, *spec["shape"]]
                 xs.append(torch.zeros(shape, dtype=torch.int64) if spec["kind"] == "ids" else torch.randn(shape))
         names = [i["name"] for i in model.spec["inputs"]]
-        torch.onnx.export(model, tuple(xs), a.onnx, input_names=names, output_names=["output"],
-                          dynamic_axes={n: {0: "batch"} for n in names + ["output"]},
-                          opset_version=17, dynamo=a.dynamo)
+        if a.dynamo:
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            torch.onnx.export(model, tuple(xs), a.onnx, input_names=names, output_names=["output"],
+                              dynamic_shapes=(tuple({0: batch} for _ in xs),),
+                              opset_version=18, dynamo=True, optimize=True)
+        else:
+            torch.onnx.export(model, tuple(xs), a.onnx, input_names=names, output_names=["output"],
+                              dynamic_axes={n: {0: "batch"} for n in names + ["output"]},
+                              opset_version=17, dynamo=False)
         out["onnx"] = a.onnx
     print(json.dumps(out))
     return 0

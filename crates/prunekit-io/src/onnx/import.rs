@@ -45,6 +45,7 @@ pub const SUPPORTED: &[&str] = &[
     "Div",
     "Dropout",
     "Erf",
+    "Expand",
     "Flatten",
     "Gather",
     "Gelu",
@@ -447,6 +448,84 @@ fn dtype_name(t: i32) -> &'static str {
     }
 }
 
+/// A tensor whose data lies in an external file (ONNX's external data: `location` relative to
+/// the model's directory, `offset`, `length`) with that data read in. The location must stay
+/// inside the model's directory; offset and length must lie inside the file and match the shape.
+fn external_data(model: &Path, t: &TensorProto) -> std::result::Result<TensorProto, String> {
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.as_str())
+    };
+    let location = get("location")
+        .ok_or_else(|| format!("tensor `{}` has external data without a location", t.name))?;
+    let rel = Path::new(location);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "tensor `{}`: external data location `{location}` leaves the model's directory",
+            t.name
+        ));
+    }
+    let file = model.parent().unwrap_or(Path::new(".")).join(rel);
+    let len = std::fs::metadata(&file)
+        .map_err(|e| format!("tensor `{}`: external data {}: {e}", t.name, file.display()))?
+        .len();
+    let num = |k: &str, default: u64| -> std::result::Result<u64, String> {
+        get(k).map_or(Ok(default), |v| {
+            v.parse::<u64>()
+                .map_err(|_| format!("tensor `{}`: external data {k} `{v}`", t.name))
+        })
+    };
+    let offset = num("offset", 0)?;
+    let length = num("length", len.saturating_sub(offset))?;
+    if offset.checked_add(length).is_none_or(|end| end > len) || length > MAX_FILE_BYTES {
+        return Err(format!(
+            "tensor `{}`: external data offset {offset} + length {length} lies beyond {} ({len} bytes)",
+            t.name,
+            file.display()
+        ));
+    }
+    // the declared shape must fit the length before anything is read (checked again on decoding)
+    let count = t.dims.iter().try_fold(1u64, |a, &d| {
+        u64::try_from(d).ok().and_then(|d| a.checked_mul(d))
+    });
+    let width = match t.data_type {
+        dt::FLOAT | dt::INT32 | dt::UINT32 => 4,
+        dt::DOUBLE | dt::INT64 | dt::UINT64 => 8,
+        dt::INT8 | dt::UINT8 | dt::BOOL => 1,
+        other => {
+            return Err(format!(
+                "tensor `{}`: element type {other} in external data",
+                t.name
+            ))
+        }
+    };
+    if count.and_then(|c| c.checked_mul(width)) != Some(length) {
+        return Err(format!(
+            "tensor `{}` has dims {:?} but its external data holds {length} bytes",
+            t.name, t.dims
+        ));
+    }
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    f.seek(std::io::SeekFrom::Start(offset))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut raw = Vec::with_capacity(length as usize);
+    f.take(length)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut inline = t.clone();
+    inline.raw_data = raw;
+    inline.external_data.clear();
+    inline.data_location = 0;
+    Ok(inline)
+}
+
 /// Resolves a possibly negative axis against `rank`.
 fn norm_axis(axis: i64, rank: usize) -> std::result::Result<usize, String> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
@@ -522,7 +601,13 @@ impl<'a> Importer<'a> {
 
     fn run(&mut self, g: &GraphProto) -> Result<()> {
         for t in &g.initializer {
-            let c = tensor_const(t).map_err(|m| self.file_err(m))?;
+            let c = if t.data_location == 1 || !t.external_data.is_empty() {
+                let inline = external_data(self.path, t).map_err(|m| self.file_err(m))?;
+                tensor_const(&inline)
+            } else {
+                tensor_const(t)
+            }
+            .map_err(|m| self.file_err(m))?;
             self.vals.insert(t.name.clone(), Val::Const(c));
         }
         for vi in &g.input {
@@ -952,6 +1037,28 @@ impl<'a> Importer<'a> {
             return Err("has no output".into());
         }
         let out0 = Self::out(n, 0).unwrap_or_default().to_string();
+        // a filled tensor of batch shape stays one through ops that only move or pick its values
+        if let Some(Val::BatchFill(v)) = n.input.first().and_then(|i| self.vals.get(i)) {
+            if matches!(
+                n.op_type.as_str(),
+                "Slice"
+                    | "Squeeze"
+                    | "Unsqueeze"
+                    | "Transpose"
+                    | "Reshape"
+                    | "Expand"
+                    | "Cast"
+                    | "Identity"
+                    | "Gather"
+                    | "Split"
+            ) {
+                let v = *v;
+                for o in n.output.iter().filter(|o| !o.is_empty()) {
+                    self.vals.insert(o.clone(), Val::BatchFill(v));
+                }
+                return Ok(());
+            }
+        }
         // a node whose inputs are all constants is folded when it computes on shapes
         let all_const = !n.input.is_empty()
             && n.input
@@ -1036,6 +1143,41 @@ impl<'a> Importer<'a> {
                     },
                 };
                 self.set_const(&out0, c);
+            }
+            "Expand" => {
+                // a constant filled with one value, expanded (torch.export's zero initial states)
+                let c = self.konst(&n.input[0]).map_err(|_| {
+                    "Expand of a computed value is not supported (only of a constant)".to_string()
+                })?;
+                let v = c.floats().ok_or("Expand of the batch size")?;
+                let first = v.first().copied().unwrap_or(0.0);
+                if v.iter().any(|&x| x != first) {
+                    return Err("Expand of a constant that is not one repeated value".into());
+                }
+                let shape = self.konst(&n.input[1])?;
+                match shape.ints() {
+                    Some(dims) => {
+                        let dims: Vec<usize> = dims
+                            .iter()
+                            .map(|&d| bounded(d.max(1), "shape"))
+                            .collect::<R<_>>()?;
+                        let count = dims
+                            .iter()
+                            .try_fold(1usize, |a, &d| a.checked_mul(d))
+                            .filter(|&c| c as u64 <= prunekit_graph::graph::MAX_TENSOR_ELEMENTS)
+                            .ok_or("Expand to too many elements")?;
+                        self.set_const(
+                            &out0,
+                            Const::Float {
+                                dims,
+                                data: vec![first; count],
+                            },
+                        );
+                    }
+                    None => {
+                        self.vals.insert(out0, Val::BatchFill(first));
+                    }
+                }
             }
             "Cast" => match self.get(&n.input[0])?.clone() {
                 Val::Const(c) => {
@@ -2028,13 +2170,22 @@ impl<'a> Importer<'a> {
     }
 
     fn reshape(&mut self, n: &NodeProto, out0: &str) -> R<()> {
-        if attr_i(n, "allowzero", 0) != 0 {
-            return Err("allowzero = 1 is not supported".into());
-        }
         let v = self.view(&n.input[0])?.ok_or("Reshape of a constant")?;
         let shape = self.konst(&n.input[1])?.syms();
+        // allowzero = 1 makes a 0 an empty axis instead of a copy; without a 0 it changes nothing
+        if attr_i(n, "allowzero", 0) != 0 && shape.contains(&Sym::K(0)) {
+            return Err(
+                "allowzero = 1 with a 0 in the shape (an empty axis) is not supported".into(),
+            );
+        }
         let in_shape = self.view_shape(&v);
         let per_sample: usize = in_shape.iter().flatten().product();
+        if let Some(axes) = unit_reshape(&v, &in_shape, &shape, per_sample) {
+            // only unit axes come or go: a new view of the same value, wherever the batch axis is
+            self.vals
+                .insert(out0.to_string(), Val::View(View { name: v.name, axes }));
+            return Ok(());
+        }
         // resolve 0 (copy) first
         let mut target: Vec<Sym> = shape
             .iter()
@@ -2377,6 +2528,76 @@ fn required_inputs(op_type: &str, opset: i64) -> usize {
         | "Conv" | "ConvTranspose" | "Gemm" | "LayerNormalization" | "Upsample" => 2,
         _ => 1,
     }
+}
+
+/// The axes of a reshape of view `v` (ONNX shape `in_shape`, None for the batch) to `shape` when
+/// it only adds or removes axes of extent 1 (every other axis, the batch included, keeps its
+/// extent and order); None otherwise. `0` copies an input axis; one `-1` stands for the batch
+/// axis or the one extent that makes the counts agree.
+fn unit_reshape(
+    v: &View,
+    in_shape: &[Option<usize>],
+    shape: &[Sym],
+    per_sample: usize,
+) -> Option<Vec<Ax>> {
+    let resolved: Vec<Sym> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match s {
+            Sym::K(0) => in_shape
+                .get(i)
+                .map(|d| d.map_or(Sym::Batch, |d| Sym::K(d as i64))),
+            s => Some(s),
+        })
+        .collect::<Option<_>>()?;
+    let known: usize = resolved
+        .iter()
+        .filter_map(|s| {
+            if let Sym::K(k) = s {
+                (*k > 0).then_some(*k as usize)
+            } else {
+                None
+            }
+        })
+        .product();
+    let has_batch = resolved.contains(&Sym::Batch);
+    let minus = resolved.iter().filter(|s| **s == Sym::K(-1)).count();
+    let target: Vec<Sym> = match (has_batch, minus) {
+        (true, 0) => resolved,
+        // the -1 is the batch axis when the known extents already hold every per-sample value
+        (false, 1) if known == per_sample => resolved
+            .into_iter()
+            .map(|s| if s == Sym::K(-1) { Sym::Batch } else { s })
+            .collect(),
+        _ => return None,
+    };
+    // the non-unit axes of both sides must agree in order
+    let big_in: Vec<(Ax, Option<usize>)> = v
+        .axes
+        .iter()
+        .zip(in_shape)
+        .filter(|(_, d)| **d != Some(1))
+        .map(|(a, d)| (*a, *d))
+        .collect();
+    let big_out: Vec<Option<usize>> = target
+        .iter()
+        .filter(|s| **s != Sym::K(1))
+        .map(|s| match s {
+            Sym::K(k) => Some(*k as usize),
+            Sym::Batch => None,
+        })
+        .collect();
+    if big_in.len() != big_out.len() || big_in.iter().zip(&big_out).any(|((_, a), b)| a != b) {
+        return None;
+    }
+    let mut it = big_in.into_iter();
+    target
+        .iter()
+        .map(|s| match s {
+            Sym::K(1) => Some(Ax::Unit),
+            _ => it.next().map(|(a, _)| a),
+        })
+        .collect()
 }
 
 /// Explicit symmetric-or-not pads of a Conv / pool as [begin.., end..], from `pads` or `auto_pad`.
