@@ -28,7 +28,7 @@ use crate::error::{IoError, Result, UnsupportedNode};
 pub const MAX_FILE_BYTES: u64 = 2 << 30;
 
 /// The opsets of the default domain the importer is written for.
-pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=18;
+pub const OPSETS: std::ops::RangeInclusive<i64> = 9..=18;
 
 /// Every `op_type` of the default domain the importer maps.
 pub const SUPPORTED: &[&str] = &[
@@ -76,6 +76,7 @@ pub const SUPPORTED: &[&str] = &[
     "Sqrt",
     "Squeeze",
     "Sub",
+    "Sum",
     "Tanh",
     "Transpose",
     "Unsqueeze",
@@ -1462,11 +1463,22 @@ impl<'a> Importer<'a> {
             "Softmax" => {
                 let rank = self.onnx_rank(&n.input[0])?;
                 let default = if self.opset >= 13 { -1 } else { 1 };
-                let a = norm_axis(attr_i(n, "axis", default), rank)?;
+                let mut a = norm_axis(attr_i(n, "axis", default), rank)?;
                 if self.opset < 13 && a != rank - 1 {
-                    return Err(format!(
-                        "Softmax before opset 13 flattens from axis {a}; only the last axis is supported"
-                    ));
+                    // before opset 13 Softmax runs over the axes from `axis` on, flattened: that
+                    // is one axis when every other of them has extent 1 ([N, C, 1, 1])
+                    let v = self.view(&n.input[0])?.ok_or("Softmax of a constant")?;
+                    let shape = self.view_shape(&v);
+                    let big: Vec<usize> = (a..rank).filter(|&i| shape[i] != Some(1)).collect();
+                    match big.as_slice() {
+                        [one] => a = *one,
+                        [] => a = rank - 1,
+                        _ => {
+                            return Err(format!(
+                                "Softmax before opset 13 over the flattened axes {a}.. of {shape:?} is not supported"
+                            ))
+                        }
+                    }
                 }
                 let x = self.input(n, 0)?;
                 let axis = Self::per_sample_axis(a as i64, rank)?;
@@ -1474,6 +1486,29 @@ impl<'a> Importer<'a> {
                 self.set(out0, y);
             }
             "Add" | "Sub" | "Mul" | "Div" | "Pow" => self.binary(n, out0)?,
+            "Sum" if n.input.len() == 1 => {
+                let v = self.get(&n.input[0])?.clone();
+                self.vals.insert(out0.to_string(), v);
+            }
+            "Sum" => {
+                let rank = n
+                    .input
+                    .iter()
+                    .map(|i| self.onnx_rank(i))
+                    .collect::<R<Vec<_>>>()?
+                    .into_iter()
+                    .max()
+                    .unwrap_or(0);
+                let mut xs = Vec::new();
+                for i in &n.input {
+                    xs.push(match self.get(i)?.clone() {
+                        Val::Const(c) => self.constant_node(i, &c, Some(rank))?,
+                        _ => self.materialize(i)?,
+                    });
+                }
+                let y = self.add(&base, Op::from(gops::Add {}), xs, vec![])?;
+                self.set(out0, y);
+            }
             "Conv" => self.conv(n, out0)?,
             "ConvTranspose" => self.conv_transpose(n, out0)?,
             "BatchNormalization" => self.batch_norm(n, out0)?,
@@ -2223,6 +2258,16 @@ impl<'a> Importer<'a> {
                 target[*m] = Sym::K((per_sample / known) as i64);
             }
             ([], [0]) => target[0] = Sym::Batch,
+            // a model exported with a fixed batch of 1 reshapes to [1, ...]: that 1 is the batch
+            ([], []) if target.first() == Some(&Sym::K(1))
+                && target[1..]
+                    .iter()
+                    .map(|s| if let Sym::K(k) = s { *k as usize } else { 0 })
+                    .product::<usize>()
+                    == per_sample =>
+            {
+                target[0] = Sym::Batch
+            }
             _ => {
                 return Err(format!(
                     "target shape {shape:?} does not keep the batch axis first (prunekit's values are per sample)"
