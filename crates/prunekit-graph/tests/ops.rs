@@ -2324,3 +2324,37 @@ proptest! {
         }
     }
 }
+
+/// Ops that index along an axis accept the strided view a Slice (or Narrow) leaves behind.
+#[test]
+fn indexing_ops_read_non_contiguous_inputs() {
+    let mut b = GraphBuilder::new("views", 0);
+    let x = b.input("x", &[3, 4, 4]);
+    let s = b.node(slice(1, 1, 3, 1), &[&x]).unwrap(); // [3, 2, 4], a view
+    let ops: Vec<Op> = vec![
+        gather(2, &[3, 0], false).into(),
+        slice(2, 0, 4, 2).into(),
+        pad(&[0, 1, 1, 0, 1, 1], PadMode::Reflect, 0.0).into(),
+        pad(&[0, 1, 1, 0, 1, 1], PadMode::Edge, 0.0).into(),
+        Resize::new(ResizeMode::Nearest, 2.0).into(),
+        Resize::new(ResizeMode::Bilinear, 2.0).into(),
+        Transpose {
+            perm: vec![2, 0, 1],
+        }
+        .into(),
+    ];
+    let outs: Vec<Value> = ops
+        .iter()
+        .map(|op| b.node(op.clone(), &[&s]).unwrap())
+        .collect();
+    let refs: Vec<&Value> = outs.iter().collect();
+    let g = b.finish(&refs).unwrap();
+    let xv = randn_f32(&[2, 3, 4, 4], 1);
+    let ys = Executor::new(0).eval(&g, &[xv.clone()]).unwrap();
+    // the same ops on a contiguous copy of the slice
+    let sv = xv.narrow(2, 1, 2).unwrap().contiguous().unwrap();
+    for (op, y) in ops.into_iter().zip(ys) {
+        let want = eval1(&single_op(op.clone(), &[&[3, 2, 4]]), &sv);
+        assert_eq!(bits(&y), bits(&want), "{op:?}");
+    }
+}

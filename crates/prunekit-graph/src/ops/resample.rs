@@ -122,7 +122,7 @@ impl OpRules for Resize {
             ResizeMode::Nearest => {
                 let ih = Tensor::new(nearest_indices(h, ho, self.scale[0]), x.device())?;
                 let iw = Tensor::new(nearest_indices(w, wo, self.scale[1]), x.device())?;
-                x.index_select(&ih, 2)?.index_select(&iw, 3)
+                x.contiguous()?.index_select(&ih, 2)?.index_select(&iw, 3)
             }
             ResizeMode::Bilinear => {
                 let mh =

@@ -299,7 +299,7 @@ impl OpRules for Slice {
         let step = self.step as usize;
         let idx: Vec<u32> = (0..len).map(|i| (start + i * step) as u32).collect();
         let idx = Tensor::new(idx.as_slice(), x.device())?;
-        x.index_select(&idx, axis + 1)
+        x.contiguous()?.index_select(&idx, axis + 1)
     }
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
         let (axis, start, len) = self.resolve(cx.in_shape(0)).ok()?;
@@ -409,7 +409,7 @@ impl OpRules for Gather {
             return x.narrow(axis + 1, idx[0] as usize, 1)?.squeeze(axis + 1);
         }
         let idx = Tensor::new(idx.as_slice(), x.device())?;
-        x.index_select(&idx, axis + 1)
+        x.contiguous()?.index_select(&idx, axis + 1)
     }
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
         let axis = resolve_axis(self.axis, cx.in_shape(0).len()).ok()?;
@@ -534,7 +534,8 @@ impl OpRules for Pad {
                             i as u32
                         })
                         .collect();
-                    y.index_select(&Tensor::new(idx.as_slice(), y.device())?, dim)?
+                    y.contiguous()?
+                        .index_select(&Tensor::new(idx.as_slice(), y.device())?, dim)?
                 }
             };
         }
