@@ -911,6 +911,7 @@ fn avoiding(shape: &[usize], lo: f64, hi: f64, kinks: &[f64], seed: u64) -> Tens
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_t(
     cin: usize,
     cout: usize,

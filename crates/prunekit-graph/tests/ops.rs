@@ -1267,6 +1267,7 @@ fn assert_values(y: &Tensor, want: &[f64], tol: f64) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_t(
     cin: usize,
     cout: usize,
@@ -1831,6 +1832,7 @@ fn new_ops_json_round_trip_with_defaults() {
 }
 
 /// Naive transposed convolution: every input value scatters through its group's kernels.
+#[allow(clippy::needless_range_loop)]
 fn naive_conv_transpose(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &ConvTranspose2d) -> Tensor {
     let x = to_vec4(x);
     let wv = to_vec4(w);
@@ -1915,7 +1917,7 @@ fn resize_matches_pytorch_values() {
     let y = eval_op(
         Resize::new(ResizeMode::Bilinear, 2.0),
         &[&[1, 2, 2]],
-        &[x.clone()],
+        std::slice::from_ref(&x),
     );
     assert_eq!(y.dims(), &[1, 1, 4, 4]);
     assert_values(
@@ -1949,7 +1951,7 @@ fn resize_matches_pytorch_values() {
         mode: ResizeMode::Nearest,
         scale: [1.5, 0.5],
     };
-    let y = eval_op(op, &[&[1, 3, 4]], &[x.clone()]);
+    let y = eval_op(op, &[&[1, 3, 4]], std::slice::from_ref(&x));
     assert_eq!(y.dims(), &[1, 1, 4, 2]);
     assert_values(&y, &[0.0, 2.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0], 0.0);
     // bilinear downsampling by 0.5 of a length-4 row: s = (o + 0.5) * 2 - 0.5 = 0.5, 2.5
@@ -1957,7 +1959,7 @@ fn resize_matches_pytorch_values() {
         mode: ResizeMode::Bilinear,
         scale: [1.0, 0.5],
     };
-    let y = eval_op(op, &[&[1, 3, 4]], &[x.clone()]);
+    let y = eval_op(op, &[&[1, 3, 4]], std::slice::from_ref(&x));
     assert_eq!(y.dims(), &[1, 1, 3, 2]);
     assert_values(&y, &[0.5, 2.5, 4.5, 6.5, 8.5, 10.5], 1e-12);
     // bilinear 1.5 on the rows: r = 2/3, s = max(0, (o + 0.5) r - 0.5) = 0, 0.5, 7/6, 11/6 -> clamp
@@ -2063,7 +2065,11 @@ fn shape_op_values() {
         .reshape((2, 3, 4))
         .unwrap();
     // transpose [3, 4] -> [4, 3]
-    let y = eval_op(Transpose { perm: vec![1, 0] }, &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(
+        Transpose { perm: vec![1, 0] },
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
     assert_eq!(y.dims(), &[2, 4, 3]);
     assert!(y.is_contiguous());
     assert_eq!(
@@ -2071,18 +2077,22 @@ fn shape_op_values() {
         flat64(&x.transpose(1, 2).unwrap().contiguous().unwrap())
     );
     // slice the last axis 1..4 step 2: columns 1, 3
-    let y = eval_op(slice(-1, 1, 4, 2), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(slice(-1, 1, 4, 2), &[&[3, 4]], std::slice::from_ref(&x));
     assert_eq!(y.dims(), &[2, 3, 2]);
     assert_values(&y.get(0).unwrap(), &[1.0, 3.0, 5.0, 7.0, 9.0, 11.0], 0.0);
     // slice rows -2.. (to the end)
-    let y = eval_op(slice(0, -2, 100, 1), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(slice(0, -2, 100, 1), &[&[3, 4]], std::slice::from_ref(&x));
     assert_values(
         &y.get(1).unwrap(),
         &[16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0],
         0.0,
     );
     // gather columns 3, -4, 3
-    let y = eval_op(gather(1, &[3, -4, 3], false), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(
+        gather(1, &[3, -4, 3], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
     assert_eq!(y.dims(), &[2, 3, 3]);
     assert_values(
         &y.get(0).unwrap(),
@@ -2090,7 +2100,7 @@ fn shape_op_values() {
         0.0,
     );
     // scalar gather of row -1 removes the axis
-    let y = eval_op(gather(0, &[-1], true), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(gather(0, &[-1], true), &[&[3, 4]], std::slice::from_ref(&x));
     assert_eq!(y.dims(), &[2, 4]);
     assert_values(&y, &[8.0, 9.0, 10.0, 11.0, 20.0, 21.0, 22.0, 23.0], 0.0);
 
@@ -2122,7 +2132,7 @@ fn shape_op_values() {
     let y = eval_op(
         pad(&[1, 0, 0, 1], PadMode::Reflect, 0.0),
         &[&[2, 3]],
-        &[m.clone()],
+        std::slice::from_ref(&m),
     );
     assert_eq!(y.dims(), &[1, 3, 4]);
     assert_values(
@@ -2209,12 +2219,24 @@ fn matmul_reduce_and_arithmetic_values() {
         .unwrap()
         .reshape((2, 3, 4))
         .unwrap();
-    let y = eval_op(reduce_mean(&[-1], false), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(
+        reduce_mean(&[-1], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
     assert_values(&y, &[1.5, 5.5, 9.5, 13.5, 17.5, 21.5], 1e-12);
-    let y = eval_op(reduce_mean(&[0], true), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(
+        reduce_mean(&[0], true),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
     assert_eq!(y.dims(), &[2, 1, 4]);
     assert_values(&y, &[4.0, 5.0, 6.0, 7.0, 16.0, 17.0, 18.0, 19.0], 1e-12);
-    let y = eval_op(reduce_mean(&[], false), &[&[3, 4]], &[x.clone()]);
+    let y = eval_op(
+        reduce_mean(&[], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
     assert_eq!(y.dims(), &[2]);
     assert_values(&y, &[5.5, 17.5], 1e-12);
 
@@ -2285,7 +2307,9 @@ fn constants_broadcast_against_the_batch() {
     let cm = randn(&[3, 2], 2);
     set(&g, "c", "value", &cm);
     let xv = randn(&[5, 2, 3], 3);
-    let ys = Executor::new(0).eval(&g, &[xv.clone()]).unwrap();
+    let ys = Executor::new(0)
+        .eval(&g, std::slice::from_ref(&xv))
+        .unwrap();
     assert_all_close(&ys[0], &xv.broadcast_matmul(&cm).unwrap(), 1e-12);
     // a graph output computed from constants alone keeps the batch of one
     assert_eq!(ys[1].dims(), &[1, 3, 2]);
@@ -2350,7 +2374,9 @@ fn indexing_ops_read_non_contiguous_inputs() {
     let refs: Vec<&Value> = outs.iter().collect();
     let g = b.finish(&refs).unwrap();
     let xv = randn_f32(&[2, 3, 4, 4], 1);
-    let ys = Executor::new(0).eval(&g, &[xv.clone()]).unwrap();
+    let ys = Executor::new(0)
+        .eval(&g, std::slice::from_ref(&xv))
+        .unwrap();
     // the same ops on a contiguous copy of the slice
     let sv = xv.narrow(2, 1, 2).unwrap().contiguous().unwrap();
     for (op, y) in ops.into_iter().zip(ys) {

@@ -107,11 +107,18 @@ impl OpRules for Linear {
 #[serde(deny_unknown_fields)]
 pub struct MatMul {}
 
-/// The matrix geometry of a matmul of per-sample shapes a and b: (leading axes, M, K, N, output).
-fn matmul_shape(
-    a: &[usize],
-    b: &[usize],
-) -> Result<(Vec<usize>, usize, usize, usize, Vec<usize>), String> {
+/// The matrix geometry of a matmul of per-sample shapes.
+struct MatMulShape {
+    /// the broadcast leading axes
+    lead: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: Vec<usize>,
+}
+
+/// The geometry of a matmul of per-sample shapes a and b, or why they do not fit.
+fn matmul_shape(a: &[usize], b: &[usize]) -> Result<MatMulShape, String> {
     if a.is_empty() || b.is_empty() {
         return Err(format!(
             "expects inputs of rank at least 1, got {a:?} and {b:?}"
@@ -151,18 +158,24 @@ fn matmul_shape(
     if b.len() > 1 {
         out.push(n);
     }
-    Ok((lead, m, ka, n, out))
+    Ok(MatMulShape {
+        lead,
+        m,
+        k: ka,
+        n,
+        out,
+    })
 }
 
 impl OpRules for MatMul {
     fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
         let ins = expect_inputs(inputs, 2)?;
-        Ok(matmul_shape(ins[0], ins[1])?.4)
+        Ok(matmul_shape(ins[0], ins[1])?.out)
     }
 
     fn macs(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
         match matmul_shape(inputs[0], inputs[1]) {
-            Ok((lead, m, k, n, _)) => numel(&lead) * (m * k * n) as u64,
+            Ok(s) => numel(&s.lead) * (s.m * s.k * s.n) as u64,
             Err(_) => 0,
         }
     }
