@@ -252,6 +252,7 @@ pub fn init_params(
         let data: Vec<f32> = match d.init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
+            Init::Constant { value } => vec![value as f32; n],
             Init::FanInUniform { fan_in } => {
                 let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
                 (0..n).map(|_| rng.random_range(-bound..=bound)).collect()

@@ -889,3 +889,311 @@ fn masked_norm_statistics() {
         assert!(c.contains(&"input 0".to_string()), "{c:?}");
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// the ops for decomposed exports
+
+/// Uniform values in [lo, hi) moved at least `gap` away from every kink (finite differences
+/// across a kink disagree with either one-sided derivative).
+fn avoiding(shape: &[usize], lo: f64, hi: f64, kinks: &[f64], seed: u64) -> Tensor {
+    let gap = 0.05;
+    let v: Vec<f64> = uniform(shape, lo, hi, seed)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| match kinks.iter().find(|&&k| (x - k).abs() < gap) {
+            Some(&k) => k + if x < k { -gap } else { gap },
+            None => x,
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_t(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> ConvTranspose2d {
+    let mut c = ConvTranspose2d::new(cin, cout, k);
+    c.stride = stride;
+    c.padding = padding;
+    c.output_padding = output_padding;
+    c.dilation = dilation;
+    c.groups = groups;
+    c
+}
+
+#[test]
+fn conv_transpose2d_geometries() {
+    let mut rect = conv_t(2, 3, 2, 2, 0, 1, 1, 1);
+    rect.kernel = [3, 2];
+    let mut nb = conv_t(2, 2, 3, 2, 1, 1, 1, 1);
+    nb.bias = false;
+    for (i, (c, h, w)) in [
+        (conv_t(2, 3, 3, 1, 0, 0, 1, 1), 3, 4),
+        (conv_t(2, 3, 3, 2, 1, 1, 1, 1), 3, 3),
+        (conv_t(2, 2, 4, 2, 1, 0, 1, 1), 3, 2),
+        (conv_t(2, 2, 3, 2, 2, 1, 2, 1), 4, 3),
+        (conv_t(4, 2, 3, 2, 1, 1, 1, 2), 3, 3),
+        (conv_t(3, 3, 3, 1, 1, 0, 1, 3), 3, 3),
+        (rect, 3, 3),
+        (nb, 3, 3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = randn(&[2, c.in_channels, h, w], 200 + i as u64);
+        let want: &[&str] = if c.bias {
+            &["op.weight", "op.bias", "input 0"]
+        } else {
+            &["op.weight", "input 0"]
+        };
+        let checked = check_op(c.clone(), &[&[c.in_channels, h, w]], &[x], true);
+        expect_checked(&checked, want);
+    }
+}
+
+#[test]
+fn resize_nearest_and_bilinear() {
+    for (i, (mode, scale)) in [
+        (ResizeMode::Nearest, [2.0, 2.0]),
+        (ResizeMode::Nearest, [1.5, 0.5]),
+        (ResizeMode::Bilinear, [2.0, 2.0]),
+        (ResizeMode::Bilinear, [1.5, 3.0]),
+        (ResizeMode::Bilinear, [0.5, 1.0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = check_op(
+            Resize { mode, scale },
+            &[&[2, 4, 3]],
+            &[randn(&[2, 2, 4, 3], 210 + i as u64)],
+            true,
+        );
+        expect_checked(&c, &["input 0"]);
+    }
+}
+
+#[test]
+fn matmul_shapes() {
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[3, 4], &[4, 2]),
+        (&[2, 3, 4], &[2, 4, 2]),
+        (&[2, 1, 3, 4], &[3, 4, 2]),
+        (&[4], &[4, 3]),
+        (&[3, 4], &[4]),
+        (&[4], &[4]),
+    ];
+    for (i, (a, b)) in cases.into_iter().enumerate() {
+        let mut sa = vec![2];
+        sa.extend_from_slice(a);
+        let mut sb = vec![2];
+        sb.extend_from_slice(b);
+        let c = check_op(
+            MatMul {},
+            &[a, b],
+            &[randn(&sa, 220 + i as u64), randn(&sb, 230 + i as u64)],
+            true,
+        );
+        expect_checked(&c, &["input 0", "input 1"]);
+    }
+}
+
+#[test]
+fn transpose_slice_gather() {
+    let c = check_op(
+        Transpose {
+            perm: vec![2, 0, 1],
+        },
+        &[&[2, 3, 4]],
+        &[randn(&[2, 2, 3, 4], 240)],
+        true,
+    );
+    expect_checked(&c, &["input 0"]);
+    for (i, s) in [(0, 1, 3, 1), (-1, -4, 100, 2), (1, 0, 3, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let (axis, start, end, step) = s;
+        let op = Slice {
+            axis,
+            start,
+            end,
+            step,
+        };
+        let c = check_op(op, &[&[3, 5]], &[randn(&[2, 3, 5], 241 + i as u64)], true);
+        expect_checked(&c, &["input 0"]);
+    }
+    for (i, (axis, indices, scalar)) in [
+        (1, vec![4, 0, -1, 4], false),
+        (0, vec![-2], true),
+        (-1, vec![2], true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let op = Gather {
+            axis,
+            indices,
+            scalar,
+        };
+        let c = check_op(op, &[&[3, 5]], &[randn(&[2, 3, 5], 245 + i as u64)], true);
+        expect_checked(&c, &["input 0"]);
+    }
+}
+
+#[test]
+fn pad_every_mode() {
+    for (i, (mode, value)) in [
+        (PadMode::Constant, 0.0),
+        (PadMode::Constant, 1.5),
+        (PadMode::Reflect, 0.0),
+        (PadMode::Edge, 0.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let op = Pad {
+            pads: vec![0, 2, 1, 0, 1, 2],
+            mode,
+            value,
+        };
+        let c = check_op(
+            op,
+            &[&[2, 3, 4]],
+            &[randn(&[2, 2, 3, 4], 250 + i as u64)],
+            true,
+        );
+        expect_checked(&c, &["input 0"]);
+    }
+}
+
+#[test]
+fn clip_hard_sigmoid_hard_swish_leaky_relu() {
+    let shape = [2, 3, 4];
+    let cases: Vec<(Op, Tensor)> = vec![
+        (
+            Clip {
+                min: Some(-0.5),
+                max: Some(0.7),
+            }
+            .into(),
+            avoiding(&shape, -1.5, 1.5, &[-0.5, 0.7], 260),
+        ),
+        (
+            Clip::relu6().into(),
+            avoiding(&shape, -2.0, 8.0, &[0.0, 6.0], 261),
+        ),
+        (
+            Clip {
+                min: None,
+                max: Some(0.0),
+            }
+            .into(),
+            avoiding(&shape, -1.0, 1.0, &[0.0], 262),
+        ),
+        (
+            HardSigmoid::default().into(),
+            avoiding(&shape, -4.0, 4.0, &[-2.5, 2.5], 263),
+        ),
+        (
+            HardSigmoid::pytorch().into(),
+            avoiding(&shape, -4.5, 4.5, &[-3.0, 3.0], 264),
+        ),
+        (
+            HardSwish {}.into(),
+            avoiding(&shape, -4.5, 4.5, &[-3.0, 3.0], 265),
+        ),
+        (LeakyRelu::default().into(), away_from_zero(&shape, 266)),
+        (LeakyRelu { alpha: 1.7 }.into(), away_from_zero(&shape, 267)),
+    ];
+    for (op, x) in cases {
+        let c = check_op(op, &[&[3, 4]], &[x], true);
+        expect_checked(&c, &["input 0"]);
+    }
+}
+
+#[test]
+fn prelu_per_channel_and_shared() {
+    let c = check_op(
+        PRelu { num_parameters: 3 },
+        &[&[3, 2, 2]],
+        &[away_from_zero(&[2, 3, 2, 2], 270)],
+        true,
+    );
+    expect_checked(&c, &["op.weight", "input 0"]);
+    let c = check_op(
+        PRelu { num_parameters: 1 },
+        &[&[3, 4]],
+        &[away_from_zero(&[2, 3, 4], 271)],
+        true,
+    );
+    expect_checked(&c, &["op.weight", "input 0"]);
+}
+
+#[test]
+fn sub_div_erf_sqrt_reduce_mean() {
+    let c = check_op(
+        Sub {},
+        &[&[3, 4], &[4]],
+        &[randn(&[2, 3, 4], 280), randn(&[2, 4], 281)],
+        true,
+    );
+    expect_checked(&c, &["input 0", "input 1"]);
+    // divisors away from zero
+    let c = check_op(
+        Div {},
+        &[&[3, 4], &[3, 1]],
+        &[randn(&[2, 3, 4], 282), uniform(&[2, 3, 1], 0.5, 2.0, 283)],
+        true,
+    );
+    expect_checked(&c, &["input 0", "input 1"]);
+    let c = check_op(Erf {}, &[&[3, 4]], &[randn(&[2, 3, 4], 284)], true);
+    expect_checked(&c, &["input 0"]);
+    let c = check_op(
+        Sqrt {},
+        &[&[3, 4]],
+        &[uniform(&[2, 3, 4], 0.2, 3.0, 285)],
+        true,
+    );
+    expect_checked(&c, &["input 0"]);
+    for (i, (axes, keepdims)) in [(vec![0], true), (vec![-1, 1], false), (vec![], false)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = check_op(
+            ReduceMean { axes, keepdims },
+            &[&[2, 3, 4]],
+            &[randn(&[2, 2, 3, 4], 286 + i as u64)],
+            true,
+        );
+        expect_checked(&c, &["input 0"]);
+    }
+}
+
+/// A Constant's value is a buffer: no gradient is asked of it, and gradients flow through the
+/// ops that read it to the other input.
+#[test]
+fn constant_operands() {
+    let mut b = GraphBuilder::new("consts", 0);
+    let x = b.input("x", &[3, 4]);
+    let c = b.named("c").node(Constant { shape: vec![4] }, &[]).unwrap();
+    let s = b.node(Sub {}, &[&x, &c]).unwrap();
+    let w = b
+        .named("w")
+        .node(Constant { shape: vec![4, 2] }, &[])
+        .unwrap();
+    let y = b.node(MatMul {}, &[&s, &w]).unwrap();
+    let g = f64_graph(b.finish(&[&y]).unwrap(), 290);
+    let checked = grad_check(&g, &[randn(&[2, 3, 4], 291)], true);
+    expect_checked(&checked, &["input 0"]);
+}

@@ -249,7 +249,7 @@ fn op_json_defaults() {
     assert_eq!(g, Op::Gelu(Gelu::default()));
     let s: Op = serde_json::from_str(r#"{"type": "softmax"}"#).unwrap();
     assert_eq!(s, Op::Softmax(Softmax { axis: -1 }));
-    assert_eq!(Op::all_type_names().len(), 28);
+    assert_eq!(Op::all_type_names().len(), 46);
     // every op survives a JSON round trip with its type tag
     for op in [
         Op::from(Linear::new(3, 4)),
@@ -1239,5 +1239,1148 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// the ops for decomposed exports: shapes, MACs, errors, forward values
+
+fn one_d(v: &[f64]) -> Tensor {
+    Tensor::new(v, &Device::Cpu).unwrap()
+}
+
+/// A one-op f64 graph run in eval mode on the given inputs.
+fn eval_op(op: impl Into<Op>, in_shapes: &[&[usize]], xs: &[Tensor]) -> Tensor {
+    let mut g = single_op(op, in_shapes);
+    g.to_dtype(DType::F64).unwrap();
+    Executor::new(0).eval(&g, xs).unwrap().remove(0)
+}
+
+fn assert_values(y: &Tensor, want: &[f64], tol: f64) {
+    let got = flat64(y);
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol,
+            "index {i}: {a} vs {b}\n{got:?}\n{want:?}"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_t(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> ConvTranspose2d {
+    let mut c = ConvTranspose2d::new(cin, cout, k);
+    c.stride = stride;
+    c.padding = padding;
+    c.output_padding = output_padding;
+    c.dilation = dilation;
+    c.groups = groups;
+    c
+}
+
+fn slice(axis: isize, start: i64, end: i64, step: i64) -> Slice {
+    Slice {
+        axis,
+        start,
+        end,
+        step,
+    }
+}
+
+fn gather(axis: isize, indices: &[i64], scalar: bool) -> Gather {
+    Gather {
+        axis,
+        indices: indices.to_vec(),
+        scalar,
+    }
+}
+
+fn pad(pads: &[usize], mode: PadMode, value: f64) -> Pad {
+    Pad {
+        pads: pads.to_vec(),
+        mode,
+        value,
+    }
+}
+
+fn reduce_mean(axes: &[isize], keepdims: bool) -> ReduceMean {
+    ReduceMean {
+        axes: axes.to_vec(),
+        keepdims,
+    }
+}
+
+#[test]
+fn transpose_slice_gather_pad_shapes() {
+    let t = |perm: &[usize]| Transpose {
+        perm: perm.to_vec(),
+    };
+    assert_eq!(shape_macs(t(&[1, 0]), &[&[8, 5]]), (vec![5, 8], 0));
+    assert_eq!(infer(t(&[2, 0, 1]), &[&[2, 3, 4]]).unwrap(), vec![4, 2, 3]);
+    assert_eq!(infer(t(&[0]), &[&[7]]).unwrap(), vec![7]);
+
+    assert_eq!(infer(slice(0, 2, 6, 1), &[&[8, 6]]).unwrap(), vec![4, 6]);
+    // end past the axis is clamped: 1, 3, 5, 7
+    assert_eq!(infer(slice(0, 1, 100, 2), &[&[8, 6]]).unwrap(), vec![4, 6]);
+    // negative bounds count from the end: -3..-1 of 6 is 3..5
+    assert_eq!(infer(slice(-1, -3, -1, 1), &[&[8, 6]]).unwrap(), vec![8, 2]);
+    // a start before the axis is clamped to 0
+    assert_eq!(infer(slice(1, -100, 4, 3), &[&[8, 6]]).unwrap(), vec![8, 2]);
+    assert_eq!(shape_macs(slice(0, 0, 1, 1), &[&[8]]), (vec![1], 0));
+
+    assert_eq!(
+        infer(gather(1, &[0, -1, 2], false), &[&[5, 6]]).unwrap(),
+        vec![5, 3]
+    );
+    assert_eq!(
+        infer(gather(1, &[4, 4, 4, 4, 4, 4, 4], false), &[&[5, 6]]).unwrap(),
+        vec![5, 7]
+    );
+    assert_eq!(infer(gather(0, &[-5], true), &[&[5, 6]]).unwrap(), vec![6]);
+    assert_eq!(infer(gather(-1, &[2], true), &[&[5, 6]]).unwrap(), vec![5]);
+    assert_eq!(
+        infer(gather(0, &[0], true), &[&[5]]).unwrap(),
+        Vec::<usize>::new()
+    );
+
+    assert_eq!(
+        shape_macs(
+            pad(&[0, 1, 2, 0, 1, 2], PadMode::Constant, 0.0),
+            &[&[3, 4, 4]]
+        ),
+        (vec![3, 6, 8], 0)
+    );
+    assert_eq!(
+        infer(pad(&[0, 3, 0, 3], PadMode::Reflect, 0.0), &[&[3, 4]]).unwrap(),
+        vec![3, 10]
+    );
+    assert_eq!(
+        infer(pad(&[5, 5], PadMode::Edge, 0.0), &[&[1]]).unwrap(),
+        vec![11]
+    );
+}
+
+#[test]
+fn conv_transpose2d_shapes_macs_and_params() {
+    // (5 - 1) * 2 - 2 + 1 * 2 + 1 + 1 = 10
+    let c = conv_t(4, 6, 3, 2, 1, 1, 1, 1);
+    assert_eq!(
+        shape_macs(c.clone(), &[&[4, 5, 5]]),
+        (vec![6, 10, 10], 4 * 6 * 9 * 25)
+    );
+    let decl = c.params();
+    assert_eq!(decl[0].shape, vec![4, 6, 3, 3]);
+    assert_eq!(decl[0].role, Role::Weight);
+    assert_eq!(decl[0].init, Init::FanInUniform { fan_in: 6 * 9 });
+    assert_eq!(decl[1].shape, vec![6]);
+    // stride 1: 5 + 2 = 7; groups 2: weight [4, 3, 3, 3], MACs in * out / groups * k * k * H * W
+    let c = conv_t(4, 6, 3, 1, 0, 0, 1, 2);
+    assert_eq!(
+        shape_macs(c.clone(), &[&[4, 5, 5]]),
+        (vec![6, 7, 7], 4 * 3 * 9 * 25)
+    );
+    assert_eq!(c.params()[0].shape, vec![4, 3, 3, 3]);
+    // dilation 2: (5 - 1) + 2 * 2 + 1 = 9
+    assert_eq!(
+        infer(conv_t(2, 3, 3, 1, 0, 0, 2, 1), &[&[2, 5, 5]]).unwrap(),
+        vec![3, 9, 9]
+    );
+    // the classic 2x upsampler: k 4, s 2, p 1 doubles; rectangular kernel
+    assert_eq!(
+        infer(conv_t(2, 3, 4, 2, 1, 0, 1, 1), &[&[2, 7, 9]]).unwrap(),
+        vec![3, 14, 18]
+    );
+    let mut r = conv_t(2, 3, 1, 2, 0, 0, 1, 1);
+    r.kernel = [3, 1];
+    assert_eq!(
+        shape_macs(r, &[&[2, 4, 4]]),
+        (vec![3, 9, 7], 2 * 3 * 3 * 16)
+    );
+    let mut nb = ConvTranspose2d::new(2, 3, 2);
+    nb.bias = false;
+    assert_eq!(nb.params().len(), 1);
+}
+
+#[test]
+fn resize_matmul_reduce_and_arithmetic_shapes() {
+    let r = |mode, s: [f64; 2]| Resize { mode, scale: s };
+    assert_eq!(
+        shape_macs(r(ResizeMode::Nearest, [2.0, 2.0]), &[&[3, 4, 5]]),
+        (vec![3, 8, 10], 0)
+    );
+    assert_eq!(
+        infer(r(ResizeMode::Bilinear, [1.5, 1.5]), &[&[3, 4, 5]]).unwrap(),
+        vec![3, 6, 7]
+    );
+    assert_eq!(
+        infer(r(ResizeMode::Nearest, [0.5, 3.0]), &[&[3, 4, 5]]).unwrap(),
+        vec![3, 2, 15]
+    );
+
+    let mm = |a: &[usize], b: &[usize]| shape_macs(MatMul {}, &[a, b]);
+    assert_eq!(mm(&[3, 4], &[4, 5]), (vec![3, 5], 60));
+    assert_eq!(mm(&[2, 3, 4], &[4, 5]), (vec![2, 3, 5], 120));
+    assert_eq!(mm(&[4], &[4, 5]), (vec![5], 20));
+    assert_eq!(mm(&[3, 4], &[4]), (vec![3], 12));
+    assert_eq!(mm(&[4], &[4]), (vec![], 4));
+    assert_eq!(mm(&[4], &[2, 4, 5]), (vec![2, 5], 40));
+    assert_eq!(
+        mm(&[2, 1, 3, 4], &[5, 4, 2]),
+        (vec![2, 5, 3, 2], 2 * 5 * 3 * 4 * 2)
+    );
+
+    assert_eq!(
+        infer(reduce_mean(&[1, 2], true), &[&[3, 4, 5]]).unwrap(),
+        vec![3, 1, 1]
+    );
+    assert_eq!(
+        infer(reduce_mean(&[-1, 1], false), &[&[3, 4, 5]]).unwrap(),
+        vec![3]
+    );
+    assert_eq!(
+        infer(reduce_mean(&[], true), &[&[3, 4, 5]]).unwrap(),
+        vec![1, 1, 1]
+    );
+    assert_eq!(
+        infer(reduce_mean(&[], false), &[&[3, 4, 5]]).unwrap(),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        shape_macs(reduce_mean(&[0], false), &[&[3, 4]]),
+        (vec![4], 0)
+    );
+
+    for op in [Op::from(Sub {}), Div {}.into()] {
+        assert_eq!(infer(op.clone(), &[&[3, 4], &[4]]).unwrap(), vec![3, 4]);
+        assert_eq!(
+            infer(op.clone(), &[&[8, 1, 5], &[1, 4, 1]]).unwrap(),
+            vec![8, 4, 5]
+        );
+        assert_eq!(infer(op.clone(), &[&[3], &[]]).unwrap(), vec![3]);
+        assert_eq!(shape_macs(op, &[&[3], &[3]]).1, 0);
+    }
+    for op in [
+        Op::from(Clip::relu6()),
+        Clip::default().into(),
+        HardSigmoid::default().into(),
+        HardSwish {}.into(),
+        LeakyRelu::default().into(),
+        PRelu { num_parameters: 4 }.into(),
+        PRelu { num_parameters: 1 }.into(),
+        Erf {}.into(),
+        Sqrt {}.into(),
+    ] {
+        assert_eq!(
+            shape_macs(op.clone(), &[&[4, 5, 6]]),
+            (vec![4, 5, 6], 0),
+            "{op:?}"
+        );
+    }
+    let prelu = PRelu { num_parameters: 4 }.params();
+    assert_eq!(prelu.len(), 1);
+    assert_eq!(
+        (prelu[0].name, prelu[0].shape.clone(), prelu[0].role),
+        ("weight", vec![4], Role::Bias)
+    );
+    assert_eq!(prelu[0].init, Init::Constant { value: 0.25 });
+
+    let c = Constant { shape: vec![3, 1] };
+    assert_eq!(shape_macs(c.clone(), &[]), (vec![3, 1], 0));
+    let decl = c.params();
+    assert_eq!(
+        (decl[0].name, decl[0].shape.clone(), decl[0].role),
+        ("value", vec![3, 1], Role::Buffer)
+    );
+    assert_eq!(
+        infer(Constant { shape: vec![] }, &[]).unwrap(),
+        Vec::<usize>::new()
+    );
+}
+
+#[test]
+fn new_op_errors_name_the_problem() {
+    let t = |perm: &[usize]| -> Op {
+        Transpose {
+            perm: perm.to_vec(),
+        }
+        .into()
+    };
+    let cases: Vec<(Vec<Vec<usize>>, Op, &str, &str)> = vec![
+        (
+            vec![vec![2, 3]],
+            t(&[0, 0]),
+            "transpose",
+            "not a permutation",
+        ),
+        (vec![vec![2, 3]], t(&[0]), "transpose", "not a permutation"),
+        (
+            vec![vec![2, 3]],
+            t(&[0, 2]),
+            "transpose",
+            "not a permutation",
+        ),
+        (
+            vec![vec![3, 5, 5]],
+            conv_t(4, 6, 3, 1, 0, 0, 1, 1).into(),
+            "conv_transpose2d",
+            "3 channels",
+        ),
+        (
+            vec![vec![4, 5]],
+            conv_t(4, 6, 3, 1, 0, 0, 1, 1).into(),
+            "conv_transpose2d",
+            "[channels, height, width]",
+        ),
+        (
+            vec![vec![4, 5, 5]],
+            conv_t(4, 6, 3, 1, 0, 0, 1, 4).into(),
+            "conv_transpose2d",
+            "groups",
+        ),
+        (
+            vec![vec![4, 5, 5]],
+            conv_t(4, 6, 3, 2, 0, 2, 1, 1).into(),
+            "conv_transpose2d",
+            "output_padding = 2",
+        ),
+        (
+            vec![vec![4, 5, 5]],
+            conv_t(4, 6, 3, 0, 0, 0, 1, 1).into(),
+            "conv_transpose2d",
+            "positive",
+        ),
+        (
+            vec![vec![4, 1, 1]],
+            conv_t(4, 6, 1, 1, 1, 0, 1, 1).into(),
+            "conv_transpose2d",
+            "leaves no output",
+        ),
+        (
+            vec![vec![3, 4, 4]],
+            Resize::new(ResizeMode::Nearest, 0.0).into(),
+            "resize",
+            "positive",
+        ),
+        (
+            vec![vec![3, 4, 4]],
+            Resize::new(ResizeMode::Bilinear, 0.2).into(),
+            "resize",
+            "leaves no output",
+        ),
+        (
+            vec![vec![3, 4]],
+            Resize::new(ResizeMode::Bilinear, 2.0).into(),
+            "resize",
+            "[channels, height, width]",
+        ),
+        (
+            vec![vec![3, 4], vec![5, 6]],
+            MatMul {}.into(),
+            "matmul",
+            "K = 4 by K = 5",
+        ),
+        (
+            vec![vec![2, 3, 4], vec![3, 4, 5]],
+            MatMul {}.into(),
+            "matmul",
+            "do not broadcast",
+        ),
+        (
+            vec![vec![3, 4]],
+            MatMul {}.into(),
+            "matmul",
+            "expects 2 input",
+        ),
+        (
+            vec![vec![8]],
+            slice(0, 0, 4, 0).into(),
+            "slice",
+            "step must be at least 1",
+        ),
+        (
+            vec![vec![8]],
+            slice(0, 6, 2, -1).into(),
+            "slice",
+            "negative steps are refused",
+        ),
+        (vec![vec![8]], slice(0, 5, 5, 1).into(), "slice", "empty"),
+        (vec![vec![8]], slice(0, 9, 12, 1).into(), "slice", "empty"),
+        (
+            vec![vec![8]],
+            slice(1, 0, 2, 1).into(),
+            "slice",
+            "out of range",
+        ),
+        (
+            vec![vec![5, 6]],
+            gather(1, &[0, 6], false).into(),
+            "gather",
+            "index 6 is out of range",
+        ),
+        (
+            vec![vec![5, 6]],
+            gather(0, &[-6], false).into(),
+            "gather",
+            "index -6 is out of range",
+        ),
+        (
+            vec![vec![5, 6]],
+            gather(0, &[0, 1], true).into(),
+            "gather",
+            "exactly one index",
+        ),
+        (
+            vec![vec![5, 6]],
+            gather(0, &[], false).into(),
+            "gather",
+            "empty",
+        ),
+        (
+            vec![vec![3, 4, 4]],
+            pad(&[0, 1, 1, 0], PadMode::Constant, 0.0).into(),
+            "pad",
+            "pads has 4 entries, a rank-3 input [3, 4, 4] needs 6",
+        ),
+        (
+            vec![vec![3, 4]],
+            pad(&[0, 4, 0, 0], PadMode::Reflect, 0.0).into(),
+            "pad",
+            "below the axis length 4",
+        ),
+        (
+            vec![vec![3, 4]],
+            pad(&[0, 1, 0, 0], PadMode::Constant, f64::INFINITY).into(),
+            "pad",
+            "finite",
+        ),
+        (
+            vec![vec![3]],
+            Clip {
+                min: Some(1.0),
+                max: Some(0.0),
+            }
+            .into(),
+            "clip",
+            "min = 1 is above max = 0",
+        ),
+        (
+            vec![vec![3]],
+            HardSigmoid {
+                alpha: f64::NAN,
+                beta: 0.5,
+            }
+            .into(),
+            "hard_sigmoid",
+            "finite",
+        ),
+        (
+            vec![vec![3, 4]],
+            PRelu { num_parameters: 4 }.into(),
+            "prelu",
+            "num_parameters = 4",
+        ),
+        (
+            vec![vec![3, 4]],
+            PRelu { num_parameters: 0 }.into(),
+            "prelu",
+            "at least 1",
+        ),
+        (vec![vec![3], vec![4]], Sub {}.into(), "sub", "broadcast"),
+        (
+            vec![vec![3], vec![3], vec![3]],
+            Div {}.into(),
+            "div",
+            "expects 2 inputs",
+        ),
+        (
+            vec![vec![3], vec![3]],
+            Erf {}.into(),
+            "erf",
+            "expects 1 input",
+        ),
+        (
+            vec![vec![3, 4]],
+            reduce_mean(&[1, -1], true).into(),
+            "reduce_mean",
+            "twice",
+        ),
+        (
+            vec![vec![3, 4]],
+            reduce_mean(&[2], true).into(),
+            "reduce_mean",
+            "out of range",
+        ),
+        (
+            vec![vec![3]],
+            Constant { shape: vec![3] }.into(),
+            "constant",
+            "expects 0 input(s), got 1",
+        ),
+    ];
+    for (ins, op, type_name, msg_part) in cases {
+        let ins: Vec<&[usize]> = ins.iter().map(Vec::as_slice).collect();
+        let (node, op_name, msg) = shape_error(&ins, op.clone());
+        assert_eq!(node, "culprit", "{op:?}");
+        assert_eq!(op_name, type_name, "{op:?}");
+        assert!(
+            msg.contains(msg_part),
+            "{op:?}: `{msg}` does not mention `{msg_part}`"
+        );
+    }
+    // a constant with a zero dimension
+    let e = infer(Constant { shape: vec![2, 0] }, &[]).unwrap_err();
+    assert!(e.contains("at least 1"), "{e}");
+}
+
+#[test]
+fn new_ops_json_round_trip_with_defaults() {
+    let ops = [
+        Op::from(Transpose { perm: vec![1, 0] }),
+        conv_t(4, 6, 3, 2, 1, 1, 2, 2).into(),
+        Resize::new(ResizeMode::Bilinear, 2.0).into(),
+        MatMul {}.into(),
+        slice(-1, -3, 7, 2).into(),
+        gather(0, &[1, -1], false).into(),
+        pad(&[0, 1, 2, 3], PadMode::Reflect, 0.0).into(),
+        Clip::relu6().into(),
+        Clip {
+            min: None,
+            max: Some(1.0),
+        }
+        .into(),
+        HardSigmoid::pytorch().into(),
+        HardSwish {}.into(),
+        LeakyRelu { alpha: 0.2 }.into(),
+        PRelu { num_parameters: 3 }.into(),
+        Sub {}.into(),
+        Div {}.into(),
+        Erf {}.into(),
+        Sqrt {}.into(),
+        reduce_mean(&[-1], false).into(),
+        Constant { shape: vec![2, 3] }.into(),
+    ];
+    for op in ops {
+        let v = serde_json::to_value(&op).unwrap();
+        assert_eq!(v["type"], op.type_name());
+        assert_eq!(serde_json::from_value::<Op>(v).unwrap(), op);
+        assert!(Op::all_type_names().contains(&op.type_name()));
+    }
+    let parse = |s: &str| serde_json::from_str::<Op>(s).unwrap();
+    assert_eq!(
+        parse(
+            r#"{"type": "conv_transpose2d", "in_channels": 2, "out_channels": 3, "kernel": [2, 2]}"#
+        ),
+        Op::from(ConvTranspose2d::new(2, 3, 2))
+    );
+    assert_eq!(
+        parse(r#"{"type": "hard_sigmoid"}"#),
+        Op::from(HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5
+        })
+    );
+    assert_eq!(
+        parse(r#"{"type": "leaky_relu"}"#),
+        Op::from(LeakyRelu { alpha: 0.01 })
+    );
+    assert_eq!(
+        parse(r#"{"type": "clip", "min": 0}"#),
+        Op::from(Clip {
+            min: Some(0.0),
+            max: None
+        })
+    );
+    assert_eq!(
+        parse(r#"{"type": "pad", "pads": [1, 1]}"#),
+        Op::from(pad(&[1, 1], PadMode::Constant, 0.0))
+    );
+    assert_eq!(
+        parse(r#"{"type": "slice", "axis": 0, "start": 1, "end": 3}"#),
+        Op::from(slice(0, 1, 3, 1))
+    );
+    assert_eq!(
+        parse(r#"{"type": "gather", "axis": 0, "indices": [2]}"#),
+        Op::from(gather(0, &[2], false))
+    );
+    assert_eq!(
+        parse(r#"{"type": "reduce_mean", "axes": [1]}"#),
+        Op::from(reduce_mean(&[1], true))
+    );
+    assert_eq!(
+        parse(r#"{"type": "resize", "scale": [2.0, 3.0]}"#),
+        Op::from(Resize {
+            mode: ResizeMode::Nearest,
+            scale: [2.0, 3.0]
+        })
+    );
+    for bad in [
+        r#"{"type": "pad", "pads": [1, 1], "mode": "wrap"}"#,
+        r#"{"type": "resize", "scale": [2.0, 2.0], "mode": "cubic"}"#,
+        r#"{"type": "transpose", "perm": [1, 0], "axes": [0]}"#,
+    ] {
+        assert!(serde_json::from_str::<Op>(bad).is_err(), "{bad}");
+    }
+}
+
+/// Naive transposed convolution: every input value scatters through its group's kernels.
+#[allow(clippy::needless_range_loop)]
+fn naive_conv_transpose(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &ConvTranspose2d) -> Tensor {
+    let x = to_vec4(x);
+    let wv = to_vec4(w);
+    let (n, cin, h, wd) = (x.len(), x[0].len(), x[0][0].len(), x[0][0][0].len());
+    let [kh, kw] = c.kernel;
+    let ho = c.out_len(h, kh).unwrap();
+    let wo = c.out_len(wd, kw).unwrap();
+    let (cin_g, cout_g) = (cin / c.groups, c.out_channels / c.groups);
+    let bias = b.map(|b| b.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap());
+    let mut y = vec![0f64; n * c.out_channels * ho * wo];
+    for s in 0..n {
+        for ci in 0..cin {
+            let g = ci / cin_g;
+            for j in 0..cout_g {
+                let co = g * cout_g + j;
+                for iy in 0..h {
+                    for ix in 0..wd {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let oy =
+                                    (iy * c.stride + ky * c.dilation) as i64 - c.padding as i64;
+                                let ox =
+                                    (ix * c.stride + kx * c.dilation) as i64 - c.padding as i64;
+                                if oy < 0 || ox < 0 || oy >= ho as i64 || ox >= wo as i64 {
+                                    continue;
+                                }
+                                y[((s * c.out_channels + co) * ho + oy as usize) * wo
+                                    + ox as usize] += x[s][ci][iy][ix] * wv[ci][j][ky][kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for (i, v) in y.iter_mut().enumerate() {
+            *v += bias[(i / (ho * wo)) % c.out_channels];
+        }
+    }
+    Tensor::from_vec(y, (n, c.out_channels, ho, wo), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn conv_transpose2d_matches_a_naive_reference() {
+    let mut rect = conv_t(2, 4, 2, 2, 0, 1, 1, 1);
+    rect.kernel = [3, 2];
+    let mut nb = conv_t(3, 2, 3, 1, 1, 0, 1, 1);
+    nb.bias = false;
+    for (c, h, w) in [
+        (conv_t(2, 3, 3, 1, 0, 0, 1, 1), 4, 5),
+        (conv_t(2, 3, 3, 2, 1, 1, 1, 1), 4, 4),
+        (conv_t(3, 2, 4, 2, 1, 0, 1, 1), 3, 5),
+        (conv_t(2, 3, 3, 2, 2, 1, 2, 1), 5, 4),
+        (conv_t(4, 6, 3, 2, 1, 1, 1, 2), 4, 3),
+        (conv_t(4, 4, 3, 1, 1, 0, 1, 4), 5, 5),
+        (rect, 3, 4),
+        (nb, 4, 4),
+    ] {
+        let mut g = single_op(c.clone(), &[&[c.in_channels, h, w]]);
+        g.to_dtype(DType::F64).unwrap();
+        randomize_params(&g, 3);
+        let x = randn(&[2, c.in_channels, h, w], 4);
+        let y = eval1(&g, &x);
+        let node = g.node("op").unwrap();
+        let want = naive_conv_transpose(
+            &x,
+            node.params["weight"].tensor(),
+            node.params.get("bias").map(|p| p.tensor()),
+            &c,
+        );
+        let out = c.infer(&[&[c.in_channels, h, w]]).unwrap();
+        assert_eq!(&y.dims()[1..], out.as_slice(), "{c:?}");
+        assert_all_close(&y, &want, 1e-10);
+    }
+}
+
+#[test]
+fn resize_matches_pytorch_values() {
+    let x = Tensor::new(&[[[[1f64, 2.0], [3.0, 4.0]]]], &Device::Cpu).unwrap();
+    // F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    let y = eval_op(
+        Resize::new(ResizeMode::Bilinear, 2.0),
+        &[&[1, 2, 2]],
+        std::slice::from_ref(&x),
+    );
+    assert_eq!(y.dims(), &[1, 1, 4, 4]);
+    assert_values(
+        &y,
+        &[
+            1.0, 1.25, 1.75, 2.0, //
+            1.5, 1.75, 2.25, 2.5, //
+            2.5, 2.75, 3.25, 3.5, //
+            3.0, 3.25, 3.75, 4.0,
+        ],
+        1e-12,
+    );
+    // F.interpolate(x, scale_factor=2, mode="nearest")
+    let y = eval_op(Resize::new(ResizeMode::Nearest, 2.0), &[&[1, 2, 2]], &[x]);
+    assert_values(
+        &y,
+        &[
+            1.0, 1.0, 2.0, 2.0, //
+            1.0, 1.0, 2.0, 2.0, //
+            3.0, 3.0, 4.0, 4.0, //
+            3.0, 3.0, 4.0, 4.0,
+        ],
+        0.0,
+    );
+    // nearest with scales 1.5 (rows 0, 0, 1, 2 of 3) and 0.5 (columns 0, 2 of 4)
+    let x = Tensor::arange(0f64, 12.0, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 3, 4))
+        .unwrap();
+    let op = Resize {
+        mode: ResizeMode::Nearest,
+        scale: [1.5, 0.5],
+    };
+    let y = eval_op(op, &[&[1, 3, 4]], std::slice::from_ref(&x));
+    assert_eq!(y.dims(), &[1, 1, 4, 2]);
+    assert_values(&y, &[0.0, 2.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0], 0.0);
+    // bilinear downsampling by 0.5 of a length-4 row: s = (o + 0.5) * 2 - 0.5 = 0.5, 2.5
+    let op = Resize {
+        mode: ResizeMode::Bilinear,
+        scale: [1.0, 0.5],
+    };
+    let y = eval_op(op, &[&[1, 3, 4]], std::slice::from_ref(&x));
+    assert_eq!(y.dims(), &[1, 1, 3, 2]);
+    assert_values(&y, &[0.5, 2.5, 4.5, 6.5, 8.5, 10.5], 1e-12);
+    // bilinear 1.5 on the rows: r = 2/3, s = max(0, (o + 0.5) r - 0.5) = 0, 0.5, 7/6, 11/6 -> clamp
+    let op = Resize {
+        mode: ResizeMode::Bilinear,
+        scale: [1.5, 1.0],
+    };
+    let y = eval_op(op, &[&[1, 3, 4]], &[x]);
+    let rows: Vec<f64> = flat64(&y).chunks(4).map(|r| r[0]).collect();
+    let s = |o: f64| ((o + 0.5) / 1.5 - 0.5f64).max(0.0);
+    let lerp = |s: f64| {
+        let i0 = s.floor();
+        let i1 = (i0 + 1.0).min(2.0);
+        4.0 * (i0 * (1.0 - (s - i0)) + i1 * (s - i0))
+    };
+    let want: Vec<f64> = (0..4).map(|o| lerp(s(o as f64))).collect();
+    assert_values(
+        &Tensor::new(rows.as_slice(), &Device::Cpu).unwrap(),
+        &want,
+        1e-12,
+    );
+}
+
+#[test]
+fn activation_values() {
+    let x = one_d(&[-4.0, -1.0, 0.0, 1.0, 4.0]).unsqueeze(0).unwrap();
+    let run = |op: Op| eval_op(op, &[&[5]], std::slice::from_ref(&x));
+    assert_values(
+        &run(HardSigmoid::default().into()),
+        &[0.0, 0.3, 0.5, 0.7, 1.0],
+        1e-12,
+    );
+    assert_values(
+        &run(HardSigmoid::pytorch().into()),
+        &[0.0, 1.0 / 3.0, 0.5, 2.0 / 3.0, 1.0],
+        1e-12,
+    );
+    // x * relu6(x + 3) / 6
+    assert_values(
+        &run(HardSwish {}.into()),
+        &[0.0, -1.0 / 3.0, 0.0, 2.0 / 3.0, 4.0],
+        1e-12,
+    );
+    assert_values(&run(Clip::relu6().into()), &[0.0, 0.0, 0.0, 1.0, 4.0], 0.0);
+    assert_values(
+        &run(Clip {
+            min: None,
+            max: Some(0.5),
+        }
+        .into()),
+        &[-4.0, -1.0, 0.0, 0.5, 0.5],
+        0.0,
+    );
+    assert_values(
+        &run(Clip::default().into()),
+        &[-4.0, -1.0, 0.0, 1.0, 4.0],
+        0.0,
+    );
+    assert_values(
+        &run(LeakyRelu::default().into()),
+        &[-0.04, -0.01, 0.0, 1.0, 4.0],
+        1e-12,
+    );
+    assert_values(
+        &run(LeakyRelu { alpha: 2.0 }.into()),
+        &[-8.0, -2.0, 0.0, 1.0, 4.0],
+        1e-12,
+    );
+    // erf(1) = 0.8427007929497149, erf(4) = 0.9999999845827421
+    assert_values(
+        &run(Erf {}.into()),
+        &[
+            -0.9999999845827421,
+            -0.8427007929497149,
+            0.0,
+            0.8427007929497149,
+            0.9999999845827421,
+        ],
+        1e-12,
+    );
+    let sq = eval_op(
+        Sqrt {},
+        &[&[3]],
+        &[Tensor::new(&[[0f64, 2.25, 9.0]], &Device::Cpu).unwrap()],
+    );
+    assert_values(&sq, &[0.0, 1.5, 3.0], 1e-12);
+
+    // PReLU: one slope per channel of [C, L], or one shared slope
+    let mut g = single_op(PRelu { num_parameters: 2 }, &[&[2, 3]]);
+    g.to_dtype(DType::F64).unwrap();
+    set(&g, "op", "weight", &one_d(&[0.5, -2.0]));
+    let x = Tensor::new(&[[[-1f64, 2.0, -3.0], [-1.0, 0.0, 4.0]]], &Device::Cpu).unwrap();
+    assert_values(&eval1(&g, &x), &[-0.5, 2.0, -1.5, 2.0, 0.0, 4.0], 1e-12);
+    let mut g = single_op(PRelu { num_parameters: 1 }, &[&[2, 3]]);
+    g.to_dtype(DType::F64).unwrap();
+    assert_values(&eval1(&g, &x), &[-0.25, 2.0, -0.75, -0.25, 0.0, 4.0], 1e-12);
+}
+
+#[test]
+fn shape_op_values() {
+    let x = Tensor::arange(0f64, 24.0, &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3, 4))
+        .unwrap();
+    // transpose [3, 4] -> [4, 3]
+    let y = eval_op(
+        Transpose { perm: vec![1, 0] },
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
+    assert_eq!(y.dims(), &[2, 4, 3]);
+    assert!(y.is_contiguous());
+    assert_eq!(
+        flat64(&y),
+        flat64(&x.transpose(1, 2).unwrap().contiguous().unwrap())
+    );
+    // slice the last axis 1..4 step 2: columns 1, 3
+    let y = eval_op(slice(-1, 1, 4, 2), &[&[3, 4]], std::slice::from_ref(&x));
+    assert_eq!(y.dims(), &[2, 3, 2]);
+    assert_values(&y.get(0).unwrap(), &[1.0, 3.0, 5.0, 7.0, 9.0, 11.0], 0.0);
+    // slice rows -2.. (to the end)
+    let y = eval_op(slice(0, -2, 100, 1), &[&[3, 4]], std::slice::from_ref(&x));
+    assert_values(
+        &y.get(1).unwrap(),
+        &[16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0],
+        0.0,
+    );
+    // gather columns 3, -4, 3
+    let y = eval_op(
+        gather(1, &[3, -4, 3], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
+    assert_eq!(y.dims(), &[2, 3, 3]);
+    assert_values(
+        &y.get(0).unwrap(),
+        &[3.0, 0.0, 3.0, 7.0, 4.0, 7.0, 11.0, 8.0, 11.0],
+        0.0,
+    );
+    // scalar gather of row -1 removes the axis
+    let y = eval_op(gather(0, &[-1], true), &[&[3, 4]], std::slice::from_ref(&x));
+    assert_eq!(y.dims(), &[2, 4]);
+    assert_values(&y, &[8.0, 9.0, 10.0, 11.0, 20.0, 21.0, 22.0, 23.0], 0.0);
+
+    // pads on a [3] row: reflect, edge, constant
+    let r = Tensor::new(&[[1f64, 2.0, 3.0]], &Device::Cpu).unwrap();
+    let p = |mode, value| eval_op(pad(&[2, 2], mode, value), &[&[3]], std::slice::from_ref(&r));
+    assert_values(
+        &p(PadMode::Reflect, 0.0),
+        &[3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0],
+        0.0,
+    );
+    assert_values(
+        &p(PadMode::Edge, 0.0),
+        &[1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0],
+        0.0,
+    );
+    assert_values(
+        &p(PadMode::Constant, 9.0),
+        &[9.0, 9.0, 1.0, 2.0, 3.0, 9.0, 9.0],
+        0.0,
+    );
+    assert_values(
+        &p(PadMode::Constant, 0.0),
+        &[0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0],
+        0.0,
+    );
+    // [2, 3]: one row on top (reflect), one column at the end
+    let m = Tensor::new(&[[[1f64, 2.0, 3.0], [4.0, 5.0, 6.0]]], &Device::Cpu).unwrap();
+    let y = eval_op(
+        pad(&[1, 0, 0, 1], PadMode::Reflect, 0.0),
+        &[&[2, 3]],
+        std::slice::from_ref(&m),
+    );
+    assert_eq!(y.dims(), &[1, 3, 4]);
+    assert_values(
+        &y,
+        &[4.0, 5.0, 6.0, 5.0, 1.0, 2.0, 3.0, 2.0, 4.0, 5.0, 6.0, 5.0],
+        0.0,
+    );
+    let y = eval_op(
+        pad(&[0, 1, 1, 0], PadMode::Constant, -1.0),
+        &[&[2, 3]],
+        &[m],
+    );
+    assert_eq!(y.dims(), &[1, 3, 4]);
+    assert_values(
+        &y,
+        &[
+            -1.0, 1.0, 2.0, 3.0, -1.0, 4.0, 5.0, 6.0, -1.0, -1.0, -1.0, -1.0,
+        ],
+        0.0,
+    );
+}
+
+#[test]
+fn matmul_reduce_and_arithmetic_values() {
+    let a = randn(&[2, 3, 4], 1);
+    let b = randn(&[2, 4, 5], 2);
+    let y = eval_op(MatMul {}, &[&[3, 4], &[4, 5]], &[a.clone(), b.clone()]);
+    assert_all_close(&y, &a.matmul(&b).unwrap(), 1e-12);
+    // rank-1 operands: a row vector times a matrix, a matrix times a column, a dot product
+    let v = randn(&[2, 4], 3);
+    let y = eval_op(MatMul {}, &[&[4], &[4, 5]], &[v.clone(), b.clone()]);
+    assert_eq!(y.dims(), &[2, 5]);
+    assert_all_close(
+        &y,
+        &v.unsqueeze(1)
+            .unwrap()
+            .matmul(&b)
+            .unwrap()
+            .squeeze(1)
+            .unwrap(),
+        1e-12,
+    );
+    let y = eval_op(MatMul {}, &[&[3, 4], &[4]], &[a.clone(), v.clone()]);
+    assert_eq!(y.dims(), &[2, 3]);
+    assert_all_close(
+        &y,
+        &a.matmul(&v.unsqueeze(2).unwrap())
+            .unwrap()
+            .squeeze(2)
+            .unwrap(),
+        1e-12,
+    );
+    let y = eval_op(MatMul {}, &[&[4], &[4]], &[v.clone(), v.clone()]);
+    assert_eq!(y.dims(), &[2]);
+    assert_all_close(&y, &v.sqr().unwrap().sum(1).unwrap(), 1e-12);
+    // broadcast leading axes: [2, 1, 3, 4] x [5, 4, 2] -> [2, 5, 3, 2]
+    let a4 = randn(&[2, 2, 1, 3, 4], 4);
+    let b3 = randn(&[2, 5, 4, 2], 5);
+    let y = eval_op(
+        MatMul {},
+        &[&[2, 1, 3, 4], &[5, 4, 2]],
+        &[a4.clone(), b3.clone()],
+    );
+    assert_eq!(y.dims(), &[2, 2, 5, 3, 2]);
+    for s in 0..2 {
+        for i in 0..2 {
+            for j in 0..5 {
+                let want = a4
+                    .get(s)
+                    .unwrap()
+                    .get(i)
+                    .unwrap()
+                    .get(0)
+                    .unwrap()
+                    .matmul(&b3.get(s).unwrap().get(j).unwrap())
+                    .unwrap();
+                let got = y.get(s).unwrap().get(i).unwrap().get(j).unwrap();
+                assert_all_close(&got, &want, 1e-12);
+            }
+        }
+    }
+
+    let x = Tensor::arange(0f64, 24.0, &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3, 4))
+        .unwrap();
+    let y = eval_op(
+        reduce_mean(&[-1], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
+    assert_values(&y, &[1.5, 5.5, 9.5, 13.5, 17.5, 21.5], 1e-12);
+    let y = eval_op(
+        reduce_mean(&[0], true),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
+    assert_eq!(y.dims(), &[2, 1, 4]);
+    assert_values(&y, &[4.0, 5.0, 6.0, 7.0, 16.0, 17.0, 18.0, 19.0], 1e-12);
+    let y = eval_op(
+        reduce_mean(&[], false),
+        &[&[3, 4]],
+        std::slice::from_ref(&x),
+    );
+    assert_eq!(y.dims(), &[2]);
+    assert_values(&y, &[5.5, 17.5], 1e-12);
+
+    let r = Tensor::new(&[[1f64, 2.0, 4.0, 8.0], [2.0, 2.0, 2.0, 2.0]], &Device::Cpu).unwrap();
+    let y = eval_op(Sub {}, &[&[3, 4], &[4]], &[x.clone(), r.clone()]);
+    assert_values(
+        &y.get(0).unwrap().get(2).unwrap(),
+        &[7.0, 7.0, 6.0, 3.0],
+        1e-12,
+    );
+    assert_values(
+        &y.get(1).unwrap().get(0).unwrap(),
+        &[10.0, 11.0, 12.0, 13.0],
+        1e-12,
+    );
+    let y = eval_op(Div {}, &[&[4], &[3, 4]], &[r, x.affine(1.0, 1.0).unwrap()]);
+    assert_values(
+        &y.get(0).unwrap().get(0).unwrap(),
+        &[1.0, 1.0, 4.0 / 3.0, 2.0],
+        1e-12,
+    );
+}
+
+/// A Constant reads no input, its value is a buffer (no parameter count, saved with the model),
+/// and its batch of one broadcasts against any batch in Add, Mul, Sub, Div and MatMul.
+#[test]
+fn constants_broadcast_against_the_batch() {
+    for (op, f) in [
+        (
+            Op::from(Add {}),
+            (|a: f64, c: f64| a + c) as fn(f64, f64) -> f64,
+        ),
+        (Mul {}.into(), |a, c| a * c),
+        (Sub {}.into(), |a, c| a - c),
+        (Div {}.into(), |a, c| a / c),
+    ] {
+        let mut b = GraphBuilder::new("consts", 0);
+        let x = b.input("x", &[2, 3]);
+        let c = b.named("c").node(Constant { shape: vec![3] }, &[]).unwrap();
+        let y = b.node(op.clone(), &[&x, &c]).unwrap();
+        let mut g = b.finish(&[&y]).unwrap();
+        g.validate().unwrap();
+        g.to_dtype(DType::F64).unwrap();
+        assert_eq!(g.param_count(), 0);
+        let cv = [0.5, -2.0, 4.0];
+        set(&g, "c", "value", &one_d(&cv));
+        let xv = randn(&[4, 2, 3], 1);
+        let y = eval1(&g, &xv);
+        assert_eq!(y.dims(), &[4, 2, 3], "{op:?}");
+        let want: Vec<f64> = flat64(&xv)
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| f(a, cv[i % 3]))
+            .collect();
+        assert_values(&y, &want, 1e-12);
+    }
+    // the constant first, and as a matrix operand: x [B, 2, 3] times C [3, 2]
+    let mut b = GraphBuilder::new("const_matmul", 0);
+    let x = b.input("x", &[2, 3]);
+    let c = b
+        .named("c")
+        .node(Constant { shape: vec![3, 2] }, &[])
+        .unwrap();
+    let y = b.node(MatMul {}, &[&x, &c]).unwrap();
+    let z = b.node(Add {}, &[&c, &c]).unwrap();
+    let mut g = b.finish(&[&y, &z]).unwrap();
+    g.to_dtype(DType::F64).unwrap();
+    let cm = randn(&[3, 2], 2);
+    set(&g, "c", "value", &cm);
+    let xv = randn(&[5, 2, 3], 3);
+    let ys = Executor::new(0)
+        .eval(&g, std::slice::from_ref(&xv))
+        .unwrap();
+    assert_all_close(&ys[0], &xv.broadcast_matmul(&cm).unwrap(), 1e-12);
+    // a graph output computed from constants alone keeps the batch of one
+    assert_eq!(ys[1].dims(), &[1, 3, 2]);
+    assert_all_close(&ys[1], &(&cm + &cm).unwrap().unsqueeze(0).unwrap(), 0.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The transposed convolution's shape rule agrees with its forward pass and a naive loop.
+    #[test]
+    fn conv_transpose_shape_rule_matches_forward(
+        cin_g in 1usize..=3, cout_g in 1usize..=3, groups in 1usize..=2, k in 1usize..=3,
+        stride in 1usize..=3, padding in 0usize..=2, op in 0usize..=2, dilation in 1usize..=2,
+        h in 1usize..=5, w in 1usize..=5,
+    ) {
+        let c = conv_t(cin_g * groups, cout_g * groups, k, stride, padding,
+            op.min(stride.max(dilation) - 1), dilation, groups);
+        let shape = [c.in_channels, h, w];
+        match infer(c.clone(), &[&shape]) {
+            Err(msg) => prop_assert!(msg.contains("leaves no output"), "{}", msg),
+            Ok(out) => {
+                let mut g = single_op(c.clone(), &[&shape]);
+                g.to_dtype(DType::F64).unwrap();
+                randomize_params(&g, 5);
+                let x = randn(&[2, c.in_channels, h, w], 6);
+                let y = eval1(&g, &x);
+                prop_assert_eq!(&y.dims()[1..], out.as_slice());
+                let node = g.node("op").unwrap();
+                let want = naive_conv_transpose(&x, node.params["weight"].tensor(),
+                    Some(node.params["bias"].tensor()), &c);
+                for (a, b) in flat64(&y).iter().zip(flat64(&want)) {
+                    prop_assert!((a - b).abs() <= 1e-10, "{} vs {}", a, b);
+                }
+            }
+        }
+    }
+}
+
+/// Ops that index along an axis accept the strided view a Slice (or Narrow) leaves behind.
+#[test]
+fn indexing_ops_read_non_contiguous_inputs() {
+    let mut b = GraphBuilder::new("views", 0);
+    let x = b.input("x", &[3, 4, 4]);
+    let s = b.node(slice(1, 1, 3, 1), &[&x]).unwrap(); // [3, 2, 4], a view
+    let ops: Vec<Op> = vec![
+        gather(2, &[3, 0], false).into(),
+        slice(2, 0, 4, 2).into(),
+        pad(&[0, 1, 1, 0, 1, 1], PadMode::Reflect, 0.0).into(),
+        pad(&[0, 1, 1, 0, 1, 1], PadMode::Edge, 0.0).into(),
+        Resize::new(ResizeMode::Nearest, 2.0).into(),
+        Resize::new(ResizeMode::Bilinear, 2.0).into(),
+        Transpose {
+            perm: vec![2, 0, 1],
+        }
+        .into(),
+    ];
+    let outs: Vec<Value> = ops
+        .iter()
+        .map(|op| b.node(op.clone(), &[&s]).unwrap())
+        .collect();
+    let refs: Vec<&Value> = outs.iter().collect();
+    let g = b.finish(&refs).unwrap();
+    let xv = randn_f32(&[2, 3, 4, 4], 1);
+    let ys = Executor::new(0)
+        .eval(&g, std::slice::from_ref(&xv))
+        .unwrap();
+    // the same ops on a contiguous copy of the slice
+    let sv = xv.narrow(2, 1, 2).unwrap().contiguous().unwrap();
+    for (op, y) in ops.into_iter().zip(ys) {
+        let want = eval1(&single_op(op.clone(), &[&[3, 2, 4]]), &sv);
+        assert_eq!(bits(&y), bits(&want), "{op:?}");
     }
 }

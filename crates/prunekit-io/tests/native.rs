@@ -170,6 +170,158 @@ fn transformer_roundtrip_is_bit_exact() {
     assert_same_outputs(&g, &back, &[ids(&[2, 4], 12, 8)]);
 }
 
+/// A graph holding every op for decomposed exports (so each is saved and loaded: attributes,
+/// parameters, the constants' buffers).
+fn decomposed_export() -> Graph {
+    use prunekit_graph::ops::*;
+    let mut b = GraphBuilder::new("decomposed", 12);
+    let x = b.input("image", &[3, 6, 6]);
+    let h = b.conv2d(&x, 4, 3, 1, 1).unwrap();
+    let h = b.node(PRelu { num_parameters: 4 }, &[&h]).unwrap();
+    let mut ct = ConvTranspose2d::new(4, 4, 3);
+    ct.stride = 2;
+    ct.padding = 1;
+    ct.output_padding = 1;
+    ct.groups = 2;
+    let h = b.node(ct, &[&h]).unwrap(); // [4, 12, 12]
+    let h = b
+        .node(
+            Resize {
+                mode: ResizeMode::Bilinear,
+                scale: [0.5, 0.5],
+            },
+            &[&h],
+        )
+        .unwrap(); // [4, 6, 6]
+    let h = b
+        .node(Resize::new(ResizeMode::Nearest, 1.0), &[&h])
+        .unwrap();
+    let h = b
+        .node(
+            Pad {
+                pads: vec![0, 1, 1, 0, 1, 1],
+                mode: PadMode::Reflect,
+                value: 0.0,
+            },
+            &[&h],
+        )
+        .unwrap(); // [4, 8, 8]
+    let h = b
+        .node(
+            Slice {
+                axis: 1,
+                start: 0,
+                end: -2,
+                step: 1,
+            },
+            &[&h],
+        )
+        .unwrap(); // [4, 6, 8]
+    let h = b
+        .node(
+            Gather {
+                axis: 2,
+                indices: vec![0, 2, 4, 6, -1, -1],
+                scalar: false,
+            },
+            &[&h],
+        )
+        .unwrap(); // [4, 6, 6]
+    let h = b.node(Clip::relu6(), &[&h]).unwrap();
+    let h = b.node(HardSigmoid::pytorch(), &[&h]).unwrap();
+    let h = b.node(HardSwish {}, &[&h]).unwrap();
+    let h = b.node(LeakyRelu { alpha: 0.2 }, &[&h]).unwrap();
+    let c = b
+        .named("shift")
+        .node(Constant { shape: vec![6] }, &[])
+        .unwrap();
+    let h = b.node(Sub {}, &[&h, &c]).unwrap();
+    let h = b.node(Erf {}, &[&h]).unwrap();
+    let two = b
+        .named("two")
+        .node(Constant { shape: vec![] }, &[])
+        .unwrap();
+    let h = b.node(Div {}, &[&h, &two]).unwrap();
+    let m = b
+        .node(
+            ReduceMean {
+                axes: vec![1, 2],
+                keepdims: true,
+            },
+            &[&h],
+        )
+        .unwrap();
+    let m = b.node(Sqrt {}, &[&m]).unwrap(); // [4, 1, 1]
+    let h = b.node(Mul {}, &[&h, &m]).unwrap();
+    let t = b
+        .node(
+            Transpose {
+                perm: vec![1, 2, 0],
+            },
+            &[&h],
+        )
+        .unwrap(); // [6, 6, 4]
+    let w = b
+        .named("proj")
+        .node(Constant { shape: vec![4, 3] }, &[])
+        .unwrap();
+    let y = b.node(MatMul {}, &[&t, &w]).unwrap(); // [6, 6, 3]
+    let y = b.flatten(&y).unwrap();
+    let y = b.linear(&y, 5).unwrap();
+    b.finish(&[&y]).unwrap()
+}
+
+#[test]
+fn every_op_of_decomposed_exports_roundtrips() {
+    let g = decomposed_export();
+    randomize_params(&g, 13);
+    // sqrt needs a non-negative mean: make the subtracted constant and the divisor tame
+    let set = |node: &str, v: Tensor| {
+        g.node(node).unwrap().params["value"].value.set(&v).unwrap();
+    };
+    set("two", Tensor::new(2f32, &Device::Cpu).unwrap());
+    set(
+        "shift",
+        Tensor::new(&[-2f32, -2.0, -2.0, -2.0, -2.0, -2.0], &Device::Cpu).unwrap(),
+    );
+    let types: std::collections::BTreeSet<&str> =
+        g.nodes.iter().map(|n| n.op.type_name()).collect();
+    for t in [
+        "transpose",
+        "conv_transpose2d",
+        "resize",
+        "matmul",
+        "slice",
+        "gather",
+        "pad",
+        "clip",
+        "hard_sigmoid",
+        "hard_swish",
+        "leaky_relu",
+        "prelu",
+        "sub",
+        "div",
+        "erf",
+        "sqrt",
+        "reduce_mean",
+        "constant",
+    ] {
+        assert!(types.contains(t), "the graph has no `{t}`");
+    }
+    let (_tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    let x = randn_f32(&[2, 3, 6, 6], 14);
+    let y = Executor::new(0)
+        .eval(&back, std::slice::from_ref(&x))
+        .unwrap();
+    assert!(max_abs(&y[0]).is_finite());
+    assert_same_outputs(&g, &back, &[x]);
+    // the constants are buffers: saved, but not parameters
+    let consts: usize = [6usize, 1, 12].iter().sum();
+    let all: usize = g.params().map(|(_, _, p)| p.tensor().elem_count()).sum();
+    assert_eq!(all - g.param_count(), consts);
+}
+
 #[test]
 fn f64_roundtrip_is_bit_exact() {
     let mut g = cnn();

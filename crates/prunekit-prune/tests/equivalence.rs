@@ -1003,3 +1003,271 @@ fn counts_match_tensors(g: &Graph) {
         assert_eq!(n.op.rules().macs(&ins, out), from_tensor, "{}", n.name);
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// the ops for decomposed exports
+
+fn conv_t(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+    groups: usize,
+) -> prunekit_graph::ops::ConvTranspose2d {
+    let mut c = prunekit_graph::ops::ConvTranspose2d::new(cin, cout, k);
+    c.stride = stride;
+    c.padding = padding;
+    c.output_padding = output_padding;
+    c.groups = groups;
+    c
+}
+
+/// A prunable layer's channels flow through every new op that passes them: removal equals
+/// masking, and the ops' attributes (PReLU's slopes, a transposed convolution's widths and
+/// groups, a channel slice's range) follow the removal.
+#[test]
+fn ops_of_decomposed_exports_pass_channels() {
+    use prunekit_graph::ops::*;
+    let graphs = vec![
+        sandwich("conv1d_transpose_linear", &[3, 12], |b, x| {
+            let h = b.conv1d(x, 8, 3, 1, 1)?;
+            let h = b.node(Transpose { perm: vec![1, 0] }, &[&h])?;
+            let h = b.linear(&h, 5)?;
+            let h = b.flatten(&h)?;
+            b.linear(&h, 2)
+        }),
+        sandwich("conv1d_transpose_lstm", &[3, 12], |b, x| {
+            let h = b.conv1d(x, 8, 3, 1, 1)?;
+            let h = b.node(Transpose { perm: vec![1, 0] }, &[&h])?;
+            let h = b.lstm(&h, 5, false)?;
+            b.linear(&h, 2)
+        }),
+        image("prelu", |b, h| b.node(PRelu { num_parameters: 8 }, &[h])),
+        image("activations", |b, h| {
+            let h = b.node(PRelu { num_parameters: 1 }, &[h])?;
+            let h = b.node(Clip::relu6(), &[&h])?;
+            let h = b.node(HardSwish {}, &[&h])?;
+            let h = b.node(HardSigmoid::default(), &[&h])?;
+            let h = b.node(LeakyRelu { alpha: 0.1 }, &[&h])?;
+            let h = b.node(Sqrt {}, &[&h])?;
+            b.node(Erf {}, &[&h])
+        }),
+        image("conv_transpose2d", |b, h| {
+            let h = b.node(conv_t(8, 6, 3, 2, 1, 1, 1), &[h])?;
+            b.relu(&h)
+        }),
+        image("conv_transpose2d_grouped", |b, h| {
+            b.node(conv_t(8, 12, 4, 2, 1, 0, 4), &[h])
+        }),
+        image("conv_transpose2d_depthwise", |b, h| {
+            let h = b.node(conv_t(8, 8, 3, 1, 1, 0, 8), &[h])?;
+            b.batch_norm(&h)
+        }),
+        image("resize_nearest", |b, h| {
+            b.node(Resize::new(ResizeMode::Nearest, 2.0), &[h])
+        }),
+        image("resize_bilinear", |b, h| {
+            let r = Resize {
+                mode: ResizeMode::Bilinear,
+                scale: [1.5, 0.5],
+            };
+            b.node(r, &[h])
+        }),
+        image("pad_spatial", |b, h| {
+            let p = |mode, value| Pad {
+                pads: vec![0, 1, 2, 0, 2, 1],
+                mode,
+                value,
+            };
+            let h = b.node(p(PadMode::Reflect, 0.0), &[h])?;
+            let h = b.node(p(PadMode::Edge, 0.0), &[&h])?;
+            b.node(p(PadMode::Constant, 0.5), &[&h])
+        }),
+        image("slice_and_gather_spatial", |b, h| {
+            let s = Slice {
+                axis: 1,
+                start: 1,
+                end: 100,
+                step: 2,
+            };
+            let h = b.node(s, &[h])?;
+            let g = Gather {
+                axis: -1,
+                indices: vec![0, 7, -3, 3],
+                scalar: false,
+            };
+            b.node(g, &[&h])
+        }),
+        image("slice_channels", |b, h| {
+            let s = Slice {
+                axis: 0,
+                start: 2,
+                end: -1,
+                step: 1,
+            };
+            b.node(s, &[h])
+        }),
+        sandwich("gather_scalar_spatial", &[3, 8, 8], |b, x| {
+            let h = b.conv2d(x, 8, 3, 1, 1)?;
+            let g = Gather {
+                axis: 1,
+                indices: vec![-2],
+                scalar: true,
+            };
+            let h = b.node(g, &[&h])?;
+            let h = b.conv1d(&h, 4, 3, 1, 1)?;
+            let h = b.flatten(&h)?;
+            b.linear(&h, 2)
+        }),
+        image("reduce_mean_width", |b, h| {
+            let r = ReduceMean {
+                axes: vec![-1],
+                keepdims: true,
+            };
+            b.node(r, &[h])
+        }),
+        sandwich("reduce_mean_spatial_no_keepdims", &[3, 8, 8], |b, x| {
+            let h = b.conv2d(x, 8, 3, 1, 1)?;
+            let r = ReduceMean {
+                axes: vec![1, 2],
+                keepdims: false,
+            };
+            let h = b.node(r, &[&h])?;
+            b.linear(&h, 2)
+        }),
+        image("sub_and_div_by_a_constant", |b, h| {
+            let r = b.conv2d(h, 8, 1, 1, 0)?;
+            let d = b.node(Sub {}, &[h, &r])?;
+            let c = b.node(
+                Constant {
+                    shape: vec![1, 8, 8],
+                },
+                &[],
+            )?;
+            let c = b.node(Add {}, &[&c, &c])?;
+            b.node(Div {}, &[&d, &c])
+        }),
+    ];
+    for g in &graphs {
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+    // the removals re-derive the attributes
+    let g = graphs
+        .iter()
+        .find(|g| g.name == "conv_transpose2d_grouped")
+        .unwrap();
+    let a = analyse(g).unwrap();
+    let group = a.group("conv2d1").unwrap();
+    assert_eq!(
+        group.units.len(),
+        4,
+        "one unit per group of the transposed conv"
+    );
+    let mut pruned = g.clone();
+    a.remove(&mut pruned, &[group.units[1]]).unwrap();
+    match &pruned.node("conv_transpose2d1").unwrap().op {
+        prunekit_graph::Op::ConvTranspose2d(c) => {
+            assert_eq!((c.in_channels, c.out_channels, c.groups), (6, 9, 3))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// New ops that cannot follow the channels they read protect them: a matmul of two activations,
+/// a gather / strided slice / pad / mean along the channel axis, a divisor indexed by the
+/// channels, a per-channel constant.
+#[test]
+fn new_ops_that_cannot_follow_channels_protect_them() {
+    use prunekit_graph::ops::*;
+    let graphs = vec![
+        (
+            sequence("matmul_scores", |b, h| {
+                let t = b.node(Transpose { perm: vec![1, 0] }, &[h])?;
+                let s = b.node(MatMul {}, &[h, &t])?;
+                let s = b.linear(&s, 6)?;
+                b.relu(&s)
+            }),
+            "linear1",
+            "linear2",
+        ),
+        (
+            image("gather_channels", |b, h| {
+                let g = Gather {
+                    axis: 0,
+                    indices: vec![0, 2, 4],
+                    scalar: false,
+                };
+                b.node(g, &[h])
+            }),
+            "conv2d1",
+            "conv2d2",
+        ),
+        (
+            image("strided_slice_of_channels", |b, h| {
+                let s = Slice {
+                    axis: 0,
+                    start: 0,
+                    end: 8,
+                    step: 2,
+                };
+                b.node(s, &[h])
+            }),
+            "conv2d1",
+            "conv2d2",
+        ),
+        (
+            image("pad_channels", |b, h| {
+                let p = Pad {
+                    pads: vec![1, 0, 0, 0, 0, 0],
+                    mode: PadMode::Constant,
+                    value: 0.0,
+                };
+                b.node(p, &[h])
+            }),
+            "conv2d1",
+            "conv2d2",
+        ),
+        (
+            image("mean_over_channels", |b, h| {
+                let r = ReduceMean {
+                    axes: vec![0],
+                    keepdims: true,
+                };
+                b.node(r, &[h])
+            }),
+            "conv2d1",
+            "conv2d2",
+        ),
+        (
+            image("divisor_with_channels", |b, h| {
+                let r = b.conv2d(h, 8, 1, 1, 0)?;
+                let r = b.sigmoid(&r)?;
+                b.node(Div {}, &[h, &r])
+            }),
+            "conv2d2",
+            "conv2d3",
+        ),
+        (
+            image("per_channel_constant", |b, h| {
+                let c = b.node(
+                    Constant {
+                        shape: vec![8, 1, 1],
+                    },
+                    &[],
+                )?;
+                b.node(Mul {}, &[h, &c])
+            }),
+            "conv2d1",
+            "conv2d2",
+        ),
+    ];
+    for (g, protected, prunable) in &graphs {
+        assert_eq!(group_size(g, protected), 0, "{}: `{protected}`", g.name);
+        assert!(group_size(g, prunable) >= 3, "{}: `{prunable}`", g.name);
+        let err = check(g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+    }
+}

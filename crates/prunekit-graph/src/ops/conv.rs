@@ -1,4 +1,5 @@
-//! 1-D and 2-D convolutions over NCL / NCHW inputs, with stride, symmetric padding, dilation and groups.
+//! 1-D and 2-D convolutions over NCL / NCHW inputs, with stride, symmetric padding, dilation and
+//! groups, and the transposed 2-D convolution.
 
 use std::collections::BTreeMap;
 
@@ -328,5 +329,231 @@ impl OpRules for Conv1d {
 
     fn adapt(&mut self, inputs: &[AdaptInput]) {
         adapt_groups(&mut self.in_channels, &mut self.groups, inputs);
+    }
+}
+
+/// Transposed 2-D convolution ("deconvolution") over [in_channels, H, W] inputs: PyTorch
+/// `nn.ConvTranspose2d` (ONNX `ConvTranspose` with symmetric pads, equal strides / dilations on
+/// both axes and `output_padding`), with PyTorch's weight layout.
+///
+/// - Parameters: `weight` [in_channels, out_channels / groups, kh, kw] (input channels on axis 0,
+///   the transpose of Conv2d's layout), `bias` [out_channels]; PyTorch's init (fan-in
+///   out_channels / groups * kh * kw).
+/// - Output: [out_channels, H_out, W_out] with H_out = (H - 1) * stride - 2 * padding +
+///   dilation * (kh - 1) + output_padding + 1 (W likewise); output_padding must be below stride
+///   or dilation (PyTorch's rule).
+/// - MACs: in_channels * out_channels / groups * kh * kw * H * W (every input value meets every
+///   tap of its group's kernels).
+/// - Forward: candle's `conv_transpose2d` (whose backward gives both gradients) per group, the
+///   groups concatenated; the bias through `kernels::channel::channel_bias`. The input reported
+///   for `weight` ([`Ctx::report_weight_input`]) is x [batch, in_channels, H, W], whose channels
+///   index the weight's axis 0 (not axis 1 as for Conv2d).
+/// - Channel rule: with one group, it consumes the input's channels (weight axis 0) and creates
+///   the output's (weight axis 1, bias). With groups > 1 every input and output channel of one
+///   group is one unit (as for grouped Conv2d): removing it removes the group's weight rows
+///   (axis 0) and bias entries, and the group count follows the input width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvTranspose2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// [height, width]
+    pub kernel: [usize; 2],
+    #[serde(default = "one")]
+    pub stride: usize,
+    #[serde(default)]
+    pub padding: usize,
+    #[serde(default)]
+    pub output_padding: usize,
+    #[serde(default = "one")]
+    pub dilation: usize,
+    #[serde(default = "one")]
+    pub groups: usize,
+    #[serde(default = "default_true")]
+    pub bias: bool,
+}
+
+impl ConvTranspose2d {
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel: [kernel, kernel],
+            stride: 1,
+            padding: 0,
+            output_padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+        }
+    }
+
+    /// Output length of one spatial axis, or None when it would be below 1.
+    pub fn out_len(&self, len: usize, k: usize) -> Option<usize> {
+        let n = (len as i64 - 1) * self.stride as i64 - 2 * self.padding as i64
+            + self.dilation as i64 * (k as i64 - 1)
+            + self.output_padding as i64
+            + 1;
+        (n >= 1).then_some(n as usize)
+    }
+}
+
+impl OpRules for ConvTranspose2d {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        let [c, h, w] = x else {
+            return Err(format!(
+                "expects a [channels, height, width] input, got {x:?}"
+            ));
+        };
+        if *c != self.in_channels {
+            return Err(format!(
+                "input has {c} channels, in_channels is {}",
+                self.in_channels
+            ));
+        }
+        if self.groups == 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
+            return Err(format!(
+                "groups = {} must divide in_channels = {} and out_channels = {}",
+                self.groups, self.in_channels, self.out_channels
+            ));
+        }
+        if self.kernel.contains(&0) || self.stride == 0 || self.dilation == 0 {
+            return Err("kernel, stride and dilation must be positive".into());
+        }
+        if self.output_padding >= self.stride.max(self.dilation) {
+            return Err(format!(
+                "output_padding = {} must be below stride = {} or dilation = {}",
+                self.output_padding, self.stride, self.dilation
+            ));
+        }
+        match (
+            self.out_len(*h, self.kernel[0]),
+            self.out_len(*w, self.kernel[1]),
+        ) {
+            (Some(ho), Some(wo)) => Ok(vec![self.out_channels, ho, wo]),
+            _ => Err(format!(
+                "padding = {} leaves no output for the input {h}x{w} and kernel {:?}",
+                self.padding, self.kernel
+            )),
+        }
+    }
+
+    fn params(&self) -> Vec<ParamDecl> {
+        let per_group = self.out_channels / self.groups.max(1);
+        let init = Init::FanInUniform {
+            fan_in: per_group * self.kernel[0] * self.kernel[1],
+        };
+        let mut p = vec![ParamDecl::new(
+            "weight",
+            vec![self.in_channels, per_group, self.kernel[0], self.kernel[1]],
+            Role::Weight,
+            init,
+        )];
+        if self.bias {
+            p.push(ParamDecl::new(
+                "bias",
+                vec![self.out_channels],
+                Role::Bias,
+                init,
+            ));
+        }
+        p
+    }
+
+    fn macs(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        numel(inputs[0])
+            * (self.out_channels / self.groups) as u64
+            * (self.kernel[0] * self.kernel[1]) as u64
+    }
+
+    fn weight_macs(&self, inputs: &[&[usize]], output: &[usize]) -> Vec<(&'static str, u64)> {
+        vec![("weight", self.macs(inputs, output))]
+    }
+
+    fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        ctx.report_weight_input("weight", x);
+        let w = p.get("weight")?;
+        let conv = |x: &Tensor, w: &Tensor| {
+            x.contiguous()?.conv_transpose2d(
+                &w.contiguous()?,
+                self.padding,
+                self.output_padding,
+                self.stride,
+                self.dilation,
+            )
+        };
+        let y = if self.groups == 1 {
+            conv(x, &w)?
+        } else {
+            let cin = self.in_channels / self.groups;
+            let parts = (0..self.groups)
+                .map(|g| conv(&x.narrow(1, g * cin, cin)?, &w.narrow(0, g * cin, cin)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 1)?
+        };
+        match p.opt("bias")? {
+            Some(b) => crate::kernels::channel::channel_bias(&y, &b),
+            None => Ok(y),
+        }
+    }
+
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        if self.groups == 1 {
+            return cx.transform(0, &[("weight", 0)], 0, &[("weight", 1), ("bias", 0)]);
+        }
+        let input = match cx.input(0) {
+            Some(c) if c.axis == 0 => c.elems.clone(),
+            _ => return cx.opaque(),
+        };
+        let out_n = cx.out_shape()[0];
+        let out = cx.new_space(out_n, "channels");
+        let (cin, cout) = (input.len() / self.groups, out_n / self.groups);
+        for k in 0..self.groups {
+            let head = out[k * cout];
+            for &e in input[k * cin..(k + 1) * cin]
+                .iter()
+                .chain(&out[k * cout..(k + 1) * cout])
+            {
+                cx.union(head, e);
+            }
+        }
+        cx.touch_all(&[("weight", 0)], &input);
+        cx.touch_all(&[("bias", 0)], &out);
+        Some(Chan {
+            axis: 0,
+            elems: out,
+        })
+    }
+
+    /// in_channels from the weight's axis 0; with one group out_channels from its axis 1 (with
+    /// more, whole groups go and [`adapt`](OpRules::adapt) re-derives both counts).
+    fn resize(&mut self, shapes: &BTreeMap<String, Vec<usize>>) {
+        if let Some(w) = shapes.get("weight") {
+            self.in_channels = w[0];
+            if self.groups == 1 {
+                self.out_channels = w[1];
+            }
+        }
+    }
+
+    /// After whole groups were removed, the group count follows the input width (the channels per
+    /// group stay) and out_channels with it.
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        let Some(input) = inputs.first() else { return };
+        let (Some(&old), Some(&new)) = (input.old_shape.first(), input.new_shape.first()) else {
+            return;
+        };
+        if self.groups > 1 && old != new {
+            let per_in = (old / self.groups).max(1);
+            let per_out = self.out_channels / self.groups;
+            self.groups = (new / per_in).max(1);
+            self.out_channels = per_out * self.groups;
+        }
+        self.in_channels = new;
     }
 }

@@ -1,4 +1,5 @@
-//! Multi-input ops: Add and Mul (numpy broadcasting over per-sample shapes) and Concat.
+//! Multi-input ops: Add, Mul, Sub and Div (numpy broadcasting over per-sample shapes; a batch axis
+//! of 1, as a [`super::Constant`] has, broadcasts against any batch) and Concat.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,72 @@ impl OpRules for Mul {
     }
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
         cx.elementwise()
+    }
+}
+
+fn two_inputs(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+    if inputs.len() != 2 {
+        return Err(format!("expects 2 inputs, got {}", inputs.len()));
+    }
+    broadcast(inputs)
+}
+
+/// a - b with numpy broadcasting of the per-sample shapes (aligned from the right; ONNX `Sub`,
+/// PyTorch `a - b`). Exactly two inputs. Channel rule: Add's (`cx.elementwise()`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sub {}
+
+impl OpRules for Sub {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        two_inputs(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        fold(xs, |a, b| a.broadcast_sub(b))
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.elementwise()
+    }
+}
+
+/// a / b with numpy broadcasting of the per-sample shapes (ONNX `Div`, PyTorch `a / b`). Exactly
+/// two inputs.
+///
+/// Channel rule: Mul's (`cx.elementwise()`), except that a divisor whose channels span the
+/// output's channel axis is protected (with everything unified with it): a masked divisor channel
+/// would divide by zero, so masking could not stand for removal. A broadcast divisor (the
+/// `sqrt(var + eps)` of a decomposed LayerNorm, a constant) leaves the dividend's channels free.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Div {}
+
+impl OpRules for Div {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        two_inputs(inputs)
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        fold(xs, |a, b| a.broadcast_div(b))
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let divisor = cx.input(1).cloned();
+        let out = cx.elementwise()?;
+        if let Some(d) = divisor {
+            let offset = cx.out_shape().len() - cx.in_shape(1).len();
+            if d.axis + offset == out.axis && cx.in_shape(1)[d.axis] == cx.out_shape()[out.axis] {
+                cx.protect_unfollowed(&d.elems);
+            }
+        }
+        Some(out)
     }
 }
 

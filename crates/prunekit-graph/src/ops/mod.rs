@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod constant;
 pub mod conv;
 pub mod elementwise;
 pub mod embedding;
@@ -15,6 +16,7 @@ pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod recurrent;
+pub mod resample;
 pub mod shape;
 
 use std::collections::BTreeMap;
@@ -22,16 +24,21 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-pub use activation::{Dropout, Gelu, Relu, Sigmoid, Silu, Softmax, Tanh};
+pub use activation::{
+    Clip, Dropout, Erf, Gelu, HardSigmoid, HardSwish, LeakyRelu, PRelu, Relu, Sigmoid, Silu,
+    Softmax, Sqrt, Tanh,
+};
 pub use attention::Attention;
-pub use conv::{Conv1d, Conv2d};
-pub use elementwise::{Add, Concat, Mul};
+pub use constant::Constant;
+pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
+pub use elementwise::{Add, Concat, Div, Mul, Sub};
 pub use embedding::{Embedding, PositionalEmbedding};
-pub use linear::Linear;
+pub use linear::{Linear, MatMul};
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
-pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d, ReduceMean};
 pub use recurrent::{Gru, Lstm};
-pub use shape::{Flatten, Narrow, Reshape};
+pub use resample::{Resize, ResizeMode};
+pub use shape::{Flatten, Gather, Narrow, Pad, PadMode, Reshape, Slice, Transpose};
 
 pub use crate::channels::{AdaptInput, Chan, ChannelCx};
 use crate::graph::Param;
@@ -61,6 +68,10 @@ pub enum Init {
     Ones,
     Normal {
         std: f64,
+    },
+    /// Every element `value` (PReLU's slopes start at 0.25).
+    Constant {
+        value: f64,
     },
 }
 
@@ -275,6 +286,24 @@ ops! {
     Gru = "gru",
     Attention = "attention",
     PositionalEmbedding = "positional_embedding",
+    Transpose = "transpose",
+    ConvTranspose2d = "conv_transpose2d",
+    Resize = "resize",
+    MatMul = "matmul",
+    Slice = "slice",
+    Gather = "gather",
+    Pad = "pad",
+    Clip = "clip",
+    HardSigmoid = "hard_sigmoid",
+    HardSwish = "hard_swish",
+    LeakyRelu = "leaky_relu",
+    PRelu = "prelu",
+    Sub = "sub",
+    Div = "div",
+    Erf = "erf",
+    Sqrt = "sqrt",
+    ReduceMean = "reduce_mean",
+    Constant = "constant",
 }
 
 /// Checks the input count; shared by every op's `infer`.

@@ -1,4 +1,4 @@
-//! Pooling. Max and average 2-D pooling run through our own candle custom ops (forward and backward
+//! Pooling and reductions. Max and average 2-D pooling run through our own candle custom ops (forward and backward
 //! for any kernel, stride and padding; candle's own pooling has no backward when kernel != stride).
 
 use std::sync::{Arc, Mutex};
@@ -8,7 +8,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{expect_inputs, Chan, ChannelCx, Ctx, OpRules, ParamView};
+use super::{expect_inputs, resolve_axis, Chan, ChannelCx, Ctx, OpRules, ParamView};
 
 /// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -163,6 +163,90 @@ impl OpRules for GlobalAvgPool {
     }
     fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
         pool_channels(cx)
+    }
+}
+
+/// The mean over per-sample `axes` (negative counts from the end; an empty list reduces every
+/// axis, ONNX's default), keeping each reduced axis with length 1 when `keepdims` (ONNX
+/// `ReduceMean` with constant axes, PyTorch `x.mean(dim=[1 + a..], keepdim=keepdims)`). Output:
+/// the input shape with the reduced axes set to 1 or removed (reducing every axis without
+/// keepdims gives the per-sample shape []). MACs: 0 (like pooling).
+///
+/// Channel rule: channels on an axis that is not reduced pass through (moving down past removed
+/// axes); reducing the channel axis protects them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReduceMean {
+    pub axes: Vec<isize>,
+    #[serde(default = "super::default_true")]
+    pub keepdims: bool,
+}
+
+impl ReduceMean {
+    /// The resolved reduced axes, ascending, for a rank-`rank` input.
+    fn axes(&self, rank: usize) -> Result<Vec<usize>, String> {
+        if self.axes.is_empty() {
+            return Ok((0..rank).collect());
+        }
+        let mut out = Vec::with_capacity(self.axes.len());
+        for &a in &self.axes {
+            let r = resolve_axis(a, rank)?;
+            if out.contains(&r) {
+                return Err(format!("axes {:?} name axis {r} twice", self.axes));
+            }
+            out.push(r);
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+impl OpRules for ReduceMean {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        let axes = self.axes(x.len())?;
+        Ok((0..x.len())
+            .filter_map(|a| match (axes.contains(&a), self.keepdims) {
+                (false, _) => Some(x[a]),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect())
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        let axes = self.axes(x.rank() - 1).map_err(candle_core::Error::Msg)?;
+        let mut y = x.clone();
+        for &a in &axes {
+            y = y.mean_keepdim(a + 1)?;
+        }
+        if !self.keepdims {
+            for &a in axes.iter().rev() {
+                y = y.squeeze(a + 1)?;
+            }
+        }
+        Ok(y)
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        let axes = self.axes(cx.in_shape(0).len()).ok()?;
+        let c = cx.input(0)?.clone();
+        if axes.contains(&c.axis) {
+            return cx.opaque();
+        }
+        let shift = if self.keepdims {
+            0
+        } else {
+            axes.iter().filter(|&&a| a < c.axis).count()
+        };
+        Some(Chan {
+            axis: c.axis - shift,
+            elems: c.elems,
+        })
     }
 }
 
