@@ -153,6 +153,15 @@ fn a_ints(name: &str, ints: &[i64]) -> AttributeProto {
         ..Default::default()
     }
 }
+fn a_s(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: at::STRING,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 fn floats(t: &Tensor) -> std::result::Result<Vec<f32>, String> {
     t.to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
@@ -535,6 +544,160 @@ impl Exporter {
             }
             Op::Gru(g) => {
                 self.recurrent(n, x, y, 3, g.input_size, g.hidden_size, g.return_sequences)?
+            }
+            Op::Transpose(t) => {
+                let perm: Vec<i64> = std::iter::once(0)
+                    .chain(t.perm.iter().map(|&p| p as i64 + 1))
+                    .collect();
+                self.op("Transpose", &[x], y, vec![a_ints("perm", &perm)]);
+            }
+            Op::Constant(c) => {
+                // our constants carry a batch axis of 1, which ONNX broadcasting supplies
+                let v = floats(n.params["value"].tensor())?;
+                let dims: Vec<usize> = std::iter::once(1).chain(c.shape.iter().copied()).collect();
+                let w = self.init(&format!("{y}.value"), &dims, v);
+                self.op("Identity", &[&w], y, vec![]);
+            }
+            Op::Sub(_) | Op::Div(_) => {
+                let ins = self.aligned(n, shapes);
+                let t = if matches!(n.op, Op::Sub(_)) {
+                    "Sub"
+                } else {
+                    "Div"
+                };
+                self.fold_binary(t, &ins, y);
+            }
+            Op::Erf(_) => self.op("Erf", &[x], y, vec![]),
+            Op::Sqrt(_) => self.op("Sqrt", &[x], y, vec![]),
+            Op::HardSwish(_) => self.op("HardSwish", &[x], y, vec![]),
+            Op::HardSigmoid(h) => self.op(
+                "HardSigmoid",
+                &[x],
+                y,
+                vec![a_f("alpha", h.alpha), a_f("beta", h.beta)],
+            ),
+            Op::LeakyRelu(l) => self.op("LeakyRelu", &[x], y, vec![a_f("alpha", l.alpha)]),
+            Op::Clip(c) => {
+                let lo = self.scalar(&format!("{y}.min"), c.min.unwrap_or(f64::MIN) as f32);
+                let hi = self.scalar(&format!("{y}.max"), c.max.unwrap_or(f64::MAX) as f32);
+                self.op("Clip", &[x, &lo, &hi], y, vec![]);
+            }
+            Op::PRelu(p) => {
+                // slope [C, 1, ..] broadcasts over the per-sample axes after the channels
+                let v = floats(n.params["weight"].tensor())?;
+                let dims: Vec<usize> = std::iter::once(p.num_parameters)
+                    .chain(std::iter::repeat_n(1, xs.len().saturating_sub(1)))
+                    .collect();
+                let w = self.init(&format!("{y}.weight"), &dims, v);
+                self.op("PRelu", &[x, &w], y, vec![]);
+            }
+            Op::MatMul(_) => {
+                let ins: Vec<&str> = n.inputs.iter().map(String::as_str).collect();
+                self.op("MatMul", &ins, y, vec![]);
+            }
+            Op::ReduceMean(r) => {
+                let rank = xs.len() as isize;
+                let axes: Vec<i64> = r
+                    .axes
+                    .iter()
+                    .map(|&a| (if a < 0 { a + rank } else { a }) as i64 + 1)
+                    .collect();
+                self.op(
+                    "ReduceMean",
+                    &[x],
+                    y,
+                    vec![
+                        a_ints("axes", &axes),
+                        a_i("keepdims", i64::from(r.keepdims)),
+                    ],
+                );
+            }
+            Op::Slice(sl) => {
+                let rank = xs.len() as isize;
+                let a = if sl.axis < 0 { sl.axis + rank } else { sl.axis } as i64 + 1;
+                let s = self.ints(&format!("{y}.starts"), &[sl.start]);
+                let e = self.ints(&format!("{y}.ends"), &[sl.end]);
+                let ax = self.ints(&format!("{y}.axes"), &[a]);
+                let st = self.ints(&format!("{y}.steps"), &[sl.step]);
+                self.op("Slice", &[x, &s, &e, &ax, &st], y, vec![]);
+            }
+            Op::Gather(gt) => {
+                let rank = xs.len() as isize;
+                let a = if gt.axis < 0 { gt.axis + rank } else { gt.axis } as i64 + 1;
+                let name = format!("{y}.indices");
+                if gt.scalar {
+                    self.inits.push(TensorProto {
+                        dims: vec![],
+                        data_type: dt::INT64,
+                        name: name.clone(),
+                        int64_data: gt.indices.clone(),
+                        ..Default::default()
+                    });
+                } else {
+                    self.ints(&name, &gt.indices);
+                }
+                self.op("Gather", &[x, &name], y, vec![a_i("axis", a)]);
+            }
+            Op::ConvTranspose2d(c) => {
+                let w = self.param(n, "weight")?;
+                let mut ins = vec![x.to_string(), w];
+                if c.bias {
+                    ins.push(self.param(n, "bias")?);
+                }
+                let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+                let (st, p, op, d) = (
+                    c.stride as i64,
+                    c.padding as i64,
+                    c.output_padding as i64,
+                    c.dilation as i64,
+                );
+                self.op(
+                    "ConvTranspose",
+                    &ins,
+                    y,
+                    vec![
+                        a_ints("kernel_shape", &[c.kernel[0] as i64, c.kernel[1] as i64]),
+                        a_ints("strides", &[st, st]),
+                        a_ints("pads", &[p, p, p, p]),
+                        a_ints("output_padding", &[op, op]),
+                        a_ints("dilations", &[d, d]),
+                        a_i("group", c.groups as i64),
+                    ],
+                );
+            }
+            Op::Resize(r) => {
+                let scales = self.init(
+                    &format!("{y}.scales"),
+                    &[4],
+                    vec![1.0, 1.0, r.scale[0] as f32, r.scale[1] as f32],
+                );
+                let attrs = match r.mode {
+                    gops::resample::ResizeMode::Nearest => vec![
+                        a_s("mode", "nearest"),
+                        a_s("coordinate_transformation_mode", "asymmetric"),
+                        a_s("nearest_mode", "floor"),
+                    ],
+                    gops::resample::ResizeMode::Bilinear => vec![
+                        a_s("mode", "linear"),
+                        a_s("coordinate_transformation_mode", "half_pixel"),
+                    ],
+                };
+                self.op("Resize", &[x, "", &scales], y, attrs);
+            }
+            Op::Pad(pd) => {
+                // ours: begins then ends of the per-sample axes; ONNX's include the batch axis
+                let r = xs.len();
+                let mut pads = vec![0i64];
+                pads.extend(pd.pads[..r].iter().map(|&p| p as i64));
+                pads.push(0);
+                pads.extend(pd.pads[r..].iter().map(|&p| p as i64));
+                let pn = self.ints(&format!("{y}.pads"), &pads);
+                let v = self.scalar(&format!("{y}.value"), pd.value as f32);
+                let mode = serde_json::to_value(pd.mode)
+                    .ok()
+                    .and_then(|m| m.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "constant".into());
+                self.op("Pad", &[x, &pn, &v], y, vec![a_s("mode", &mode)]);
             }
             other => {
                 return Err(format!(
