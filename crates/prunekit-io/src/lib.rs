@@ -4,7 +4,7 @@
 //! | module | reads | writes |
 //! | --- | --- | --- |
 //! | [`native`] | our directory (`model.json` + `model.safetensors`, masks kept) | the same |
-//! | [`onnx`] | `.onnx` (opsets 11-18; prost over the messages of `onnx.proto`) | `.onnx`, opset 17, IR 8 |
+//! | [`onnx`] | `.onnx` (opsets 9-18; prost over the messages of `onnx.proto`) | `.onnx`, opset 17, IR 8 |
 //! | [`pytorch`] | zip checkpoints (`torch.save` since 1.6) and safetensors state dicts, given the architecture | `.pt` and `.safetensors` state dicts with the pruned shapes |
 //! | [`npy`] | NumPy `.npy` arrays (model inputs) | `.npy` (model outputs) |
 //!

@@ -151,7 +151,7 @@ fn domain_opset(m: &ModelProto, domain: &str) -> i64 {
 ///
 /// Every graph input's first axis is the batch axis (symbolic or fixed); the other axes must
 /// be fixed. Errors (each names the file, and the node with its op type where there is one): a
-/// file that is not ONNX or is truncated; an opset outside 11-18; every unsupported node at once
+/// file that is not ONNX or is truncated; an opset outside 9-18; every unsupported node at once
 /// ([`IoError::Unsupported`]); an attribute or layout prunekit does not implement (asymmetric
 /// padding, a bidirectional LSTM, ...); a dangling input or a cycle (a node reading a value no
 /// earlier node produced); a tensor whose data is shorter than its shape.

@@ -1,4 +1,4 @@
-//! ONNX in and out: [`load`] reads opsets 11-18 into a `Graph` ([`import`]), [`save`] writes
+//! ONNX in and out: [`load`] reads opsets 9-18 into a `Graph` ([`import`]), [`save`] writes
 //! opset 17 ([`export`]). The protobuf messages are prost messages of the official
 //! `onnx.proto` ([`proto`]).
 
