@@ -19,7 +19,9 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Demo { save, json, seed } => demo(save.as_deref(), json, seed),
         Command::Info { model, json } => info(&model, json),
-        Command::Export { model, output } => export(&model, &output),
+        Command::Export { model, output, hf } => export(&model, &output, &hf),
+        Command::Embed(args) => crate::text_cmd::embed(&args),
+        Command::Generate(args) => crate::text_cmd::generate(&args),
         Command::Predict {
             model,
             inputs,
@@ -56,9 +58,26 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Sweep(args) => crate::analysis_cmd::sweep_cmd(&args),
         Command::Eval {
             model,
+            text: Some(text),
+            context,
+            stride,
+            max_tokens,
+            json,
+            ..
+        } => crate::text_cmd::perplexity(&crate::text_cmd::PerplexityArgs {
+            model: &model,
+            text: &text,
+            context,
+            stride,
+            max_tokens,
+            json,
+        }),
+        Command::Eval {
+            model,
             data,
             latency_batch,
             json,
+            ..
         } => eval_cmd(&model, &data, latency_batch, json),
         Command::Bench {
             memory_of: Some(spec),
@@ -93,17 +112,29 @@ pub(crate) fn arch() -> Option<&'static str> {
 /// Loads a model in any format `prunekit_io` reads; a state dict is loaded into the `--arch`
 /// architecture (a zoo name, or a model file whose architecture is used).
 pub(crate) fn load_model(path: &Path) -> Result<Graph> {
+    load_model_seq(path, None)
+}
+
+/// [`load_model`] with the sequence length T a Hugging Face directory or GGUF file is read for
+/// (their default otherwise); a model of another format whose inputs are [T] is set to it.
+pub(crate) fn load_model_seq(path: &Path, seq_len: Option<usize>) -> Result<Graph> {
     let device = prunekit_graph::device::default_device();
     let ctx = || format!("cannot load model {}", path.display());
     let format = prunekit_io::detect(path).with_context(ctx)?;
-    if format.has_architecture() {
-        return prunekit_io::load(path, &device).with_context(ctx);
-    }
+    let opts = prunekit_io::hf::HfOptions { seq_len };
     if !matches!(
         format,
         prunekit_io::Format::PyTorch | prunekit_io::Format::Safetensors
     ) {
-        return prunekit_io::load(path, &device).with_context(ctx);
+        let mut g = prunekit_io::load_with(path, &device, &opts).with_context(ctx)?;
+        if let (Some(t), prunekit_io::Format::Native | prunekit_io::Format::Onnx) =
+            (seq_len, format)
+        {
+            if g.meta.contains_key(prunekit_io::hf::META_KEY) {
+                prunekit_io::hf::set_sequence_length(&mut g, t).with_context(ctx)?;
+            }
+        }
+        return Ok(g);
     }
     let Some(a) = arch() else {
         bail!(
@@ -122,9 +153,14 @@ pub(crate) fn load_model(path: &Path) -> Result<Graph> {
 }
 
 /// `prunekit export`: any readable model to the format OUT's extension names.
-fn export(model: &Path, output: &Path) -> Result<()> {
+fn export(model: &Path, output: &Path, hf: &crate::HfOutArgs) -> Result<()> {
     let g = load_model(model)?;
     check_output(model, output)?;
+    if hf.format.is_some() {
+        save_hf(&g, output, hf, Some(model))?;
+        println!("wrote {} (Hugging Face directory)", output.display());
+        return Ok(());
+    }
     let f = save_model(&g, output, Some(model))?;
     println!("wrote {} ({} format)", output.display(), f.name());
     if matches!(
@@ -209,6 +245,26 @@ pub(crate) fn save_model(
 ) -> Result<prunekit_io::Format> {
     prunekit_io::save(g, output, input)
         .with_context(|| format!("cannot save model to {}", output.display()))
+}
+
+/// Writes a Hugging Face directory ([`prunekit_io::hf::save_dir`]).
+pub(crate) fn save_hf(
+    g: &Graph,
+    output: &Path,
+    hf: &crate::HfOutArgs,
+    input: Option<&Path>,
+) -> Result<()> {
+    let dtype = match hf.dtype.as_str() {
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
+    prunekit_io::hf::save_dir(g, output, dtype, hf.allow_nonuniform, input).with_context(|| {
+        format!(
+            "cannot write the Hugging Face directory {}",
+            output.display()
+        )
+    })
 }
 
 /// Resolves `--data` (or the dataset recorded in the model) to a train/test split.

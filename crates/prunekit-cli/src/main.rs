@@ -7,6 +7,7 @@ mod prune_cmd;
 mod report_cmd;
 mod run_cmd;
 mod table;
+mod text_cmd;
 mod zoo_cmd;
 
 use std::path::PathBuf;
@@ -52,12 +53,20 @@ enum Command {
         seed: u64,
     },
     /// Write a model in another format: OUT's extension names it (`.onnx`, `.safetensors`,
-    /// `.pt`; anything else: a prunekit model directory).
+    /// `.pt`; anything else: a prunekit model directory), or `--format hf` for a Hugging Face
+    /// directory of the family the model was read from.
     Export {
         model: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        hf: HfOutArgs,
     },
+    /// Sentence embeddings of texts with an encoder (mean pooling over the attention mask, L2
+    /// normalisation, as sentence-transformers computes them) and their cosines.
+    Embed(text_cmd::EmbedArgs),
+    /// Continue a prompt with a causal language model (greedy at temperature 0).
+    Generate(text_cmd::GenerateArgs),
     /// Run a model on input arrays (NumPy .npy, batch axis first; one per model input, in order)
     /// and write its first output (or every output: OUT, OUT.1.npy, ...) as .npy.
     Predict {
@@ -115,11 +124,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate a model: accuracy, loss, params, nonzeros, MACs, latency, file size.
+    /// Evaluate a model: accuracy, loss, params, nonzeros, MACs, latency, file size; with
+    /// --text, the perplexity of a language model on a text file.
     Eval {
         model: PathBuf,
         #[command(flatten)]
         data: DataArgs,
+        /// a plain-text file: the perplexity of a causal language model on it (sliding windows)
+        #[arg(long, value_name = "FILE")]
+        text: Option<PathBuf>,
+        /// tokens per window with --text
+        #[arg(long, default_value_t = 512, requires = "text")]
+        context: usize,
+        /// tokens between window starts with --text (default: the context; smaller strides give
+        /// every scored token more context)
+        #[arg(long, requires = "text")]
+        stride: Option<usize>,
+        /// score only the first N tokens of the text
+        #[arg(long, requires = "text")]
+        max_tokens: Option<usize>,
         /// also time inference at this batch size (5 warm-up runs, median and p90 of 30)
         #[arg(long, value_name = "N")]
         latency_batch: Option<usize>,
@@ -158,6 +181,21 @@ enum Command {
         #[command(subcommand)]
         command: zoo_cmd::ZooCommand,
     },
+}
+
+/// The Hugging Face output options of `export` and `prune`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct HfOutArgs {
+    /// `hf`: write a Hugging Face directory (safetensors under the original keys, config.json with
+    /// the new widths, tokenizer files) instead of the format OUT's extension names
+    #[arg(long, value_parser = ["hf"])]
+    pub format: Option<String>,
+    /// the dtype of the Hugging Face directory's weights
+    #[arg(long, value_parser = ["f32", "f16", "bf16"], default_value = "f32")]
+    pub dtype: String,
+    /// write per-layer widths that the family's loaders cannot read (prunekit reads them back)
+    #[arg(long)]
+    pub allow_nonuniform: bool,
 }
 
 #[derive(Args, Clone)]

@@ -319,6 +319,10 @@ pub enum DataError {
         message: String,
     },
 
+    /// An error of a model's forward pass (text embeddings, generation).
+    #[error(transparent)]
+    Graph(#[from] prunekit_graph::GraphError),
+
     /// An error from candle while building tensors.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

@@ -29,6 +29,7 @@ mod idx;
 mod movielens;
 mod spam;
 mod task;
+pub mod text;
 
 use std::path::Path;
 

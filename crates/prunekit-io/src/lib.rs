@@ -6,6 +6,8 @@
 //! | [`native`] | our directory (`model.json` + `model.safetensors`, masks kept) | the same |
 //! | [`onnx`] | `.onnx` (opsets 9-18; prost over the messages of `onnx.proto`) | `.onnx`, opset 17, IR 8 |
 //! | [`pytorch`] | zip checkpoints (`torch.save` since 1.6) and safetensors state dicts, given the architecture | `.pt` and `.safetensors` state dicts with the pruned shapes |
+//! | [`hf`] | Hugging Face directories (`config.json` + safetensors / `pytorch_model.bin` + tokenizer): BERT, Llama, Mistral, Qwen2 | the same directory layout, with the pruned widths ([`hf::save_dir`]) |
+//! | [`gguf`] | GGUF files of Llama-family decoders (dequantised to f32; tokenizer from the metadata) | (as a Hugging Face directory) |
 //! | [`npy`] | NumPy `.npy` arrays (model inputs) | `.npy` (model outputs) |
 //!
 //! [`detect`] picks the format from a file's content (magic bytes, the zip's entries, the
@@ -13,6 +15,8 @@
 
 pub mod error;
 pub mod fuzz;
+pub mod gguf;
+pub mod hf;
 pub mod native;
 pub mod npy;
 pub mod onnx;
@@ -37,9 +41,9 @@ pub enum Format {
     PyTorch,
     /// a safetensors file (a state dict) ([`pytorch`])
     Safetensors,
-    /// a GGUF file (llama.cpp); not read yet
+    /// a GGUF file (llama.cpp) ([`gguf`])
     Gguf,
-    /// a Hugging Face model directory (`config.json` + weights); not read yet
+    /// a Hugging Face model directory (`config.json` + weights) ([`hf`])
     HuggingFace,
     /// a pickle written by `torch.save` before 1.6 (not a zip)
     LegacyPickle,
@@ -169,6 +173,14 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// (PyTorch, safetensors), which needs an architecture ([`pytorch::load_state_dict`]); a format
 /// not read yet (GGUF, Hugging Face); a legacy pickle (the message says how to convert it).
 pub fn load(path: &Path, device: &Device) -> Result<Graph> {
+    load_with(path, device, &hf::HfOptions::default())
+}
+
+/// [`load`] with the options of Transformer files (the sequence length of a Hugging Face
+/// directory or GGUF file; other formats carry their shapes).
+///
+/// Errors: those of [`load`].
+pub fn load_with(path: &Path, device: &Device, opts: &hf::HfOptions) -> Result<Graph> {
     match detect(path)? {
         Format::Native => Ok(native::load(path, device)?),
         Format::Onnx => onnx::load(path, device),
@@ -180,13 +192,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
             ),
         )),
         Format::LegacyPickle => Err(pytorch::legacy_pickle_error(path)),
-        f @ (Format::Gguf | Format::HuggingFace) => Err(IoError::file(
-            path,
-            format!(
-                "{} files are not read yet; export the model to ONNX",
-                f.name()
-            ),
-        )),
+        Format::Gguf => gguf::load(path, device, opts),
+        Format::HuggingFace => hf::load_dir(path, device, opts),
     }
 }
 

@@ -1,0 +1,291 @@
+//! BERT (Devlin et al. 2019) from a Hugging Face `bert` directory: the graph of `BertModel`
+//! without its pooler, whose output is `last_hidden_state` [T, hidden_size] per sample.
+//!
+//! ```text
+//! input_ids [T], token_type_ids [T] -> word + token type embeddings, + absolute positions
+//!   -> LayerNorm -> num_hidden_layers x (self-attention over attention_mask [T] -> + residual ->
+//!   LayerNorm -> Linear intermediate_size -> GELU -> Linear hidden_size -> + residual -> LayerNorm)
+//! ```
+//!
+//! Node names are the modules' paths with `/` (`encoder/layer/0/attention` holds query, key,
+//! value and `attention.output.dense`). Keys are read with or without the `bert.` prefix
+//! (sentence-transformers directories have none).
+
+use candle_core::Device;
+use prunekit_graph::ops::{
+    Add, Attention, Embedding, Gelu, LayerNorm, Linear, PositionalEmbedding,
+};
+use prunekit_graph::{Graph, InputKind};
+
+use super::{field, size, HfMeta, Net, Weights};
+use crate::error::{IoError, Result};
+
+/// The fields of a BERT config.json that the graph uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    /// the GELU form: `gelu` (exact, erf) or `gelu_new` / `gelu_pytorch_tanh` (tanh)
+    pub hidden_act: String,
+    /// per layer, the query heads already pruned away (`pruned_heads`): their count
+    pub pruned_heads: Vec<usize>,
+}
+
+impl BertConfig {
+    /// Reads and checks a config.json.
+    ///
+    /// Errors: a missing or out-of-range size; `hidden_act` other than the GELU forms and ReLU;
+    /// `position_embedding_type` other than `absolute`; a decoder (`is_decoder`,
+    /// `add_cross_attention`); hidden_size not divisible by num_attention_heads.
+    pub fn parse(c: &serde_json::Value) -> std::result::Result<Self, String> {
+        let cfg = BertConfig {
+            vocab_size: size(c, "vocab_size")?,
+            hidden_size: size(c, "hidden_size")?,
+            num_hidden_layers: size(c, "num_hidden_layers")?,
+            num_attention_heads: size(c, "num_attention_heads")?,
+            intermediate_size: size(c, "intermediate_size")?,
+            max_position_embeddings: size(c, "max_position_embeddings")?,
+            type_vocab_size: field::<u64>(c, "type_vocab_size")?.unwrap_or(2) as usize,
+            layer_norm_eps: field(c, "layer_norm_eps")?.unwrap_or(1e-12),
+            hidden_act: field(c, "hidden_act")?.unwrap_or_else(|| "gelu".to_string()),
+            pruned_heads: Vec::new(),
+        };
+        if !matches!(
+            cfg.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
+        ) {
+            return Err(format!(
+                "hidden_act `{}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)",
+                cfg.hidden_act
+            ));
+        }
+        if let Some(p) = field::<String>(c, "position_embedding_type")? {
+            if p != "absolute" {
+                return Err(format!(
+                    "position_embedding_type `{p}` is not supported (only `absolute`)"
+                ));
+            }
+        }
+        for flag in ["is_decoder", "add_cross_attention"] {
+            if field::<bool>(c, flag)?.unwrap_or(false) {
+                return Err(format!("`{flag}: true` (a BERT decoder) is not supported"));
+            }
+        }
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            ));
+        }
+        let mut cfg = cfg;
+        cfg.pruned_heads = vec![0; cfg.num_hidden_layers];
+        if let Some(p) = c.get("pruned_heads").and_then(|p| p.as_object()) {
+            for (layer, heads) in p {
+                let i: usize = layer
+                    .parse()
+                    .map_err(|_| format!("pruned_heads key `{layer}` is not a layer index"))?;
+                let n = heads.as_array().map(Vec::len).unwrap_or(0);
+                if i >= cfg.num_hidden_layers || n >= cfg.num_attention_heads {
+                    return Err(format!("pruned_heads[{layer}] is out of range"));
+                }
+                cfg.pruned_heads[i] = n;
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The per-head width, hidden_size / num_attention_heads.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// Builds the graph of a BERT directory for sequences of `seq_len` tokens (default: min(512,
+/// max_position_embeddings)).
+pub(crate) fn build(
+    name: &str,
+    c: &BertConfig,
+    w: &dyn Weights,
+    device: &Device,
+    seq_len: Option<usize>,
+    meta: &mut HfMeta,
+) -> Result<Graph> {
+    let t = seq_len.unwrap_or(c.max_position_embeddings.min(512));
+    if t == 0 || t > c.max_position_embeddings {
+        return Err(IoError::file(
+            w.path(),
+            format!(
+                "sequence length {t} is outside 1..={} (max_position_embeddings)",
+                c.max_position_embeddings
+            ),
+        ));
+    }
+    let pre = if w.has("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    };
+    let (h, hd) = (c.hidden_size, c.head_dim());
+    let mut n = Net::new(w.path(), device);
+    let ids = n.input("input_ids", &[t], InputKind::Ids);
+    let types = n.input("token_type_ids", &[t], InputKind::Ids);
+    let mask = n.input("attention_mask", &[t], InputKind::Float);
+    let k = |s: &str| format!("{pre}{s}");
+    let emb = |num, dim| Embedding {
+        num_embeddings: num,
+        embedding_dim: dim,
+    };
+    let word = n.node(
+        "embeddings/word_embeddings",
+        emb(c.vocab_size, h),
+        &[&ids],
+        vec![n.p(w, "weight", &k("embeddings.word_embeddings.weight"))?],
+    )?;
+    let tt = n.node(
+        "embeddings/token_type_embeddings",
+        emb(c.type_vocab_size, h),
+        &[&types],
+        vec![n.p(w, "weight", &k("embeddings.token_type_embeddings.weight"))?],
+    )?;
+    let x = n.node("embeddings/add", Add {}, &[&word, &tt], vec![])?;
+    let x = n.node(
+        "embeddings/position_embeddings",
+        PositionalEmbedding {
+            max_len: c.max_position_embeddings,
+            dim: h,
+        },
+        &[&x],
+        vec![n.p(w, "weight", &k("embeddings.position_embeddings.weight"))?],
+    )?;
+    let mut x = layer_norm(
+        &mut n,
+        w,
+        "embeddings/LayerNorm",
+        &k("embeddings.LayerNorm"),
+        &x,
+        h,
+        c,
+    )?;
+    for i in 0..c.num_hidden_layers {
+        let node = format!("encoder/layer/{i}");
+        let key = k(&format!("encoder.layer.{i}"));
+        let heads = c.num_attention_heads - c.pruned_heads[i];
+        let mut att = Attention::new(h, heads, hd);
+        att.out_dim = h;
+        let mut ps = Vec::new();
+        for (pw, pb, m) in [
+            ("q_weight", "q_bias", "query"),
+            ("k_weight", "k_bias", "key"),
+            ("v_weight", "v_bias", "value"),
+        ] {
+            ps.push(n.p(w, pw, &format!("{key}.attention.self.{m}.weight"))?);
+            ps.push(n.p(w, pb, &format!("{key}.attention.self.{m}.bias"))?);
+        }
+        ps.push(n.p(
+            w,
+            "o_weight",
+            &format!("{key}.attention.output.dense.weight"),
+        )?);
+        ps.push(n.p(w, "o_bias", &format!("{key}.attention.output.dense.bias"))?);
+        let a = n.node(&format!("{node}/attention"), att, &[&x, &mask], ps)?;
+        let r = n.node(&format!("{node}/attention/add"), Add {}, &[&x, &a], vec![])?;
+        let y = layer_norm(
+            &mut n,
+            w,
+            &format!("{node}/attention/output/LayerNorm"),
+            &format!("{key}.attention.output.LayerNorm"),
+            &r,
+            h,
+            c,
+        )?;
+        let inter = linear(
+            &mut n,
+            w,
+            &format!("{node}/intermediate/dense"),
+            &format!("{key}.intermediate.dense"),
+            &y,
+            h,
+        )?;
+        let act = match c.hidden_act.as_str() {
+            "relu" => n.node(
+                &format!("{node}/intermediate/act"),
+                prunekit_graph::ops::Relu {},
+                &[&inter],
+                vec![],
+            )?,
+            "gelu" => n.node(
+                &format!("{node}/intermediate/act"),
+                Gelu::default(),
+                &[&inter],
+                vec![],
+            )?,
+            _ => n.node(
+                &format!("{node}/intermediate/act"),
+                Gelu {
+                    approximate: prunekit_graph::ops::activation::GeluApprox::Tanh,
+                },
+                &[&inter],
+                vec![],
+            )?,
+        };
+        let inner = n.shapes[&act][1];
+        let out = linear(
+            &mut n,
+            w,
+            &format!("{node}/output/dense"),
+            &format!("{key}.output.dense"),
+            &act,
+            inner,
+        )?;
+        let r = n.node(&format!("{node}/output/add"), Add {}, &[&y, &out], vec![])?;
+        x = layer_norm(
+            &mut n,
+            w,
+            &format!("{node}/output/LayerNorm"),
+            &format!("{key}.output.LayerNorm"),
+            &r,
+            h,
+            c,
+        )?;
+    }
+    n.finish(name, &[&x], meta.clone())
+}
+
+fn layer_norm(
+    n: &mut Net,
+    w: &dyn Weights,
+    node: &str,
+    key: &str,
+    x: &str,
+    h: usize,
+    c: &BertConfig,
+) -> Result<String> {
+    let mut op = LayerNorm::new(h);
+    op.eps = c.layer_norm_eps;
+    let ps = vec![
+        n.p(w, "weight", &format!("{key}.weight"))?,
+        n.p(w, "bias", &format!("{key}.bias"))?,
+    ];
+    n.node(node, op, &[x], ps)
+}
+
+/// A Linear node whose output width is read from its weight's first axis.
+fn linear(
+    n: &mut Net,
+    w: &dyn Weights,
+    node: &str,
+    key: &str,
+    x: &str,
+    inp: usize,
+) -> Result<String> {
+    let weight = n.p(w, "weight", &format!("{key}.weight"))?;
+    let out = weight.tensor.dims().first().copied().unwrap_or(0);
+    let bias = n.p(w, "bias", &format!("{key}.bias"))?;
+    n.node(node, Linear::new(inp, out), &[x], vec![weight, bias])
+}

@@ -1,0 +1,244 @@
+//! Writing a graph read from a Hugging Face directory (or GGUF file) back as a directory the
+//! family's loaders accept: `model.safetensors` under the original keys, `config.json` with the
+//! pruned widths, the tokenizer and the small files copied along.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use prunekit_graph::{Graph, Op};
+
+use super::{HfMeta, META_KEY};
+use crate::error::{IoError, Result};
+
+/// The layer index in a key (`encoder.layer.3.` / `model.layers.3.`) and where it sits.
+fn layer_of(key: &str) -> Option<(usize, std::ops::Range<usize>)> {
+    for pat in ["encoder.layer.", "model.layers."] {
+        if let Some(at) = key.find(pat) {
+            let start = at + pat.len();
+            let len = key[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .count();
+            if len > 0 {
+                return key[start..start + len]
+                    .parse()
+                    .ok()
+                    .map(|i| (i, start..start + len));
+            }
+        }
+    }
+    None
+}
+
+/// Writes `g` as a Hugging Face directory `dir` of its family, in `dtype` (F32, F16 or BF16).
+/// Layers removed by depth pruning are renumbered 0..n.
+///
+/// Checks that the family's loaders can read the widths: every layer must have the same
+/// intermediate width (both families) and, for Llama-family models, the same query and
+/// key/value head counts; BERT stores fewer heads per layer in `pruned_heads`. With
+/// `allow_nonuniform` the check is skipped (per-layer widths can then be read back by prunekit
+/// only; the error says so).
+///
+/// Errors: `g` has no `meta.huggingface` (it was not read from such a directory); a parameter
+/// without a key (a node added after import) or an unkeyed zero bias that became nonzero;
+/// non-uniform widths; a file cannot be written; `dir` is `protect`.
+pub fn save_dir(
+    g: &Graph,
+    dir: &Path,
+    dtype: DType,
+    allow_nonuniform: bool,
+    protect: Option<&Path>,
+) -> Result<()> {
+    if let Some(p) = protect {
+        if crate::same_file(p, dir) {
+            return Err(IoError::file(dir, "refusing to write over the input model"));
+        }
+    }
+    g.validate()?;
+    let meta = HfMeta::of(g)
+        .map_err(|m| IoError::file(dir, m))?
+        .ok_or_else(|| {
+            IoError::file(
+                dir,
+                format!("the model was not read from a Hugging Face directory or GGUF file (no meta.{META_KEY}); export it as ONNX or as our format"),
+            )
+        })?;
+    // layer renumbering: the layers that remain, in order
+    let layers: BTreeSet<usize> = meta
+        .keys
+        .values()
+        .filter_map(|k| layer_of(k))
+        .map(|(i, _)| i)
+        .collect();
+    let renumber: BTreeMap<usize, usize> = layers
+        .iter()
+        .enumerate()
+        .map(|(new, &old)| (old, new))
+        .collect();
+    let rename = |key: &str| -> String {
+        match layer_of(key) {
+            Some((i, r)) => format!("{}{}{}", &key[..r.start], renumber[&i], &key[r.end..]),
+            None => key.to_string(),
+        }
+    };
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for n in &g.nodes {
+        for (pname, p) in &n.params {
+            let id = format!("{}.{pname}", n.name);
+            let key = meta.keys.get(&id).ok_or_else(|| {
+                IoError::file(
+                    dir,
+                    format!(
+                        "parameter `{id}` has no Hugging Face key (a node added after import?)"
+                    ),
+                )
+            })?;
+            if key.is_empty() {
+                let nz = prunekit_graph::count_nonzeros(p.tensor())?;
+                if nz > 0 {
+                    return Err(IoError::file(
+                        dir,
+                        format!("parameter `{id}` is not in the family's files and must stay zero, but {nz} of its values are not"),
+                    ));
+                }
+                continue;
+            }
+            let key = rename(key);
+            if tensors.contains_key(&key) {
+                continue; // a tied weight, written once
+            }
+            tensors.insert(key, p.tensor().to_dtype(dtype)?.contiguous()?);
+        }
+    }
+    let config = config_with_widths(g, &meta, layers.len(), allow_nonuniform)
+        .map_err(|m| IoError::file(dir, m))?;
+    std::fs::create_dir_all(dir).map_err(|e| IoError::io(dir, e))?;
+    let st_meta: std::collections::HashMap<String, String> =
+        [("format".to_string(), "pt".to_string())].into();
+    let bytes = safetensors::tensor::serialize(tensors.iter().collect::<Vec<_>>(), Some(st_meta))
+        .map_err(|e| IoError::file(dir, e.to_string()))?;
+    crate::native::atomic_write(&dir.join("model.safetensors"), &bytes)?;
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| IoError::file(dir, e.to_string()))?;
+    crate::native::atomic_write(&dir.join("config.json"), text.as_bytes())?;
+    if let Some(t) = &meta.tokenizer {
+        crate::native::atomic_write(&dir.join("tokenizer.json"), t.as_bytes())?;
+    }
+    for (rel, text) in &meta.files {
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| IoError::io(parent, e))?;
+        }
+        crate::native::atomic_write(&p, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The widths of each layer of a graph of the family, read off its ops.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerWidths {
+    /// query heads per layer
+    pub heads: Vec<usize>,
+    /// key/value heads per layer
+    pub kv_heads: Vec<usize>,
+    /// head width (the same in every layer)
+    pub head_dim: Vec<usize>,
+    /// FFN (intermediate) width per layer
+    pub intermediate: Vec<usize>,
+    /// the hidden size (embedding width)
+    pub hidden: usize,
+}
+
+/// Per-layer widths of `g`, in layer order: attention nodes give heads, the first Linear after
+/// each attention gives the FFN width.
+pub fn layer_widths(g: &Graph) -> LayerWidths {
+    let mut w = LayerWidths::default();
+    let mut want_ffn = false;
+    for n in &g.nodes {
+        match &n.op {
+            Op::Embedding(e)
+                if w.hidden == 0
+                    && (n.name.ends_with("word_embeddings")
+                        || n.name.ends_with("embed_tokens")) =>
+            {
+                w.hidden = e.embedding_dim
+            }
+            Op::Attention(a) => {
+                w.heads.push(a.num_heads);
+                w.kv_heads.push(a.num_kv_heads);
+                w.head_dim.push(a.head_dim);
+                want_ffn = true;
+            }
+            Op::Linear(l) if want_ffn => {
+                w.intermediate.push(l.out_features);
+                want_ffn = false;
+            }
+            _ => {}
+        }
+    }
+    w
+}
+
+fn uniform(name: &str, v: &[usize], allow: bool) -> std::result::Result<usize, String> {
+    let first = v.first().copied().unwrap_or(0);
+    if v.iter().any(|&x| x != first) && !allow {
+        return Err(format!(
+            "{name} differs between layers ({v:?}); the family's Hugging Face loaders need one value for every layer: prune every layer by the same ratio (uniform), or pass --allow-nonuniform (the directory is then readable by prunekit only)"
+        ));
+    }
+    Ok(first)
+}
+
+fn config_with_widths(
+    g: &Graph,
+    meta: &HfMeta,
+    layers: usize,
+    allow: bool,
+) -> std::result::Result<serde_json::Value, String> {
+    let w = layer_widths(g);
+    let mut c = meta.config.clone();
+    let obj = c
+        .as_object_mut()
+        .ok_or("the stored config is not an object")?;
+    obj.insert("num_hidden_layers".into(), layers.into());
+    obj.insert("hidden_size".into(), w.hidden.into());
+    obj.insert(
+        "intermediate_size".into(),
+        uniform("intermediate_size", &w.intermediate, allow)?.into(),
+    );
+    match meta.family.as_str() {
+        "bert" => {
+            let orig = obj
+                .get("num_attention_heads")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0) as usize;
+            let hd = uniform("head width", &w.head_dim, false)?;
+            if hd * orig != w.hidden {
+                return Err(format!(
+                    "BERT derives the head width from hidden_size / num_attention_heads; the pruned hidden size {} with head width {hd} and {orig} heads does not fit",
+                    w.hidden
+                ));
+            }
+            // BertModel prunes `pruned_heads` from each layer at load: any that many indices
+            let mut pruned = serde_json::Map::new();
+            for (i, &h) in w.heads.iter().enumerate() {
+                if h < orig {
+                    pruned.insert(i.to_string(), (h..orig).collect::<Vec<_>>().into());
+                }
+            }
+            obj.insert("pruned_heads".into(), pruned.into());
+        }
+        _ => {
+            let heads = uniform("num_attention_heads", &w.heads, allow)?;
+            let kv = uniform("num_key_value_heads", &w.kv_heads, allow)?;
+            obj.insert("num_attention_heads".into(), heads.into());
+            obj.insert("num_key_value_heads".into(), kv.into());
+            obj.insert(
+                "head_dim".into(),
+                uniform("head width", &w.head_dim, false)?.into(),
+            );
+        }
+    }
+    Ok(c)
+}
