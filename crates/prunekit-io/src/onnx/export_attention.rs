@@ -34,7 +34,6 @@ const MASKED_SCORE: f32 = -1e9;
 const DENOMINATOR_FLOOR: f32 = 1e-30;
 
 /// The weight initializers of an attention node: (ONNX suffix, our parameter, transposed).
-#[allow(dead_code)] // read by the importer (next commit)
 pub(in crate::onnx) const WEIGHTS: &[(&str, &str, bool)] = &[
     ("q_weight_t", "q_weight", true),
     ("k_weight_t", "k_weight", true),
@@ -86,7 +85,6 @@ pub(super) fn write(e: &mut Exporter, n: &Node, op: &Attention, steps: usize) ->
 
 /// The nodes and initializers the exporter writes for `spec`, with the weight initializers
 /// holding no data (their shapes only): what the importer compares a file against.
-#[allow(dead_code)] // read by the importer (next commit)
 pub(in crate::onnx) fn template(spec: &Spec) -> R<(Vec<NodeProto>, Vec<TensorProto>)> {
     let op = spec.op;
     let (q, kv) = (op.num_heads * op.head_dim, op.num_kv_heads * op.head_dim);
@@ -114,11 +112,7 @@ pub(in crate::onnx) fn template(spec: &Spec) -> R<(Vec<NodeProto>, Vec<TensorPro
 
 /// cos and sin tables [T, head_dim] of the rotary embedding, as our op builds them (f64, then
 /// rounded to f32).
-pub(in crate::onnx) fn rope_tables(
-    steps: usize,
-    head_dim: usize,
-    theta: f64,
-) -> (Vec<f32>, Vec<f32>) {
+fn rope_tables(steps: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
     let half = (head_dim / 2).max(1);
     let mut cos = Vec::with_capacity(steps * head_dim);
     let mut sin = Vec::with_capacity(steps * head_dim);
