@@ -534,6 +534,10 @@ fn onnxruntime_agrees_with_prunekit_on_every_exported_model() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_ne!(
+                v["checker"], "skipped",
+                "{what}: the onnx package is missing next to onnxruntime"
+            );
             let e = v["outputs"]
                 .as_array()
                 .unwrap()
