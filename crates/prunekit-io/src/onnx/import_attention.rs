@@ -145,6 +145,21 @@ fn recognise(
     if !kv_rows.is_multiple_of(head_dim) {
         return None;
     }
+    // sizes a crafted file could make overflow or allocate beyond what it holds: every product
+    // the template forms stays within 2^31, and the causal tables (T x T) must be in the file
+    let limit = prunekit_graph::graph::MAX_TENSOR_ELEMENTS as usize;
+    let fits = |a: usize, b: usize| a.checked_mul(b).is_some_and(|p| p <= limit);
+    if !(fits(num_heads, head_dim) && fits(steps, head_dim) && fits(steps, steps)) {
+        return None;
+    }
+    let q_rows = num_heads * head_dim;
+    if !(fits(embed_dim, q_rows.max(kv_rows)) && fits(out_dim, q_rows)) {
+        return None;
+    }
+    let causal = inits.contains_key(c("causal").as_str());
+    if causal && floats(inits, &c("causal"))?.0 != [steps, steps] {
+        return None;
+    }
     let rope_theta = match (floats(inits, &c("rope_cos")), floats(inits, &c("rope_sin"))) {
         (Some((cd, cos)), Some((_, sin))) if cd == [steps, head_dim] && sin.len() == cos.len() => {
             Some(rope_theta(steps, head_dim, &cos, &sin))
@@ -157,7 +172,7 @@ fn recognise(
         num_heads,
         num_kv_heads: kv_rows / head_dim,
         head_dim,
-        causal: inits.contains_key(c("causal").as_str()),
+        causal,
         rope_theta,
         bias: inits.contains_key(c("q_bias").as_str()),
     };
