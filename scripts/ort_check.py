@@ -3,9 +3,11 @@
 
 Usage: ort_check.py MODEL.onnx --inputs X0.npy [X1.npy ...] --expect Y0.npy [Y1.npy ...] [--tol 1e-4]
 
-The error of an output is max |ort - expected| / max |expected| (relative to the output's scale).
-Prints one JSON line {"model", "outputs": [{"name", "shape", "max_abs", "rel_error"}], "ok"}; exits 0
-when every output is within --tol, 1 when one is not, 2 on a usage or load error.
+The model is first checked with onnx.checker.check_model(full_check=True) (the `onnx` package;
+"checker": "skipped" without it). The error of an output is max |ort - expected| / max |expected|
+(relative to the output's scale). Prints one JSON line {"model", "checker", "outputs": [{"name",
+"shape", "max_abs", "rel_error"}], "ok"}; exits 0 when every output is within --tol, 1 when one is
+not, 2 on a usage, checker or load error.
 """
 import argparse
 import json
@@ -22,6 +24,16 @@ def main():
     p.add_argument("--expect", nargs="+", required=True)
     p.add_argument("--tol", type=float, default=1e-4)
     a = p.parse_args()
+    try:
+        import onnx
+
+        onnx.checker.check_model(a.model, full_check=True)
+        checker = "passed"
+    except ImportError:
+        checker = "skipped"
+    except Exception as e:  # noqa: BLE001 - any checker failure fails the model
+        print(json.dumps({"model": a.model, "error": f"onnx.checker: {e}"}))
+        return 2
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     try:
@@ -50,7 +62,7 @@ def main():
         rel = diff / max(scale, 1e-12)
         report.append({"name": spec.name, "shape": list(y.shape), "max_abs": diff, "rel_error": rel})
         ok = ok and rel <= a.tol
-    print(json.dumps({"model": a.model, "outputs": report, "ok": ok}))
+    print(json.dumps({"model": a.model, "checker": checker, "outputs": report, "ok": ok}))
     return 0 if ok else 1
 
 

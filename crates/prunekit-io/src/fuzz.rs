@@ -180,6 +180,14 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
     std::fs::create_dir_all(&seeds).map_err(|e| crate::IoError::io(&seeds, e))?;
     let onnx = seeds.join("m.onnx");
     crate::save(&g, &onnx, None)?;
+    // attention (causal GQA, RoPE, key padding mask), so the importer's block recognition is fuzzed
+    let mut a = prunekit_graph::GraphBuilder::new("fuzz-attention", 0);
+    let x = a.input("x", &[4, 8]);
+    let m = a.input("mask", &[4]);
+    let y = a.attention_masked(&x, &m, 2, 1, 4, true, Some(10000.0))?;
+    let a = a.finish(&[&y])?;
+    let onnx_attention = seeds.join("attention.onnx");
+    crate::save(&a, &onnx_attention, None)?;
     let st = seeds.join("m.safetensors");
     crate::save(&g, &st, None)?;
     let pt = seeds.join("m.pt");
@@ -193,6 +201,12 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
         Target {
             name: "onnx",
             seed: read(&onnx)?,
+            file: "in.onnx",
+            read: |p| crate::onnx::load(p, &Device::Cpu).is_ok(),
+        },
+        Target {
+            name: "onnx-attention",
+            seed: read(&onnx_attention)?,
             file: "in.onnx",
             read: |p| crate::onnx::load(p, &Device::Cpu).is_ok(),
         },

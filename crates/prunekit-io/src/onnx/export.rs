@@ -18,6 +18,9 @@ use super::proto::{
 };
 use crate::error::{IoError, Result};
 
+#[path = "export_attention.rs"]
+pub(super) mod attention;
+
 /// The opset the exporter writes.
 pub const OPSET: i64 = 17;
 /// The IR version it writes (ONNX 1.13+, read by onnxruntime >= 1.14).
@@ -25,7 +28,7 @@ pub const IR_VERSION: i64 = 8;
 
 /// Writes `g` as an ONNX file at `path` (atomically).
 ///
-/// Errors: an op with no ONNX form here (attention, named in the message), a LayerNorm /
+/// Errors: an op with no ONNX form here (named in the message), a LayerNorm /
 /// RMSNorm whose weight is masked (its statistics skip masked channels; remove them physically
 /// first), the file cannot be written.
 pub fn save(g: &Graph, path: &Path) -> Result<()> {
@@ -684,6 +687,7 @@ impl Exporter {
                 };
                 self.op("Resize", &[x, "", &scales], y, attrs);
             }
+            Op::Attention(a) => attention::write(self, n, a, xs.first().copied().unwrap_or(0))?,
             Op::Pad(pd) => {
                 // ours: begins then ends of the per-sample axes; ONNX's include the batch axis
                 let r = xs.len();
@@ -698,12 +702,6 @@ impl Exporter {
                     .and_then(|m| m.as_str().map(str::to_string))
                     .unwrap_or_else(|| "constant".into());
                 self.op("Pad", &[x, &pn, &v], y, vec![a_s("mode", &mode)]);
-            }
-            other => {
-                return Err(format!(
-                    "the {} op has no ONNX form in this exporter yet",
-                    other.type_name()
-                ))
             }
         }
         Ok(())

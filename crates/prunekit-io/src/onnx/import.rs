@@ -24,6 +24,9 @@ use super::proto::{
 };
 use crate::error::{IoError, Result, UnsupportedNode};
 
+#[path = "import_attention.rs"]
+mod attention;
+
 /// The largest ONNX file read: 2 GiB, protobuf's own limit for one message.
 pub const MAX_FILE_BYTES: u64 = 2 << 30;
 
@@ -108,14 +111,28 @@ pub fn looks_like_onnx(path: &Path, len: u64) -> Result<bool> {
     Ok(read_model(path).is_ok_and(|m| m.ir_version > 0 && m.graph.is_some()))
 }
 
-/// The unsupported nodes of a model (every one), without importing it.
+/// The unsupported nodes of a model (every one), without importing it. The nodes of an
+/// attention or RMSNorm block as our exporter writes it are read as one node and never listed.
 pub fn unsupported_nodes(m: &ModelProto) -> Vec<UnsupportedNode> {
+    let blocks = m.graph.as_ref().map(attention::blocks).unwrap_or_default();
+    unsupported_outside(m, &blocks)
+}
+
+fn unsupported_outside(m: &ModelProto, blocks: &[attention::Block]) -> Vec<UnsupportedNode> {
     let opset = default_opset(m);
     let Some(g) = &m.graph else {
         return Vec::new();
     };
+    let in_block = |k: usize| {
+        blocks
+            .iter()
+            .any(|b| (b.start..b.start + b.len).contains(&k))
+    };
     g.node
         .iter()
+        .enumerate()
+        .filter(|(k, _)| !in_block(*k))
+        .map(|(_, n)| n)
         .filter(|n| !is_default_domain(&n.domain) || !SUPPORTED.contains(&n.op_type.as_str()))
         .map(|n| UnsupportedNode {
             node: n.name.clone(),
@@ -189,7 +206,8 @@ pub fn import_model(m: &ModelProto, path: &Path, device: &Device) -> Result<Grap
     if !g.sparse_initializer.is_empty() {
         return Err(IoError::file(path, "sparse initializers are not read"));
     }
-    let bad = unsupported_nodes(m);
+    let blocks = attention::blocks(g);
+    let bad = unsupported_outside(m, &blocks);
     if !bad.is_empty() {
         return Err(IoError::Unsupported {
             path: path.to_path_buf(),
@@ -197,7 +215,7 @@ pub fn import_model(m: &ModelProto, path: &Path, device: &Device) -> Result<Grap
         });
     }
     let mut imp = Importer::new(path, device, opset, g);
-    imp.run(g)?;
+    imp.run(g, &blocks)?;
     let name = if g.name.is_empty() {
         path.file_stem()
             .map_or("onnx-model".into(), |s| s.to_string_lossy().to_string())
@@ -600,7 +618,7 @@ impl<'a> Importer<'a> {
         IoError::file(self.path, msg)
     }
 
-    fn run(&mut self, g: &GraphProto) -> Result<()> {
+    fn run(&mut self, g: &GraphProto, blocks: &[attention::Block]) -> Result<()> {
         for t in &g.initializer {
             let c = if t.data_location == 1 || !t.external_data.is_empty() {
                 let inline = external_data(self.path, t).map_err(|m| self.file_err(m))?;
@@ -617,13 +635,26 @@ impl<'a> Importer<'a> {
             }
             self.add_input(vi)?;
         }
-        for n in &g.node {
+        let mut k = 0;
+        while k < g.node.len() {
+            if let Some(b) = blocks.iter().find(|b| b.start == k) {
+                self.block(b).map_err(|msg| IoError::Node {
+                    path: self.path.to_path_buf(),
+                    node: b.name.clone(),
+                    op_type: format!("{} (our exporter's nodes)", b.op.type_name()),
+                    msg,
+                })?;
+                k += b.len;
+                continue;
+            }
+            let n = &g.node[k];
             self.node(n).map_err(|msg| IoError::Node {
                 path: self.path.to_path_buf(),
                 node: n.name.clone(),
                 op_type: n.op_type.clone(),
                 msg,
             })?;
+            k += 1;
         }
         for o in &g.output {
             let name = match self.vals.get(&o.name) {
@@ -1907,6 +1938,26 @@ impl<'a> Importer<'a> {
             return Ok(());
         }
         let (va, vb) = (self.get(&a)?.clone(), self.get(&b)?.clone());
+        // a learned positional embedding as our exporter writes it: x [N, T, D] + `P.weight` [T, D]
+        if let (true, Val::View(v), Val::Const(Const::Float { dims, data })) =
+            (op_type == "Add" && b.ends_with(".weight"), &va, &vb)
+        {
+            if let &[t, d] = dims.as_slice() {
+                if self.view_shape(v) == [None, Some(t), Some(d)] {
+                    let x = self.input(n, 0)?;
+                    let w = self.tensor(&[t, d], data.clone())?;
+                    let op = Op::from(gops::PositionalEmbedding { max_len: t, dim: d });
+                    let y = self.add(
+                        &Self::base_name(n, Some(1)),
+                        op,
+                        vec![x],
+                        vec![("weight", w)],
+                    )?;
+                    self.set(out0, y);
+                    return Ok(());
+                }
+            }
+        }
         // a bias after a bias-free Linear / Conv: folded into it
         if op_type == "Add" {
             for (v, c) in [(&va, &vb), (&vb, &va)] {
