@@ -176,11 +176,7 @@ impl Executor {
                         .expect("inputs computed before use")
                 })
                 .collect();
-            let view = ParamView {
-                node: &n.name,
-                params: &n.params,
-                track_grad: mode.grad,
-            };
+            let view = ParamView::of(g, n, mode.grad);
             ctx.weight_inputs = WeightInputs {
                 wanted: wanted.get(n.name.as_str()).cloned().unwrap_or_default(),
                 reported: Vec::new(),

@@ -778,12 +778,7 @@ impl<'a> Importer<'a> {
                 },
             );
         }
-        self.nodes.push(Node {
-            name: name.clone(),
-            op,
-            inputs,
-            params: ps,
-        });
+        self.nodes.push(Node::new(name.clone(), op, inputs, ps));
         self.shapes.insert(name.clone(), shape);
         Ok(name)
     }
