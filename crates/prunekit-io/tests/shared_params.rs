@@ -169,11 +169,21 @@ fn onnx_writes_one_initializer_read_by_both_nodes() {
         .collect();
     assert_eq!(readers.len(), 2, "{readers:?}");
     assert!(readers.contains(&"Gather"), "{readers:?}");
-    // the importer reads it back as two tensors of the same values (ties are not recovered)
+    // the importer recovers the tie: one initializer feeding two weight slots of one layout
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tied.onnx");
     prunekit_io::onnx::save(&g, &path).unwrap();
     let back = prunekit_io::onnx::load(&path, &Device::Cpu).unwrap();
+    // (RMSNorm comes back decomposed, its scale a constant: compare the weight matrices)
+    let weights = |g: &Graph| g.weight_counts().unwrap().weights;
+    assert_eq!(weights(&back), weights(&g));
+    assert_eq!(
+        back.node("lm_head").unwrap().shared["weight"],
+        prunekit_graph::ParamRef {
+            node: "embed".into(),
+            param: "weight".into()
+        }
+    );
     let (a, b) = (run(&g), run(&back));
     let err = a
         .iter()
@@ -181,6 +191,36 @@ fn onnx_writes_one_initializer_read_by_both_nodes() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(err < 1e-5, "{err}");
+}
+
+#[test]
+fn onnx_import_ties_only_one_initializer_in_one_layout() {
+    // the untied graph: two initializers of equal values stay two tensors
+    let g = tied_lm(5);
+    let mut untied = g.try_clone().unwrap();
+    let table = untied.node("embed").unwrap().params["weight"]
+        .tensor()
+        .copy()
+        .unwrap();
+    let head = untied.node_mut("lm_head").unwrap();
+    head.shared.clear();
+    head.params.insert(
+        "weight".into(),
+        prunekit_graph::Param {
+            value: candle_core::Var::from_tensor(&table).unwrap(),
+            mask: None,
+            role: prunekit_graph::Role::Weight,
+        },
+    );
+    untied.validate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("untied.onnx");
+    prunekit_io::onnx::save(&untied, &path).unwrap();
+    let back = prunekit_io::onnx::load(&path, &Device::Cpu).unwrap();
+    assert!(back.nodes.iter().all(|n| n.shared.is_empty()));
+    let weights = |g: &Graph| g.weight_counts().unwrap().weights;
+    assert_eq!(weights(&back), weights(&untied));
+    assert_eq!(weights(&back), weights(&g) + VOCAB * HIDDEN);
 }
 
 #[test]

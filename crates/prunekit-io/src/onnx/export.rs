@@ -341,7 +341,8 @@ impl Exporter {
                     let wn = if n.shared.contains_key("weight") {
                         // the shared initializer, transposed in the graph (not a second copy)
                         let w = self.param(n, "weight")?;
-                        let wt = nm("weight_t");
+                        // named as the untied copy is, so the MatMul carries our node's name
+                        let wt = format!("{y}.weight_t");
                         self.op("Transpose", &[&w], &wt, vec![a_ints("perm", &[1, 0])]);
                         wt
                     } else {
