@@ -229,3 +229,32 @@ fn wanda_scores_a_tied_weight_as_its_owner() {
         .iter()
         .any(|l| l.node == "linear1" && l.zeros > 0));
 }
+
+#[test]
+fn a_block_lending_a_parameter_outside_is_not_a_removable_layer() {
+    // block 1's linear owns a weight that block 2's linear borrows (ALBERT-style sharing)
+    let mut b = GraphBuilder::new("shared-blocks", 6);
+    let ids = b.ids_input("ids", &[T]);
+    let x = b.named("embed").embedding(&ids, VOCAB, HIDDEN).unwrap();
+    let n = b.rms_norm(&x).unwrap();
+    let h = b.named("a").linear(&n, HIDDEN).unwrap();
+    let x = b.add(&x, &h).unwrap();
+    let n = b.rms_norm(&x).unwrap();
+    let h = b
+        .named("b")
+        .shared_param("weight", "a", "weight")
+        .linear(&n, HIDDEN)
+        .unwrap();
+    let x = b.add(&x, &h).unwrap();
+    let y = b.named("head").linear(&x, VOCAB).unwrap();
+    let g = b.finish(&[&y]).unwrap();
+    let blocks = prunekit_prune::find_blocks(&g).unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert!(blocks[0].nodes.contains(&"b".to_string()));
+    // the borrowing block goes; the owner stays
+    let layers = prunekit_prune::find_layers(&g).unwrap();
+    let mut p = g.try_clone().unwrap();
+    prunekit_prune::remove_layers(&mut p, &[&layers[0]]).unwrap();
+    assert!(p.node("a").is_ok() && p.node("b").is_err());
+    p.validate().unwrap();
+}
