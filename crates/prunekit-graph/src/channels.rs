@@ -1012,3 +1012,49 @@ pub fn mask_slices(g: &mut Graph, removed: &BTreeMap<SliceKey, BTreeSet<usize>>)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GraphBuilder;
+
+    #[test]
+    fn the_users_of_a_shared_tensor_share_its_elements() {
+        // two Linear 4 -> 4 on different inputs, the second borrowing the first's weight: their
+        // input channels and their output channels each become one set of units
+        let mut b = GraphBuilder::new("tied", 0);
+        let x = b.input("x", &[4]);
+        let p = b.named("p").linear(&x, 4).unwrap();
+        let q = b.named("q").linear(&x, 4).unwrap();
+        let a = b.named("a").linear(&p, 4).unwrap();
+        let c = b
+            .named("c")
+            .shared_param("weight", "a", "weight")
+            .linear(&q, 4)
+            .unwrap();
+        let s = b.add(&a, &c).unwrap();
+        let y = b.linear(&s, 2).unwrap();
+        let g = b.finish(&[&y]).unwrap();
+        let an = analyse(&g).unwrap();
+        // p's and q's channels are unified through the shared columns
+        let gr = an.group("p").expect("p's channels are a group");
+        assert_eq!(gr.units.len(), 4);
+        for &u in &gr.units {
+            let nodes: Vec<&str> = an.units[u].slices.keys().map(|k| k.node.as_str()).collect();
+            assert!(nodes.contains(&"q") && nodes.contains(&"a"), "{nodes:?}");
+            assert!(
+                !nodes.contains(&"c"),
+                "the borrower's slices are the owner's"
+            );
+        }
+        // removing one unit of p removes column u of the one weight for both users
+        let mut pruned = g.try_clone().unwrap();
+        an.remove(&mut pruned, &[gr.units[1]]).unwrap();
+        let w = pruned.node("a").unwrap().params["weight"]
+            .tensor()
+            .dims()
+            .to_vec();
+        assert_eq!(w, vec![4, 3]);
+        pruned.validate().unwrap();
+    }
+}

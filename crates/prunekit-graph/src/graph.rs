@@ -327,7 +327,8 @@ pub fn init_params(
 }
 
 impl Clone for Graph {
-    /// A deep copy: the clone's parameters do not share storage with the original.
+    /// A deep copy: the clone's parameters do not share storage with the original (parameter
+    /// sharing within the graph is kept, see [`Graph::try_clone`]).
     fn clone(&self) -> Self {
         self.try_clone().expect("copying CPU tensors does not fail")
     }
@@ -902,6 +903,76 @@ mod tests {
         let m: Vec<f32> = (0..n).map(|i| if i < zeros { 0.0 } else { 1.0 }).collect();
         let m = Tensor::from_vec(m, t.dims(), &Device::Cpu).unwrap();
         g.set_mask(node, param, m).unwrap();
+    }
+
+    /// ids [3] -> `embed` (10 x 4) -> `head` linear 4 -> 10, its weight tied to the table.
+    fn tied() -> Graph {
+        let mut b = GraphBuilder::new("tied", 0);
+        let ids = b.ids_input("ids", &[3]);
+        let h = b.named("embed").embedding(&ids, 10, 4).unwrap();
+        let y = b.named("head").linear(&h, 10).unwrap();
+        let mut g = b.finish(&[&y]).unwrap();
+        g.tie("head", "weight", "embed", "weight").unwrap();
+        g
+    }
+
+    #[test]
+    fn a_borrowed_parameter_resolves_to_its_owner() {
+        let g = tied();
+        let head = g.node("head").unwrap();
+        assert!(head.has_param("weight") && !head.params.contains_key("weight"));
+        let owner = &g.node("embed").unwrap().params["weight"];
+        let got = g.param_of(head, "weight").unwrap();
+        assert_eq!(got.tensor().id(), owner.tensor().id());
+        assert_eq!(
+            g.owner_of("head", "weight").unwrap().to_string(),
+            "`embed`.weight"
+        );
+        assert_eq!(g.owner_of("head", "bias").unwrap().node, "head");
+        assert_eq!(
+            g.borrowers_of("embed", "weight"),
+            vec![("head".to_string(), "weight".to_string())]
+        );
+        assert_eq!(g.param_shapes(head)["weight"], vec![10, 4]);
+        assert_eq!(g.param_count(), 40 + 10);
+    }
+
+    #[test]
+    fn a_failed_tie_leaves_the_graph_as_it_was() {
+        let mut g = tied();
+        let before = g.param_count();
+        // head.bias [10] cannot borrow the [10, 4] table
+        let e = g
+            .tie("head", "bias", "embed", "weight")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("head") && e.contains("embed") && e.contains("[10, 4]"),
+            "{e}"
+        );
+        assert!(g.node("head").unwrap().params.contains_key("bias"));
+        assert!(!g.node("head").unwrap().shared.contains_key("bias"));
+        assert_eq!(g.param_count(), before);
+        g.validate().unwrap();
+    }
+
+    #[test]
+    fn selecting_a_borrowed_parameter_is_an_error_and_the_owners_resizes_both() {
+        let mut g = tied();
+        let e = g
+            .select("head", "weight", 1, &[0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("embed"), "{e}");
+        g.select("embed", "weight", 1, &[0, 2, 3]).unwrap();
+        match (&g.node("embed").unwrap().op, &g.node("head").unwrap().op) {
+            (Op::Embedding(e), Op::Linear(l)) => {
+                assert_eq!(e.embedding_dim, 3);
+                assert_eq!((l.out_features, l.in_features), (10, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        g.validate().unwrap();
     }
 
     #[test]
