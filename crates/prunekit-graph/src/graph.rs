@@ -711,7 +711,8 @@ impl Graph {
         Ok(())
     }
 
-    /// Every (node, param name, param) in order.
+    /// Every owned (node, param name, param) in order: a shared parameter once, under its owner
+    /// (see [`Node::shared`]).
     pub fn params(&self) -> impl Iterator<Item = (&Node, &String, &Param)> {
         self.nodes
             .iter()

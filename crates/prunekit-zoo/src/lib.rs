@@ -598,7 +598,7 @@ mod tests {
         let tied = build("llama-tiny-tied", 3).unwrap();
         let untied = build("llama-tiny", 3).unwrap();
         let head = tied.node("lm_head").unwrap();
-        assert!(head.params.get("weight").is_none());
+        assert!(!head.params.contains_key("weight"));
         assert_eq!(
             head.shared["weight"],
             prunekit_graph::ParamRef {
