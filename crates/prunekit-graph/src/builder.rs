@@ -20,7 +20,7 @@ use candle_core::{DType, Device};
 use rand::rngs::StdRng;
 
 use crate::error::{GraphError, Result};
-use crate::graph::{init_params, valid_name, Graph, InputKind, InputSpec, Node, Shapes};
+use crate::graph::{init_params, valid_name, Graph, InputKind, InputSpec, Node, ParamRef, Shapes};
 use crate::ops::*;
 
 /// A value produced while building: its name and per-sample shape.
@@ -38,6 +38,8 @@ pub struct GraphBuilder {
     dtype: DType,
     counters: HashMap<&'static str, usize>,
     next_name: Option<String>,
+    /// parameters the next node borrows: (its param, owner node, owner param)
+    next_shared: Vec<(String, String, String)>,
 }
 
 impl GraphBuilder {
@@ -57,6 +59,7 @@ impl GraphBuilder {
             dtype: DType::F32,
             counters: HashMap::new(),
             next_name: None,
+            next_shared: Vec::new(),
         }
     }
 
@@ -89,6 +92,30 @@ impl GraphBuilder {
         self
     }
 
+    /// Makes the next node borrow its parameter `param` from parameter `owner_param` of the
+    /// already built node `owner` instead of owning one (parameter sharing, see
+    /// [`crate::Node::shared`]; [`Graph::tie`] does the same on a built graph). The next node's
+    /// op must declare `param` with the owner's shape and role:
+    ///
+    /// ```
+    /// use prunekit_graph::GraphBuilder;
+    /// let mut b = GraphBuilder::new("tied-lm", 0);
+    /// let ids = b.ids_input("ids", &[4]);
+    /// let h = b.named("embed").embedding(&ids, 10, 6).unwrap();
+    /// // an Embedding weight [vocab, dim] is a Linear weight [out = vocab, in = dim]
+    /// let y = b.named("lm_head").shared_param("weight", "embed", "weight").linear(&h, 10).unwrap();
+    /// let g = b.finish(&[&y]).unwrap();
+    /// assert_eq!(g.param_count(), 60 + 10); // the table once, lm_head's bias
+    /// ```
+    pub fn shared_param(&mut self, param: &str, owner: &str, owner_param: &str) -> &mut Self {
+        self.next_shared.push((
+            param.to_string(),
+            owner.to_string(),
+            owner_param.to_string(),
+        ));
+        self
+    }
+
     /// Metadata stored with the model.
     pub fn meta(&mut self, key: &str, value: serde_json::Value) -> &mut Self {
         self.graph.meta.insert(key.to_string(), value);
@@ -98,6 +125,7 @@ impl GraphBuilder {
     /// Adds any op: checks its shape rule and initialises its parameters.
     pub fn node(&mut self, op: impl Into<Op>, inputs: &[&Value]) -> Result<Value> {
         let op = op.into();
+        let shared = std::mem::take(&mut self.next_shared);
         let name = match self.next_name.take() {
             Some(n) => n,
             None => {
@@ -117,18 +145,33 @@ impl GraphBuilder {
             .rules()
             .infer(&ins)
             .map_err(|m| GraphError::shape(&name, op.type_name(), m))?;
-        let params = init_params(
-            &op.rules().params(),
-            self.dtype,
-            &self.device,
-            &mut self.rng,
-        )?;
-        self.graph.nodes.push(Node {
-            name: name.clone(),
+        let decls: Vec<ParamDecl> = op
+            .rules()
+            .params()
+            .into_iter()
+            .filter(|d| !shared.iter().any(|(p, _, _)| p == d.name))
+            .collect();
+        let params = init_params(&decls, self.dtype, &self.device, &mut self.rng)?;
+        let mut node = Node::new(
+            name.clone(),
             op,
-            inputs: inputs.iter().map(|v| v.name.clone()).collect(),
+            inputs.iter().map(|v| v.name.clone()).collect(),
             params,
-        });
+        );
+        for (param, owner, owner_param) in shared {
+            node.shared.insert(
+                param,
+                ParamRef {
+                    node: owner,
+                    param: owner_param,
+                },
+            );
+        }
+        self.graph.nodes.push(node);
+        if let Err(e) = self.graph.check_node_params(&name) {
+            self.graph.nodes.pop();
+            return Err(e);
+        }
         self.shapes.insert(name.clone(), shape.clone());
         Ok(Value { name, shape })
     }

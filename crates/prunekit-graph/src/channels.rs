@@ -227,8 +227,10 @@ impl ChannelCx<'_> {
     }
     /// Records that removing element `e` removes `index` along `axis` of parameter `param` (ignored
     /// when the node has no such parameter, e.g. an absent bias).
+    /// A borrowed parameter ([`crate::Node::shared`]) is touched like an owned one; the analysis
+    /// then makes its slices the owner's (see [`analyse`]).
     pub fn touch(&mut self, param: &'static str, axis: usize, index: usize, e: Elem) {
-        if self.node.params.contains_key(param) {
+        if self.node.has_param(param) {
             self.state
                 .touches
                 .push((self.node_index, param, axis, index, e));
@@ -545,7 +547,108 @@ pub fn analyse(g: &Graph) -> Result<ChannelAnalysis> {
             }
         }
     }
+    tie_shared(g, &mut st)?;
     Ok(collect(g, st, &chans))
+}
+
+/// Parameter sharing in the analysis. A shared tensor has several users: its owner (node, param)
+/// and every (node, param) that borrows it. Each user's channel rule touched it in its own terms;
+/// removing an index of the one tensor removes it for all of them, so for every (axis, index):
+///
+/// - when every user touches it, each with one element, those elements are unified (the same
+///   channel for all users: an embedding's width and a tied output layer's input features);
+/// - otherwise (a user does not index that position by channels, as an embedding does not its
+///   vocabulary rows while a tied output layer's rows are its output channels; or a user touches
+///   it with several elements) the elements that touch it are protected, the user that cannot
+///   follow named as the reason: different users would need different slices of one tensor.
+///
+/// Touches keep the borrower's names here; [`collect`] files them under the owner's.
+fn tie_shared(g: &Graph, st: &mut State) -> Result<()> {
+    // tensor id per user, and the users of each tensor
+    let mut tensor_of: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut users: Vec<Vec<usize>> = Vec::new(); // node indices, per tensor
+    let index_of: HashMap<&str, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    for (ni, n) in g.nodes.iter().enumerate() {
+        for (k, r) in &n.shared {
+            let &oi = index_of.get(r.node.as_str()).ok_or_else(|| {
+                GraphError::param(&n.name, k, format!("is borrowed from {r}: no such node"))
+            })?;
+            let t = *tensor_of.entry((oi, r.param.as_str())).or_insert_with(|| {
+                users.push(vec![oi]);
+                users.len() - 1
+            });
+            tensor_of.insert((ni, k.as_str()), t);
+            users[t].push(ni);
+        }
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    // (tensor, axis, index) -> (user node, element) of every touch
+    let mut slots: BTreeMap<(usize, usize, usize), Vec<(usize, Elem)>> = BTreeMap::new();
+    for &(ni, param, axis, index, e) in &st.touches {
+        if let Some(&t) = tensor_of.get(&(ni, param)) {
+            slots.entry((t, axis, index)).or_default().push((ni, e));
+        }
+    }
+    // per user that cannot follow, the elements it refuses
+    let mut refused: BTreeMap<usize, Vec<Elem>> = BTreeMap::new();
+    for ((t, _, _), touches) in slots.iter_mut() {
+        touches.sort_unstable();
+        touches.dedup();
+        let by: BTreeSet<usize> = touches.iter().map(|&(ni, _)| ni).collect();
+        if by.len() == users[*t].len() && by.len() == touches.len() {
+            for w in touches.windows(2) {
+                st.couple(w[0].1, w[1].1);
+            }
+        } else {
+            // the user that cannot follow: one that does not touch the slot, else one that
+            // touches it more than once
+            let who = users[*t]
+                .iter()
+                .copied()
+                .find(|u| !by.contains(u))
+                .or_else(|| {
+                    by.iter()
+                        .copied()
+                        .find(|u| touches.iter().filter(|(n, _)| n == u).count() > 1)
+                })
+                .unwrap_or(users[*t][0]);
+            refused
+                .entry(who)
+                .or_default()
+                .extend(touches.iter().map(|&(_, e)| e));
+        }
+    }
+    for (who, elems) in refused {
+        let node = &g.nodes[who];
+        let why = Protection::Op {
+            node: node.name.clone(),
+            op: node.op.type_name().to_string(),
+        };
+        let protected = st.find(PROTECTED);
+        let mut open: Vec<Elem> = elems
+            .into_iter()
+            .filter(|&e| st.find(e) != protected)
+            .collect();
+        open.sort_unstable();
+        open.dedup();
+        if open.len() > 1 {
+            let name = format!("`{}` ({})", node.name, node.op.type_name());
+            if !st.blocked_by.contains(&name) {
+                st.blocked_by.push(name);
+            }
+        }
+        for e in open {
+            st.protect(e, why.clone());
+        }
+    }
+    Ok(())
 }
 
 fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> ChannelAnalysis {
@@ -560,17 +663,18 @@ fn collect(g: &Graph, mut st: State, chans: &HashMap<String, Option<Chan>>) -> C
         if r == protected {
             continue;
         }
+        // a borrowed parameter's slices are its owner's (one tensor, sliced once)
+        let (node, param) = match g.nodes[ni].shared.get(param) {
+            Some(o) => (o.node.clone(), o.param.clone()),
+            None => (g.nodes[ni].name.clone(), param.to_string()),
+        };
         let u = *unit_of_root.entry(r).or_insert_with(|| {
             slices.push(BTreeMap::new());
             roots_in_order.push(r);
             slices.len() - 1
         });
         slices[u]
-            .entry(SliceKey {
-                node: g.nodes[ni].name.clone(),
-                param: param.to_string(),
-                axis,
-            })
+            .entry(SliceKey { node, param, axis })
             .or_default()
             .insert(index);
     }
@@ -907,4 +1011,50 @@ pub fn mask_slices(g: &mut Graph, removed: &BTreeMap<SliceKey, BTreeSet<usize>>)
         g.set_mask(&k.node, &k.param, m)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GraphBuilder;
+
+    #[test]
+    fn the_users_of_a_shared_tensor_share_its_elements() {
+        // two Linear 4 -> 4 on different inputs, the second borrowing the first's weight: their
+        // input channels and their output channels each become one set of units
+        let mut b = GraphBuilder::new("tied", 0);
+        let x = b.input("x", &[4]);
+        let p = b.named("p").linear(&x, 4).unwrap();
+        let q = b.named("q").linear(&x, 4).unwrap();
+        let a = b.named("a").linear(&p, 4).unwrap();
+        let c = b
+            .named("c")
+            .shared_param("weight", "a", "weight")
+            .linear(&q, 4)
+            .unwrap();
+        let s = b.add(&a, &c).unwrap();
+        let y = b.linear(&s, 2).unwrap();
+        let g = b.finish(&[&y]).unwrap();
+        let an = analyse(&g).unwrap();
+        // p's and q's channels are unified through the shared columns
+        let gr = an.group("p").expect("p's channels are a group");
+        assert_eq!(gr.units.len(), 4);
+        for &u in &gr.units {
+            let nodes: Vec<&str> = an.units[u].slices.keys().map(|k| k.node.as_str()).collect();
+            assert!(nodes.contains(&"q") && nodes.contains(&"a"), "{nodes:?}");
+            assert!(
+                !nodes.contains(&"c"),
+                "the borrower's slices are the owner's"
+            );
+        }
+        // removing one unit of p removes column u of the one weight for both users
+        let mut pruned = g.try_clone().unwrap();
+        an.remove(&mut pruned, &[gr.units[1]]).unwrap();
+        let w = pruned.node("a").unwrap().params["weight"]
+            .tensor()
+            .dims()
+            .to_vec();
+        assert_eq!(w, vec![4, 3]);
+        pruned.validate().unwrap();
+    }
 }

@@ -117,13 +117,60 @@ impl WeightCounts {
     }
 }
 
+/// The owner of a shared parameter: parameter `param` of node `node` (see [`Node::shared`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamRef {
+    pub node: String,
+    pub param: String,
+}
+
+impl std::fmt::Display for ParamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`.{}", self.node, self.param)
+    }
+}
+
 /// One op applied to named inputs, owning its parameters.
+///
+/// A node may *borrow* a parameter its op declares from another node instead of owning it
+/// (parameter sharing: a language model's output layer tied to its embedding table). A borrowed
+/// parameter is listed in `shared` (its name in this node -> the owner's node and parameter) and
+/// has no entry in `params`, so every pass that iterates `params` (counts, masks, optimizers,
+/// files) sees the one tensor once, on its owner. [`Graph::validate`] checks that the owner owns
+/// it (no chains) with the shape this node's op declares; the runtime, the dependency analysis and
+/// the writers resolve it through [`Graph::param_of`].
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
     pub op: Op,
     pub inputs: Vec<String>,
     pub params: BTreeMap<String, Param>,
+    /// parameters borrowed from other nodes: name in this node -> owner (never also in `params`)
+    pub shared: BTreeMap<String, ParamRef>,
+}
+
+impl Node {
+    /// A node owning `params` and borrowing nothing.
+    pub fn new(
+        name: impl Into<String>,
+        op: Op,
+        inputs: Vec<String>,
+        params: BTreeMap<String, Param>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            op,
+            inputs,
+            params,
+            shared: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the node has parameter `name`, owned or borrowed.
+    pub fn has_param(&self, name: &str) -> bool {
+        self.params.contains_key(name) || self.shared.contains_key(name)
+    }
 }
 
 /// A model: inputs, nodes in topological order, outputs, and free-form metadata (task, dataset,
@@ -280,13 +327,16 @@ pub fn init_params(
 }
 
 impl Clone for Graph {
-    /// A deep copy: the clone's parameters do not share storage with the original.
+    /// A deep copy: the clone's parameters do not share storage with the original (parameter
+    /// sharing within the graph is kept, see [`Graph::try_clone`]).
     fn clone(&self) -> Self {
         self.try_clone().expect("copying CPU tensors does not fail")
     }
 }
 
 impl Graph {
+    /// A deep copy (see [`Clone`]); parameter sharing is kept: each owner's tensor is copied once
+    /// and every borrower refers to the copy.
     pub fn try_clone(&self) -> Result<Graph> {
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
@@ -299,6 +349,8 @@ impl Graph {
                 op: n.op.clone(),
                 inputs: n.inputs.clone(),
                 params,
+                // borrowers keep their references: they resolve to the copied owners
+                shared: n.shared.clone(),
             });
         }
         Ok(Graph {
@@ -366,6 +418,7 @@ impl Graph {
             })?;
             check_total(total, &format!("node `{}`", node.name))?;
             self.check_params(node)?;
+            self.check_shared(node)?;
             if shapes.insert(node.name.clone(), out).is_some() {
                 return Err(GraphError::DuplicateName(node.name.clone()));
             }
@@ -384,6 +437,16 @@ impl Graph {
     fn check_params(&self, node: &Node) -> Result<()> {
         let decls = node.op.rules().params();
         for d in &decls {
+            if node.shared.contains_key(d.name) {
+                if node.params.contains_key(d.name) {
+                    return Err(GraphError::param(
+                        &node.name,
+                        d.name,
+                        "is both owned and borrowed (listed in `shared`)",
+                    ));
+                }
+                continue; // checked by check_shared
+            }
             let p = node
                 .params
                 .get(d.name)
@@ -417,6 +480,173 @@ impl Graph {
                     format!("is not a parameter of a {} op", node.op.type_name()),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks every parameter `node` borrows: the borrowing op declares it, the owner is another
+    /// node that owns it (a borrowed parameter cannot be lent on: no chains), with the declared
+    /// shape and role. Errors name both nodes.
+    fn check_shared(&self, node: &Node) -> Result<()> {
+        if node.shared.is_empty() {
+            return Ok(());
+        }
+        let decls = node.op.rules().params();
+        for (name, r) in &node.shared {
+            let Some(d) = decls.iter().find(|d| d.name == name) else {
+                return Err(GraphError::param(
+                    &node.name,
+                    name,
+                    format!(
+                        "is borrowed from {r} but is not a parameter of a {} op",
+                        node.op.type_name()
+                    ),
+                ));
+            };
+            let err = |msg: String| GraphError::param(&node.name, name, msg);
+            if r.node == node.name {
+                return Err(err(format!(
+                    "is borrowed from {r}: a node cannot borrow from itself"
+                )));
+            }
+            let owner = self
+                .nodes
+                .iter()
+                .find(|n| n.name == r.node)
+                .ok_or_else(|| {
+                    err(format!(
+                        "is borrowed from {r}, but the graph has no node `{}`",
+                        r.node
+                    ))
+                })?;
+            let Some(p) = owner.params.get(&r.param) else {
+                let why = match owner.shared.get(&r.param) {
+                    Some(o) => format!(
+                        "borrows it from {o} itself; borrow from the owner directly (no chains)"
+                    ),
+                    None => format!("has no parameter `{}`", r.param),
+                };
+                return Err(err(format!(
+                    "is borrowed from {r}, but node `{}` {why}",
+                    r.node
+                )));
+            };
+            if p.tensor().dims() != d.shape.as_slice() {
+                return Err(err(format!(
+                    "is borrowed from {r} of shape {:?}, but the {} op of `{}` needs {:?}",
+                    p.tensor().dims(),
+                    node.op.type_name(),
+                    node.name,
+                    d.shape
+                )));
+            }
+            if p.role != d.role {
+                return Err(err(format!(
+                    "is borrowed from {r}, a {:?}, but the {} op of `{}` declares a {:?}",
+                    p.role,
+                    node.op.type_name(),
+                    node.name,
+                    d.role
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the parameters of node `node` as [`Graph::validate`] does: every declared parameter
+    /// owned with its declared shape or borrowed from an owner that owns it with that shape.
+    pub fn check_node_params(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        self.check_params(n)?;
+        self.check_shared(n)
+    }
+
+    /// Parameter `name` of `node`, owned or borrowed (resolved to the owner's [`Param`]); None when
+    /// the node has no such parameter or a borrowed one's owner is missing (an invalid graph).
+    pub fn param_of<'a>(&'a self, node: &'a Node, name: &str) -> Option<&'a Param> {
+        match node.shared.get(name) {
+            Some(r) => self
+                .nodes
+                .iter()
+                .find(|n| n.name == r.node)
+                .and_then(|o| o.params.get(&r.param)),
+            None => node.params.get(name),
+        }
+    }
+
+    /// The (node, param) that owns parameter `param` of node `node`: itself unless borrowed.
+    pub fn owner_of(&self, node: &str, param: &str) -> Result<ParamRef> {
+        let n = self.node(node)?;
+        Ok(match n.shared.get(param) {
+            Some(r) => r.clone(),
+            None => ParamRef {
+                node: node.to_string(),
+                param: param.to_string(),
+            },
+        })
+    }
+
+    /// Every (borrowing node, its parameter name) that borrows `param` of `owner`.
+    pub fn borrowers_of(&self, owner: &str, param: &str) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                n.shared
+                    .iter()
+                    .filter(|(_, r)| r.node == owner && r.param == param)
+                    .map(|(k, _)| (n.name.clone(), k.clone()))
+            })
+            .collect()
+    }
+
+    /// The shape of every parameter of `node`, owned or borrowed (what `OpRules::resize` takes).
+    pub fn param_shapes(&self, node: &Node) -> BTreeMap<String, Vec<usize>> {
+        let mut shapes: BTreeMap<String, Vec<usize>> = node
+            .params
+            .iter()
+            .map(|(k, p)| (k.clone(), p.tensor().dims().to_vec()))
+            .collect();
+        for k in node.shared.keys() {
+            if let Some(p) = self.param_of(node, k) {
+                shapes.insert(k.clone(), p.tensor().dims().to_vec());
+            }
+        }
+        shapes
+    }
+
+    /// Ties parameter `param` of node `node` to parameter `owner_param` of node `owner`: the node
+    /// drops its own tensor (and mask) and borrows the owner's from now on (see [`Node::shared`]).
+    /// The node's parameters are checked as [`Graph::validate`] does (the owner owns the parameter,
+    /// with the shape and role the node's op declares); on error the graph is unchanged.
+    ///
+    /// ```
+    /// use prunekit_graph::GraphBuilder;
+    /// let mut b = GraphBuilder::new("tied-lm", 0);
+    /// let ids = b.ids_input("ids", &[4]);
+    /// let h = b.named("embed").embedding(&ids, 10, 6).unwrap();
+    /// let y = b.named("lm_head").linear(&h, 10).unwrap();
+    /// let mut g = b.finish(&[&y]).unwrap();
+    /// let before = g.param_count();
+    /// g.tie("lm_head", "weight", "embed", "weight").unwrap();
+    /// assert_eq!(g.param_count(), before - 60);
+    /// ```
+    pub fn tie(&mut self, node: &str, param: &str, owner: &str, owner_param: &str) -> Result<()> {
+        let n = self.node_mut(node)?;
+        let old = n.params.remove(param);
+        n.shared.insert(
+            param.to_string(),
+            ParamRef {
+                node: owner.to_string(),
+                param: owner_param.to_string(),
+            },
+        );
+        if let Err(e) = self.check_node_params(node) {
+            let n = self.node_mut(node)?;
+            n.shared.remove(param);
+            if let Some(p) = old {
+                n.params.insert(param.to_string(), p);
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -481,7 +711,8 @@ impl Graph {
         Ok(())
     }
 
-    /// Every (node, param name, param) in order.
+    /// Every owned (node, param name, param) in order: a shared parameter once, under its owner
+    /// (see [`Node::shared`]).
     pub fn params(&self) -> impl Iterator<Item = (&Node, &String, &Param)> {
         self.nodes
             .iter()
@@ -541,7 +772,8 @@ impl Graph {
             let dense = rules.macs(&ins, &shapes[&n.name]);
             let mut skipped = 0f64;
             for (param, macs) in rules.weight_macs(&ins, &shapes[&n.name]) {
-                let Some(p) = n.params.get(param) else {
+                // a borrowed weight skips its zeros in every node that uses it
+                let Some(p) = self.param_of(n, param) else {
                     continue;
                 };
                 let t = p.tensor();
@@ -558,7 +790,11 @@ impl Graph {
     }
 
     /// Sets a mask on a parameter and zeroes the masked values. The mask holds 0 (pruned) and 1 (kept).
+    ///
+    /// A borrowed parameter's mask is set on its owner (one mask for every user of the tensor).
     pub fn set_mask(&mut self, node: &str, param: &str, mask: Tensor) -> Result<()> {
+        let r = self.owner_of(node, param)?;
+        let (node, param) = (r.node.as_str(), r.param.as_str());
         let n = self.node_mut(node)?;
         let p = n
             .params
@@ -592,9 +828,18 @@ impl Graph {
     }
 
     /// Removes entries `keep`'s complement along `axis` of a parameter (and its mask), then lets the
-    /// op re-derive its attributes. The graph may be inconsistent until every coupled slice is done.
+    /// op re-derive its attributes (and every node borrowing the parameter: the one tensor is sliced
+    /// once for all its users). The graph may be inconsistent until every coupled slice is done.
+    /// `param` must be owned by `node` (a borrowed one is an error naming its owner).
     pub fn select(&mut self, node: &str, param: &str, axis: usize, keep: &[u32]) -> Result<()> {
         let n = self.node_mut(node)?;
+        if let Some(r) = n.shared.get(param) {
+            return Err(GraphError::param(
+                node,
+                param,
+                format!("is borrowed from {r}: slice the owner's"),
+            ));
+        }
         let p = n
             .params
             .get_mut(param)
@@ -607,12 +852,13 @@ impl Graph {
             .as_ref()
             .map(|m| m.index_select(&idx, axis))
             .transpose()?;
-        let shapes: BTreeMap<String, Vec<usize>> = n
-            .params
-            .iter()
-            .map(|(k, p)| (k.clone(), p.tensor().dims().to_vec()))
-            .collect();
-        n.op.rules_mut().resize(&shapes);
+        // the owner and every node borrowing this parameter re-derive their attributes
+        let mut users = vec![node.to_string()];
+        users.extend(self.borrowers_of(node, param).into_iter().map(|(n, _)| n));
+        for u in users {
+            let shapes = self.param_shapes(self.node(&u)?);
+            self.node_mut(&u)?.op.rules_mut().resize(&shapes);
+        }
         Ok(())
     }
 }
@@ -658,6 +904,76 @@ mod tests {
         let m: Vec<f32> = (0..n).map(|i| if i < zeros { 0.0 } else { 1.0 }).collect();
         let m = Tensor::from_vec(m, t.dims(), &Device::Cpu).unwrap();
         g.set_mask(node, param, m).unwrap();
+    }
+
+    /// ids [3] -> `embed` (10 x 4) -> `head` linear 4 -> 10, its weight tied to the table.
+    fn tied() -> Graph {
+        let mut b = GraphBuilder::new("tied", 0);
+        let ids = b.ids_input("ids", &[3]);
+        let h = b.named("embed").embedding(&ids, 10, 4).unwrap();
+        let y = b.named("head").linear(&h, 10).unwrap();
+        let mut g = b.finish(&[&y]).unwrap();
+        g.tie("head", "weight", "embed", "weight").unwrap();
+        g
+    }
+
+    #[test]
+    fn a_borrowed_parameter_resolves_to_its_owner() {
+        let g = tied();
+        let head = g.node("head").unwrap();
+        assert!(head.has_param("weight") && !head.params.contains_key("weight"));
+        let owner = &g.node("embed").unwrap().params["weight"];
+        let got = g.param_of(head, "weight").unwrap();
+        assert_eq!(got.tensor().id(), owner.tensor().id());
+        assert_eq!(
+            g.owner_of("head", "weight").unwrap().to_string(),
+            "`embed`.weight"
+        );
+        assert_eq!(g.owner_of("head", "bias").unwrap().node, "head");
+        assert_eq!(
+            g.borrowers_of("embed", "weight"),
+            vec![("head".to_string(), "weight".to_string())]
+        );
+        assert_eq!(g.param_shapes(head)["weight"], vec![10, 4]);
+        assert_eq!(g.param_count(), 40 + 10);
+    }
+
+    #[test]
+    fn a_failed_tie_leaves_the_graph_as_it_was() {
+        let mut g = tied();
+        let before = g.param_count();
+        // head.bias [10] cannot borrow the [10, 4] table
+        let e = g
+            .tie("head", "bias", "embed", "weight")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("head") && e.contains("embed") && e.contains("[10, 4]"),
+            "{e}"
+        );
+        assert!(g.node("head").unwrap().params.contains_key("bias"));
+        assert!(!g.node("head").unwrap().shared.contains_key("bias"));
+        assert_eq!(g.param_count(), before);
+        g.validate().unwrap();
+    }
+
+    #[test]
+    fn selecting_a_borrowed_parameter_is_an_error_and_the_owners_resizes_both() {
+        let mut g = tied();
+        let e = g
+            .select("head", "weight", 1, &[0, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("embed"), "{e}");
+        g.select("embed", "weight", 1, &[0, 2, 3]).unwrap();
+        match (&g.node("embed").unwrap().op, &g.node("head").unwrap().op) {
+            (Op::Embedding(e), Op::Linear(l)) => {
+                assert_eq!(e.embedding_dim, 3);
+                assert_eq!((l.out_features, l.in_features), (10, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        g.validate().unwrap();
     }
 
     #[test]

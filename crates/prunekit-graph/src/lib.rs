@@ -18,7 +18,7 @@ pub use channels::{
 pub use error::{GraphError, Result};
 pub use graph::{
     count_nonzeros, count_zeros, live_rows, Graph, InputKind, InputSpec, Node, NodeMacs, Param,
-    Shapes, WeightCounts,
+    ParamRef, Shapes, WeightCounts,
 };
 pub use ops::{Ctx, Op, OpRules, Role, WeightInputs};
 pub use runtime::{param_grads, Executor, Hooks, Mode};

@@ -46,7 +46,9 @@ impl Mode {
 /// internal to an op are available too (attention's concatenated head outputs before `o_weight`,
 /// the hidden states h_{t-1} fed to a recurrent `weight_hh`). After a run, `weight_inputs` holds
 /// the pieces of every requested weight its op reported (one tensor for most ops, one per time
-/// step for `weight_hh`); a weight whose op reports nothing (an embedding table) is absent.
+/// step for `weight_hh`); a weight whose op reports nothing (an embedding table) is absent. A
+/// borrowed weight (`Node::shared`) is reported under the borrowing node's key, per use; the
+/// criteria score a shared weight as its owner's, from the owner's key.
 ///
 /// candle's `backward` keeps gradients of variables only, so for the nodes in `capture_grads` the
 /// runtime adds a zero variable (a probe) to the node's output in a pass with `grad` on;
@@ -176,11 +178,7 @@ impl Executor {
                         .expect("inputs computed before use")
                 })
                 .collect();
-            let view = ParamView {
-                node: &n.name,
-                params: &n.params,
-                track_grad: mode.grad,
-            };
+            let view = ParamView::of(g, n, mode.grad);
             ctx.weight_inputs = WeightInputs {
                 wanted: wanted.get(n.name.as_str()).cloned().unwrap_or_default(),
                 reported: Vec::new(),
@@ -314,7 +312,8 @@ fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// Gradients of every trainable parameter present in `grads`, keyed by (node, param).
+/// Gradients of every trainable parameter present in `grads`, keyed by (node, param). A shared
+/// parameter appears once, under its owner, with the gradients of all its uses summed.
 pub fn param_grads(g: &Graph, grads: &GradStore) -> HashMap<(String, String), Tensor> {
     g.trainable()
         .filter_map(|(n, k, p)| {

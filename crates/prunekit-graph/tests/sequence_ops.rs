@@ -658,11 +658,7 @@ fn positional_embedding_adds_the_first_rows() {
     // longer than max_len: the forward pass refuses too (not only infer)
     let long = randn(&[1, 7, 3], 102);
     let node = g.node("op").unwrap();
-    let view = ParamView {
-        node: "op",
-        params: &node.params,
-        track_grad: false,
-    };
+    let view = ParamView::of(&g, node, false);
     let mut rng = rng(0);
     let mut ctx = Ctx::new(false, &mut rng);
     let e = op

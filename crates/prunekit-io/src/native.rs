@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use prunekit_graph::error::{GraphError, Result};
-use prunekit_graph::graph::{Graph, InputSpec, Node, Param};
+use prunekit_graph::graph::{Graph, InputSpec, Node, Param, ParamRef};
 use prunekit_graph::ops::Op;
 
 pub const FORMAT_NAME: &str = "prunekit-model";
@@ -38,6 +38,10 @@ struct NodeFile {
     op: Op,
     #[serde(default)]
     inputs: Vec<String>,
+    /// parameters borrowed from other nodes (`Node::shared`); their tensors are stored once,
+    /// under the owner's name
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    shared: BTreeMap<String, ParamRef>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
@@ -113,6 +117,7 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
                 name: n.name.clone(),
                 op: n.op.clone(),
                 inputs: n.inputs.clone(),
+                shared: n.shared.clone(),
             })
             .collect(),
         meta: g.meta.clone(),
@@ -181,6 +186,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
             .map_err(|e| GraphError::file(&json_path, e.to_string()))?;
         let mut params = BTreeMap::new();
         for d in nf.op.rules().params() {
+            if nf.shared.contains_key(d.name) {
+                continue; // the owner's tensor; checked against this op by `validate` below
+            }
             let key = format!("{}.{}", nf.name, d.name);
             if !unused.remove(&key) {
                 return Err(GraphError::file(
@@ -225,12 +233,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
                 },
             );
         }
-        nodes.push(Node {
-            name: nf.name,
-            op: nf.op,
-            inputs: nf.inputs,
-            params,
-        });
+        let mut node = Node::new(nf.name, nf.op, nf.inputs, params);
+        node.shared = nf.shared;
+        nodes.push(node);
     }
     if let Some(extra) = unused.first() {
         return Err(GraphError::file(

@@ -335,6 +335,42 @@ pub fn load_state_dict(path: &Path, mut template: Graph) -> Result<Graph> {
             used.insert(key.clone());
         }
     }
+    // a borrowed parameter (`Node::shared`): PyTorch's state dict of tied modules holds the
+    // tensor under both keys; the borrower's key may also be absent (Hugging Face's safetensors
+    // files of tied models drop it). When present it must hold the owner's values.
+    for n in &template.nodes {
+        for (param, r) in &n.shared {
+            let cands = candidate_keys(n, param);
+            let Some(key) = cands.iter().find(|c| by_name.contains_key(*c)) else {
+                continue;
+            };
+            used.insert(key.clone());
+            let Some(owner) = template.param_of(n, param) else {
+                continue;
+            };
+            let t = &by_name[key];
+            let same = t.dims() == owner.tensor().dims()
+                && t.to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .zip(
+                        owner
+                            .tensor()
+                            .to_dtype(DType::F32)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?,
+                    )
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            if !same {
+                wrong.push(format!(
+                    "`{key}` (node `{}`, {}) differs from {r}, which the architecture ties it to",
+                    n.name,
+                    n.op.type_name()
+                ));
+            }
+        }
+    }
     let unmatched: Vec<String> = by_name
         .keys()
         .filter(|k| !used.contains(*k) && !k.ends_with("num_batches_tracked"))
@@ -383,11 +419,23 @@ pub fn load_state_dict(path: &Path, mut template: Graph) -> Result<Graph> {
 
 /// The state dict of `g` with PyTorch's names ([`torch_key`]): every parameter and buffer (a
 /// masked weight with its zeros), plus `num_batches_tracked` (int64, 0) for each BatchNorm so
-/// `load_state_dict(strict=True)` accepts it. Sorted by name.
+/// `load_state_dict(strict=True)` accepts it. Sorted by name. A shared parameter
+/// (`Node::shared`) is listed under its owner's key and under every borrower's, as PyTorch's
+/// `state_dict()` of tied modules lists it (see [`aliases`]).
 pub fn state_dict(g: &Graph) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for n in &g.nodes {
         for (k, p) in &n.params {
+            out.push((torch_key(n, k), p.tensor().to_dtype(DType::F32)?));
+        }
+        for k in n.shared.keys() {
+            let p = g.param_of(n, k).ok_or_else(|| {
+                IoError::Graph(prunekit_graph::GraphError::param(
+                    &n.name,
+                    k,
+                    "is borrowed from a node that does not own it",
+                ))
+            })?;
             out.push((torch_key(n, k), p.tensor().to_dtype(DType::F32)?));
         }
         if matches!(n.op, Op::BatchNorm(_)) {
@@ -399,6 +447,20 @@ pub fn state_dict(g: &Graph) -> Result<Vec<(String, Tensor)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The state-dict keys of borrowed parameters, each with its owner's key ([`torch_key`] of the
+/// borrowing node and of the owner): the entries of [`state_dict`] that hold the same tensor.
+pub fn aliases(g: &Graph) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for n in &g.nodes {
+        for (k, r) in &n.shared {
+            if let Ok(owner) = g.node(&r.node) {
+                out.insert(torch_key(n, k), torch_key(owner, &r.param));
+            }
+        }
+    }
+    out
 }
 
 /// What a user needs to rebuild the (pruned) module: the inputs (per-sample shapes), every
@@ -443,7 +505,8 @@ fn write_widths(g: &Graph, out: &Path) -> Result<()> {
 }
 
 /// Writes the state dict of `g` as safetensors (the widths also in its metadata under
-/// `prunekit.widths`) and `OUT.widths.json`.
+/// `prunekit.widths`) and `OUT.widths.json`. safetensors cannot alias tensors (every tensor owns
+/// a disjoint byte range), so a shared parameter is written under both keys, twice.
 ///
 /// Errors: the file cannot be written.
 pub fn save_safetensors(g: &Graph, path: &Path) -> Result<()> {
@@ -463,7 +526,8 @@ pub fn save_safetensors(g: &Graph, path: &Path) -> Result<()> {
 /// Writes the state dict of `g` as a PyTorch zip checkpoint that `torch.load(path,
 /// weights_only=True)` reads (an `OrderedDict` of tensors rebuilt by
 /// `torch._utils._rebuild_tensor_v2`, one storage per tensor, stored uncompressed), and
-/// `OUT.widths.json`.
+/// `OUT.widths.json`. A shared parameter is stored once: its keys ([`aliases`]) are two tensors
+/// on one storage, as `torch.save` writes tied modules (`torch.load` gives them one storage).
 ///
 /// Errors: the file cannot be written.
 pub fn save_pt(g: &Graph, path: &Path) -> Result<()> {
@@ -477,8 +541,36 @@ pub fn save_pt(g: &Graph, path: &Path) -> Result<()> {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "archive".into());
+    // one storage per owned tensor; a borrower's key points at its owner's storage
+    let alias = aliases(g);
+    let mut storage_of: Vec<usize> = Vec::with_capacity(sd.len());
+    let mut storages: Vec<usize> = Vec::new(); // entry index of each storage
+    let index: BTreeMap<&str, usize> = sd
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    for (i, (k, _)) in sd.iter().enumerate() {
+        if alias.contains_key(k) {
+            storage_of.push(usize::MAX);
+        } else {
+            storage_of.push(storages.len());
+            storages.push(i);
+        }
+    }
+    for (i, (k, _)) in sd.iter().enumerate() {
+        if let Some(owner) = alias.get(k) {
+            let o = index.get(owner.as_str()).copied().ok_or_else(|| {
+                IoError::file(
+                    path,
+                    format!("`{k}` is tied to `{owner}`, which is not written"),
+                )
+            })?;
+            storage_of[i] = storage_of[o];
+        }
+    }
     let mut pickle = Pickle::default();
-    pickle.state_dict(&sd)?;
+    pickle.state_dict(&sd, &storage_of)?;
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut z = zip::ZipWriter::new(&mut buf);
@@ -492,9 +584,9 @@ pub fn save_pt(g: &Graph, path: &Path) -> Result<()> {
         z.start_file(format!("{stem}/byteorder"), opts)
             .map_err(io)?;
         z.write_all(b"little").map_err(|e| IoError::io(path, e))?;
-        for (i, (_, t)) in sd.iter().enumerate() {
-            z.start_file(format!("{stem}/data/{i}"), opts).map_err(io)?;
-            z.write_all(&tensor_bytes(t)?)
+        for (s, &i) in storages.iter().enumerate() {
+            z.start_file(format!("{stem}/data/{s}"), opts).map_err(io)?;
+            z.write_all(&tensor_bytes(&sd[i].1)?)
                 .map_err(|e| IoError::io(path, e))?;
         }
         z.start_file(format!("{stem}/version"), opts).map_err(io)?;
@@ -578,7 +670,8 @@ impl Pickle {
         self.bytes.push(Self::REDUCE);
     }
 
-    fn state_dict(&mut self, sd: &[(String, Tensor)]) -> Result<()> {
+    /// `storage[i]`: the storage (zip entry `data/{n}`) entry `i` of `sd` is a view of.
+    fn state_dict(&mut self, sd: &[(String, Tensor)], storage: &[usize]) -> Result<()> {
         self.bytes.extend_from_slice(&[0x80, 2]); // PROTO 2
         self.ordered_dict();
         self.bytes.push(Self::MARK);
@@ -595,7 +688,7 @@ impl Pickle {
                 "FloatStorage"
             };
             self.global("torch", class);
-            self.string(&i.to_string());
+            self.string(&storage[i].to_string());
             self.string("cpu");
             self.int(t.elem_count() as i64);
             self.bytes.push(Self::TUPLE);

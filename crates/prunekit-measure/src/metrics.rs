@@ -451,7 +451,8 @@ pub fn layer_stats(g: &Graph) -> Result<Vec<LayerStats>> {
         }
         let output_shape = shapes[&n.name].clone();
         let (mut width, mut live_width) = (None, None);
-        if let Some(w) = n.params.get("weight") {
+        // a borrowed weight (`Node::shared`) gives the width; its counts stay with its owner
+        if let Some(w) = g.param_of(n, "weight") {
             let t = w.tensor();
             if let Some(&rows) = t.dims().first() {
                 width = Some(rows);

@@ -53,11 +53,7 @@ pub fn profile_training_step(g: &Graph, x: &Tensor, iters: usize) -> Result<Vec<
                     .map_or_else(|| t.clone(), |v| v.as_tensor().clone())
             })
             .collect();
-        let view = ParamView {
-            node: &n.name,
-            params: &n.params,
-            track_grad: true,
-        };
+        let view = ParamView::of(&g, n, true);
         let rules = n.op.rules();
         let mut ctx = Ctx::new(true, &mut rng);
         let probe = rules.forward(&xs, &view, &mut ctx)?;

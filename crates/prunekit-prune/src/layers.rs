@@ -86,7 +86,8 @@ fn branch(g: &Graph, add: usize, skip: &str, r: &str) -> Option<Vec<String>> {
     reaches_skip.then(|| seen.iter().map(|&i| g.nodes[i].name.clone()).collect())
 }
 
-/// Every residual block of the graph, in order.
+/// Every residual block of the graph, in order (not those owning a parameter that a node
+/// outside the block borrows).
 pub fn find_blocks(g: &Graph) -> Result<Vec<Block>> {
     let shapes = g.validate()?;
     let mut out = Vec::new();
@@ -100,6 +101,14 @@ pub fn find_blocks(g: &Graph) -> Result<Vec<Block>> {
                 continue;
             }
             if let Some(nodes) = branch(g, i, skip, res) {
+                // a block owning a parameter that a node outside it borrows (`Node::shared`)
+                // cannot go: the borrower would lose its tensor
+                let lends_out = g.nodes.iter().any(|m| {
+                    !nodes.contains(&m.name) && m.shared.values().any(|r| nodes.contains(&r.node))
+                });
+                if lends_out {
+                    continue;
+                }
                 out.push(Block {
                     output: n.name.clone(),
                     input: skip.clone(),

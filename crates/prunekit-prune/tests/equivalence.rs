@@ -974,14 +974,20 @@ fn every_zoo_model() {
     }
 }
 
-/// Params counted from the op declarations equal the tensors held, and the MACs of every Linear /
+/// Params counted from the op declarations (less borrowed ones) equal the tensors held, and the MACs of every Linear /
 /// Conv node equal numel(output) x the weight's elements per output channel.
 fn counts_match_tensors(g: &Graph) {
     let shapes = g.validate().unwrap();
     let declared: usize = g
         .nodes
         .iter()
-        .flat_map(|n| n.op.rules().params())
+        .flat_map(|n| {
+            // a borrowed parameter (`Node::shared`) is counted with its owner
+            n.op.rules()
+                .params()
+                .into_iter()
+                .filter(|d| !n.shared.contains_key(d.name))
+        })
         .filter(|d| d.role.trainable())
         .map(|d| d.shape.iter().product::<usize>())
         .sum();
@@ -997,7 +1003,7 @@ fn counts_match_tensors(g: &Graph) {
         }
         let ins: Vec<&[usize]> = n.inputs.iter().map(|i| shapes[i].as_slice()).collect();
         let out = &shapes[&n.name];
-        let w = n.params["weight"].tensor().dims().to_vec();
+        let w = g.param_of(n, "weight").unwrap().tensor().dims().to_vec();
         let from_tensor =
             out.iter().product::<usize>() as u64 * w[1..].iter().product::<usize>() as u64;
         assert_eq!(n.op.rules().macs(&ins, out), from_tensor, "{}", n.name);

@@ -58,6 +58,10 @@ pub const MODELS: &[(&str, &str)] = &[
         "Llama-like decoder on 32 token ids (vocab 1000): dim 64, 2 layers, GQA 8/2 heads, RoPE",
     ),
     (
+        "llama-tiny-tied",
+        "llama-tiny with lm_head's weight tied to the embedding table (one tensor, as in SmolLM2 / GPT-2)",
+    ),
+    (
         "ncf",
         "NeuMF on (user, item) ids (vocab 671, 9066): shared embeddings 32, GMF + MLP 64-32-16, 1 output",
     ),
@@ -137,7 +141,7 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
         }
         "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
         "bert-tiny" | "gru-text" => (Form::Tokens, &[32], 2),
-        "llama-tiny" => (Form::Tokens, &[32], LLAMA_VOCAB),
+        "llama-tiny" | "llama-tiny-tied" => (Form::Tokens, &[32], LLAMA_VOCAB),
         "ncf" => (Form::UserItem, &[], 1),
         "gru-recommender" => (Form::History, &[20], MOVIELENS_ITEMS),
         "mlp" => (Form::Vector, &[16], 2),
@@ -155,7 +159,7 @@ const MOVIELENS_ITEMS: usize = 9066;
 
 /// What the `classes` option sets for a model.
 fn classes_word(name: &str) -> &'static str {
-    if name == "llama-tiny" {
+    if name.starts_with("llama-tiny") {
         "the vocabulary size"
     } else {
         "the number of classes"
@@ -357,10 +361,12 @@ fn gru_text(b: &mut GraphBuilder, ids: &Value, classes: usize, vocab: usize) -> 
 
 /// Llama-like decoder (Touvron et al. 2023), tiny: pre-RMSNorm layers of causal grouped-query
 /// attention with RoPE (8 query heads sharing 2 key/value heads of 8) and a SwiGLU MLP (176), a
-/// final RMSNorm and `lm_head` over the vocabulary: [T, vocab].
-fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize) -> Result<Value> {
+/// final RMSNorm and `lm_head` over the vocabulary: [T, vocab]. With `tied`, `lm_head` borrows
+/// its weight from the embedding table `embedding1` (`Node::shared`: one [vocab, dim] tensor for
+/// both, as Llama 3.2 1B, SmolLM2 and GPT-2 tie `lm_head.weight` to the input embeddings).
+fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize, tied: bool) -> Result<Value> {
     let (dim, heads, kv_heads, head_dim, ffn) = (64, 8, 2, 8, 176);
-    let mut x = b.embedding(ids, vocab, dim)?;
+    let mut x = b.named("embedding1").embedding(ids, vocab, dim)?;
     for _ in 0..2 {
         let h = b.rms_norm(&x)?;
         let a = b.attention(&h, heads, kv_heads, head_dim, true, Some(10000.0))?;
@@ -374,7 +380,11 @@ fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize) -> Result<Value> 
         x = b.add(&x, &down)?;
     }
     let h = b.rms_norm(&x)?;
-    b.named("lm_head").linear(&h, vocab)
+    b.named("lm_head");
+    if tied {
+        b.shared_param("weight", "embedding1", "weight");
+    }
+    b.linear(&h, vocab)
 }
 
 /// NeuMF (He et al. 2017, "Neural Collaborative Filtering", Fig. 3) with one user and one item
@@ -533,7 +543,8 @@ fn body(
             classes,
             vocab.first().copied().unwrap_or(GRU_TEXT_VOCAB),
         ),
-        "llama-tiny" => llama_tiny(b, x, classes),
+        "llama-tiny" => llama_tiny(b, x, classes, false),
+        "llama-tiny-tied" => llama_tiny(b, x, classes, true),
         "ncf" => ncf(b, x, &xs[1], classes, vocab),
         "gru-recommender" => gru_recommender(b, x, classes, vocab),
         "mlp" => tabular_mlp(b, x, classes),
@@ -582,10 +593,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn llama_tiny_tied_is_llama_tiny_with_one_table() {
+        let tied = build("llama-tiny-tied", 3).unwrap();
+        let untied = build("llama-tiny", 3).unwrap();
+        let head = tied.node("lm_head").unwrap();
+        assert!(!head.params.contains_key("weight"));
+        assert_eq!(
+            head.shared["weight"],
+            prunekit_graph::ParamRef {
+                node: "embedding1".into(),
+                param: "weight".into()
+            }
+        );
+        assert_eq!(untied.param_count() - tied.param_count(), 1000 * 64);
+        // the same function as llama-tiny holding the tied values, the table copied to lm_head
+        for (n, k, p) in tied.params() {
+            untied.node(&n.name).unwrap().params[k]
+                .value
+                .set(p.tensor())
+                .unwrap();
+        }
+        let table = tied.node("embedding1").unwrap().params["weight"].tensor();
+        untied.node("lm_head").unwrap().params["weight"]
+            .value
+            .set(&table.copy().unwrap())
+            .unwrap();
+        let x = sample_input_k(&tied, 0, 2);
+        let run = |g: &Graph| {
+            Executor::new(0).eval(g, std::slice::from_ref(&x)).unwrap()[0]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(run(&tied), run(&untied));
+    }
+
     /// The per-sample output shape each model promises.
     fn expected_output(name: &str) -> Vec<usize> {
         match name {
-            "llama-tiny" => vec![32, 1000],
+            "llama-tiny" | "llama-tiny-tied" => vec![32, 1000],
             "bert-tiny" | "mlp" | "gru-text" => vec![2],
             "ncf" => vec![1],
             "gru-recommender" => vec![9066],
@@ -611,7 +659,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_one_builds() {
         let n = names();
-        assert_eq!(n.len(), 16);
+        assert_eq!(n.len(), 17);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -627,7 +675,7 @@ mod tests {
             assert_eq!(g.name, name);
             assert!(g.param_count() > 0 && g.macs().unwrap() > 0, "{name}");
             let last = g.nodes.last().unwrap();
-            let head = if name == "llama-tiny" {
+            let head = if name.starts_with("llama-tiny") {
                 "lm_head"
             } else {
                 "classifier"
@@ -1085,6 +1133,8 @@ mod tests {
             ("bert-tiny", &[32], 137_410, 2_363_520),
             ("gru-text", &[32], 89_090, 786_560),
             ("llama-tiny", &[32], 218_536, 5_128_192),
+            // the 1000 x 64 table once
+            ("llama-tiny-tied", &[32], 154_536, 5_128_192),
             // embeddings and the GMF product count no MACs
             ("ncf", &[], NCF_PARAMS, 64 * 64 + 64 * 32 + 32 * 16 + 48),
             (

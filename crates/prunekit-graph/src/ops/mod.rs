@@ -147,14 +147,38 @@ impl<'a> Ctx<'a> {
 }
 
 /// The parameters of one node as the forward pass sees them: tracked variables when gradients are
-/// wanted, detached tensors otherwise.
+/// wanted, detached tensors otherwise. A borrowed parameter ([`crate::Node::shared`]) resolves to
+/// its owner's variable and mask, so under autodiff the gradients of every use of a shared tensor
+/// accumulate into its one variable. Build it with [`ParamView::of`].
 pub struct ParamView<'a> {
     pub node: &'a str,
     pub params: &'a BTreeMap<String, Param>,
+    /// the node's borrowed parameters, resolved to their owners' (name in this node -> param)
+    pub borrowed: BTreeMap<&'a str, &'a Param>,
     pub track_grad: bool,
 }
 
-impl ParamView<'_> {
+impl<'a> ParamView<'a> {
+    /// The view of node `n` of graph `g`, its borrowed parameters resolved to their owners'.
+    pub fn of(g: &'a crate::Graph, n: &'a crate::Node, track_grad: bool) -> Self {
+        let borrowed = n
+            .shared
+            .keys()
+            .filter_map(|k| g.param_of(n, k).map(|p| (k.as_str(), p)))
+            .collect();
+        Self {
+            node: &n.name,
+            params: &n.params,
+            borrowed,
+            track_grad,
+        }
+    }
+
+    fn param(&self, name: &str) -> Option<&'a Param> {
+        self.params
+            .get(name)
+            .or_else(|| self.borrowed.get(name).copied())
+    }
     pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
         let p = self.var(name)?;
         Ok(if self.track_grad {
@@ -164,7 +188,7 @@ impl ParamView<'_> {
         })
     }
     pub fn opt(&self, name: &str) -> candle_core::Result<Option<Tensor>> {
-        if self.params.contains_key(name) {
+        if self.param(name).is_some() {
             self.get(name).map(Some)
         } else {
             Ok(None)
@@ -172,10 +196,10 @@ impl ParamView<'_> {
     }
     /// The mask of a parameter, if it has one (1 = kept, 0 = pruned).
     pub fn mask(&self, name: &str) -> Option<&Tensor> {
-        self.params.get(name).and_then(|p| p.mask.as_ref())
+        self.param(name).and_then(|p| p.mask.as_ref())
     }
     pub fn var(&self, name: &str) -> candle_core::Result<&Var> {
-        self.params.get(name).map(|p| &p.value).ok_or_else(|| {
+        self.param(name).map(|p| &p.value).ok_or_else(|| {
             candle_core::Error::Msg(format!("node `{}`: missing parameter `{name}`", self.node))
         })
     }

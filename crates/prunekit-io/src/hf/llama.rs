@@ -282,7 +282,12 @@ pub(crate) fn build(
         embed_key
     };
     let logits = linear(&mut n, w, "lm_head", head_key, &y, h)?;
-    n.finish(name, &[&logits], meta.clone())
+    let mut g = n.finish(name, &[&logits], meta.clone())?;
+    if head_key == embed_key {
+        // tied embeddings: lm_head borrows the table, so it is pruned once and saved once
+        g.tie("lm_head", "weight", "model/embed_tokens", "weight")?;
+    }
+    Ok(g)
 }
 
 fn rms_norm(

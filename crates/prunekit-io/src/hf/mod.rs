@@ -442,6 +442,7 @@ impl<'a> Net<'a> {
             op,
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             params: ps,
+            shared: Default::default(),
         });
         self.shapes.insert(name.to_string(), shape);
         Ok(name.to_string())

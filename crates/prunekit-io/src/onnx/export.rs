@@ -45,6 +45,15 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
     let shapes = g.validate()?;
     let mut e = Exporter::default();
     for n in &g.nodes {
+        // a node borrowing a parameter (`Node::shared`) is written with the owner's tensor: its
+        // initializer `owner.param` is written once and read by both ONNX nodes
+        let resolved;
+        let n = if n.shared.is_empty() {
+            n
+        } else {
+            resolved = with_borrowed(g, n)?;
+            &resolved
+        };
         let start = e.nodes.len();
         e.node(n, &shapes).map_err(|msg| IoError::Node {
             path: Default::default(),
@@ -108,6 +117,36 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
         }),
         ..Default::default()
     })
+}
+
+/// A view of `n` holding its borrowed parameters too (the owners' variables, not copies); its
+/// `shared` map still says which are borrowed.
+fn with_borrowed(g: &Graph, n: &Node) -> Result<Node> {
+    let mut params = std::collections::BTreeMap::new();
+    for (k, p) in &n.params {
+        params.insert(k.clone(), share(p));
+    }
+    for (k, r) in &n.shared {
+        let p = g.param_of(n, k).ok_or_else(|| {
+            IoError::Graph(prunekit_graph::GraphError::param(
+                &n.name,
+                k,
+                format!("is borrowed from {r}, which does not exist"),
+            ))
+        })?;
+        params.insert(k.clone(), share(p));
+    }
+    let mut v = Node::new(n.name.clone(), n.op.clone(), n.inputs.clone(), params);
+    v.shared = n.shared.clone();
+    Ok(v)
+}
+
+fn share(p: &prunekit_graph::Param) -> prunekit_graph::Param {
+    prunekit_graph::Param {
+        value: p.value.clone(),
+        mask: p.mask.clone(),
+        role: p.role,
+    }
 }
 
 fn value_info(name: &str, elem: i32, shape: &[usize]) -> ValueInfoProto {
@@ -178,6 +217,8 @@ type R<T> = std::result::Result<T, String>;
 struct Exporter {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
+    /// initializers written by `param`, so a shared parameter is written once
+    params_written: std::collections::HashSet<String>,
 }
 
 impl Exporter {
@@ -206,13 +247,21 @@ impl Exporter {
         self.init(name, &[], vec![v])
     }
     /// A parameter as an initializer `node.param`, optionally reshaped / transposed by `f`.
+    /// A borrowed parameter is its owner's initializer `owner.param`, written once.
     fn param(&mut self, n: &Node, k: &str) -> R<String> {
         let p = n
             .params
             .get(k)
             .ok_or_else(|| format!("missing parameter `{k}`"))?;
+        let name = match n.shared.get(k) {
+            Some(r) => format!("{}.{}", r.node, r.param),
+            None => format!("{}.{k}", n.name),
+        };
+        if !self.params_written.insert(name.clone()) {
+            return Ok(name);
+        }
         let t = p.tensor();
-        Ok(self.init(&format!("{}.{k}", n.name), t.dims(), floats(t)?))
+        Ok(self.init(&name, t.dims(), floats(t)?))
     }
     fn op(&mut self, op_type: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) {
         self.nodes.push(NodeProto {
@@ -292,8 +341,17 @@ impl Exporter {
                     let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
                     self.op("Gemm", &ins, y, vec![a_i("transB", 1)]);
                 } else {
-                    let wt = w.t().map_err(|e| e.to_string())?;
-                    let wn = self.init(&format!("{y}.weight_t"), wt.dims(), floats(&wt)?);
+                    let wn = if n.shared.contains_key("weight") {
+                        // the shared initializer, transposed in the graph (not a second copy)
+                        let w = self.param(n, "weight")?;
+                        // named as the untied copy is, so the MatMul carries our node's name
+                        let wt = format!("{y}.weight_t");
+                        self.op("Transpose", &[&w], &wt, vec![a_ints("perm", &[1, 0])]);
+                        wt
+                    } else {
+                        let wt = w.t().map_err(|e| e.to_string())?;
+                        self.init(&format!("{y}.weight_t"), wt.dims(), floats(&wt)?)
+                    };
                     if l.bias {
                         let mm = nm("matmul");
                         self.op("MatMul", &[x, &wn], &mm, vec![]);

@@ -216,6 +216,7 @@ pub fn import_model(m: &ModelProto, path: &Path, device: &Device) -> Result<Grap
     }
     let mut imp = Importer::new(path, device, opset, g);
     imp.run(g, &blocks)?;
+    let shared = shared_initializers(g, &imp.vals);
     let name = if g.name.is_empty() {
         path.file_stem()
             .map_or("onnx-model".into(), |s| s.to_string_lossy().to_string())
@@ -232,17 +233,94 @@ pub fn import_model(m: &ModelProto, path: &Path, device: &Device) -> Result<Grap
             "ir_version": m.ir_version,
         }),
     );
-    let graph = Graph {
+    let mut graph = Graph {
         name,
         inputs: imp.inputs,
         nodes: imp.nodes,
         outputs: imp.outputs,
         meta,
     };
+    tie_shared(&mut graph, &shared)?;
     graph
         .validate()
         .map_err(|e| IoError::file(path, format!("the imported graph is invalid: {e}")))?;
     Ok(graph)
+}
+
+/// The float initializers of rank 2 that feed several nodes (directly, or through a Transpose /
+/// Identity of their own) and whose values no other initializer repeats: the candidates for
+/// parameter sharing, as (dims, values).
+fn shared_initializers(g: &GraphProto, vals: &HashMap<String, Val>) -> Vec<(Vec<usize>, Vec<f32>)> {
+    // readers of each value, a Transpose / Identity of an initializer counted by its own readers
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            *readers.entry(i.as_str()).or_insert(0) += 1;
+        }
+    }
+    let mut reach: HashMap<&str, usize> = HashMap::new();
+    for t in &g.initializer {
+        reach.insert(
+            t.name.as_str(),
+            readers.get(t.name.as_str()).copied().unwrap_or(0),
+        );
+    }
+    for n in &g.node {
+        if matches!(n.op_type.as_str(), "Transpose" | "Identity") && n.input.len() == 1 {
+            if let (Some(r), Some(o)) = (reach.get_mut(n.input[0].as_str()), n.output.first()) {
+                *r = *r - 1 + readers.get(o.as_str()).copied().unwrap_or(0);
+            }
+        }
+    }
+    let float = |name: &str| match vals.get(name) {
+        Some(Val::Const(Const::Float { dims, data })) if dims.len() == 2 => Some((dims, data)),
+        _ => None,
+    };
+    let mut copies: HashMap<(Vec<usize>, Vec<u32>), usize> = HashMap::new();
+    for t in &g.initializer {
+        if let Some((dims, data)) = float(&t.name) {
+            let key = (dims.clone(), data.iter().map(|x| x.to_bits()).collect());
+            *copies.entry(key).or_insert(0) += 1;
+        }
+    }
+    g.initializer
+        .iter()
+        .filter(|t| reach.get(t.name.as_str()).is_some_and(|&r| r >= 2))
+        .filter_map(|t| float(&t.name))
+        .filter(|(dims, data)| {
+            let key = ((*dims).clone(), data.iter().map(|x| x.to_bits()).collect());
+            copies.get(&key) == Some(&1)
+        })
+        .map(|(dims, data)| (dims.clone(), data.clone()))
+        .collect()
+}
+
+/// Recovers parameter sharing: the weights (rank 2) that hold exactly the values of one shared
+/// initializer in its layout (an embedding table [V, D] and a tied output layer's [out = V,
+/// in = D]) become one tensor, owned by the first node in graph order and borrowed by the others
+/// (`Node::shared`). A weight the tie would not fit (another role or shape) stays its own.
+fn tie_shared(graph: &mut Graph, shared: &[(Vec<usize>, Vec<f32>)]) -> Result<()> {
+    for (dims, data) in shared {
+        let mut users: Vec<(String, String)> = Vec::new();
+        for n in &graph.nodes {
+            for (k, p) in &n.params {
+                if p.role != gops::Role::Weight || p.tensor().dims() != dims.as_slice() {
+                    continue;
+                }
+                let v = p.tensor().flatten_all()?.to_vec1::<f32>()?;
+                if v.iter().zip(data).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                    users.push((n.name.clone(), k.clone()));
+                }
+            }
+        }
+        if let Some(((owner, owner_param), rest)) = users.split_first() {
+            for (node, param) in rest {
+                // an error leaves the node as it was: its own copy of the values
+                let _ = graph.tie(node, param, owner, owner_param);
+            }
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -809,12 +887,7 @@ impl<'a> Importer<'a> {
                 },
             );
         }
-        self.nodes.push(Node {
-            name: name.clone(),
-            op,
-            inputs,
-            params: ps,
-        });
+        self.nodes.push(Node::new(name.clone(), op, inputs, ps));
         self.shapes.insert(name.clone(), shape);
         Ok(name)
     }
