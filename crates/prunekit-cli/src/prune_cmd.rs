@@ -112,6 +112,8 @@ pub struct PruneArgs {
     /// also write a before/after report (report.md, report.html, report.json) into DIR
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub hf: crate::HfOutArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -285,7 +287,11 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     out["sparsity"] = json!(prunekit_prune::layer_sparsity(&g)?);
     out["after"] = counts(&g)?;
     out["seconds"] = json!(seconds);
-    save_model(&g, &a.output, Some(&a.model))?;
+    if a.hf.format.is_some() {
+        crate::commands::save_hf(&g, &a.output, &a.hf, Some(&a.model))?;
+    } else {
+        save_model(&g, &a.output, Some(&a.model))?;
+    }
     out["output"] = json!(a.output);
     if let (Some(dir), Some(before)) = (&a.report, &original) {
         let data = crate::DataArgs {

@@ -84,4 +84,11 @@ impl IoError {
     }
 }
 
+/// The first line of an error's text: candle appends a backtrace when RUST_BACKTRACE is set, and
+/// every error of this crate is one line.
+pub(crate) fn one_line(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or("").trim_end().to_string()
+}
+
 pub type Result<T> = std::result::Result<T, IoError>;

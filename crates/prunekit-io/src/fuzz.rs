@@ -196,8 +196,19 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
     crate::native::save(&g, &native)?;
     let npy = seeds.join("x.npy");
     crate::npy::write(&npy, g.nodes[0].params["weight"].tensor())?;
+    let gguf = seeds.join("llama.gguf");
+    tiny_llama_gguf(&gguf)?;
     let read = |p: &Path| std::fs::read(p).map_err(|e| crate::IoError::io(p, e));
     Ok(vec![
+        Target {
+            name: "gguf",
+            seed: read(&gguf)?,
+            file: "in.gguf",
+            read: |p| {
+                let opts = crate::hf::HfOptions { seq_len: Some(4) };
+                crate::gguf::load(p, &Device::Cpu, &opts).is_ok()
+            },
+        },
         Target {
             name: "onnx",
             seed: read(&onnx)?,
@@ -247,6 +258,64 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
             read: |p| crate::detect(p).is_ok(),
         },
     ])
+}
+
+/// A GGUF file of a one-layer Llama (hidden 8, 2 query / 1 key-value heads of 4, FFN 8, a
+/// vocabulary of 6 byte-level BPE tokens), as the seed of the GGUF target.
+fn tiny_llama_gguf(path: &Path) -> crate::Result<()> {
+    use candle_core::quantized::gguf_file::{write, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let err = |e: candle_core::Error| crate::IoError::file(path, e.to_string());
+    let shapes: &[(&str, &[usize])] = &[
+        ("token_embd.weight", &[6, 8]),
+        ("blk.0.attn_norm.weight", &[8]),
+        ("blk.0.attn_q.weight", &[8, 8]),
+        ("blk.0.attn_k.weight", &[4, 8]),
+        ("blk.0.attn_v.weight", &[4, 8]),
+        ("blk.0.attn_output.weight", &[8, 8]),
+        ("blk.0.ffn_norm.weight", &[8]),
+        ("blk.0.ffn_gate.weight", &[8, 8]),
+        ("blk.0.ffn_up.weight", &[8, 8]),
+        ("blk.0.ffn_down.weight", &[8, 8]),
+        ("output_norm.weight", &[8]),
+    ];
+    let mut qs = Vec::new();
+    for (k, (name, shape)) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i + k) % 7) as f32 * 0.1 - 0.3).collect();
+        let t = candle_core::Tensor::from_vec(v, *shape, &Device::Cpu).map_err(err)?;
+        // one F16 tensor, so a converting path is fuzzed too (quantised blocks need 32 columns)
+        let dt = if *name == "blk.0.ffn_up.weight" {
+            GgmlDType::F16
+        } else {
+            GgmlDType::F32
+        };
+        qs.push((*name, QTensor::quantize(&t, dt).map_err(err)?));
+    }
+    let tokens = ["a", "b", "c", "ab", "bc", "abc"]
+        .iter()
+        .map(|t| Value::String(t.to_string()))
+        .collect();
+    let merges = ["a b", "b c", "ab c"]
+        .iter()
+        .map(|m| Value::String(m.to_string()))
+        .collect();
+    let md = [
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(1)),
+        ("llama.embedding_length", Value::U32(8)),
+        ("llama.feed_forward_length", Value::U32(8)),
+        ("llama.attention.head_count", Value::U32(2)),
+        ("llama.attention.head_count_kv", Value::U32(1)),
+        ("llama.context_length", Value::U32(16)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.merges", Value::Array(merges)),
+    ];
+    let mdr: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let tr: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(path).map_err(|e| crate::IoError::io(path, e))?;
+    write(&mut f, &mdr, &tr).map_err(err)
 }
 
 /// Reads our format from the directory of `p` (the other file of the pair is the seed's).

@@ -23,7 +23,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use prunekit_graph::Graph;
 
-use crate::error::{IoError, Result};
+use crate::error::{one_line, IoError, Result};
 use crate::hf::llama::LlamaConfig;
 use crate::hf::{HfMeta, HfOptions, Weights};
 
@@ -36,7 +36,7 @@ use crate::hf::{HfMeta, HfOptions, Weights};
 pub fn load(path: &Path, device: &Device, opts: &HfOptions) -> Result<Graph> {
     let mut f = File::open(path).map_err(|e| IoError::io(path, e))?;
     let content = Content::read(&mut f)
-        .map_err(|e| IoError::file(path, format!("not a readable GGUF file: {e}")))?;
+        .map_err(|e| IoError::file(path, format!("not a readable GGUF file: {}", one_line(e))))?;
     let md = &content.metadata;
     let arch = md_str(md, "general.architecture").map_err(|m| IoError::file(path, m))?;
     if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
@@ -94,7 +94,10 @@ fn md_str(md: &HashMap<String, Value>, key: &str) -> std::result::Result<String,
 
 fn md_u64(md: &HashMap<String, Value>, key: &str) -> std::result::Result<Option<u64>, String> {
     md.get(key)
-        .map(|v| v.to_u64().map_err(|e| format!("metadata `{key}`: {e}")))
+        .map(|v| {
+            v.to_u64()
+                .map_err(|e| format!("metadata `{key}`: {}", one_line(e)))
+        })
         .transpose()
 }
 
@@ -233,12 +236,12 @@ impl Weights for GgufWeights {
         let q = self
             .content
             .tensor(&mut *self.file.borrow_mut(), &name, &Device::Cpu)
-            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+            .map_err(|e| format!("tensor `{name}`: {}", one_line(e)))?;
         let t = q
             .dequantize(&Device::Cpu)
-            .map_err(|e| format!("tensor `{name}` ({:?}): {e}", info.ggml_dtype))?;
+            .map_err(|e| format!("tensor `{name}` ({:?}): {}", info.ggml_dtype, one_line(e)))?;
         match perm {
-            Some(h) => unpermute(&t, h).map_err(|e| format!("tensor `{name}`: {e}")),
+            Some(h) => unpermute(&t, h).map_err(|e| format!("tensor `{name}`: {}", one_line(e))),
             None => Ok(t),
         }
     }
@@ -267,7 +270,7 @@ fn tokenizer_json(md: &HashMap<String, Value>) -> std::result::Result<String, St
                 .map(|v| {
                     v.to_string()
                         .cloned()
-                        .map_err(|e| format!("metadata `{key}`: {e}"))
+                        .map_err(|e| format!("metadata `{key}`: {}", one_line(e)))
                 })
                 .collect(),
             Some(_) => Err(format!("metadata `{key}` is not an array")),

@@ -30,9 +30,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use prunekit_graph::{Graph, InputKind, InputSpec, Node, Op, Param, Shapes};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IoError, Result};
+use crate::error::{one_line, IoError, Result};
 
-pub use export::save_dir;
+pub use export::{layer_widths, save_dir, LayerWidths};
 
 /// The key of [`HfMeta`] in `Graph::meta`.
 pub const META_KEY: &str = "huggingface";
@@ -252,7 +252,10 @@ impl DirWeights {
             // safetensors header is checked against each file's length before any tensor is read.
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
                 .map_err(|e| {
-                    IoError::file(&path, format!("corrupt or truncated safetensors: {e}"))
+                    IoError::file(
+                        &path,
+                        format!("corrupt or truncated safetensors: {}", one_line(e)),
+                    )
                 })?;
             let keys = st.tensors().into_iter().map(|(k, _)| k).collect();
             return Ok(DirWeights::Mapped { path, st, keys });
@@ -314,7 +317,7 @@ impl Weights for DirWeights {
                     return Err(format!("tensor `{key}` is missing"));
                 }
                 st.load(key, &Device::Cpu)
-                    .map_err(|e| format!("tensor `{key}`: {e}"))?
+                    .map_err(|e| format!("tensor `{key}`: {}", one_line(e)))?
             }
             DirWeights::Loaded { tensors, .. } => tensors
                 .get(key)
@@ -322,7 +325,7 @@ impl Weights for DirWeights {
                 .ok_or_else(|| format!("tensor `{key}` is missing"))?,
         };
         t.to_dtype(DType::F32)
-            .map_err(|e| format!("tensor `{key}`: {e}"))
+            .map_err(|e| format!("tensor `{key}`: {}", one_line(e)))
     }
 }
 

