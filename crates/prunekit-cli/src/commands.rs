@@ -34,23 +34,32 @@ pub fn run(cmd: Command) -> Result<()> {
             train,
             json,
         } => {
-            let g = match (model, arch()) {
+            let mut g = match (model, arch()) {
                 (Some(m), _) => load_model(&m)?,
                 (None, Some(a)) => prunekit_zoo::build(a, train.seed)?,
                 (None, None) => bail!("pass --model MODEL or --arch NAME"),
             };
-            train_cmd(g, &output, &data, &train, json, "train")
+            let (split, name) = load_data(&data, &g, train.seed)?;
+            g.meta.insert("dataset".into(), json!(name));
+            train_cmd(g, &output, split, &train, json, "train")
         }
         Command::Finetune {
             model,
             output,
             data,
+            distill,
             train,
             json,
         } => {
-            let g = load_model(&model)?;
+            let mut g = load_model(&model)?;
             check_output(&model, &output)?;
-            train_cmd(g, &output, &data, &train, json, "finetune")
+            let (split, name) = if distill.texts.is_empty() {
+                load_data(&data, &g, train.seed)?
+            } else {
+                crate::text_cmd::distillation_split(&mut g, &distill)?
+            };
+            g.meta.insert("dataset".into(), json!(name));
+            train_cmd(g, &output, split, &train, json, "finetune")
         }
         Command::Prune(args) => crate::prune_cmd::prune(&args),
         Command::Run(args) => crate::run_cmd::run(&args),
@@ -343,14 +352,12 @@ fn train_config(a: &TrainArgs, n_train: usize, progress: bool, label: &str) -> R
 fn train_cmd(
     g: Graph,
     output: &Path,
-    data: &DataArgs,
+    split: Split,
     a: &TrainArgs,
     json: bool,
     label: &str,
 ) -> Result<()> {
     let mut g = g;
-    let (split, name) = load_data(data, &g, a.seed)?;
-    g.meta.insert("dataset".into(), json!(name));
     let cfg = train_config(a, split.train.len(), !json, label)?;
     let t0 = Instant::now();
     let logs = fit(&mut g, &split.train, Some(&split.test), &cfg)?;

@@ -112,13 +112,16 @@ enum Command {
     Sensitivity(analysis_cmd::SensitivityArgs),
     /// Prune a model at several levels (each from the original) and measure every result.
     Sweep(analysis_cmd::SweepArgs),
-    /// Fine-tune a (pruned) model with its masks held fixed.
+    /// Fine-tune a (pruned) model with its masks held fixed; with --teacher and --text, distil
+    /// the teacher's outputs (e.g. sentence embeddings) on unlabelled text lines instead.
     Finetune {
         model: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
         data: DataArgs,
+        #[command(flatten)]
+        distill: text_cmd::TextDistillArgs,
         #[command(flatten)]
         train: TrainArgs,
         #[arg(long)]

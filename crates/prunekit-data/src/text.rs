@@ -26,8 +26,7 @@ pub fn tokenizer(g: &Graph) -> Result<tokenizers::Tokenizer> {
     let text = meta
         .tokenizer
         .ok_or_else(|| err("the model's directory had no tokenizer.json".into()))?;
-    text.parse::<tokenizers::Tokenizer>()
-        .map_err(|e| err(e.to_string()))
+    prunekit_io::hf::parse_tokenizer(&text).map_err(err)
 }
 
 /// Token ids of `text` (special tokens as the tokenizer's post-processor adds them).
@@ -115,6 +114,11 @@ pub fn sentence_embeddings(
             .into_iter()
             .next()
             .ok_or_else(|| DataError::InvalidArgument("the model has no output".into()))?;
+        if h.rank() == 2 {
+            // the graph pools and normalises itself (a sentence-transformers directory)
+            out.extend(h.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+            continue;
+        }
         let mask_idx = g
             .inputs
             .iter()
@@ -129,6 +133,69 @@ pub fn sentence_embeddings(
         out.extend(e.to_vec2::<f32>()?);
     }
     Ok(out)
+}
+
+/// The lines of a plain-text file with at least `min_words` words (trimmed), up to `limit` of
+/// them (for unlabelled text: the lines of a play).
+///
+/// # Errors
+/// [`DataError::Io`] when the file cannot be read.
+pub fn text_lines(path: &std::path::Path, min_words: usize, limit: usize) -> Result<Vec<String>> {
+    let raw = std::fs::read(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(String::from_utf8_lossy(&raw)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.split_whitespace().count() >= min_words)
+        .take(limit)
+        .map(str::to_string)
+        .collect())
+}
+
+/// A regression dataset that distils `teacher` into a student of the same inputs: the encoder
+/// inputs of `texts` ([`encoder_inputs`]) and, as targets, the teacher's outputs on them (one
+/// vector per sample: the teacher's per-sample output must be [D], e.g. a sentence embedding).
+/// Training a student on it with the task's MSE is feature distillation of the final output
+/// (no labels needed).
+///
+/// # Errors
+/// As [`encoder_inputs`]; the teacher's output is not one vector per sample.
+pub fn distillation_dataset(
+    name: &str,
+    teacher: &Graph,
+    tok: &tokenizers::Tokenizer,
+    texts: &[&str],
+    batch: usize,
+) -> Result<Dataset> {
+    let feats = encoder_inputs(teacher, tok, texts)?;
+    let mut exec = Executor::new(0);
+    let dev = Device::Cpu;
+    let mut values = Vec::new();
+    let mut dim = 0;
+    for chunk in texts.chunks(batch.max(1)) {
+        let f = encoder_inputs(teacher, tok, chunk)?;
+        let y = exec.eval(teacher, &feature_tensors(&f, chunk.len(), &dev)?)?;
+        let y = y
+            .into_iter()
+            .next()
+            .ok_or_else(|| DataError::InvalidArgument("the teacher has no output".into()))?;
+        if y.rank() != 2 {
+            return Err(DataError::InvalidArgument(format!(
+                "the teacher's output {:?} is not one vector per sample (a sentence-transformers directory pools to one)",
+                y.dims()
+            )));
+        }
+        dim = y.dim(1)?;
+        values.extend(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Dataset::with_task(
+        name.to_string(),
+        feats,
+        Target::Regression { values, dim },
+        Task::new(TaskKind::Regression),
+    )
 }
 
 /// Batched tensors of features holding `n` samples each (batch axis first).

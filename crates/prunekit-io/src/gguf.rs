@@ -298,6 +298,11 @@ fn tokenizer_json(md: &HashMap<String, Value>) -> std::result::Result<String, St
                 .ok_or_else(|| format!("merge `{m}` is not two tokens"))
         })
         .collect::<std::result::Result<_, _>>()?;
+    crate::hf::check_merges(
+        &|t| vocab.contains_key(t),
+        merges.iter().map(|(a, b)| (a.as_str(), b.as_str())),
+        "",
+    )?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()

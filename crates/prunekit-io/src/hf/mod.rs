@@ -183,9 +183,81 @@ pub fn load_dir(dir: &Path, device: &Device, opts: &HfOptions) -> Result<Graph> 
 
 /// Checks that a tokenizer.json parses with the `tokenizers` crate.
 pub(crate) fn check_tokenizer(path: &Path, text: &str) -> Result<()> {
-    text.parse::<tokenizers::Tokenizer>()
+    parse_tokenizer(text)
         .map(|_| ())
         .map_err(|e| IoError::file(path, format!("the tokenizer does not parse: {e}")))
+}
+
+/// Checks the merges of a BPE model before the `tokenizers` crate builds it: both parts and
+/// their concatenation (`a` + `b` without the continuing-subword prefix) must be tokens of the
+/// vocabulary. tokenizers 0.23's `BpeBuilder::build` copies each merge into a buffer as long as
+/// the longest token and panics on a merge longer than that (or on a `b` shorter than the
+/// prefix); a merge of known tokens cannot be.
+pub(crate) fn check_merges<'m>(
+    has: &dyn Fn(&str) -> bool,
+    merges: impl IntoIterator<Item = (&'m str, &'m str)>,
+    prefix: &str,
+) -> std::result::Result<(), String> {
+    for (i, (a, b)) in merges.into_iter().enumerate() {
+        let Some(rest) = b
+            .strip_prefix(prefix)
+            .or(if prefix.is_empty() { Some(b) } else { None })
+        else {
+            return Err(format!("merge {i} (`{a} {b}`): `{b}` does not start with the continuing-subword prefix `{prefix}`"));
+        };
+        for t in [a, b] {
+            if !has(t) {
+                return Err(format!(
+                    "merge {i} (`{a} {b}`): `{t}` is not in the vocabulary"
+                ));
+            }
+        }
+        if !has(&format!("{a}{rest}")) {
+            return Err(format!(
+                "merge {i} (`{a} {b}`): the merged token `{a}{rest}` is not in the vocabulary"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a tokenizer.json with the `tokenizers` crate, after checking a BPE model's merges
+/// ([`check_merges`]); a panic inside the crate on some other malformed input is contained as an
+/// error (counted in [`crate::pytorch::CONTAINED_PANICS`]).
+///
+/// Errors: the JSON does not describe a tokenizer (the crate's message).
+pub fn parse_tokenizer(text: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let model = &v["model"];
+    if model["type"] == "BPE" {
+        if let (Some(vocab), Some(merges)) =
+            (model["vocab"].as_object(), model["merges"].as_array())
+        {
+            let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+            let pairs: Vec<(&str, &str)> = merges
+                .iter()
+                .map(|m| match m {
+                    serde_json::Value::String(s) => {
+                        s.split_once(' ').ok_or("a merge is not two tokens")
+                    }
+                    serde_json::Value::Array(p) if p.len() == 2 => {
+                        match (p[0].as_str(), p[1].as_str()) {
+                            (Some(a), Some(b)) => Ok((a, b)),
+                            _ => Err("a merge is not two strings"),
+                        }
+                    }
+                    _ => Err("a merge is not two tokens"),
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            check_merges(&|t| vocab.contains_key(t), pairs, prefix)?;
+        }
+    }
+    std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+        .unwrap_or_else(|_| {
+            crate::pytorch::CONTAINED_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err("malformed tokenizer (the tokenizers crate panicked on it)".into())
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// The fixed padding length of a tokenizer.json (`"padding": {"strategy": {"Fixed": N}}`).
@@ -498,4 +570,36 @@ pub(crate) fn size(c: &serde_json::Value, key: &str) -> std::result::Result<usiz
         return Err(format!("field `{key}` = {v} is out of range (1 to 2^24)"));
     }
     Ok(v as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BPE tokenizer.json with these vocabulary tokens and merges.
+    fn bpe(vocab: &[&str], merges: &[&str]) -> String {
+        let v: serde_json::Map<String, serde_json::Value> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i.into()))
+            .collect();
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "vocab": v, "merges": merges}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_merge_longer_than_every_token_is_an_error_not_a_panic() {
+        // tokenizers 0.23 panics building this (found by the GGUF fuzz target, seed 23)
+        let e = parse_tokenizer(&bpe(&["a", "b", "c", "ab", "bc"], &["a b", "ab c"])).unwrap_err();
+        assert!(e.contains("`abc` is not in the vocabulary"), "{e}");
+        let e = parse_tokenizer(&bpe(&["a", "b"], &["a x"])).unwrap_err();
+        assert!(e.contains("`x`"), "{e}");
+        parse_tokenizer(&bpe(&["a", "b", "c", "ab", "abc"], &["a b", "ab c"])).unwrap();
+    }
 }
