@@ -413,6 +413,20 @@ impl GraphBuilder {
         self.node(GlobalAvgPool {}, &[x])
     }
 
+    /// Mean over the real tokens: x [T, D] and a token mask [T] (1 = real token, 0 = padding)
+    /// -> [D] (sentence-transformers' mean pooling; a fully padded sample gives zeros).
+    pub fn masked_mean_pool(&mut self, x: &Value, mask: &Value) -> Result<Value> {
+        self.node(
+            MaskedMeanPool::new(x.shape.last().copied().unwrap_or(0)),
+            &[x, mask],
+        )
+    }
+
+    /// x / max(||x||_2, 1e-12) over the last axis (sentence-transformers' `Normalize`).
+    pub fn l2_normalize(&mut self, x: &Value) -> Result<Value> {
+        self.node(L2Normalize::new(x.shape.last().copied().unwrap_or(0)), &[x])
+    }
+
     /// Finishes the graph with its outputs and validates it.
     pub fn finish(mut self, outputs: &[&Value]) -> Result<Graph> {
         self.graph.outputs = outputs.iter().map(|v| v.name.clone()).collect();

@@ -15,10 +15,12 @@ use prunekit_io::onnx::{import_model, to_model};
 use prunekit_io::IoError;
 use rand::{Rng, SeedableRng};
 
-/// Whether input `name` is read as an attention's key padding mask.
+/// Whether input `name` is read as an attention's key padding mask or a masked mean pool's
+/// token mask.
 fn is_key_mask(g: &Graph, name: &str) -> bool {
     g.nodes.iter().any(|n| {
-        matches!(n.op, Op::Attention(_)) && n.inputs.get(1).map(String::as_str) == Some(name)
+        matches!(n.op, Op::Attention(_) | Op::MaskedMeanPool(_))
+            && n.inputs.get(1).map(String::as_str) == Some(name)
     })
 }
 
@@ -216,6 +218,26 @@ fn decomposed_ops() -> Graph {
     b.finish(&[&y]).unwrap()
 }
 
+/// sentence-transformers' head (all-MiniLM-L6-v2: BertModel -> Pooling(mean_tokens) ->
+/// Normalize) on a small encoder: token ids and a token mask [8] -> embedding -> LayerNorm ->
+/// dense + GELU -> masked mean pool -> dense -> L2 normalisation; a second output normalises
+/// every token's embedding before a dense layer.
+fn sentence_head() -> Graph {
+    let mut b = prunekit_graph::GraphBuilder::new("sentence-head", 8);
+    let ids = b.ids_input("ids", &[8]);
+    let mask = b.input("mask", &[8]);
+    let h = b.embedding(&ids, 50, 16).unwrap();
+    let h = b.layer_norm(&h).unwrap();
+    let f = b.linear(&h, 24).unwrap();
+    let f = b.gelu(&f).unwrap();
+    let p = b.named("pooling").masked_mean_pool(&f, &mask).unwrap();
+    let d = b.linear(&p, 12).unwrap();
+    let y = b.named("normalize").l2_normalize(&d).unwrap();
+    let t = b.named("token_norm").l2_normalize(&h).unwrap();
+    let t = b.linear(&t, 4).unwrap();
+    b.finish(&[&y, &t]).unwrap()
+}
+
 /// Attention in every form the op has, each between prunable layers: (name, graph).
 fn attention_variants() -> Vec<(String, Graph)> {
     use serde_json::json;
@@ -287,6 +309,7 @@ fn attention_variants() -> Vec<(String, Graph)> {
 /// [`decomposed_ops`].
 fn cases() -> Vec<(String, Graph)> {
     let mut out = vec![("decomposed ops".to_string(), decomposed_ops())];
+    out.push(("sentence head".to_string(), sentence_head()));
     let mut models: Vec<(String, Graph)> = prunekit_zoo::names()
         .into_iter()
         .map(|name| (name.to_string(), prunekit_zoo::build(name, 3).unwrap()))
@@ -683,4 +706,205 @@ fn proto_constants_match_onnx_proto() {
     assert_eq!(proto::attribute_type::STRINGS, 8);
     assert_eq!(proto::data_type::INT64, 7);
     assert_eq!(proto::data_type::BFLOAT16, 16);
+}
+
+// ------------------------------------------------------------------------------------------------
+// sentence-transformers' pooling head
+
+/// The dense head and a structurally pruned one (the hidden width pruned through the pool).
+fn sentence_cases() -> Vec<(String, Graph)> {
+    let g = sentence_head();
+    let mut pruned = g.clone();
+    prunekit_prune::prune_structured(
+        &mut pruned,
+        &prunekit_prune::StructuredConfig::new(0.5),
+        &prunekit_prune::Norm::L1,
+    )
+    .unwrap();
+    assert!(pruned.param_count() < g.param_count());
+    vec![("dense".into(), g), ("pruned 0.5".into(), pruned)]
+}
+
+#[test]
+fn masked_mean_pool_and_l2_normalize_round_trip_through_onnx_as_their_ops() {
+    for (what, g) in sentence_cases() {
+        let m = to_model(&g).unwrap();
+        let types = prunekit_io::onnx::export::op_types(&m);
+        for t in ["Unsqueeze", "ReduceSum", "Max", "ReduceL2", "Div"] {
+            assert!(types.iter().any(|x| x == t), "{what}: {types:?}");
+        }
+        // the blocks' ONNX nodes carry the prunekit node's name
+        let names: Vec<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        for n in [
+            "pooling",
+            "pooling/sum",
+            "pooling/output",
+            "normalize",
+            "normalize/norm",
+        ] {
+            assert!(names.contains(&n), "{what}: {names:?}");
+        }
+        let back = round_trip(&g);
+        // the two ops come back as themselves, named as before (GELU comes back decomposed,
+        // as it always has)
+        let ops = |g: &Graph| -> Vec<(String, Op)> {
+            g.nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::MaskedMeanPool(_) | Op::L2Normalize(_)))
+                .map(|n| (n.name.clone(), n.op.clone()))
+                .collect()
+        };
+        assert_eq!(ops(&back).len(), 3, "{what}");
+        assert_eq!(ops(&back), ops(&g), "{what}: ops");
+        assert_eq!(back.param_count(), g.param_count());
+        for (set, xs) in input_sets(&g, 3, 5) {
+            let ya = Executor::new(0).eval(&g, &xs).unwrap();
+            let yb = Executor::new(0).eval(&back, &xs).unwrap();
+            for (a, b) in ya.iter().zip(&yb) {
+                let e = rel_error(b, a);
+                assert!(e <= 1e-6, "{what}{set}: relative error {e}");
+            }
+            if !set.is_empty() {
+                // the fully padded first sample pools to zeros (its embedding is the dense
+                // layer's bias, normalised), never NaN
+                let first: Vec<f32> = yb[0].get(0).unwrap().to_vec1().unwrap();
+                assert!(first.iter().all(|v| v.is_finite()), "{what}: {first:?}");
+            }
+        }
+        // ...and stays prunable after the round trip
+        let mut again = back.clone();
+        let r = prunekit_prune::prune_structured(
+            &mut again,
+            &prunekit_prune::StructuredConfig::new(0.25),
+            &prunekit_prune::Norm::L1,
+        )
+        .unwrap();
+        assert!(again.param_count() < back.param_count(), "{what}: {r:?}");
+    }
+    assert_eq!(
+        input_sets(&sentence_head(), 2, 1).len(),
+        2,
+        "the fully padded set is checked"
+    );
+}
+
+#[test]
+fn a_pooling_block_that_differs_imports_node_by_node_naming_its_nodes() {
+    let g = sentence_head();
+    // ReduceSum keeping the token axis is not our pattern: ReduceSum / Max have no op of ours
+    let mut m = to_model(&g).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let n = graph
+        .node
+        .iter_mut()
+        .find(|n| n.name == "pooling/sum")
+        .unwrap();
+    n.attribute[0].i = 1;
+    let e = import_model(&m, Path::new("odd.onnx"), &Device::Cpu).unwrap_err();
+    assert!(matches!(e, IoError::Unsupported { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("ReduceSum") && e.contains("pooling/sum") && e.contains("Max"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("ReduceL2"),
+        "the normalisations are still ours: {e}"
+    );
+    // a norm over another axis is not ours either
+    let mut m = to_model(&g).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let n = graph
+        .node
+        .iter_mut()
+        .find(|n| n.name == "normalize/norm")
+        .unwrap();
+    n.attribute
+        .iter_mut()
+        .find(|a| a.name == "axes")
+        .unwrap()
+        .ints = vec![0];
+    let e = import_model(&m, Path::new("odd.onnx"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ReduceL2") && e.contains("normalize/norm"),
+        "{e}"
+    );
+    assert!(!e.contains("pooling"), "{e}");
+    // an edited eps is read as that eps
+    let mut m = to_model(&g).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "pooling.eps")
+        .unwrap();
+    t.raw_data = 1e-3f32.to_le_bytes().to_vec();
+    let back = import_model(&m, Path::new("eps.onnx"), &Device::Cpu).unwrap();
+    let op = &back.nodes.iter().find(|n| n.name == "pooling").unwrap().op;
+    assert_eq!(
+        op,
+        &Op::from(prunekit_graph::ops::MaskedMeanPool { dim: 24, eps: 1e-3 })
+    );
+}
+
+#[test]
+fn onnxruntime_agrees_on_masked_mean_pool_and_l2_normalize() {
+    let Some(py) = ort_python() else {
+        eprintln!("SKIPPED: onnxruntime not installed (run scripts/setup-onnxruntime.sh or set PRUNEKIT_ORT_PYTHON)");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ort_check.py");
+    let dir = tempfile::tempdir().unwrap();
+    for (k, (what, g)) in sentence_cases().into_iter().enumerate() {
+        let model = dir.path().join(format!("s{k}.onnx"));
+        prunekit_io::save(&g, &model, None).unwrap();
+        for (set, xs) in input_sets(&g, 3, 31) {
+            let ys = Executor::new(0).eval(&g, &xs).unwrap();
+            let mut args = vec![model.display().to_string(), "--inputs".into()];
+            for (i, x) in xs.iter().enumerate() {
+                let p = dir.path().join(format!("s{k}.x{i}.npy"));
+                prunekit_io::npy::write(&p, x).unwrap();
+                args.push(p.display().to_string());
+            }
+            args.push("--expect".into());
+            for (i, y) in ys.iter().enumerate() {
+                let p = dir.path().join(format!("s{k}.y{i}.npy"));
+                prunekit_io::npy::write(&p, y).unwrap();
+                args.push(p.display().to_string());
+            }
+            args.extend(["--tol".to_string(), "1e-5".to_string()]);
+            let out = std::process::Command::new(&py)
+                .arg(&script)
+                .args(&args)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "{what}{set}: onnxruntime disagrees or fails: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(v["checker"], "passed", "{what}{set}: {text}");
+            let errs: Vec<String> = v["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| format!("{:.2e}", o["rel_error"].as_f64().unwrap()))
+                .collect();
+            eprintln!(
+                "sentence head {what}{set}: onnxruntime relative errors {}",
+                errs.join(", ")
+            );
+        }
+    }
 }

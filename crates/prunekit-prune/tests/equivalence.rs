@@ -1277,3 +1277,83 @@ fn new_ops_that_cannot_follow_channels_protect_them() {
         eprintln!("{}: max relative error {err:.2e}", g.name);
     }
 }
+
+/// sentence-transformers' head: tokens -> embedding -> dense [T, D] -> masked_mean_pool (with a
+/// token mask) -> dense -> l2_normalize (-> dense). Removal equals masking on every trial (the
+/// mask soft, through a sigmoid, so random inputs keep its sum away from the clamp), and on 0 / 1
+/// masks with a fully padded sample; a pruned model round trips through our format.
+#[test]
+fn sentence_pooling_and_normalisation_pass_channels() {
+    let build = |name: &str, tail: bool| {
+        let mut b = GraphBuilder::new(name, 3);
+        let ids = b.ids_input("ids", &[6]);
+        let mask = b.input("mask", &[6]);
+        let e = b.embedding(&ids, 20, 12).unwrap();
+        let h = b.linear(&e, 16).unwrap();
+        let h = b.gelu(&h).unwrap();
+        let soft = b.sigmoid(&mask).unwrap();
+        let p = b.masked_mean_pool(&h, &soft).unwrap();
+        let d = b.linear(&p, 10).unwrap();
+        let n = b.l2_normalize(&d).unwrap();
+        let y = if tail { b.linear(&n, 3).unwrap() } else { n };
+        b.finish(&[&y]).unwrap()
+    };
+    for g in [
+        build("sentence_head", true),
+        build("sentence_head_normalised_output", false),
+    ] {
+        let err = check(&g, 4);
+        eprintln!("{}: max relative error {err:.2e}", g.name);
+        let labels = group_labels(&g);
+        assert!(
+            labels.iter().any(|(n, _, u)| n == "linear1" && *u == 16),
+            "{labels:?}"
+        );
+    }
+
+    // a 0 / 1 mask (the mask read directly) with a fully padded first sample
+    let mut b = GraphBuilder::new("hard_mask", 3);
+    let ids = b.ids_input("ids", &[6]);
+    let mask = b.input("mask", &[6]);
+    let e = b.embedding(&ids, 20, 12).unwrap();
+    let h = b.linear(&e, 16).unwrap();
+    let p = b.masked_mean_pool(&h, &mask).unwrap();
+    let d = b.linear(&p, 10).unwrap();
+    let n = b.l2_normalize(&d).unwrap();
+    let y = b.linear(&n, 3).unwrap();
+    let g = b.finish(&[&y]).unwrap();
+    randomise(&g, 5);
+    let mut pruned = g.clone();
+    let r = prune_structured(&mut pruned, &StructuredConfig::new(0.5), &Norm::L1).unwrap();
+    assert!(pruned.param_count() < g.param_count());
+    let ids = random_inputs(&g, 3, 4).unwrap().remove(0);
+    let m = Tensor::new(
+        &[
+            [0f32, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+            [1.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+        ],
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let xs = vec![ids, m];
+    let plan = r.removed();
+    let v = prunekit_prune::verify(&g, &pruned, &plan, std::slice::from_ref(&xs)).unwrap();
+    assert!(v.max_rel_error <= TOL, "relative error {}", v.max_rel_error);
+    let y = prunekit_graph::Executor::new(0).eval(&pruned, &xs).unwrap();
+    let first: Vec<f32> = y[0].get(0).unwrap().to_vec1().unwrap();
+    assert!(first.iter().all(|v| v.is_finite()), "{first:?}");
+    // our format keeps both ops and their outputs
+    let dir = std::env::temp_dir().join(format!("prunekit-eq-sentence-{}", std::process::id()));
+    format::save(&pruned, &dir).unwrap();
+    let back = format::load(&dir, &candle_core::Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let ops =
+        |g: &Graph| -> Vec<prunekit_graph::Op> { g.nodes.iter().map(|n| n.op.clone()).collect() };
+    assert_eq!(ops(&back), ops(&pruned));
+    let yb = prunekit_graph::Executor::new(0).eval(&back, &xs).unwrap();
+    assert_eq!(
+        yb[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        y[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}

@@ -34,8 +34,8 @@ pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
 pub use elementwise::{Add, Concat, Div, Mul, Sub};
 pub use embedding::{Embedding, PositionalEmbedding};
 pub use linear::{Linear, MatMul};
-pub use norm::{BatchNorm, GroupNorm, LayerNorm, RmsNorm};
-pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d, ReduceMean};
+pub use norm::{BatchNorm, GroupNorm, L2Normalize, LayerNorm, RmsNorm};
+pub use pool::{AvgPool2d, GlobalAvgPool, MaskedMeanPool, MaxPool2d, ReduceMean};
 pub use recurrent::{Gru, Lstm};
 pub use resample::{Resize, ResizeMode};
 pub use shape::{Flatten, Gather, Narrow, Pad, PadMode, Reshape, Slice, Transpose};
@@ -328,6 +328,8 @@ ops! {
     Sqrt = "sqrt",
     ReduceMean = "reduce_mean",
     Constant = "constant",
+    MaskedMeanPool = "masked_mean_pool",
+    L2Normalize = "l2_normalize",
 }
 
 /// Checks the input count; shared by every op's `infer`.

@@ -464,3 +464,77 @@ impl OpRules for GroupNorm {
         self.num_channels = new;
     }
 }
+
+/// L2 normalisation over the last axis: [N, .., dim] -> x / max(||x||_2, eps), the norm taken
+/// over the last axis (`torch.nn.functional.normalize(x, p=2, dim=-1)`, sentence-transformers'
+/// `Normalize` module), so a zero vector stays zero. No parameters; MACs 2 per element.
+///
+/// Computed as x / sqrt(max(sum x^2, eps^2)), the same value, whose gradient is finite at a
+/// zero vector (the gradient of a norm at 0 is not).
+///
+/// Channel rule: the channels on the last axis pass through. Removing channels that masking
+/// zeroes leaves the norm unchanged, so removal equals masking when the masked channels reach
+/// this op as zeros (the output of a masked Linear, norm, embedding or attention, after ReLU,
+/// GELU, tanh, pooling); an op between them that maps 0 to another value (a sigmoid) would make
+/// the masked model's norm count them. Channels on another axis pass through untouched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2Normalize {
+    pub dim: usize,
+    #[serde(default = "default_l2_eps")]
+    pub eps: f64,
+}
+
+fn default_l2_eps() -> f64 {
+    1e-12
+}
+
+impl L2Normalize {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            eps: default_l2_eps(),
+        }
+    }
+}
+
+impl OpRules for L2Normalize {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let x = expect_inputs(inputs, 1)?[0];
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(format!("eps must be positive and finite, got {}", self.eps));
+        }
+        match x.last() {
+            Some(&c) if c == self.dim => Ok(x.to_vec()),
+            _ => Err(format!(
+                "input shape {x:?} does not end in dim = {}",
+                self.dim
+            )),
+        }
+    }
+    fn macs(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        inputs.first().map_or(0, |x| 2 * super::numel(x))
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        let x = &xs[0];
+        let norm = x
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .maximum(self.eps * self.eps)?
+            .sqrt()?;
+        x.broadcast_div(&norm)
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        cx.pass(None, &[])
+    }
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        if let Some(&d) = inputs.first().and_then(|x| x.new_shape.last()) {
+            self.dim = d;
+        }
+    }
+}

@@ -8,7 +8,9 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{expect_inputs, resolve_axis, Chan, ChannelCx, Ctx, OpRules, ParamView};
+use super::{
+    expect_inputs, numel, resolve_axis, AdaptInput, Chan, ChannelCx, Ctx, OpRules, ParamView,
+};
 
 /// Kernel, stride (defaults to the kernel) and symmetric zero padding, each [height, width].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -247,6 +249,95 @@ impl OpRules for ReduceMean {
             axis: c.axis - shift,
             elems: c.elems,
         })
+    }
+}
+
+/// Mean over the real tokens of a sequence: x [N, T, dim] and a token mask [N, T] (1 = real
+/// token, 0 = padding; per sample [T, dim] and [T]) give [N, dim] =
+/// sum_t mask_t x_t / max(sum_t mask_t, eps). This is sentence-transformers' `Pooling` module
+/// with `pooling_mode_mean_tokens` (`torch.sum(x * m, 1) / torch.clamp(m.sum(1), min=1e-9)`), so
+/// a fully padded sample gives zeros, not NaN. No parameters; MACs T * dim per sample.
+///
+/// Channel rule: the channels on x's last axis pass through to the output (axis 0); pooling
+/// along the channel axis protects them. The mask is not a channel space: its positions are
+/// protected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedMeanPool {
+    pub dim: usize,
+    #[serde(default = "default_pool_eps")]
+    pub eps: f64,
+}
+
+fn default_pool_eps() -> f64 {
+    1e-9
+}
+
+impl MaskedMeanPool {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            eps: default_pool_eps(),
+        }
+    }
+}
+
+impl OpRules for MaskedMeanPool {
+    fn infer(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+        let ins = expect_inputs(inputs, 2)?;
+        let (x, m) = (ins[0], ins[1]);
+        let &[t, d] = x else {
+            return Err(format!("expects x as [tokens, dim], got {x:?}"));
+        };
+        let &[tm] = m else {
+            return Err(format!("expects the mask as [tokens], got {m:?}"));
+        };
+        if tm != t {
+            return Err(format!(
+                "the mask has {tm} tokens, x has {t} (x {x:?}, mask {m:?})"
+            ));
+        }
+        if d != self.dim {
+            return Err(format!("x {x:?} does not end in dim = {}", self.dim));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(format!("eps must be positive and finite, got {}", self.eps));
+        }
+        Ok(vec![d])
+    }
+    fn macs(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+        inputs.first().map_or(0, |x| numel(x))
+    }
+    fn forward(
+        &self,
+        xs: &[Tensor],
+        _p: &ParamView,
+        _ctx: &mut Ctx,
+    ) -> candle_core::Result<Tensor> {
+        let (x, m) = (&xs[0], &xs[1].to_dtype(xs[0].dtype())?);
+        let sum = x.broadcast_mul(&m.unsqueeze(2)?)?.sum(1)?;
+        let count = m.sum_keepdim(1)?.maximum(self.eps)?;
+        sum.broadcast_div(&count)
+    }
+    fn channels(&self, cx: &mut ChannelCx) -> Option<Chan> {
+        // the mask is not a channel space (its positions are tokens); not a blocked channel
+        if let Some(m) = cx.input(1).cloned() {
+            cx.protect(&m.elems);
+        }
+        let c = cx.input(0)?.clone();
+        if c.axis != cx.last_axis(0) {
+            cx.protect_unfollowed(&c.elems);
+            return None;
+        }
+        Some(Chan {
+            axis: 0,
+            elems: c.elems,
+        })
+    }
+    fn adapt(&mut self, inputs: &[AdaptInput]) {
+        if let Some(&d) = inputs.first().and_then(|x| x.new_shape.last()) {
+            self.dim = d;
+        }
     }
 }
 

@@ -745,6 +745,48 @@ impl Exporter {
                 };
                 self.op("Resize", &[x, "", &scales], y, attrs);
             }
+            Op::MaskedMeanPool(p) => {
+                // x [N, T, D], mask [N, T]: sum_t m x / max(sum_t m, eps) (sentence-transformers)
+                let mask = n.inputs.get(1).map(String::as_str).unwrap_or_default();
+                let last = self.ints(&format!("{y}.mask_axes"), &[-1]);
+                let tokens = self.ints(&format!("{y}.token_axes"), &[1]);
+                let eps = self.scalar(&format!("{y}.eps"), p.eps as f32);
+                let m = nm("mask");
+                self.op("Unsqueeze", &[mask, &last], &m, vec![]);
+                let masked = nm("masked");
+                self.op("Mul", &[x, &m], &masked, vec![]);
+                let sum = nm("sum");
+                self.op(
+                    "ReduceSum",
+                    &[&masked, &tokens],
+                    &sum,
+                    vec![a_i("keepdims", 0)],
+                );
+                let count = nm("count");
+                self.op(
+                    "ReduceSum",
+                    &[&m, &tokens],
+                    &count,
+                    vec![a_i("keepdims", 0)],
+                );
+                let clamped = nm("clamped");
+                self.op("Max", &[&count, &eps], &clamped, vec![]);
+                self.op("Div", &[&sum, &clamped], y, vec![]);
+            }
+            Op::L2Normalize(l) => {
+                // x / max(||x||_2 over the last axis, eps) (torch.nn.functional.normalize)
+                let norm = nm("norm");
+                self.op(
+                    "ReduceL2",
+                    &[x],
+                    &norm,
+                    vec![a_ints("axes", &[-1]), a_i("keepdims", 1)],
+                );
+                let eps = self.scalar(&format!("{y}.eps"), l.eps as f32);
+                let clamped = nm("clamped");
+                self.op("Max", &[&norm, &eps], &clamped, vec![]);
+                self.op("Div", &[x, &clamped], y, vec![]);
+            }
             Op::Attention(a) => attention::write(self, n, a, xs.first().copied().unwrap_or(0))?,
             Op::Pad(pd) => {
                 // ours: begins then ends of the per-sample axes; ONNX's include the batch axis

@@ -5,6 +5,13 @@
 //! RMSNorm: `Mul(x, x) -> P/square`, `ReduceMean(axes [-1], keepdims) -> P/mean`, `Add(P.eps)`,
 //! `Sqrt`, `Div(x, .)`, `Mul(., P.weight) -> P`.
 //!
+//! Masked mean pooling (sentence-transformers): `Unsqueeze(mask, P.mask_axes = [-1]) -> P/mask`,
+//! `Mul(x, P/mask) -> P/masked`, `ReduceSum(P/masked, P.token_axes = [1], keepdims 0) -> P/sum`,
+//! `ReduceSum(P/mask, P.token_axes, keepdims 0) -> P/count`, `Max(P/count, P.eps) -> P/clamped`,
+//! `Div(P/sum, P/clamped) -> P`. L2 normalisation: `ReduceL2(x, axes [-1], keepdims 1) -> P/norm`,
+//! `Max(P/norm, P.eps) -> P/clamped`, `Div(x, P/clamped) -> P`. Their `dim` is read from x's width
+//! when the node is added.
+//!
 //! A block starts at a MatMul of a value with an initializer `P.q_weight_t`. Its attributes are
 //! read from the block's constants (heads and head size from `P.q.shape`, key/value heads from
 //! `P.k_weight_t`, the output width from `P.o_weight_t`, biases from `P.q_bias`, causality from
@@ -18,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use prunekit_graph::ops::{Attention, Op, RmsNorm};
+use prunekit_graph::ops::{Attention, L2Normalize, MaskedMeanPool, Op, RmsNorm};
 
 use super::super::export::attention::{template, Spec, WEIGHTS};
 use super::super::proto::{GraphProto, NodeProto, TensorProto};
@@ -53,7 +60,11 @@ pub(super) fn blocks(g: &GraphProto) -> Vec<Block> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < g.node.len() {
-        match recognise(g, &inits, &uses, i).or_else(|| rms_norm(g, &inits, &uses, i)) {
+        let found = recognise(g, &inits, &uses, i)
+            .or_else(|| rms_norm(g, &inits, &uses, i))
+            .or_else(|| masked_mean_pool(g, &inits, &uses, i))
+            .or_else(|| l2_normalize(g, &inits, &uses, i));
+        match found {
             Some(b) => {
                 i += b.len;
                 out.push(b);
@@ -346,6 +357,137 @@ fn rms_norm(
     })
 }
 
+/// Whether `file` is exactly the nodes `expected` lists: (op type, inputs, output, attributes as
+/// (name, ints) for INTS or (name, [i]) for INT), in order, in the default domain.
+fn matches_nodes(
+    file: &[NodeProto],
+    expected: &[(&str, Vec<&str>, &str, Vec<(&str, Vec<i64>)>)],
+) -> bool {
+    use super::super::proto::attribute_type as at;
+    file.len() == expected.len()
+        && file
+            .iter()
+            .zip(expected)
+            .all(|(n, (op_type, inputs, output, attrs))| {
+                n.op_type == *op_type
+                    && n.domain.is_empty()
+                    && n.input
+                        .iter()
+                        .map(String::as_str)
+                        .eq(inputs.iter().copied())
+                    && n.output == [*output]
+                    && n.attribute.len() == attrs.len()
+                    && attrs.iter().all(|(k, v)| {
+                        n.attribute.iter().any(|a| {
+                            a.name == *k
+                                && match a.r#type {
+                                    at::INT => v.as_slice() == [a.i],
+                                    at::INTS => a.ints == *v,
+                                    _ => false,
+                                }
+                        })
+                    })
+            })
+}
+
+/// A scalar float initializer as the f64 whose shortest decimal gives the f32 back (1e-9 stays
+/// 1e-9).
+fn scalar_eps(inits: &HashMap<&str, &TensorProto>, name: &str) -> Option<f64> {
+    let (d, v) = floats(inits, name)?;
+    let (&[], &[eps]) = (d.as_slice(), v.as_slice()) else {
+        return None;
+    };
+    format!("{eps}").parse().ok()
+}
+
+/// A masked mean pooling as the exporter writes it (see the module docs), starting at `start`.
+fn masked_mean_pool(
+    g: &GraphProto,
+    inits: &HashMap<&str, &TensorProto>,
+    uses: &HashMap<&str, usize>,
+    start: usize,
+) -> Option<Block> {
+    let file = g.node.get(start..start + 6)?;
+    let name = file[0].output.first()?.strip_suffix("/mask")?;
+    let mask = file[0].input.first()?;
+    let x = file[1].input.first()?;
+    let v = |w: &str| format!("{name}/{w}");
+    let c = |w: &str| format!("{name}.{w}");
+    let (m, masked, sum, count, clamped) =
+        (v("mask"), v("masked"), v("sum"), v("count"), v("clamped"));
+    let (mask_axes, token_axes, eps) = (c("mask_axes"), c("token_axes"), c("eps"));
+    let keep0 = || vec![("keepdims", vec![0])];
+    let expected = [
+        (
+            "Unsqueeze",
+            vec![mask.as_str(), &mask_axes],
+            m.as_str(),
+            vec![],
+        ),
+        ("Mul", vec![x.as_str(), &m], &masked, vec![]),
+        ("ReduceSum", vec![&masked, &token_axes], &sum, keep0()),
+        ("ReduceSum", vec![&m, &token_axes], &count, keep0()),
+        ("Max", vec![&count, &eps], &clamped, vec![]),
+        ("Div", vec![&sum, &clamped], name, vec![]),
+    ];
+    if !matches_nodes(file, &expected)
+        || ints(inits, &mask_axes)? != [-1]
+        || ints(inits, &token_axes)? != [1]
+        || !closed(file, uses, name)
+    {
+        return None;
+    }
+    let eps = scalar_eps(inits, &eps)?;
+    Some(Block {
+        start,
+        len: 6,
+        name: name.to_string(),
+        // `dim` follows x's width (set when the node is added)
+        op: Op::from(MaskedMeanPool { dim: 0, eps }),
+        inputs: vec![x.clone(), mask.clone()],
+        params: vec![],
+    })
+}
+
+/// An L2 normalisation as the exporter writes it (see the module docs), starting at `start`.
+fn l2_normalize(
+    g: &GraphProto,
+    inits: &HashMap<&str, &TensorProto>,
+    uses: &HashMap<&str, usize>,
+    start: usize,
+) -> Option<Block> {
+    let file = g.node.get(start..start + 3)?;
+    let name = file[0].output.first()?.strip_suffix("/norm")?;
+    let x = file[0].input.first()?;
+    let (norm, clamped, eps) = (
+        format!("{name}/norm"),
+        format!("{name}/clamped"),
+        format!("{name}.eps"),
+    );
+    let expected = [
+        (
+            "ReduceL2",
+            vec![x.as_str()],
+            norm.as_str(),
+            vec![("axes", vec![-1]), ("keepdims", vec![1])],
+        ),
+        ("Max", vec![norm.as_str(), &eps], &clamped, vec![]),
+        ("Div", vec![x.as_str(), &clamped], name, vec![]),
+    ];
+    if !matches_nodes(file, &expected) || !closed(file, uses, name) {
+        return None;
+    }
+    let eps = scalar_eps(inits, &eps)?;
+    Some(Block {
+        start,
+        len: 3,
+        name: name.to_string(),
+        op: Op::from(L2Normalize { dim: 0, eps }),
+        inputs: vec![x.clone()],
+        params: vec![],
+    })
+}
+
 impl Importer<'_> {
     /// Adds a recognised block as one node of ours.
     pub(super) fn block(&mut self, b: &Block) -> R<()> {
@@ -357,7 +499,18 @@ impl Importer<'_> {
         for (k, dims, data) in &b.params {
             params.push((*k, self.tensor(dims, data.clone())?));
         }
-        let name = self.add(&b.name, b.op.clone(), inputs, params)?;
+        let mut op = b.op.clone();
+        // ops without a weight take their width from x
+        let width = inputs
+            .first()
+            .and_then(|x| self.shapes.get(x))
+            .and_then(|s| s.last().copied());
+        match (&mut op, width) {
+            (Op::MaskedMeanPool(p), Some(d)) => p.dim = d,
+            (Op::L2Normalize(l), Some(d)) => l.dim = d,
+            _ => {}
+        }
+        let name = self.add(&b.name, op, inputs, params)?;
         self.set(&b.name, name);
         Ok(())
     }
