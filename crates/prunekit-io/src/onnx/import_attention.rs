@@ -357,12 +357,13 @@ fn rms_norm(
     })
 }
 
+/// One node a block must hold: (op type, inputs, output, attributes as (name, ints): INTS, or
+/// INT as a one-element list).
+type Expected<'a> = (&'a str, Vec<&'a str>, &'a str, Vec<(&'a str, Vec<i64>)>);
+
 /// Whether `file` is exactly the nodes `expected` lists: (op type, inputs, output, attributes as
 /// (name, ints) for INTS or (name, [i]) for INT), in order, in the default domain.
-fn matches_nodes(
-    file: &[NodeProto],
-    expected: &[(&str, Vec<&str>, &str, Vec<(&str, Vec<i64>)>)],
-) -> bool {
+fn matches_nodes(file: &[NodeProto], expected: &[Expected]) -> bool {
     use super::super::proto::attribute_type as at;
     file.len() == expected.len()
         && file
