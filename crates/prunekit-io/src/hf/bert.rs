@@ -13,7 +13,8 @@
 
 use candle_core::Device;
 use prunekit_graph::ops::{
-    Add, Attention, Embedding, Gelu, LayerNorm, Linear, PositionalEmbedding,
+    Add, Attention, Embedding, Gelu, L2Normalize, LayerNorm, Linear, MaskedMeanPool,
+    PositionalEmbedding,
 };
 use prunekit_graph::{Graph, InputKind};
 
@@ -254,7 +255,44 @@ pub(crate) fn build(
             c,
         )?;
     }
-    n.finish(name, &[&x], meta.clone())
+    // a sentence-transformers directory: its Pooling (mean over the attention mask) and Normalize
+    // modules, so the graph's output is the sentence embedding [hidden]
+    let out = match sentence_pooling(meta) {
+        Some(normalize) => {
+            let pooled = n.node(
+                "pooling",
+                MaskedMeanPool { dim: h, eps: 1e-9 },
+                &[&x, &mask],
+                vec![],
+            )?;
+            if normalize {
+                n.node("normalize", L2Normalize { dim: h, eps: 1e-12 }, &[&pooled], vec![])?
+            } else {
+                pooled
+            }
+        }
+        None => x,
+    };
+    n.finish(name, &[&out], meta.clone())
+}
+
+/// Whether the directory is a sentence-transformers model that mean-pools its tokens
+/// (`modules.json` with a Pooling module whose config has `pooling_mode_mean_tokens`), and if so
+/// whether a Normalize module follows. Other pooling modes (CLS, max) keep the last hidden state
+/// as the output.
+fn sentence_pooling(meta: &HfMeta) -> Option<bool> {
+    let modules: serde_json::Value = serde_json::from_str(meta.files.get("modules.json")?).ok()?;
+    let modules = modules.as_array()?;
+    let ty = |m: &serde_json::Value| m["type"].as_str().unwrap_or("").to_string();
+    let pooling = modules.iter().find(|m| ty(m).ends_with("models.Pooling"))?;
+    let path = pooling["path"].as_str().unwrap_or("1_Pooling");
+    let cfg: serde_json::Value =
+        serde_json::from_str(meta.files.get(&format!("{path}/config.json"))?).ok()?;
+    let only_mean = cfg["pooling_mode_mean_tokens"] == true
+        && ["cls_token", "max_tokens", "mean_sqrt_len_tokens"]
+            .iter()
+            .all(|m| cfg[format!("pooling_mode_{m}")] != true);
+    only_mean.then(|| modules.iter().any(|m| ty(m).ends_with("models.Normalize")))
 }
 
 fn layer_norm(
