@@ -229,8 +229,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Face perplexity guide: windows of `context` tokens starting every `stride` tokens; in each,
 /// the targets are the next tokens, and only positions not scored by an earlier window count (the
 /// others are [`IGNORE`](crate::IGNORE)), so every token after the first is predicted exactly
-/// once, with up to `context - stride` tokens of context. The last window is padded with id 0
-/// (ignored). `exp` of the mean negative log-likelihood over the scored tokens is the perplexity.
+/// once, with up to `context - stride` tokens of context. A window's first token is never a
+/// target, so each window starts at most at the last token the one before it scored: with
+/// `stride == context` the windows overlap by one token (the guide's loop would skip the first
+/// token of every window there). The last window is padded with id 0 (ignored). `exp` of the mean negative log-likelihood over the scored tokens is the perplexity.
 ///
 /// # Errors
 /// [`DataError::InvalidArgument`] for fewer than 2 tokens, `context` < 2, `stride` of 0 or above
@@ -274,7 +276,8 @@ pub fn lm_windows(
         if end >= ids.len() {
             break;
         }
-        start += stride;
+        // token `end` is predicted from position `end - 1`, which the next window must hold
+        start = (start + stride).min(end - 1);
     }
     Dataset::with_task(
         name.to_string(),

@@ -266,7 +266,12 @@ pub(crate) fn build(
                 vec![],
             )?;
             if normalize {
-                n.node("normalize", L2Normalize { dim: h, eps: 1e-12 }, &[&pooled], vec![])?
+                n.node(
+                    "normalize",
+                    L2Normalize { dim: h, eps: 1e-12 },
+                    &[&pooled],
+                    vec![],
+                )?
             } else {
                 pooled
             }
