@@ -18,7 +18,12 @@ use crate::{Command, DataArgs, OptimizerArg, ScheduleArg, TrainArgs};
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Demo { save, json, seed } => demo(save.as_deref(), json, seed),
-        Command::Info { model, json } => info(&model, json),
+        Command::Info {
+            model,
+            seq_len,
+            latency_batch,
+            json,
+        } => info(&model, seq_len, latency_batch, json),
         Command::Export { model, output, hf } => export(&model, &output, &hf),
         Command::Embed(args) => crate::text_cmd::embed(&args),
         Command::Generate(args) => crate::text_cmd::generate(&args),
@@ -71,6 +76,7 @@ pub fn run(cmd: Command) -> Result<()> {
             context,
             stride,
             max_tokens,
+            latency_batch,
             json,
             ..
         } => crate::text_cmd::perplexity(&crate::text_cmd::PerplexityArgs {
@@ -79,6 +85,7 @@ pub fn run(cmd: Command) -> Result<()> {
             context,
             stride,
             max_tokens,
+            latency_batch,
             json,
         }),
         Command::Eval {
@@ -273,7 +280,14 @@ pub(crate) fn save_hf(
             "cannot write the Hugging Face directory {}",
             output.display()
         )
-    })
+    })?;
+    if let Err(why) = prunekit_io::hf::check_loadable(g) {
+        eprintln!(
+            "note: {} is readable by prunekit only (--allow-nonuniform): {why}",
+            output.display()
+        );
+    }
+    Ok(())
 }
 
 /// Resolves `--data` (or the dataset recorded in the model) to a train/test split.
@@ -577,8 +591,12 @@ fn demo(save: Option<&Path>, json: bool, seed: u64) -> Result<()> {
 const SPARSITY_COUNTS: &str = "zeros among the weight matrices and kernels (rank >= 2); biases \
     and norm scales are not counted (params and nonzeros count every trainable value)";
 
-fn info(path: &Path, json: bool) -> Result<()> {
-    let g = load_model(path)?;
+fn info(path: &Path, seq_len: Option<usize>, batch: Option<usize>, json: bool) -> Result<()> {
+    let g = load_model_seq(path, seq_len)?;
+    // measured first, before other work leaves buffers the allocator reuses unseen
+    let measured = batch
+        .map(|b| prunekit_measure::model_measures(&g, Some(b), 3.0))
+        .transpose()?;
     let shapes = g.validate()?;
     let node_macs = g.node_macs()?;
     let mut layers = Vec::new();
@@ -600,12 +618,15 @@ fn info(path: &Path, json: bool) -> Result<()> {
     let nonzeros = g.nonzero_count()?;
     let weights = g.weight_counts()?;
     let macs = g.macs()?;
+    let seq = prunekit_measure::sequence_length(&g).map(|(_, t)| t);
+    let per_token = prunekit_measure::macs_per_token(&g)?;
     if json {
         let out = json!({
             "name": g.name, "inputs": g.inputs, "outputs": g.outputs, "layers": layers,
             "params": params, "nonzeros": nonzeros, "macs": macs, "effective_macs": g.effective_macs()?,
             "weights": weights.weights, "weight_zeros": weights.zeros,
             "sparsity": weights.sparsity(), "sparsity_counts": SPARSITY_COUNTS, "meta": g.meta,
+            "seq_len": seq, "macs_per_token": per_token, "measured": measured,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -644,23 +665,74 @@ fn info(path: &Path, json: bool) -> Result<()> {
         human(macs as f64),
         g.outputs.join(", ")
     );
+    if let Some(m) = &measured {
+        println!("{}", render(&["", "value"], &measure_rows(m)));
+    } else if let (Some((name, t)), Some(per)) = (prunekit_measure::sequence_length(&g), per_token)
+    {
+        println!(
+            "{} MACs per token at {t} tokens per sample (input `{name}`)",
+            human(per)
+        );
+    }
     Ok(())
+}
+
+/// Rows of [`prunekit_measure::ModelMeasures`] as `info` and `eval --text` print them.
+pub(crate) fn measure_rows(m: &prunekit_measure::ModelMeasures) -> Vec<Vec<String>> {
+    let b = |batch: usize| prunekit_report::model::batch_label(batch, m.seq_len);
+    let mut rows = vec![
+        vec!["params".into(), human(m.params as f64)],
+        vec!["MACs per sample".into(), human(m.macs as f64)],
+    ];
+    if let (Some(t), Some(per)) = (m.seq_len, m.macs_per_token) {
+        rows.push(vec![
+            format!("MACs per token (sequence length {t})"),
+            human(per),
+        ]);
+    }
+    for l in std::iter::once(&m.latency).chain(m.latency_batch.as_ref()) {
+        rows.push(vec![
+            format!("latency, {}", b(l.batch)),
+            format!(
+                "{:.3} ms (p90 {:.3}, {} runs, {} threads)",
+                l.median_ms, l.p90_ms, l.runs, l.threads
+            ),
+        ]);
+    }
+    if let Some(mem) = &m.memory {
+        rows.push(vec![
+            format!("peak resident memory, {}", b(mem.batch)),
+            format!(
+                "{:.1} MiB (the inference added {:.1} MiB{})",
+                mem.peak_kb as f64 / 1024.0,
+                mem.delta_kb as f64 / 1024.0,
+                if mem.hwm_reset { "" } else { "; a lower bound" }
+            ),
+        ]);
+    }
+    rows
 }
 
 fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: bool) -> Result<()> {
     let g = load_model(model)?;
+    if latency_batch == Some(0) {
+        bail!("--latency-batch must be at least 1");
+    }
+    // measured first, before the evaluation leaves buffers the allocator reuses unseen
+    let memory = prunekit_measure::inference_memory(&g, latency_batch.unwrap_or(1))?;
     let (split, name) = load_data(data, &g, 0)?;
     let s = summarize(&g, Some(&split.test))?;
     let batched = match latency_batch {
-        Some(0) => bail!("--latency-batch must be at least 1"),
         Some(n) => Some(prunekit_measure::latency(&g, n, 5, 30)?),
         None => None,
     };
+    let label = |b: usize| prunekit_report::model::batch_label(b, s.seq_len);
     if json {
         let mut v = summary_json(&s);
         v["dataset"] = json!(name);
         v["samples"] = json!(split.test.len());
         v["latency_batch"] = json!(batched);
+        v["memory"] = json!(memory);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let rows = vec![vec![
@@ -696,7 +768,7 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
                 human(s.effective_macs as f64),
             ],
             vec![
-                "latency (batch 1)".into(),
+                format!("latency ({})", label(1)),
                 format!(
                     "{:.3} ms (p90 {:.3})",
                     s.latency.median_ms, s.latency.p90_ms
@@ -709,11 +781,23 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
         ]);
         if let Some(l) = batched {
             rows.push(vec![
-                format!("latency (batch {})", l.batch),
+                format!("latency ({})", label(l.batch)),
                 format!(
                     "{:.3} ms (p90 {:.3}, {} runs)",
                     l.median_ms, l.p90_ms, l.runs
                 ),
+            ]);
+        }
+        if let (Some(t), Some(per)) = (s.seq_len, s.macs_per_token) {
+            rows.push(vec![
+                format!("MACs per token (sequence length {t})"),
+                human(per),
+            ]);
+        }
+        if let Some(m) = memory {
+            rows.push(vec![
+                format!("peak resident memory ({})", label(m.batch)),
+                format!("{:.1} MiB", m.peak_kb as f64 / 1024.0),
             ]);
         }
         println!("{}", render(&["", "value"], &rows));

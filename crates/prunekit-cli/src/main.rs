@@ -82,6 +82,14 @@ enum Command {
     /// cannot import.
     Info {
         model: PathBuf,
+        /// tokens per sample for a Transformer read from a Hugging Face directory or GGUF file
+        /// (MACs per token depend on it; default: the tokenizer's padding length, else 128)
+        #[arg(long, value_name = "T")]
+        seq_len: Option<usize>,
+        /// also measure: peak resident memory of one inference at batch N, latency at batch 1
+        /// and at batch N (N x T tokens for a Transformer)
+        #[arg(long, value_name = "N")]
+        latency_batch: Option<usize>,
         #[arg(long)]
         json: bool,
     },

@@ -212,6 +212,38 @@ pub fn stages(a: &PruneArgs) -> Result<Vec<Stage>> {
     Ok(stages)
 }
 
+/// The "will it load" check before any pruning, for `--format hf`: the model must carry what the
+/// export needs, and (without `--allow-nonuniform`) no stage may give layers widths of their own
+/// (the global ranking does), which one config.json cannot state. The widths themselves are
+/// checked again after pruning, before anything is written.
+fn will_it_load(g: &Graph, stages: &[Stage], a: &PruneArgs) -> Result<()> {
+    if !g.meta.contains_key(prunekit_io::hf::META_KEY) {
+        bail!(
+            "--format hf: {} was not read from a Hugging Face directory or GGUF file, so there are no Hugging Face key names or config to write; leave out --format hf (our format, or .onnx)",
+            a.model.display()
+        );
+    }
+    if let Err(why) = prunekit_io::hf::check_loadable(g) {
+        if !a.hf.allow_nonuniform {
+            bail!("--format hf: the model's widths already cannot be written for the family's loaders: {why}");
+        }
+    }
+    if a.hf.allow_nonuniform {
+        return Ok(());
+    }
+    for st in stages {
+        if let Stage::Structured(s) = st {
+            if s.scope == "global" {
+                bail!(
+                    "--format hf with --scope global: the global ranking gives every layer its own number of heads and FFN channels, but the family's config.json holds one value for all layers; use --scope layer (every layer loses the same share: --structured {} keeps the widths uniform), or pass --allow-nonuniform (the directory is then readable by prunekit only)",
+                    s.ratio
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn prune(a: &PruneArgs) -> Result<()> {
     let stages = stages(a)?;
     if a.verify && a.structured.is_none() {
@@ -233,6 +265,9 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     .check()?;
     let mut g = load_model(&a.model)?;
     check_output(&a.model, &a.output)?;
+    if a.hf.format.is_some() {
+        will_it_load(&g, &stages, a)?;
+    }
     crate::report_cmd::check_report_dir(a.report.as_deref())?;
     let original = a.report.as_ref().map(|_| g.try_clone()).transpose()?;
     let split = match &a.calib {

@@ -123,6 +123,8 @@ pub struct PerplexityArgs<'a> {
     pub context: usize,
     pub stride: Option<usize>,
     pub max_tokens: Option<usize>,
+    /// also measure latency and peak memory at this batch of `context`-token windows
+    pub latency_batch: Option<usize>,
     pub json: bool,
 }
 
@@ -216,6 +218,9 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 
 pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let g = crate::commands::load_model_seq(a.model, Some(a.context))?;
+    // params, MACs per token at the context, latency at batch 1 and at the batch, peak memory:
+    // measured before the evaluation (whose buffers the allocator would reuse unseen)
+    let measures = prunekit_measure::model_measures(&g, a.latency_batch, 3.0)?;
     let tok = text::tokenizer(&g)?;
     let raw =
         std::fs::read_to_string(a.text).with_context(|| format!("reading {}", a.text.display()))?;
@@ -246,6 +251,7 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
                 "stride": stride,
                 "windows": data.len(),
                 "seconds": secs,
+                "measures": measures,
             }))?
         );
     } else {
@@ -255,6 +261,10 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
             a.text.display(),
             a.context,
             data.len()
+        );
+        println!(
+            "{}",
+            crate::table::render(&["", "value"], &crate::commands::measure_rows(&measures))
         );
     }
     Ok(())

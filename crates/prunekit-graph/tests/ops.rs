@@ -249,7 +249,7 @@ fn op_json_defaults() {
     assert_eq!(g, Op::Gelu(Gelu::default()));
     let s: Op = serde_json::from_str(r#"{"type": "softmax"}"#).unwrap();
     assert_eq!(s, Op::Softmax(Softmax { axis: -1 }));
-    assert_eq!(Op::all_type_names().len(), 46);
+    assert_eq!(Op::all_type_names().len(), 48);
     // every op survives a JSON round trip with its type tag
     for op in [
         Op::from(Linear::new(3, 4)),

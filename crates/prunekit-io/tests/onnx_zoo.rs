@@ -44,11 +44,16 @@ const MODELS: &[(&str, Result<(), &str>)] = &[
     ("light_inception_v2", Err("asymmetric pads")),
 ];
 
-fn ort_check(py: &Path, model: &Path, x: &Path, y: &Path) -> serde_json::Value {
+/// onnxruntime's outputs against `y`; `checker`: also run onnx.checker (our own exports; the
+/// model zoo's originals predate the IR rules it checks)
+fn ort_check(py: &Path, model: &Path, x: &Path, y: &Path, checker: bool) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ort_check.py");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .arg(model)
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(script).arg(model);
+    if !checker {
+        cmd.arg("--no-checker");
+    }
+    let out = cmd
         .arg("--inputs")
         .arg(x)
         .arg("--expect")
@@ -113,7 +118,7 @@ fn model_zoo_networks_import_prune_and_agree_with_onnxruntime() {
                 let yp = tmp.path().join(format!("{stem}.y.npy"));
                 prunekit_io::npy::write(&xp, &x).unwrap();
                 prunekit_io::npy::write(&yp, &y[0]).unwrap();
-                let dense = ort_check(&py, &path, &xp, &yp);
+                let dense = ort_check(&py, &path, &xp, &yp, false);
                 // prune, check the rewrite against masking, write it, and run the file in onnxruntime
                 let mut pruned = g.try_clone().unwrap();
                 let report = prunekit_prune::prune_structured(
@@ -130,7 +135,7 @@ fn model_zoo_networks_import_prune_and_agree_with_onnxruntime() {
                 prunekit_io::save(&pruned, &out, Some(&path)).unwrap();
                 let yq = Executor::new(0).eval(&pruned, &[x]).unwrap();
                 prunekit_io::npy::write(&yp, &yq[0]).unwrap();
-                let small = ort_check(&py, &out, &xp, &yp);
+                let small = ort_check(&py, &out, &xp, &yp, true);
                 lines.push(format!(
                     "{stem}: {:.2}M params, {:.2} GMACs; onnxruntime rel. error {:.1e}; pruned 0.3 to {:.2}M params, {:.2} GMACs, verify {:.1e}, onnxruntime {:.1e}",
                     g.param_count() as f64 / 1e6,

@@ -50,6 +50,22 @@ pub struct Latency {
     pub threads: usize,
 }
 
+impl Latency {
+    /// The statistics of timed runs of `times` ms each (at least one).
+    fn of(batch: usize, warmup: usize, mut times: Vec<f64>) -> Self {
+        times.sort_by(f64::total_cmp);
+        let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
+        Latency {
+            batch,
+            warmup,
+            runs: times.len(),
+            median_ms: q(0.5),
+            p90_ms: q(0.9),
+            threads: threads(),
+        }
+    }
+}
+
 impl Summary {
     /// Test accuracy, for tasks that report it.
     pub fn accuracy(&self) -> Option<f64> {
@@ -90,6 +106,12 @@ pub struct Summary {
     pub latency_ms: f64,
     pub latency: Latency,
     pub file_bytes: u64,
+    /// tokens per sample of a sequence model ([`sequence_length`]); `None` for other models
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
+    /// `macs / seq_len`: MACs per token at that sequence length (attention's share grows with it)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs_per_token: Option<f64>,
 }
 
 /// Threads the CPU kernels use (rayon's pool, which candle's gemm shares).
@@ -134,15 +156,77 @@ pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<La
         exec.eval(g, &x)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
-    Ok(Latency {
-        batch,
-        warmup,
-        runs: times.len(),
-        median_ms: q(0.5),
-        p90_ms: q(0.9),
-        threads: threads(),
+    Ok(Latency::of(batch, warmup, times))
+}
+
+/// Eval-mode forward latency at `batch` within a time budget, for models where a run takes
+/// seconds (a Transformer at a long sequence): one untimed warm-up run, then timed runs until
+/// `budget_s` seconds have passed, at least 3 and at most 30.
+pub fn latency_within(g: &Graph, batch: usize, budget_s: f64) -> Result<Latency> {
+    let x = random_inputs(g, batch)?;
+    let mut exec = Executor::new(0);
+    exec.eval(g, &x)?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 3 || (times.len() < 30 && start.elapsed().as_secs_f64() < budget_s) {
+        let t0 = Instant::now();
+        exec.eval(g, &x)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(Latency::of(batch, 1, times))
+}
+
+/// The size and cost measures of one model without data: parameters, MACs per sample and (for a
+/// sequence model) per token at its sequence length, latency at batch 1 and at a larger batch,
+/// and the peak resident memory of one inference at that batch. For a Transformer the larger
+/// batch is `batch x seq_len` tokens per run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeasures {
+    /// trainable values
+    pub params: usize,
+    /// of them nonzero
+    pub nonzeros: usize,
+    /// MACs per sample (one sequence of `seq_len` tokens for a sequence model)
+    pub macs: u64,
+    /// tokens per sample ([`sequence_length`])
+    pub seq_len: Option<usize>,
+    /// MACs per token at `seq_len`
+    pub macs_per_token: Option<f64>,
+    /// batch-1 latency (ms)
+    pub latency: Latency,
+    /// latency at the larger batch (ms), when one was asked
+    pub latency_batch: Option<Latency>,
+    /// peak resident memory of one cold inference at the larger batch (or batch 1), measured
+    /// before the timed runs; `None` off Linux
+    pub memory: Option<InferenceMemory>,
+}
+
+/// [`ModelMeasures`] of `g`: memory first (at `batch`, or 1), then latency at batch 1 and at
+/// `batch`, each within `budget_s` seconds of timed runs ([`latency_within`]).
+///
+/// # Errors
+/// A `batch` of 0; errors of the forward passes.
+pub fn model_measures(g: &Graph, batch: Option<usize>, budget_s: f64) -> Result<ModelMeasures> {
+    if batch == Some(0) {
+        return Err(MeasureError::Invalid(
+            "the batch size must be at least 1".into(),
+        ));
+    }
+    let memory = inference_memory(g, batch.unwrap_or(1))?;
+    let latency = latency_within(g, 1, budget_s)?;
+    let latency_batch = match batch {
+        Some(b) if b > 1 => Some(latency_within(g, b, budget_s)?),
+        _ => None,
+    };
+    Ok(ModelMeasures {
+        params: g.param_count(),
+        nonzeros: g.nonzero_count()?,
+        macs: g.macs()?,
+        seq_len: sequence_length(g).map(|(_, t)| t),
+        macs_per_token: macs_per_token(g)?,
+        latency,
+        latency_batch,
+        memory,
     })
 }
 
@@ -170,5 +254,30 @@ pub fn summarize(g: &Graph, test: Option<&Dataset>) -> Result<Summary> {
         latency_ms: lat.median_ms,
         latency: lat,
         file_bytes: file_size(g)?,
+        seq_len: sequence_length(g).map(|(_, t)| t),
+        macs_per_token: macs_per_token(g)?,
+    })
+}
+
+/// The token axis of a sequence model: the name and length `T` of its first integer-id input of
+/// per-sample shape `[T]` with `T > 1` (token ids of a Transformer or a recurrent text model, an
+/// item history). `None` for models without one (images, tabular features, single ids).
+pub fn sequence_length(g: &Graph) -> Option<(String, usize)> {
+    g.inputs
+        .iter()
+        .find(|i| i.kind == InputKind::Ids && i.shape.len() == 1 && i.shape[0] > 1)
+        .map(|i| (i.name.clone(), i.shape[0]))
+}
+
+/// MACs per token at the graph's sequence length ([`sequence_length`]): [`Graph::macs`] (per
+/// sample of `T` tokens) divided by `T`. The figure depends on `T` (attention's score and value
+/// products grow as `T^2`), so it is only meaningful with the length stated beside it.
+///
+/// # Errors
+/// As [`Graph::macs`].
+pub fn macs_per_token(g: &Graph) -> Result<Option<f64>> {
+    Ok(match sequence_length(g) {
+        Some((_, t)) => Some(g.macs()? as f64 / t as f64),
+        None => None,
     })
 }

@@ -570,6 +570,30 @@ fn nearest_product(n: &[usize], options: &[Vec<usize>], ratio: f64) -> Vec<usize
     }
 }
 
+/// The ratios nearest to `ratio` (at most six) at which a head product of `total` heads, whose
+/// members can keep the counts in `options`, keeps an exact product: "0.333 (6 heads), ...".
+fn exact_head_ratios(options: &[Vec<usize>], total: usize, ratio: f64) -> String {
+    let mut products: BTreeSet<usize> = [1].into();
+    for o in options {
+        products = products
+            .iter()
+            .flat_map(|&p| o.iter().map(move |&k| p * k))
+            .collect();
+    }
+    let mut v: Vec<(f64, usize)> = products
+        .into_iter()
+        .filter(|&k| k < total)
+        .map(|k| (1.0 - k as f64 / total as f64, k))
+        .collect();
+    v.sort_by(|a, b| (a.0 - ratio).abs().total_cmp(&(b.0 - ratio).abs()));
+    v.truncate(6);
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v.iter()
+        .map(|(r, k)| format!("{r:.3} ({k} heads)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A head product's request: the query heads asked for and the limits that applied.
 #[derive(Clone, Debug)]
 struct ProductPlan {
@@ -740,10 +764,11 @@ fn plan(
                 (
                     Limit::HeadProduct,
                     format!(
-                        "the query heads are {} (of {}), the reachable count nearest to {:.1}",
+                        "the query heads are {} (of {}), the reachable count nearest to {:.1}; ratios that reach a head count exactly: {}",
                         dims.join(" x "),
                         total,
-                        (1.0 - ratio) * total as f64
+                        (1.0 - ratio) * total as f64,
+                        exact_head_ratios(&options, total, ratio)
                     ),
                 ),
             );
@@ -1201,6 +1226,20 @@ fn no_group_scored(criterion: &dyn Criterion, unscored: &[UnscoredGroup]) -> Pru
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_head_ratios_list_the_reachable_products_nearest_the_request() {
+        // SmolLM2: 3 KV groups x 3 query slots; every kept count from 3 down to 1 is reachable
+        let opts = vec![vec![3, 2, 1], vec![3, 2, 1]];
+        let s = exact_head_ratios(&opts, 9, 0.5);
+        // kept products 1, 2, 3, 4, 6 (9 is "nothing removed"): the six nearest, by ratio
+        assert_eq!(
+            s,
+            "0.333 (6 heads), 0.556 (4 heads), 0.667 (3 heads), 0.778 (2 heads), 0.889 (1 heads)"
+        );
+        let s = exact_head_ratios(&[vec![4, 3, 2, 1]], 4, 0.1);
+        assert!(s.starts_with("0.250 (3 heads)"), "{s}");
+    }
 
     #[test]
     fn the_schedule_interpolates_from_the_original_size_and_ends_at_the_width() {

@@ -93,6 +93,14 @@ pub enum Unit {
     Plain,
 }
 
+/// "batch B", or "batch B × T tokens" for a sequence model of `T` tokens per sample.
+pub fn batch_label(batch: usize, seq_len: Option<usize>) -> String {
+    match seq_len {
+        Some(t) => format!("batch {batch} × {t} tokens"),
+        None => format!("batch {batch}"),
+    }
+}
+
 /// How a metric is shown: shares (accuracy, F1, precision, recall, hit rate, NDCG) as
 /// percentages, the others (AUC and KS as statisticians write them, RMSE, MAE, perplexity,
 /// loss) as plain numbers.
@@ -248,8 +256,18 @@ impl Comparison {
             b.effective_macs as f64,
             a.effective_macs as f64,
         ));
+        if let (Some(t), Some(pb), Some(pa)) = (b.seq_len, b.macs_per_token, a.macs_per_token) {
+            rows.push(ComparisonRow::new(
+                format!("MACs per token (sequence length {t})"),
+                Unit::Count,
+                Some(pb),
+                Some(pa),
+                false,
+            ));
+        }
+        let label = |batch: usize| batch_label(batch, b.seq_len);
         rows.push(ComparisonRow::new(
-            format!("latency, batch {} (median)", b.latency.batch),
+            format!("latency, {} (median)", label(b.latency.batch)),
             Unit::Milliseconds,
             Some(b.latency.median_ms),
             Some(a.latency.median_ms),
@@ -258,7 +276,7 @@ impl Comparison {
         if let (Some(lb), Some(la)) = (&before.latency_batch, &after.latency_batch) {
             if lb.batch == la.batch {
                 rows.push(ComparisonRow::new(
-                    format!("latency, batch {} (median)", lb.batch),
+                    format!("latency, {} (median)", label(lb.batch)),
                     Unit::Milliseconds,
                     Some(lb.median_ms),
                     Some(la.median_ms),
@@ -276,7 +294,7 @@ impl Comparison {
         if let (Some(mb), Some(ma)) = (&before.memory, &after.memory) {
             if mb.batch == ma.batch {
                 rows.push(ComparisonRow::new(
-                    format!("peak resident memory, batch {}", mb.batch),
+                    format!("peak resident memory, {}", label(mb.batch)),
                     Unit::Kib,
                     Some(mb.peak_kb as f64),
                     Some(ma.peak_kb as f64),

@@ -117,13 +117,20 @@ pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
             int(s.effective_macs),
         ),
     ]);
-    for l in std::iter::once(&s.latency).chain(m.latency_batch.as_ref()) {
+    if let (Some(t), Some(per)) = (s.seq_len, s.macs_per_token) {
         rows.push((
-            format!("latency, batch {} (median / p90)", l.batch),
+            format!("MACs per token (sequence length {t})"),
+            int(per.round() as u64),
+        ));
+    }
+    for l in std::iter::once(&s.latency).chain(m.latency_batch.as_ref()) {
+        let b = crate::model::batch_label(l.batch, s.seq_len);
+        rows.push((
+            format!("latency, {b} (median / p90)"),
             format!("{} / {}", ms(l.median_ms), ms(l.p90_ms)),
         ));
         rows.push((
-            format!("latency, batch {}: timing", l.batch),
+            format!("latency, {b}: timing"),
             format!(
                 "{} timed runs after {} warm-up, {} threads",
                 l.runs, l.warmup, l.threads
@@ -133,7 +140,10 @@ pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
     rows.push(("file size".into(), f::bytes(s.file_bytes)));
     if let Some(mem) = &m.memory {
         rows.push((
-            format!("peak resident memory, batch {}", mem.batch),
+            format!(
+                "peak resident memory, {}",
+                crate::model::batch_label(mem.batch, s.seq_len)
+            ),
             f::kib(mem.peak_kb),
         ));
         rows.push((

@@ -62,6 +62,8 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
             latency_ms: ms_,
             latency: latency(1, ms_),
             file_bytes: 157_880 / scale as u64,
+            seq_len: None,
+            macs_per_token: None,
         },
         layers,
         gap: Some(TrainTestGap {
@@ -329,4 +331,30 @@ fn writes_three_files_atomically() {
         .to_string();
     assert!(e.contains("cannot write the report"), "{e}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn a_sequence_model_states_macs_per_token_and_tokens_per_batch() {
+    let mut b = model("dense", 1, 0.95, 1.0);
+    let mut a = model("pruned", 2, 0.94, 0.5);
+    for m in [&mut b, &mut a] {
+        m.summary.seq_len = Some(128);
+        m.summary.macs_per_token = Some(m.summary.macs as f64 / 128.0);
+    }
+    let c = Comparison::new(&b, &a);
+    let row = c
+        .row("MACs per token (sequence length 128)")
+        .expect("a per-token row");
+    assert_eq!(row.before, Some(337_536.0 / 128.0));
+    assert!(c.row("latency, batch 1 × 128 tokens (median)").is_some());
+    let r = Report {
+        models: vec![b, a],
+        comparison: Some(c),
+        ..sample()
+    };
+    let md = to_markdown(&r);
+    assert!(md.contains("MACs per token (sequence length 128)"), "{md}");
+    assert!(md.contains("batch 1 × 128 tokens"), "{md}");
+    // other models have neither
+    assert!(!to_markdown(&sample()).contains("per token"));
 }

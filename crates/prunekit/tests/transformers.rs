@@ -246,19 +246,28 @@ fn hugging_face_export_refuses_widths_its_loaders_cannot_read() {
     let dir = d.path().join("tiny-llama");
     write_llama_dir(&dir);
     let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6)).unwrap();
+    assert_eq!(hf::check_loadable(&g), Ok(()));
     let mut p = g.try_clone().unwrap();
-    // a global ranking prunes layers by different amounts
-    let mut cfg = StructuredConfig::new(0.4);
-    cfg.scope = prunekit::prune::Scope::Global;
+    // the first layer's FFN alone loses half its channels: layers of different widths
+    let a = prunekit::graph::analyse(&g).unwrap();
+    let ffn0 = a
+        .groups
+        .iter()
+        .map(|gr| gr.key())
+        .find(|k| k.starts_with("model/layers/0/mlp"))
+        .expect("an FFN group in layer 0");
+    let mut cfg = StructuredConfig::new(0.0);
+    cfg.group_ratios.insert(ffn0, 0.5);
     prune_structured(&mut p, &cfg, &Norm::L2).unwrap();
     let w = prunekit::io::hf::layer_widths(&p);
-    if w.intermediate.windows(2).all(|x| x[0] == x[1]) && w.heads.windows(2).all(|x| x[0] == x[1]) {
-        return; // uniform by chance: nothing to refuse
-    }
+    assert!(w.intermediate[0] < w.intermediate[1], "{w:?}");
+    let why = hf::check_loadable(&p).unwrap_err();
+    assert!(why.contains("intermediate_size"), "{why}");
     let e = hf::save_dir(&p, &d.path().join("o"), DType::F32, false, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("--allow-nonuniform"), "{e}");
+    assert!(!d.path().join("o").exists(), "nothing written on refusal");
     hf::save_dir(&p, &d.path().join("o2"), DType::F32, true, None).unwrap();
     let back = prunekit::io::load_with(&d.path().join("o2"), &Device::Cpu, &opts(6)).unwrap();
     let x = ids(&p, 2);

@@ -31,6 +31,15 @@ fn layer_of(key: &str) -> Option<(usize, std::ops::Range<usize>)> {
     None
 }
 
+/// The original indices of the layers whose keys the graph still holds, in order.
+fn meta_layers(meta: &HfMeta) -> BTreeSet<usize> {
+    meta.keys
+        .values()
+        .filter_map(|k| layer_of(k))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Writes `g` as a Hugging Face directory `dir` of its family, in `dtype` (F32, F16 or BF16).
 /// Layers removed by depth pruning are renumbered 0..n.
 ///
@@ -65,12 +74,7 @@ pub fn save_dir(
             )
         })?;
     // layer renumbering: the layers that remain, in order
-    let layers: BTreeSet<usize> = meta
-        .keys
-        .values()
-        .filter_map(|k| layer_of(k))
-        .map(|(i, _)| i)
-        .collect();
+    let layers = meta_layers(&meta);
     let renumber: BTreeMap<usize, usize> = layers
         .iter()
         .enumerate()
@@ -133,6 +137,22 @@ pub fn save_dir(
         crate::native::atomic_write(&p, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// The "will it load" check: whether the family's Hugging Face loaders (transformers'
+/// `BertModel`, `LlamaForCausalLM`, ...) can read `g`'s widths from one config.json: every layer
+/// the same intermediate width and (Llama family) the same query and key/value head counts, the
+/// query heads a multiple of the key/value heads, and (BERT) a head width that is
+/// `hidden_size / num_attention_heads`.
+///
+/// Errors: the reason, in one line, naming the field and the per-layer values; also when `g`
+/// was not read from a Hugging Face directory or GGUF file.
+pub fn check_loadable(g: &Graph) -> std::result::Result<(), String> {
+    let meta = HfMeta::of(g)?.ok_or_else(|| {
+        format!("the model was not read from a Hugging Face directory or GGUF file (no meta.{META_KEY})")
+    })?;
+    let layers = meta_layers(&meta);
+    config_with_widths(g, &meta, layers.len(), false).map(|_| ())
 }
 
 /// The widths of each layer of a graph of the family, read off its ops.
@@ -232,6 +252,16 @@ fn config_with_widths(
         _ => {
             let heads = uniform("num_attention_heads", &w.heads, allow)?;
             let kv = uniform("num_key_value_heads", &w.kv_heads, allow)?;
+            if let Some((h, k)) = w
+                .heads
+                .iter()
+                .zip(&w.kv_heads)
+                .find(|(h, k)| **k == 0 || *h % *k != 0)
+            {
+                return Err(format!(
+                    "a layer has {h} query heads for {k} key/value heads; grouped-query attention needs the query heads to be a multiple of the key/value heads"
+                ));
+            }
             obj.insert("num_attention_heads".into(), heads.into());
             obj.insert("num_key_value_heads".into(), kv.into());
             obj.insert(

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{one_line, IoError, Result};
 
-pub use export::{layer_widths, save_dir, LayerWidths};
+pub use export::{check_loadable, layer_widths, save_dir, LayerWidths};
 
 /// The key of [`HfMeta`] in `Graph::meta`.
 pub const META_KEY: &str = "huggingface";
