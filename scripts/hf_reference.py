@@ -7,6 +7,10 @@
                                perplexity of transformers' LlamaForCausalLM over the GGUF's
                                dequantised weights (transformers' own GGUF reader), HF protocol
   generate GGUF PROMPT N       greedy continuation (JSON)
+  gpt2 OUTDIR                  a random tiny GPT2LMHeadModel saved by transformers (safetensors,
+                               tied lm_head) with OUTDIR/ids.npy [2, 7] and OUTDIR/logits.npy
+                               [2, 7, vocab]
+  logits DIR IDS.npy OUT.npy   transformers' logits of a GPT-2 directory (e.g. one prunekit wrote)
 
 Needs .venv-torch with transformers, sentence-transformers and gguf (scripts/setup-torch.sh).
 """
@@ -69,6 +73,36 @@ def generate(a):
     print(json.dumps({"ids": new.tolist(), "text": tok.decode(new, skip_special_tokens=True)}))
 
 
+def gpt2(a):
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=24, n_layer=2, n_head=4, n_inner=40,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # larger than the default init, so every part of the forward shows
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.save_pretrained(a.out, safe_serialization=True)
+    ids = torch.randint(0, cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits
+    np.save(os.path.join(a.out, "ids.npy"), ids.numpy().astype(np.int64))
+    np.save(os.path.join(a.out, "logits.npy"), logits.numpy().astype(np.float32))
+
+
+def logits(a):
+    import numpy as np
+    import torch
+    from transformers import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(a.model).eval()
+    ids = torch.from_numpy(np.load(a.ids).astype(np.int64))
+    with torch.no_grad():
+        y = model(ids).logits
+    np.save(a.out, y.numpy().astype(np.float32))
+
+
 def main():
     p = argparse.ArgumentParser()
     s = p.add_subparsers(dest="cmd", required=True)
@@ -77,10 +111,12 @@ def main():
     q.add_argument("--context", type=int, default=512); q.add_argument("--stride", type=int)
     q.add_argument("--max-tokens", type=int)
     g = s.add_parser("generate"); g.add_argument("model"); g.add_argument("prompt"); g.add_argument("tokens", type=int)
+    t = s.add_parser("gpt2"); t.add_argument("out")
+    l = s.add_parser("logits"); l.add_argument("model"); l.add_argument("ids"); l.add_argument("out")
     a = p.parse_args()
     if a.cmd == "ppl" and a.stride is None:
         a.stride = a.context
-    {"embed": embed, "ppl": ppl, "generate": generate}[a.cmd](a)
+    {"embed": embed, "ppl": ppl, "generate": generate, "gpt2": gpt2, "logits": logits}[a.cmd](a)
 
 
 if __name__ == "__main__":

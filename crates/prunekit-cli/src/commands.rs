@@ -193,7 +193,15 @@ fn export(model: &Path, output: &Path, hf: &crate::HfOutArgs) -> Result<()> {
 
 /// `prunekit predict`: the model's outputs on .npy inputs, as .npy.
 fn predict(model: &Path, inputs: &[std::path::PathBuf], output: &Path) -> Result<()> {
-    let g = load_model(model)?;
+    // a Transformer is read for the sequence length of its first array ([batch, T] ids)
+    let seq_len = match inputs.first() {
+        Some(p) => {
+            let t = prunekit_io::npy::read(p, &candle_core::Device::Cpu)?;
+            (t.rank() == 2).then(|| t.dims()[1])
+        }
+        None => None,
+    };
+    let g = load_model_seq(model, seq_len)?;
     if inputs.len() != g.inputs.len() {
         bail!(
             "{} takes {} input(s), got {} --input (one .npy per input, in the order `prunekit info` lists them)",
@@ -286,6 +294,8 @@ pub(crate) fn save_hf(
             "note: {} is readable by prunekit only (--allow-nonuniform): {why}",
             output.display()
         );
+    } else if let Some(note) = prunekit_io::hf::loaders_note(g) {
+        eprintln!("note: {}: {note}", output.display());
     }
     Ok(())
 }

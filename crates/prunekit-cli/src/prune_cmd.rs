@@ -244,8 +244,26 @@ fn will_it_load(g: &Graph, stages: &[Stage], a: &PruneArgs) -> Result<()> {
     Ok(())
 }
 
+/// For `--format hf`: the structured stages keep the widths the family's config cannot change
+/// ([`prunekit_io::hf::width_locked_nodes`], e.g. GPT-2's hidden size), with a note.
+fn protect_locked_widths(g: &Graph, stages: &mut [Stage], quiet: bool) {
+    let locked = prunekit_io::hf::width_locked_nodes(g);
+    for st in stages {
+        if let Stage::Structured(s) = st {
+            for n in &locked {
+                if !s.protect.contains(n) {
+                    if !quiet {
+                        eprintln!("note: --format hf: `{n}` keeps its width (the family's loaders derive the head width from the hidden size)");
+                    }
+                    s.protect.push(n.clone());
+                }
+            }
+        }
+    }
+}
+
 pub fn prune(a: &PruneArgs) -> Result<()> {
-    let stages = stages(a)?;
+    let mut stages = stages(a)?;
     if a.verify && a.structured.is_none() {
         bail!("--verify checks a structured rewrite: pass --structured RATIO too");
     }
@@ -267,6 +285,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     check_output(&a.model, &a.output)?;
     if a.hf.format.is_some() {
         will_it_load(&g, &stages, a)?;
+        protect_locked_widths(&g, &mut stages, a.json);
     }
     crate::report_cmd::check_report_dir(a.report.as_deref())?;
     let original = a.report.as_ref().map(|_| g.try_clone()).transpose()?;

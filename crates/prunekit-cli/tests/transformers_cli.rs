@@ -116,3 +116,102 @@ fn minilm_will_it_load_check_and_per_token_measures() {
     // each per token) dominate at these lengths
     assert!(pa > 10e6 && pb < 1.5 * pa, "{pa} {pb}");
 }
+
+/// A tiny GPT-2 directory (GPT2LMHeadModel's keys and Conv1D layouts, tied lm_head), random
+/// weights: n_embd 16, 4 heads, n_inner 24, 2 layers, vocab 30.
+fn tiny_gpt2(dir: &std::path::Path) {
+    let (v, h, inner, pos) = (30usize, 16usize, 24usize, 12usize);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("transformer.wte.weight".into(), vec![v, h]),
+        ("transformer.wpe.weight".into(), vec![pos, h]),
+        ("transformer.ln_f.weight".into(), vec![h]),
+        ("transformer.ln_f.bias".into(), vec![h]),
+    ];
+    for i in 0..2 {
+        let p = format!("transformer.h.{i}");
+        for (k, sh) in [
+            ("ln_1.weight", vec![h]),
+            ("ln_1.bias", vec![h]),
+            ("ln_2.weight", vec![h]),
+            ("ln_2.bias", vec![h]),
+            ("attn.c_attn.weight", vec![h, 3 * h]),
+            ("attn.c_attn.bias", vec![3 * h]),
+            ("attn.c_proj.weight", vec![h, h]),
+            ("attn.c_proj.bias", vec![h]),
+            ("mlp.c_fc.weight", vec![h, inner]),
+            ("mlp.c_fc.bias", vec![inner]),
+            ("mlp.c_proj.weight", vec![inner, h]),
+            ("mlp.c_proj.bias", vec![h]),
+        ] {
+            shapes.push((format!("{p}.{k}"), sh));
+        }
+    }
+    let mut seed = 7u64;
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(k, sh)| {
+            let n: usize = sh.iter().product();
+            let bytes = (0..n)
+                .flat_map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()
+                })
+                .collect();
+            (k, sh, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, sh, b)| {
+            let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b)
+                .unwrap();
+            (k.clone(), t)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let config = format!(
+        r#"{{"model_type": "gpt2", "vocab_size": {v}, "n_embd": {h}, "n_layer": 2, "n_head": 4, "n_inner": {inner}, "n_positions": {pos}, "activation_function": "gelu_new"}}"#
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+#[test]
+fn gpt2_prune_for_hugging_face_keeps_the_hidden_size_and_says_who_loads_it() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("gpt2");
+    tiny_gpt2(&m);
+    let v = ok_json(&["info", s(&m), "--seq-len", "8", "--json"]);
+    assert_eq!(uint(&v, "/seq_len"), 8, "{v}");
+    let out = d.path().join("pruned");
+    let o = common::prunekit(&[
+        "prune",
+        s(&m),
+        "-o",
+        s(&out),
+        "--structured",
+        "0.5",
+        "--format",
+        "hf",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("transformer/wte") && err.contains("keeps its width"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pruned_heads") && err.contains("transformers 5"),
+        "{err}"
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["n_embd"], 16, "{c}");
+    assert_eq!(c["n_inner"], 12, "{c}");
+    assert_eq!(c["pruned_heads"]["1"].as_array().unwrap().len(), 2, "{c}");
+    // the written directory reads back with the pruned widths
+    let v = ok_json(&["info", s(&out), "--json"]);
+    assert!(uint(&v, "/params") > 0, "{v}");
+}

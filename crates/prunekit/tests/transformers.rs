@@ -520,3 +520,303 @@ fn smollm2_generates_paris_and_matches_the_reference_perplexity() {
     let ppl = e.metrics["perplexity"];
     assert!((ppl / 21.62834 - 1.0).abs() < 0.01, "perplexity {ppl}");
 }
+
+// ---- GPT-2 (Conv1D layout, fused c_attn, absolute positions, tied lm_head) ----
+
+const G_V: usize = 30;
+const G_H: usize = 16;
+const G_HEADS: usize = 4;
+const G_FFN: usize = 20;
+const G_POS: usize = 12;
+
+fn gpt2_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "gpt2", "vocab_size": G_V, "n_embd": G_H, "n_layer": LAYERS,
+        "n_head": G_HEADS, "n_inner": G_FFN, "n_positions": G_POS,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "tie_word_embeddings": true
+    })
+}
+
+/// GPT2LMHeadModel's keys and Conv1D shapes ([in, out]); no `lm_head.weight` (tied).
+fn gpt2_tensors() -> BTreeMap<String, Tensor> {
+    let mut t = BTreeMap::new();
+    let mut k = 100;
+    let mut add = |name: String, shape: &[usize]| {
+        k += 1;
+        let x = if name.contains(".ln_") && name.ends_with("weight") {
+            (rand(shape, k) + 1.0).unwrap()
+        } else {
+            (rand(shape, k) * 3.0).unwrap()
+        };
+        t.insert(name, x);
+    };
+    add("transformer.wte.weight".into(), &[G_V, G_H]);
+    add("transformer.wpe.weight".into(), &[G_POS, G_H]);
+    for i in 0..LAYERS {
+        let p = format!("transformer.h.{i}");
+        for ln in ["ln_1", "ln_2"] {
+            add(format!("{p}.{ln}.weight"), &[G_H]);
+            add(format!("{p}.{ln}.bias"), &[G_H]);
+        }
+        add(format!("{p}.attn.c_attn.weight"), &[G_H, 3 * G_H]);
+        add(format!("{p}.attn.c_attn.bias"), &[3 * G_H]);
+        add(format!("{p}.attn.c_proj.weight"), &[G_H, G_H]);
+        add(format!("{p}.attn.c_proj.bias"), &[G_H]);
+        add(format!("{p}.mlp.c_fc.weight"), &[G_H, G_FFN]);
+        add(format!("{p}.mlp.c_fc.bias"), &[G_FFN]);
+        add(format!("{p}.mlp.c_proj.weight"), &[G_FFN, G_H]);
+        add(format!("{p}.mlp.c_proj.bias"), &[G_H]);
+    }
+    add("transformer.ln_f.weight".into(), &[G_H]);
+    add("transformer.ln_f.bias".into(), &[G_H]);
+    t
+}
+
+/// GPT-2's forward written out from the paper / transformers' GPT2Model with plain tensor ops
+/// on the file's tensors (independent of the graph): logits [T, V] of one sequence.
+fn gpt2_reference(w: &BTreeMap<String, Tensor>, ids: &[u32]) -> Tensor {
+    let t = ids.len();
+    let ln = |x: &Tensor, k: &str| -> Tensor {
+        let mu = x.mean_keepdim(1).unwrap();
+        let c = x.broadcast_sub(&mu).unwrap();
+        let var = c.sqr().unwrap().mean_keepdim(1).unwrap();
+        c.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w[&format!("{k}.weight")])
+            .unwrap()
+            .broadcast_add(&w[&format!("{k}.bias")])
+            .unwrap()
+    };
+    // Conv1D: x @ W + b with W [in, out]
+    let conv = |x: &Tensor, k: &str| -> Tensor {
+        x.matmul(&w[&format!("{k}.weight")])
+            .unwrap()
+            .broadcast_add(&w[&format!("{k}.bias")])
+            .unwrap()
+    };
+    let idx = Tensor::new(ids, &Device::Cpu).unwrap();
+    let pos = Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap();
+    let mut x = (w["transformer.wte.weight"].index_select(&idx, 0).unwrap()
+        + w["transformer.wpe.weight"].index_select(&pos, 0).unwrap())
+    .unwrap();
+    let hd = G_H / G_HEADS;
+    let mask: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+    for i in 0..LAYERS {
+        let p = format!("transformer.h.{i}");
+        let qkv = conv(&ln(&x, &format!("{p}.ln_1")), &format!("{p}.attn.c_attn"));
+        let mut heads = Vec::new();
+        for h in 0..G_HEADS {
+            let part = |j: usize| qkv.narrow(1, j * G_H + h * hd, hd).unwrap();
+            let s = (part(0).matmul(&part(1).t().unwrap()).unwrap() / (hd as f64).sqrt())
+                .unwrap()
+                .broadcast_add(&mask)
+                .unwrap();
+            let e = s
+                .broadcast_sub(&s.max_keepdim(1).unwrap())
+                .unwrap()
+                .exp()
+                .unwrap();
+            let s = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
+            heads.push(s.matmul(&part(2)).unwrap());
+        }
+        let a = Tensor::cat(&heads, 1).unwrap();
+        x = (x + conv(&a, &format!("{p}.attn.c_proj"))).unwrap();
+        let f = conv(&ln(&x, &format!("{p}.ln_2")), &format!("{p}.mlp.c_fc"));
+        // gelu_new: the tanh approximation
+        let g = (&f
+            * ((((&f + (f.powf(3.0).unwrap() * 0.044715).unwrap()).unwrap()
+                * (2.0 / std::f64::consts::PI).sqrt())
+            .unwrap()
+            .tanh()
+            .unwrap()
+                + 1.0)
+                .unwrap()
+                * 0.5)
+                .unwrap())
+        .unwrap();
+        x = (x + conv(&g, &format!("{p}.mlp.c_proj"))).unwrap();
+    }
+    ln(&x, "transformer.ln_f")
+        .matmul(&w["transformer.wte.weight"].t().unwrap())
+        .unwrap()
+}
+
+fn write_gpt2_dir(dir: &Path) {
+    write_st(dir, &gpt2_tensors());
+    std::fs::write(dir.join("config.json"), gpt2_config().to_string()).unwrap();
+}
+
+#[test]
+fn gpt2_directory_reads_as_its_reference_forward_and_round_trips() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-gpt2");
+    write_gpt2_dir(&dir);
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7)).unwrap();
+    assert!(g
+        .nodes
+        .iter()
+        .any(|n| n.name == "lm_head" && n.shared.contains_key("weight")));
+    let x = ids(&g, 2);
+    let y = run(&g, &x);
+    let w = gpt2_tensors();
+    for b in 0..2 {
+        let seq: Vec<u32> = x[0].get(b).unwrap().to_vec1::<u32>().unwrap();
+        let r = gpt2_reference(&w, &seq);
+        let e = max_rel(&y.get(b).unwrap(), &r);
+        assert!(e < 1e-5, "sample {b}: {e}");
+    }
+    // out: the same keys, Conv1D layouts and fused c_attn, bit for bit; no lm_head.weight
+    let out = d.path().join("out");
+    hf::save_dir(&g, &out, DType::F32, false, Some(&dir)).unwrap();
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, w.keys().cloned().collect::<Vec<_>>());
+    for (k, t) in &w {
+        let v = st.tensor(k).unwrap();
+        assert_eq!(v.shape(), t.dims(), "{k}");
+        let back: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(
+            back,
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["n_embd"], G_H);
+    assert_eq!(c["n_inner"], G_FFN);
+    assert!(
+        c.get("hidden_size").is_none(),
+        "GPT-2's own field names: {c}"
+    );
+}
+
+#[test]
+fn gpt2_heads_and_mlp_pruned_match_masking_and_export_with_pruned_heads() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-gpt2");
+    write_gpt2_dir(&dir);
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7)).unwrap();
+    let x = ids(&g, 2);
+    let mut p = g.try_clone().unwrap();
+    let mut cfg = StructuredConfig::new(0.5);
+    // GPT-2's head width is n_embd / n_head: the hidden size stays
+    cfg.protected.push("transformer/wte".into());
+    let rep = prune_structured(&mut p, &cfg, &Norm::L2).unwrap();
+    let check = verify(&g, &p, &rep.removed(), std::slice::from_ref(&x)).unwrap();
+    assert!(check.max_rel_error < 1e-4, "{}", check.max_rel_error);
+    let w = hf::layer_widths(&p);
+    assert_eq!(w.heads, vec![2, 2]);
+    assert_eq!(w.intermediate, vec![10, 10]);
+    assert_eq!(w.hidden, G_H);
+    let out = d.path().join("pruned");
+    hf::save_dir(&p, &out, DType::F32, false, None).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["n_head"], G_HEADS);
+    assert_eq!(c["n_inner"], 10);
+    assert_eq!(c["pruned_heads"]["0"].as_array().unwrap().len(), 2);
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(
+        st.tensor("transformer.h.1.attn.c_attn.weight")
+            .unwrap()
+            .shape(),
+        &[G_H, 3 * 2 * (G_H / G_HEADS)]
+    );
+    let back = prunekit::io::load_with(&out, &Device::Cpu, &opts(7)).unwrap();
+    assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);
+}
+
+/// transformers' own GPT2LMHeadModel (a random tiny one it saves) read by prunekit: the same
+/// logits; prunekit's export read back by transformers: the same logits again. Needs .venv-torch.
+#[test]
+fn gpt2_matches_transformers() {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-torch/bin/python");
+    if !py.exists() {
+        eprintln!("skipping: .venv-torch is absent (bash scripts/setup-torch.sh installs it)");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/hf_reference.py");
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("hf-gpt2");
+    let ok = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("gpt2")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7)).unwrap();
+    let ids = prunekit::io::npy::read(&dir.join("ids.npy"), &Device::Cpu).unwrap();
+    let ids = ids.to_dtype(DType::U32).unwrap();
+    let want = prunekit::io::npy::read(&dir.join("logits.npy"), &Device::Cpu).unwrap();
+    let e = max_rel(&run(&g, std::slice::from_ref(&ids)), &want);
+    assert!(e < 1e-5, "prunekit vs transformers: {e}");
+    let out = d.path().join("out");
+    hf::save_dir(&g, &out, DType::F32, false, Some(&dir)).unwrap();
+    let ok = std::process::Command::new(&py)
+        .arg(&script)
+        .arg("logits")
+        .arg(&out)
+        .arg(dir.join("ids.npy"))
+        .arg(d.path().join("back.npy"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let back = prunekit::io::npy::read(&d.path().join("back.npy"), &Device::Cpu).unwrap();
+    assert_eq!(max_rel(&back, &want), 0.0);
+}
+
+#[test]
+fn bad_gpt2_configs_are_one_line_errors_naming_the_field() {
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        ("activation_function", "swish".into(), "swish"),
+        ("scale_attn_by_inverse_layer_idx", true.into(), "scale_attn_by_inverse_layer_idx"),
+        ("add_cross_attention", true.into(), "add_cross_attention"),
+        ("n_head", 3.into(), "divisible"),
+    ];
+    for (field, value, needle) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("bad");
+        write_gpt2_dir(&dir);
+        let mut c = gpt2_config();
+        c[field] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let e = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle) && e.contains("config.json"), "{field}: {e}");
+        assert!(!e.contains('\n'), "{field}: {e}");
+    }
+    // a fused c_attn whose outputs do not split into query, key and value
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("bad");
+    let mut t = gpt2_tensors();
+    t.insert(
+        "transformer.h.0.attn.c_attn.weight".into(),
+        rand(&[G_H, 3 * G_H + 1], 1),
+    );
+    write_st(&dir, &t);
+    std::fs::write(dir.join("config.json"), gpt2_config().to_string()).unwrap();
+    let e = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c_attn"), "{e}");
+}

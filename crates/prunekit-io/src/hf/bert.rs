@@ -19,7 +19,7 @@ use prunekit_graph::ops::{
 use prunekit_graph::{Graph, InputKind};
 
 use super::{field, size, HfMeta, Net, Weights};
-use crate::error::{IoError, Result};
+use crate::error::Result;
 
 /// The fields of a BERT config.json that the graph uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,19 +85,7 @@ impl BertConfig {
             ));
         }
         let mut cfg = cfg;
-        cfg.pruned_heads = vec![0; cfg.num_hidden_layers];
-        if let Some(p) = c.get("pruned_heads").and_then(|p| p.as_object()) {
-            for (layer, heads) in p {
-                let i: usize = layer
-                    .parse()
-                    .map_err(|_| format!("pruned_heads key `{layer}` is not a layer index"))?;
-                let n = heads.as_array().map(Vec::len).unwrap_or(0);
-                if i >= cfg.num_hidden_layers || n >= cfg.num_attention_heads {
-                    return Err(format!("pruned_heads[{layer}] is out of range"));
-                }
-                cfg.pruned_heads[i] = n;
-            }
-        }
+        cfg.pruned_heads = super::pruned_heads(c, cfg.num_hidden_layers, cfg.num_attention_heads)?;
         Ok(cfg)
     }
 
@@ -117,21 +105,13 @@ pub(crate) fn build(
     seq_len: Option<usize>,
     meta: &mut HfMeta,
 ) -> Result<Graph> {
-    let t = seq_len.unwrap_or(c.max_position_embeddings.min(512));
-    if t == 0 || t > c.max_position_embeddings {
-        return Err(IoError::file(
-            w.path(),
-            format!(
-                "sequence length {t} is outside 1..={} (max_position_embeddings)",
-                c.max_position_embeddings
-            ),
-        ));
-    }
-    let pre = if w.has("bert.embeddings.word_embeddings.weight") {
-        "bert."
-    } else {
-        ""
-    };
+    let t = super::sequence_length(
+        w,
+        seq_len,
+        c.max_position_embeddings,
+        "max_position_embeddings",
+    )?;
+    let pre = super::key_prefix(w, "bert.", "embeddings.word_embeddings.weight");
     let (h, hd) = (c.hidden_size, c.head_dim());
     let mut n = Net::new(w.path(), device);
     let ids = n.input("input_ids", &[t], InputKind::Ids);

@@ -8,13 +8,20 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use prunekit_graph::{Graph, Op};
 
+use super::gpt2::KeyLayout;
 use super::{HfMeta, META_KEY};
 use crate::error::{IoError, Result};
 
 /// The layer index in a key (`encoder.layer.3.` / `model.layers.3.`) and where it sits.
 fn layer_of(key: &str) -> Option<(usize, std::ops::Range<usize>)> {
-    for pat in ["encoder.layer.", "model.layers."] {
-        if let Some(at) = key.find(pat) {
+    for pat in ["encoder.layer.", "model.layers.", "transformer.h.", "h."] {
+        // GPT2Model's keys start with `h.` (no prefix): only there, not inside a word
+        let found = if pat == "h." {
+            key.starts_with(pat).then_some(0)
+        } else {
+            key.find(pat)
+        };
+        if let Some(at) = found {
             let start = at + pat.len();
             let len = key[start..]
                 .chars()
@@ -87,6 +94,8 @@ pub fn save_dir(
         }
     };
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    // GPT-2's Conv1D tensors: the parameters recorded under one file key, reassembled below
+    let mut parts: BTreeMap<String, Vec<(KeyLayout, Tensor)>> = BTreeMap::new();
     for n in &g.nodes {
         for (pname, p) in &n.params {
             let id = format!("{}.{pname}", n.name);
@@ -108,12 +117,25 @@ pub fn save_dir(
                 }
                 continue;
             }
+            if key.contains('#') {
+                let mut layout = KeyLayout::parse(key);
+                layout.key = rename(&layout.key);
+                parts
+                    .entry(layout.key.clone())
+                    .or_default()
+                    .push((layout, p.tensor().clone()));
+                continue;
+            }
             let key = rename(key);
             if tensors.contains_key(&key) {
                 continue; // a tied weight, written once
             }
             tensors.insert(key, p.tensor().to_dtype(dtype)?.contiguous()?);
         }
+    }
+    for (key, ps) in parts {
+        let t = super::gpt2::assemble(&key, ps).map_err(|m| IoError::file(dir, m))?;
+        tensors.insert(key, t.to_dtype(dtype)?.contiguous()?);
     }
     let config = config_with_widths(g, &meta, layers.len(), allow_nonuniform)
         .map_err(|m| IoError::file(dir, m))?;
@@ -155,6 +177,55 @@ pub fn check_loadable(g: &Graph) -> std::result::Result<(), String> {
     config_with_widths(g, &meta, layers.len(), false).map(|_| ())
 }
 
+/// Nodes whose output width the family's config.json cannot change: for BERT and GPT-2, whose
+/// loaders derive the head width as hidden size / head count, the word embedding (its channel
+/// space is the hidden size). Structured pruning for a loadable directory protects them.
+/// Empty for the Llama family (its config states `head_dim`) and for graphs without HF meta.
+pub fn width_locked_nodes(g: &Graph) -> Vec<String> {
+    let Ok(Some(meta)) = HfMeta::of(g) else {
+        return Vec::new();
+    };
+    if !matches!(meta.family.as_str(), "bert" | "gpt2") {
+        return Vec::new();
+    }
+    g.nodes
+        .iter()
+        .filter(|n| {
+            matches!(n.op, Op::Embedding(_))
+                && (n.name.ends_with("word_embeddings") || n.name.ends_with("wte"))
+        })
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Which loaders read the directory [`save_dir`] writes for `g`, when not every loader does:
+/// a BERT or GPT-2 model with heads removed is written with `pruned_heads`, which transformers
+/// 4.x applies at load (`PreTrainedModel.prune_heads`) but transformers 5 no longer reads (it
+/// refuses the narrower tensors). `None` when the stock loaders of every version read it.
+pub fn loaders_note(g: &Graph) -> Option<String> {
+    let meta = HfMeta::of(g).ok()??;
+    let heads_key = match meta.family.as_str() {
+        "bert" => "num_attention_heads",
+        "gpt2" => "n_head",
+        _ => return None,
+    };
+    let orig = meta.config.get(heads_key)?.as_u64()? as usize;
+    let w = layer_widths(g);
+    let pruned: Vec<String> = w
+        .heads
+        .iter()
+        .enumerate()
+        .filter(|(_, &h)| h < orig)
+        .map(|(i, h)| format!("{i}: {h}"))
+        .collect();
+    (!pruned.is_empty()).then(|| {
+        format!(
+            "heads were removed (layer: heads left of {orig}: {}), written as config.json's `pruned_heads`: transformers 4.x (and sentence-transformers on it) and prunekit read the directory; transformers 5 dropped head pruning and refuses its narrower attention tensors",
+            pruned.join(", ")
+        )
+    })
+}
+
 /// The widths of each layer of a graph of the family, read off its ops.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LayerWidths {
@@ -180,7 +251,8 @@ pub fn layer_widths(g: &Graph) -> LayerWidths {
             Op::Embedding(e)
                 if w.hidden == 0
                     && (n.name.ends_with("word_embeddings")
-                        || n.name.ends_with("embed_tokens")) =>
+                        || n.name.ends_with("embed_tokens")
+                        || n.name.ends_with("wte")) =>
             {
                 w.hidden = e.embedding_dim
             }
@@ -221,26 +293,26 @@ fn config_with_widths(
     let obj = c
         .as_object_mut()
         .ok_or("the stored config is not an object")?;
-    obj.insert("num_hidden_layers".into(), layers.into());
-    obj.insert("hidden_size".into(), w.hidden.into());
-    obj.insert(
-        "intermediate_size".into(),
-        uniform("intermediate_size", &w.intermediate, allow)?.into(),
-    );
+    // GPT-2's config names its sizes n_layer / n_embd / n_inner / n_head
+    let gpt2 = meta.family == "gpt2";
+    let name = |hf: &'static str, gpt: &'static str| if gpt2 { gpt } else { hf };
+    obj.insert(name("num_hidden_layers", "n_layer").into(), layers.into());
+    obj.insert(name("hidden_size", "n_embd").into(), w.hidden.into());
+    let inter = name("intermediate_size", "n_inner");
+    obj.insert(inter.into(), uniform(inter, &w.intermediate, allow)?.into());
     match meta.family.as_str() {
-        "bert" => {
-            let orig = obj
-                .get("num_attention_heads")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0) as usize;
+        "bert" | "gpt2" => {
+            let heads_key = name("num_attention_heads", "n_head");
+            let orig = obj.get(heads_key).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
             let hd = uniform("head width", &w.head_dim, false)?;
             if hd * orig != w.hidden {
                 return Err(format!(
-                    "BERT derives the head width from hidden_size / num_attention_heads; the pruned hidden size {} with head width {hd} and {orig} heads does not fit",
+                    "the family derives the head width from the hidden size / {heads_key}; the pruned hidden size {} with head width {hd} and {orig} heads does not fit",
                     w.hidden
                 ));
             }
-            // BertModel prunes `pruned_heads` from each layer at load: any that many indices
+            // BertModel / GPT2Model prune `pruned_heads` from each layer at load
+            // (PreTrainedModel.prune_heads): any that many indices
             let mut pruned = serde_json::Map::new();
             for (i, &h) in w.heads.iter().enumerate() {
                 if h < orig {

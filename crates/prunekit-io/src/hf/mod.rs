@@ -21,6 +21,7 @@
 
 pub mod bert;
 mod export;
+pub mod gpt2;
 pub mod llama;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,7 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{one_line, IoError, Result};
 
-pub use export::{check_loadable, layer_widths, save_dir, LayerWidths};
+pub use export::{
+    check_loadable, layer_widths, loaders_note, save_dir, width_locked_nodes, LayerWidths,
+};
 
 /// The key of [`HfMeta`] in `Graph::meta`.
 pub const META_KEY: &str = "huggingface";
@@ -49,7 +52,7 @@ pub struct HfOptions {
 /// text commands: stored as JSON in `Graph::meta["huggingface"]`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HfMeta {
-    /// `bert` or `llama` (Llama, Mistral and Qwen2 share the Llama graph)
+    /// `bert`, `gpt2` or `llama` (Llama, Mistral and Qwen2 share the Llama graph)
     pub family: String,
     /// the original config.json (export rewrites its widths)
     pub config: serde_json::Value,
@@ -102,6 +105,8 @@ const COPIED_FILES: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
     "generation_config.json",
     "modules.json",
     "sentence_bert_config.json",
@@ -112,7 +117,7 @@ const COPIED_FILES: &[&str] = &[
 /// Reads a Hugging Face model directory into a graph.
 ///
 /// Errors (each names the file and the field or tensor): no config.json, or one that does not
-/// parse; a `model_type` other than `bert`, `llama`, `mistral`, `qwen2`; a config field that
+/// parse; a `model_type` other than `bert`, `gpt2`, `llama`, `mistral`, `qwen2`; a config field that
 /// changes the computation in a way the graph does not express (named); no weights file; a
 /// tensor the config implies that the weights lack, or of another shape; a tokenizer.json that
 /// does not parse.
@@ -169,11 +174,16 @@ pub fn load_dir(dir: &Path, device: &Device, opts: &HfOptions) -> Result<Graph> 
             meta.family = "llama".into();
             llama::build(&name, &c, &weights, device, seq_len, &mut meta)?
         }
+        "gpt2" => {
+            let c = gpt2::Gpt2Config::parse(&config).map_err(|m| IoError::file(&config_path, m))?;
+            meta.family = "gpt2".into();
+            gpt2::build(&name, &c, &weights, device, seq_len, &mut meta)?
+        }
         other => {
             return Err(IoError::file(
                 &config_path,
                 format!(
-                    "model_type `{other}` is not read; prunekit reads bert, llama, mistral and qwen2 directories (or export the model to ONNX)"
+                    "model_type `{other}` is not read; prunekit reads bert, gpt2, llama, mistral and qwen2 directories (or export the model to ONNX)"
                 ),
             ))
         }
@@ -539,6 +549,61 @@ impl<'a> Net<'a> {
         );
         g.validate()?;
         Ok(g)
+    }
+}
+
+/// Per layer, how many query heads a config's `pruned_heads` (`{"layer": [head, ...]}`, as
+/// transformers' `PreTrainedModel.prune_heads` reads it at load) removes; zeros without one.
+///
+/// Errors: a key that is not a layer index below `layers`, or a layer losing all `heads`.
+pub(crate) fn pruned_heads(
+    c: &serde_json::Value,
+    layers: usize,
+    heads: usize,
+) -> std::result::Result<Vec<usize>, String> {
+    let mut out = vec![0; layers];
+    if let Some(p) = c.get("pruned_heads").and_then(|p| p.as_object()) {
+        for (layer, hs) in p {
+            let i: usize = layer
+                .parse()
+                .map_err(|_| format!("pruned_heads key `{layer}` is not a layer index"))?;
+            let n = hs.as_array().map(Vec::len).unwrap_or(0);
+            if i >= layers || n >= heads {
+                return Err(format!("pruned_heads[{layer}] is out of range"));
+            }
+            out[i] = n;
+        }
+    }
+    Ok(out)
+}
+
+/// The sequence length T a graph is built for: `seq_len`, else min(512, `max`), where `max` is
+/// the family's longest sequence, read from config field `field` (absolute positions).
+///
+/// Errors: T = 0 or T > `max`, naming the field.
+pub(crate) fn sequence_length(
+    w: &dyn Weights,
+    seq_len: Option<usize>,
+    max: usize,
+    field: &str,
+) -> Result<usize> {
+    let t = seq_len.unwrap_or(max.min(512));
+    if t == 0 || t > max {
+        return Err(IoError::file(
+            w.path(),
+            format!("sequence length {t} is outside 1..={max} ({field})"),
+        ));
+    }
+    Ok(t)
+}
+
+/// `prefix` when the weights hold `prefix` + `probe` (a head model's keys, e.g. `bert.` or
+/// `transformer.`), else "" (the base model's keys).
+pub(crate) fn key_prefix(w: &dyn Weights, prefix: &'static str, probe: &str) -> &'static str {
+    if w.has(&format!("{prefix}{probe}")) {
+        prefix
+    } else {
+        ""
     }
 }
 
