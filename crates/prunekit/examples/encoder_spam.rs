@@ -7,6 +7,9 @@
 //! bash scripts/fetch-spam.sh && bash scripts/fetch-hf-models.sh
 //! cargo run --release -p prunekit --example encoder_spam -- DENSE_MODEL PRUNED_MODEL [MAILS]
 //! ```
+//!
+//! `encoder_spam --train-text OUT [MAILS]` writes the training mails' text (never a held-out one)
+//! to OUT, one mail line per line, as unlabelled text for `prunekit finetune --teacher --text`.
 
 use anyhow::{bail, Context, Result};
 use prunekit::data::{text, Dataset, Feature, Target};
@@ -16,7 +19,7 @@ use prunekit::train::{fit, TrainConfig};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        bail!("usage: encoder_spam DENSE_MODEL PRUNED_MODEL [MAILS (default 2000)]");
+        bail!("usage: encoder_spam DENSE_MODEL PRUNED_MODEL [MAILS (default 2000)] | encoder_spam --train-text OUT [MAILS]");
     }
     let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let dir = prunekit::data::spam_cache_dir()
@@ -48,6 +51,13 @@ fn main() -> Result<()> {
         } else {
             tr.push(i)
         }
+    }
+    if args[1] == "--train-text" {
+        let lines: Vec<&str> = tr.iter().flat_map(|&i| texts[i].lines()).collect();
+        std::fs::write(&args[2], lines.join("\n"))
+            .with_context(|| format!("writing {}", args[2]))?;
+        println!("wrote {} lines of {} training mails to {}", lines.len(), tr.len(), args[2]);
+        return Ok(());
     }
     println!(
         "{} mails ({} train / {} test), spam {}",
