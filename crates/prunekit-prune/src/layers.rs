@@ -2,8 +2,11 @@
 //! y = x, and transformer layers (an attention block and the feed-forward block after it).
 //!
 //! A block is found from an Add of two inputs with the output's shape, where one input (the skip)
-//! is the block input and the other is computed only from it by nodes nothing else reads. Deleting
-//! those nodes and the Add, and reading the skip wherever the Add was read, leaves a valid graph.
+//! is the block input and the other is computed only from it (and from graph inputs such as an
+//! attention mask) by nodes nothing else reads. Deleting those nodes and the Add, and reading the
+//! skip wherever the Add was read, leaves a valid graph. In a post-norm block (`norm(x + f(x))`,
+//! BERT's layers) the norm that alone reads the Add belongs to the block, so removing a whole
+//! post-norm layer leaves y = x, as removing a pre-norm one does.
 //! Blocks are scored by *block influence* (1 - cosine similarity of the layer's input and output
 //! over a calibration batch: a layer that barely changes its input matters least) or by *ablation*
 //! (the loss with the layer removed).
@@ -16,10 +19,12 @@ use serde::Serialize;
 
 use crate::{PruneError, Result};
 
-/// One residual block: `output = input + branch(input)`.
+/// One residual block: `output = input + branch(input)`, or `output = norm(input +
+/// branch(input))` (post-norm).
 #[derive(Clone, Debug, Serialize)]
 pub struct Block {
-    /// the Add node
+    /// the block's last node: the Add, or the LayerNorm / RMSNorm that alone reads it (post-norm;
+    /// the Add is then among `nodes`)
     pub output: String,
     /// the skip input (the block's input)
     pub input: String,
@@ -44,8 +49,8 @@ impl Layer {
     }
 }
 
-/// The branch computing `r` from `skip` alone, or None when `r` depends on anything else or
-/// something outside the block reads the branch.
+/// The branch computing `r` from `skip` (and graph inputs), or None when `r` depends on another
+/// node's output or something outside the block reads the branch.
 fn branch(g: &Graph, add: usize, skip: &str, r: &str) -> Option<Vec<String>> {
     let index: BTreeMap<&str, usize> = g
         .nodes
@@ -59,7 +64,13 @@ fn branch(g: &Graph, add: usize, skip: &str, r: &str) -> Option<Vec<String>> {
         if v == skip {
             continue;
         }
-        let &i = index.get(v.as_str())?; // a graph input other than the skip
+        let Some(&i) = index.get(v.as_str()) else {
+            // a graph input other than the skip (an attention mask): read, not removed
+            if g.inputs.iter().any(|x| x.name == v) {
+                continue;
+            }
+            return None;
+        };
         if !seen.insert(i) {
             continue;
         }
@@ -100,17 +111,40 @@ pub fn find_blocks(g: &Graph) -> Result<Vec<Block>> {
             if shapes[skip] != shapes[&n.name] || skip == res {
                 continue;
             }
-            if let Some(nodes) = branch(g, i, skip, res) {
+            if let Some(mut nodes) = branch(g, i, skip, res) {
+                // post-norm: the skip is a norm's output, and a LayerNorm / RMSNorm that is the
+                // Add's only reader closes the block (a pre-norm model's final norm also reads
+                // only the last Add, but that block's skip is the Add before it)
+                let is_norm = |name: &str| {
+                    g.node(name)
+                        .map(|m| matches!(m.op, Op::LayerNorm(_) | Op::RmsNorm(_)))
+                        .unwrap_or(false)
+                };
+                let readers = g.consumers(&n.name);
+                let mut output = n.name.clone();
+                if let ([(c, _)], true) = (readers.as_slice(), is_norm(skip)) {
+                    let norm = &g.nodes[*c];
+                    if is_norm(&norm.name)
+                        && norm.inputs.len() == 1
+                        && !g.outputs.contains(&n.name)
+                        && shapes[&norm.name] == shapes[skip]
+                    {
+                        nodes.push(n.name.clone());
+                        output = norm.name.clone();
+                    }
+                }
                 // a block owning a parameter that a node outside it borrows (`Node::shared`)
                 // cannot go: the borrower would lose its tensor
-                let lends_out = g.nodes.iter().any(|m| {
-                    !nodes.contains(&m.name) && m.shared.values().any(|r| nodes.contains(&r.node))
-                });
+                let inside = |m: &str| nodes.iter().any(|x| x == m) || m == output;
+                let lends_out = g
+                    .nodes
+                    .iter()
+                    .any(|m| !inside(&m.name) && m.shared.values().any(|r| inside(&r.node)));
                 if lends_out {
                     continue;
                 }
                 out.push(Block {
-                    output: n.name.clone(),
+                    output,
                     input: skip.clone(),
                     nodes,
                 });

@@ -850,6 +850,63 @@ mod whole_layers {
         b.finish(&[&y]).unwrap()
     }
 
+    /// BERT's layout: post-norm layers (norm(x + f(x))) and attention that reads a padding mask.
+    fn post_ln_encoder() -> Graph {
+        let mut b = GraphBuilder::new("enc", 6);
+        let ids = b.ids_input("tokens", &[6]);
+        let mask = b.input("attention_mask", &[6]);
+        let h = b.embedding(&ids, 30, 16).unwrap();
+        let mut h = b.layer_norm(&h).unwrap();
+        for _ in 0..3 {
+            let a = b.attention_masked(&h, &mask, 4, 4, 4, false, None).unwrap();
+            let x = b.add(&h, &a).unwrap();
+            h = b.layer_norm(&x).unwrap();
+            let f = b.linear(&h, 24).unwrap();
+            let f = b.gelu(&f).unwrap();
+            let f = b.linear(&f, 16).unwrap();
+            let x = b.add(&h, &f).unwrap();
+            h = b.layer_norm(&x).unwrap();
+        }
+        let y = b.linear(&h, 3).unwrap();
+        b.finish(&[&y]).unwrap()
+    }
+
+    #[test]
+    fn post_norm_layers_with_a_padding_mask_are_whole_layers_and_leave_y_equal_x() {
+        let g = post_ln_encoder();
+        randomise(&g, 4);
+        let layers = find_layers(&g).unwrap();
+        assert_eq!(layers.len(), 3, "{layers:?}");
+        for l in &layers {
+            assert_eq!(l.blocks.len(), 2, "attention and feed-forward: {l:?}");
+            // each block ends with its norm, and its Add is inside
+            for b in &l.blocks {
+                assert!(b.output.starts_with("layer_norm"), "{b:?}");
+                assert!(b.nodes.iter().any(|n| n.starts_with("add")), "{b:?}");
+            }
+        }
+        // removing the middle layer: the third layer reads the first layer's output (y = x)
+        let mut cut = g.clone();
+        remove_layers(&mut cut, &[&layers[1]]).unwrap();
+        assert_eq!(cut.nodes.len(), g.nodes.len() - 8);
+        assert_eq!(layers[2].input(), layers[1].output());
+        let third_attn = cut.node(&layers[2].blocks[0].nodes[0]).unwrap();
+        assert_eq!(
+            third_attn.inputs[0],
+            layers[0].output(),
+            "{:?}",
+            third_attn.inputs
+        );
+        let x = random_inputs(&g, 2, 5).unwrap();
+        let y = prunekit_graph::Executor::new(0).eval(&cut, &x).unwrap();
+        assert_eq!(y[0].dims(), &[2, 6, 3]);
+        // removing every layer leaves tokens -> embedding -> norm -> head, y = x at every layer
+        let mut all = g.clone();
+        remove_layers(&mut all, &layers.iter().collect::<Vec<_>>()).unwrap();
+        let names: Vec<&String> = all.nodes.iter().map(|n| &n.name).collect();
+        assert_eq!(all.nodes.len(), 3, "{names:?}");
+    }
+
     fn zero_param(g: &Graph, node: &str, param: &str) {
         let p = &g.node(node).unwrap().params[param];
         p.value.set(&p.tensor().zeros_like().unwrap()).unwrap();

@@ -56,7 +56,12 @@ fn main() -> Result<()> {
         let lines: Vec<&str> = tr.iter().flat_map(|&i| texts[i].lines()).collect();
         std::fs::write(&args[2], lines.join("\n"))
             .with_context(|| format!("writing {}", args[2]))?;
-        println!("wrote {} lines of {} training mails to {}", lines.len(), tr.len(), args[2]);
+        println!(
+            "wrote {} lines of {} training mails to {}",
+            lines.len(),
+            tr.len(),
+            args[2]
+        );
         return Ok(());
     }
     println!(

@@ -788,7 +788,11 @@ fn gpt2_matches_transformers() {
 fn bad_gpt2_configs_are_one_line_errors_naming_the_field() {
     let cases: [(&str, serde_json::Value, &str); 4] = [
         ("activation_function", "swish".into(), "swish"),
-        ("scale_attn_by_inverse_layer_idx", true.into(), "scale_attn_by_inverse_layer_idx"),
+        (
+            "scale_attn_by_inverse_layer_idx",
+            true.into(),
+            "scale_attn_by_inverse_layer_idx",
+        ),
         ("add_cross_attention", true.into(), "add_cross_attention"),
         ("n_head", 3.into(), "divisible"),
     ];
@@ -802,7 +806,10 @@ fn bad_gpt2_configs_are_one_line_errors_naming_the_field() {
         let e = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7))
             .unwrap_err()
             .to_string();
-        assert!(e.contains(needle) && e.contains("config.json"), "{field}: {e}");
+        assert!(
+            e.contains(needle) && e.contains("config.json"),
+            "{field}: {e}"
+        );
         assert!(!e.contains('\n'), "{field}: {e}");
     }
     // a fused c_attn whose outputs do not split into query, key and value
@@ -819,4 +826,49 @@ fn bad_gpt2_configs_are_one_line_errors_naming_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("c_attn"), "{e}");
+}
+
+/// Depth pruning written back: whole layers renumbered (n_layer 1, `h.1` -> `h.0`), read back
+/// with the same outputs; a layer left with only part of its tensors (its feed-forward block
+/// alone removed) is refused, since the family's loaders would fill the gap with random values.
+#[test]
+fn gpt2_depth_pruning_exports_whole_layers_renumbered_and_refuses_partial_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-gpt2");
+    write_gpt2_dir(&dir);
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7)).unwrap();
+    let layers = prunekit::prune::find_layers(&g).unwrap();
+    assert_eq!(layers.len(), LAYERS, "{layers:?}");
+    let mut p = g.try_clone().unwrap();
+    prunekit::prune::remove_layers(&mut p, &[&layers[0]]).unwrap();
+    let out = d.path().join("shallow");
+    hf::save_dir(&p, &out, DType::F32, false, None).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["n_layer"], 1);
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert!(st.tensor("transformer.h.0.mlp.c_fc.weight").is_ok());
+    assert!(st.tensor("transformer.h.1.mlp.c_fc.weight").is_err());
+    let back = prunekit::io::load_with(&out, &Device::Cpu, &opts(7)).unwrap();
+    let x = ids(&g, 2);
+    assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);
+
+    // only layer 1's feed-forward block removed
+    let mut part = g.try_clone().unwrap();
+    let ffn = prunekit::prune::Layer {
+        name: "ffn1".into(),
+        blocks: vec![layers[1].blocks[1].clone()],
+    };
+    prunekit::prune::remove_layers(&mut part, &[&ffn]).unwrap();
+    let why = hf::check_loadable(&part).unwrap_err();
+    assert!(
+        why.contains("layer 1") && why.contains("whole layers"),
+        "{why}"
+    );
+    let e = hf::save_dir(&part, &d.path().join("part"), DType::F32, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mlp.c_fc"), "{e}");
+    assert!(!d.path().join("part").exists());
 }

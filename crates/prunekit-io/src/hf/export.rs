@@ -38,13 +38,59 @@ fn layer_of(key: &str) -> Option<(usize, std::ops::Range<usize>)> {
     None
 }
 
-/// The original indices of the layers whose keys the graph still holds, in order.
-fn meta_layers(meta: &HfMeta) -> BTreeSet<usize> {
-    meta.keys
-        .values()
-        .filter_map(|k| layer_of(k))
-        .map(|(i, _)| i)
+/// The file keys of the parameters `g` holds (without a GPT-2 layout tag), skipping the
+/// unkeyed zero biases.
+fn held_keys(g: &Graph, meta: &HfMeta) -> BTreeSet<String> {
+    g.nodes
+        .iter()
+        .flat_map(|n| n.params.keys().map(move |p| format!("{}.{p}", n.name)))
+        .filter_map(|id| meta.keys.get(&id))
+        .filter(|k| !k.is_empty())
+        .map(|k| k.split('#').next().unwrap_or(k).to_string())
         .collect()
+}
+
+/// Per layer index, the keys of that layer with the index left out (`encoder.layer.*.output...`).
+fn layer_keys<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<usize, BTreeSet<String>> {
+    let mut out: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for k in keys {
+        let k = k.split('#').next().unwrap_or(k);
+        if let Some((i, r)) = layer_of(k) {
+            out.entry(i)
+                .or_default()
+                .insert(format!("{}*{}", &k[..r.start], &k[r.end..]));
+        }
+    }
+    out
+}
+
+/// The original indices of the layers whose keys the graph still holds, in order.
+///
+/// Errors: a layer that keeps only part of its tensors (a sub-block removed, e.g. a post-norm
+/// BERT layer's feed-forward block alone): the family's loaders build whole layers from
+/// config.json and would fill the missing tensors with random values.
+fn meta_layers(g: &Graph, meta: &HfMeta) -> std::result::Result<BTreeSet<usize>, String> {
+    let full = layer_keys(meta.keys.values().map(String::as_str));
+    let held_keys = held_keys(g, meta);
+    let held = layer_keys(held_keys.iter().map(String::as_str));
+    for (i, keys) in &held {
+        if let Some(all) = full.get(i) {
+            let missing: Vec<&String> = all.difference(keys).collect();
+            if !missing.is_empty() {
+                let shown: Vec<String> = missing
+                    .iter()
+                    .take(3)
+                    .map(|k| k.replacen('*', &i.to_string(), 1))
+                    .collect();
+                return Err(format!(
+                    "layer {i} keeps only part of its tensors ({} missing, e.g. {}): the family's loaders build whole layers, so remove whole layers (attention and feed-forward together) or export as ONNX / our format",
+                    missing.len(),
+                    shown.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(held.into_keys().collect())
 }
 
 /// Writes `g` as a Hugging Face directory `dir` of its family, in `dtype` (F32, F16 or BF16).
@@ -81,7 +127,7 @@ pub fn save_dir(
             )
         })?;
     // layer renumbering: the layers that remain, in order
-    let layers = meta_layers(&meta);
+    let layers = meta_layers(g, &meta).map_err(|m| IoError::file(dir, m))?;
     let renumber: BTreeMap<usize, usize> = layers
         .iter()
         .enumerate()
@@ -173,7 +219,7 @@ pub fn check_loadable(g: &Graph) -> std::result::Result<(), String> {
     let meta = HfMeta::of(g)?.ok_or_else(|| {
         format!("the model was not read from a Hugging Face directory or GGUF file (no meta.{META_KEY})")
     })?;
-    let layers = meta_layers(&meta);
+    let layers = meta_layers(g, &meta)?;
     config_with_widths(g, &meta, layers.len(), false).map(|_| ())
 }
 
