@@ -228,14 +228,26 @@ pub fn fit_with(
             ));
         }
         let eval = test.map(|t| evaluate(g, t, 256)).transpose()?;
-        logs.push(EpochLog {
+        let log = EpochLog {
             epoch: epoch + 1,
             lr: opt.lr(),
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: class_task.then(|| hits as f64 / seen.max(1) as f64),
             test: eval,
             seconds: t0.elapsed().as_secs_f64(),
-        });
+        };
+        // the bar is not drawn into a log file: a line per epoch there instead
+        if cfg.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let test = log
+                .test_headline()
+                .map(|(n, v)| format!(", test {n} {v:.4}"))
+                .unwrap_or_default();
+            eprintln!(
+                "{}: epoch {}/{}: train loss {:.4}{test} ({:.1} s)",
+                cfg.label, log.epoch, cfg.epochs, log.train_loss, log.seconds
+            );
+        }
+        logs.push(log);
     }
     pb.finish_and_clear();
     Ok(logs)
