@@ -24,7 +24,12 @@ pub fn run(cmd: Command) -> Result<()> {
             latency_batch,
             json,
         } => info(&model, seq_len, latency_batch, json),
-        Command::Export { model, output, hf } => export(&model, &output, &hf),
+        Command::Export {
+            model,
+            output,
+            seq_len,
+            hf,
+        } => export(&model, &output, seq_len, &hf),
         Command::Embed(args) => crate::text_cmd::embed(&args),
         Command::Generate(args) => crate::text_cmd::generate(&args),
         Command::Predict {
@@ -58,13 +63,20 @@ pub fn run(cmd: Command) -> Result<()> {
         } => {
             let mut g = load_model(&model)?;
             check_output(&model, &output)?;
+            // a distillation at a shorter --seq-len trains the student at that length; it is
+            // saved at its own length again
+            let own_len = g.inputs.first().and_then(|i| match i.shape.as_slice() {
+                [t] => Some(*t),
+                _ => None,
+            });
             let (split, name) = if distill.texts.is_empty() {
                 load_data(&data, &g, train.seed)?
             } else {
                 crate::text_cmd::distillation_split(&mut g, &distill)?
             };
             g.meta.insert("dataset".into(), json!(name));
-            train_cmd(g, &output, split, &train, json, "finetune")
+            let restore = distill.seq_len.and(own_len);
+            train_cmd_then(g, &output, split, &train, json, "finetune", restore)
         }
         Command::Prune(args) => crate::prune_cmd::prune(&args),
         Command::Run(args) => crate::run_cmd::run(&args),
@@ -169,8 +181,13 @@ pub(crate) fn load_model_seq(path: &Path, seq_len: Option<usize>) -> Result<Grap
 }
 
 /// `prunekit export`: any readable model to the format OUT's extension names.
-fn export(model: &Path, output: &Path, hf: &crate::HfOutArgs) -> Result<()> {
-    let g = load_model(model)?;
+fn export(
+    model: &Path,
+    output: &Path,
+    seq_len: Option<usize>,
+    hf: &crate::HfOutArgs,
+) -> Result<()> {
+    let g = load_model_seq(model, seq_len)?;
     check_output(model, output)?;
     if hf.format.is_some() {
         save_hf(&g, output, hf, Some(model))?;
@@ -381,11 +398,29 @@ fn train_cmd(
     json: bool,
     label: &str,
 ) -> Result<()> {
+    train_cmd_then(g, output, split, a, json, label, None)
+}
+
+/// [`train_cmd`], then (for a Transformer trained at a shorter length) the sequence length
+/// `restore_seq` set back before saving.
+fn train_cmd_then(
+    g: Graph,
+    output: &Path,
+    split: Split,
+    a: &TrainArgs,
+    json: bool,
+    label: &str,
+    restore_seq: Option<usize>,
+) -> Result<()> {
     let mut g = g;
     let cfg = train_config(a, split.train.len(), !json, label)?;
     let t0 = Instant::now();
     let logs = fit(&mut g, &split.train, Some(&split.test), &cfg)?;
     let seconds = t0.elapsed().as_secs_f64();
+    if let Some(t) = restore_seq {
+        prunekit_io::hf::set_sequence_length(&mut g, t)
+            .with_context(|| format!("setting the sequence length back to {t}"))?;
+    }
     save_model(&g, output, None)?;
     if json {
         println!(

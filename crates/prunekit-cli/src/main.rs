@@ -59,6 +59,10 @@ enum Command {
         model: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        /// tokens per sample of a Transformer (read from a Hugging Face directory or GGUF file,
+        /// or a model pruned from one): the written model's sequence length (e.g. a fixed-T ONNX)
+        #[arg(long, value_name = "T")]
+        seq_len: Option<usize>,
         #[command(flatten)]
         hf: HfOutArgs,
     },
