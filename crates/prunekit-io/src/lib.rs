@@ -21,6 +21,7 @@ pub mod native;
 pub mod npy;
 pub mod onnx;
 pub mod pytorch;
+pub mod sparse;
 
 use std::io::Read;
 use std::path::Path;
