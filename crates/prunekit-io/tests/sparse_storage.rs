@@ -724,3 +724,16 @@ fn inconsistent_layout_metadata_and_tensors_are_errors() {
         assert_mentions(&load_err(&dir), &[want]);
     }
 }
+
+#[test]
+fn the_fuzz_seed_of_our_format_holds_the_compressed_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    prunekit_io::fuzz::standard_targets(tmp.path()).unwrap();
+    let dir = tmp.path().join("seeds/native");
+    let enc = |k: &str| layout(&dir, k).map(|j| j["encoding"].as_str().unwrap().to_string());
+    assert_eq!(enc("conv.weight").as_deref(), Some("bitmask"));
+    assert_eq!(enc("nm.weight").as_deref(), Some("nm"));
+    assert_eq!(layout(&dir, "nm.weight").unwrap()["m"], 8);
+    assert_eq!(enc("gaps.weight").as_deref(), Some("delta16"));
+    load(&dir, &Device::Cpu).unwrap();
+}
