@@ -5,8 +5,9 @@
 //! `node.param.mask`). Saving then loading is bit-exact (a masked element is +0.0). Every file is
 //! written to a temporary name and renamed.
 //!
-//! Versions: 2 (written) adds the compressed layouts, named in the safetensors header metadata;
-//! 1 (dense tensors and U8 masks only) is still read.
+//! Versions: 2 adds the compressed layouts, named in the safetensors header metadata; 1 (dense
+//! tensors and U8 masks only) is still read, and written for a model without compressed
+//! parameters (an unmasked one), which a prunekit of version 1 then reads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -22,9 +23,11 @@ use prunekit_graph::ops::Op;
 use crate::sparse::{self, Stored, META_PREFIX};
 
 pub const FORMAT_NAME: &str = "prunekit-model";
-/// The version this prunekit writes; it reads 1 and 2.
+/// The newest version this prunekit reads and writes: 2, compressed masked parameters
+/// ([`crate::sparse`]).
 pub const FORMAT_VERSION: u32 = 2;
-/// The oldest version this prunekit reads (dense parameters and U8 masks).
+/// The oldest version this prunekit reads: 1, dense parameters and U8 masks (also written for a
+/// model without compressed parameters, see [`save`]).
 pub const OLDEST_VERSION: u32 = 1;
 pub const STRUCTURE_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -111,13 +114,36 @@ pub fn save_protected(g: &Graph, dir: &Path, protect: Option<&Path>) -> Result<(
     save(g, dir)
 }
 
-/// Saves a graph into `dir` (created if needed).
+/// Saves a graph into `dir` (created if needed): masked parameters in their smallest layout
+/// ([`crate::sparse`]). model.json says version 2 when a layout of version 2 is used, else 1 (so
+/// an unmasked model stays readable by a prunekit that reads version 1 only).
+///
+/// Errors: the graph is invalid; a file cannot be written.
 pub fn save(g: &Graph, dir: &Path) -> Result<()> {
     g.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| GraphError::io(dir, e))?;
+    // unmasked parameters dense; masked ones in their smallest layout (`crate::sparse`), whose
+    // metadata entries go in the header
+    let mut tensors: Vec<(String, Stored)> = Vec::new();
+    let mut meta: HashMap<String, String> = HashMap::new();
+    for (n, k, p) in g.params() {
+        let key = format!("{}.{k}", n.name);
+        match &p.mask {
+            None => tensors.push((key, Stored::Tensor(p.tensor().clone()))),
+            Some(m) => {
+                let e = sparse::encode(&key, p.tensor(), m)?;
+                tensors.extend(e.tensors);
+                meta.extend(e.meta);
+            }
+        }
+    }
     let file = ModelFile {
         format: FORMAT_NAME.into(),
-        version: FORMAT_VERSION,
+        version: if meta.is_empty() {
+            OLDEST_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         name: g.name.clone(),
         inputs: g.inputs.clone(),
         outputs: g.outputs.clone(),
@@ -135,21 +161,6 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
     };
     let json = serde_json::to_vec_pretty(&file)
         .map_err(|e| GraphError::file(dir.join(STRUCTURE_FILE), e.to_string()))?;
-    // unmasked parameters dense; masked ones in their smallest layout (`crate::sparse`), whose
-    // metadata entries go in the header
-    let mut tensors: Vec<(String, Stored)> = Vec::new();
-    let mut meta: HashMap<String, String> = HashMap::new();
-    for (n, k, p) in g.params() {
-        let key = format!("{}.{k}", n.name);
-        match &p.mask {
-            None => tensors.push((key, Stored::Tensor(p.tensor().clone()))),
-            Some(m) => {
-                let e = sparse::encode(&key, p.tensor(), m)?;
-                tensors.extend(e.tensors);
-                meta.extend(e.meta);
-            }
-        }
-    }
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = safetensors::tensor::serialize(tensors, (!meta.is_empty()).then_some(meta))
         .map_err(|e| GraphError::file(&weights_path, e.to_string()))?;

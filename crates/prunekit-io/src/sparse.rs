@@ -44,8 +44,6 @@
 //! the wrong length, stray bits) is a one-line error naming the tensor.
 
 use std::borrow::Cow;
-#[cfg(test)]
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -845,6 +843,7 @@ fn check_padding(bytes: &[u8], bits: usize, name: &str, path: &Path) -> Result<(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

@@ -129,6 +129,13 @@ fn layout(dir: &Path, key: &str) -> Option<serde_json::Value> {
         .map(|j| serde_json::from_str(j).unwrap())
 }
 
+/// model.json's `version`.
+fn version(dir: &Path) -> u64 {
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(STRUCTURE_FILE)).unwrap()).unwrap();
+    j["version"].as_u64().unwrap()
+}
+
 fn saved(g: &Graph) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
@@ -205,6 +212,10 @@ fn magnitude_masks_store_as_a_bitmask_and_roundtrip_bit_exact() {
         layout(&dir, "linear1.weight").unwrap(),
         serde_json::json!({"encoding": "bitmask", "shape": [48, 64]})
     );
+    assert_eq!(version(&dir), 2);
+    // unmasked, nothing needs version 2: older readers still read it
+    let (_tmp1, dense) = saved(&linear(64, 48, 1));
+    assert_eq!(version(&dense), 1);
     // the loaded model computes what the saved one does, bit for bit
     let back = load(&dir, &Device::Cpu).unwrap();
     let x = randn_f32(&[3, 64], 2);
