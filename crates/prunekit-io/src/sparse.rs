@@ -117,7 +117,10 @@ impl std::fmt::Display for Encoding {
 /// One tensor to write: a candle tensor, or raw little-endian bytes (U16 indices, for which candle
 /// has no dtype, and the packed layouts).
 pub enum Stored {
+    /// a candle tensor, written in its own dtype and shape
     Tensor(Tensor),
+    /// `data`: the elements of `shape` in `dtype`, little-endian, row-major
+    /// (`data.len()` = elements x the dtype's bytes)
     Raw {
         dtype: safetensors::Dtype,
         shape: Vec<usize>,
@@ -155,8 +158,12 @@ impl safetensors::View for Stored {
 /// A parameter's tensors as written: the layout, its tensors (names `K`, `K.values`, ...) and
 /// its header metadata entry (none for [`Encoding::Dense`]).
 pub struct Encoded {
+    /// the layout chosen
     pub encoding: Encoding,
+    /// (name, tensor) pairs to write: `K` and / or `K.mask`, `K.bitmask`, `K.indices`,
+    /// `K.nm_indices`, `K.values` (see the module docs)
     pub tensors: Vec<(String, Stored)>,
+    /// (`prunekit.sparse.K`, the layout's JSON) for the header's `__metadata__`
     pub meta: Option<(String, String)>,
 }
 
