@@ -8,12 +8,12 @@
 //!
 //! | encoding | tensors | bytes | used when |
 //! | --- | --- | --- | --- |
-//! | `nm` | `K.nm_indices` U8 [ceil(k b / 8)] + `K.values` [k] | k s + k b / 8 | every group of M along axis 1 keeps exactly N |
-//! | `bitmask` | `K.bitmask` U8 [ceil(n / 8)] + `K.values` [k] | k s + n / 8 | always possible |
-//! | `delta16` | `K.indices` U16 [k] + `K.values` [k] | k (s + 2) | the first index and every gap fit in 16 bits |
-//! | `index32` | `K.indices` U32 [k] + `K.values` [k] | k (s + 4) | n <= 2^32 |
-//! | `nonzero` | `K` [S] | n s | the mask is exactly `K != 0` (no kept weight is zero) |
-//! | `dense` (format 1) | `K` [S] + `K.mask` U8 [S] | n (s + 1) | values that are not F16 / BF16 / F32 / F64 |
+//! | `nm` | `K.nm_indices` U8 `[ceil(k b / 8)]` + `K.values` `[k]` | k s + k b / 8 | every group of M along axis 1 keeps exactly N |
+//! | `bitmask` | `K.bitmask` U8 `[ceil(n / 8)]` + `K.values` `[k]` | k s + n / 8 | always possible |
+//! | `delta16` | `K.indices` U16 `[k]` + `K.values` `[k]` | k (s + 2) | the first index and every gap fit in 16 bits |
+//! | `index32` | `K.indices` U32 `[k]` + `K.values` `[k]` | k (s + 4) | n <= 2^32 |
+//! | `nonzero` | `K` `[S]` | n s | the mask is exactly `K != 0` (no kept weight is zero) |
+//! | `dense` (format 1) | `K` `[S]` + `K.mask` U8 `[S]` | n (s + 1) | values that are not F16 / BF16 / F32 / F64 |
 //!
 //! - `K.values` holds the kept values (mask 1) in row-major order, in the parameter's dtype
 //!   (F16, BF16, F32 or F64; bit-exact), also for `nm`.
