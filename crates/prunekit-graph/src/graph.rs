@@ -58,6 +58,12 @@ impl Param {
     }
 }
 
+/// `t` where `mask` (0 / 1) is nonzero, +0.0 elsewhere (also where `t` is negative, infinite or
+/// NaN, which `t * mask` would leave -0.0 or NaN).
+fn masked(t: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    Ok(mask.ne(0.0)?.where_cond(t, &t.zeros_like()?)?)
+}
+
 /// Elements of `t` that are exactly zero, counted in integers (exact at any size: an f32 sum of a
 /// 0/1 tensor stops counting at 2^24). NaN counts as nonzero.
 pub fn count_zeros(t: &Tensor) -> Result<usize> {
@@ -790,6 +796,8 @@ impl Graph {
     }
 
     /// Sets a mask on a parameter and zeroes the masked values. The mask holds 0 (pruned) and 1 (kept).
+    /// Every masked value becomes +0.0 (not the -0.0 of a negative value times 0), kept values keep
+    /// their bits: what the model format's compressed layouts restore.
     ///
     /// A borrowed parameter's mask is set on its owner (one mask for every user of the tensor).
     pub fn set_mask(&mut self, node: &str, param: &str, mask: Tensor) -> Result<()> {
@@ -812,16 +820,16 @@ impl Graph {
             ));
         }
         let mask = mask.to_dtype(p.tensor().dtype())?;
-        p.value.set(&(p.tensor() * &mask)?)?;
+        p.value.set(&masked(p.tensor(), &mask)?)?;
         p.mask = Some(mask);
         Ok(())
     }
 
-    /// Re-applies every mask (after an optimizer step): masked values become exactly zero.
+    /// Re-applies every mask (after an optimizer step): masked values become exactly +0.0.
     pub fn apply_masks(&self) -> Result<()> {
         for (_, _, p) in self.params() {
             if let Some(m) = &p.mask {
-                p.value.set(&(p.tensor() * m)?)?;
+                p.value.set(&masked(p.tensor(), m)?)?;
             }
         }
         Ok(())

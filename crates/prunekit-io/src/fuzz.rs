@@ -156,8 +156,9 @@ pub fn run(
     report
 }
 
-/// The standard targets, with seeds made from a small zoo model (`digits-mlp`, masked 50% so
-/// our format holds masks too) written by prunekit's own writers into `dir`.
+/// The standard targets, with seeds made from small models (a conv net masked 50%, an attention
+/// block; for our format, Linears whose masks take the compressed layouts) written by prunekit's
+/// own writers into `dir`.
 ///
 /// Errors: a seed cannot be written.
 pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
@@ -193,7 +194,7 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
     let pt = seeds.join("m.pt");
     crate::save(&g, &pt, None)?;
     let native = seeds.join("native");
-    crate::native::save(&g, &native)?;
+    crate::native::save(&native_seed()?, &native)?;
     let npy = seeds.join("x.npy");
     crate::npy::write(&npy, g.nodes[0].params["weight"].tensor())?;
     let gguf = seeds.join("llama.gguf");
@@ -258,6 +259,42 @@ pub fn standard_targets(dir: &Path) -> crate::Result<Vec<Target>> {
             read: |p| crate::detect(p).is_ok(),
         },
     ])
+}
+
+/// The seed of our format: a conv, BatchNorm statistics and Linears whose masks take three of the
+/// compressed layouts of [`crate::sparse`]: a bitmask (conv), N:M 1:8 (Linear 144 -> 4) and u16
+/// gaps (Linear 4 -> 24, two weights kept).
+fn native_seed() -> crate::Result<prunekit_graph::Graph> {
+    let mut b = prunekit_graph::GraphBuilder::new("fuzz-native", 0);
+    let x = b.input("x", &[1, 6, 6]);
+    let x = b.named("conv").conv2d(&x, 4, 3, 1, 1)?;
+    let x = b.batch_norm(&x)?;
+    let x = b.relu(&x)?;
+    let x = b.flatten(&x)?;
+    let x = b.named("nm").linear(&x, 4)?;
+    let y = b.named("gaps").linear(&x, 24)?;
+    let mut g = b.finish(&[&y])?;
+    let w = g.node("conv")?.params["weight"].tensor().clone();
+    let mask = w.ge(0.0)?.to_dtype(w.dtype())?;
+    g.set_mask("conv", "weight", mask)?;
+    let dev = w.device().clone();
+    let one_of_8: Vec<f32> = (0..4 * 144)
+        .map(|i| f32::from(u8::from(i % 8 == (i / 8 + i / 144) % 8)))
+        .collect();
+    g.set_mask(
+        "nm",
+        "weight",
+        candle_core::Tensor::from_vec(one_of_8, (4, 144), &dev)?,
+    )?;
+    let two: Vec<f32> = (0..24 * 4)
+        .map(|i| f32::from(u8::from(i == 5 || i == 70)))
+        .collect();
+    g.set_mask(
+        "gaps",
+        "weight",
+        candle_core::Tensor::from_vec(two, (24, 4), &dev)?,
+    )?;
+    Ok(g)
 }
 
 /// A GGUF file of a one-layer Llama (hidden 8, 2 query / 1 key-value heads of 4, FFN 8, a

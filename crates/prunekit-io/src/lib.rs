@@ -3,7 +3,7 @@
 //!
 //! | module | reads | writes |
 //! | --- | --- | --- |
-//! | [`native`] | our directory (`model.json` + `model.safetensors`, masks kept) | the same |
+//! | [`native`] | our directory (`model.json` + `model.safetensors`, masks kept; versions 1 and 2) | the same, masked weights compressed ([`sparse`]) |
 //! | [`onnx`] | `.onnx` (opsets 9-18; prost over the messages of `onnx.proto`) | `.onnx`, opset 17, IR 8 |
 //! | [`pytorch`] | zip checkpoints (`torch.save` since 1.6) and safetensors state dicts, given the architecture | `.pt` and `.safetensors` state dicts with the pruned shapes |
 //! | [`hf`] | Hugging Face directories (`config.json` + safetensors / `pytorch_model.bin` + tokenizer): BERT, Llama, Mistral, Qwen2 | the same directory layout, with the pruned widths ([`hf::save_dir`]) |
@@ -21,6 +21,7 @@ pub mod native;
 pub mod npy;
 pub mod onnx;
 pub mod pytorch;
+pub mod sparse;
 
 use std::io::Read;
 use std::path::Path;

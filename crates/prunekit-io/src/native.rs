@@ -1,6 +1,13 @@
 //! Our model format: a directory holding `model.json` (structure, schema-versioned) and
-//! `model.safetensors` (parameters `node.param`, masks `node.param.mask`, running statistics).
-//! Saving then loading is bit-exact. Every file is written to a temporary name and renamed.
+//! `model.safetensors` (parameters `node.param`, running statistics, and masked parameters in the
+//! smallest of the layouts of [`crate::sparse`]: a bitmask or indices plus the kept values, N:M
+//! positions plus the kept values, or, in format 1, the dense tensor plus a U8 mask
+//! `node.param.mask`). Saving then loading is bit-exact (a masked element is +0.0). Every file is
+//! written to a temporary name and renamed.
+//!
+//! Versions: 2 adds the compressed layouts, named in the safetensors header metadata; 1 (dense
+//! tensors and U8 masks only) is still read, and written for a model without compressed
+//! parameters (an unmasked one), which a prunekit of version 1 then reads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -13,8 +20,15 @@ use prunekit_graph::error::{GraphError, Result};
 use prunekit_graph::graph::{Graph, InputSpec, Node, Param, ParamRef};
 use prunekit_graph::ops::Op;
 
+use crate::sparse::{self, Stored, META_PREFIX};
+
 pub const FORMAT_NAME: &str = "prunekit-model";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this prunekit reads and writes: 2, compressed masked parameters
+/// ([`crate::sparse`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this prunekit reads: 1, dense parameters and U8 masks (also written for a
+/// model without compressed parameters, see [`save`]).
+pub const OLDEST_VERSION: u32 = 1;
 pub const STRUCTURE_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
@@ -100,13 +114,36 @@ pub fn save_protected(g: &Graph, dir: &Path, protect: Option<&Path>) -> Result<(
     save(g, dir)
 }
 
-/// Saves a graph into `dir` (created if needed).
+/// Saves a graph into `dir` (created if needed): masked parameters in their smallest layout
+/// ([`crate::sparse`]). model.json says version 2 when a layout of version 2 is used, else 1 (so
+/// an unmasked model stays readable by a prunekit that reads version 1 only).
+///
+/// Errors: the graph is invalid; a file cannot be written.
 pub fn save(g: &Graph, dir: &Path) -> Result<()> {
     g.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| GraphError::io(dir, e))?;
+    // unmasked parameters dense; masked ones in their smallest layout (`crate::sparse`), whose
+    // metadata entries go in the header
+    let mut tensors: Vec<(String, Stored)> = Vec::new();
+    let mut meta: HashMap<String, String> = HashMap::new();
+    for (n, k, p) in g.params() {
+        let key = format!("{}.{k}", n.name);
+        match &p.mask {
+            None => tensors.push((key, Stored::Tensor(p.tensor().clone()))),
+            Some(m) => {
+                let e = sparse::encode(&key, p.tensor(), m)?;
+                tensors.extend(e.tensors);
+                meta.extend(e.meta);
+            }
+        }
+    }
     let file = ModelFile {
         format: FORMAT_NAME.into(),
-        version: FORMAT_VERSION,
+        version: if meta.is_empty() {
+            OLDEST_VERSION
+        } else {
+            FORMAT_VERSION
+        },
         name: g.name.clone(),
         inputs: g.inputs.clone(),
         outputs: g.outputs.clone(),
@@ -124,26 +161,9 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
     };
     let json = serde_json::to_vec_pretty(&file)
         .map_err(|e| GraphError::file(dir.join(STRUCTURE_FILE), e.to_string()))?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (n, k, p) in g.params() {
-        tensors.insert(format!("{}.{k}", n.name), p.tensor().clone());
-        if let Some(m) = &p.mask {
-            // masks hold 0/1: stored as u8, a quarter of the bytes of the weights
-            tensors.insert(
-                format!("{}.{k}.mask", n.name),
-                m.to_dtype(candle_core::DType::U8)?,
-            );
-        }
-    }
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = safetensors::tensor::serialize(
-        tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v))
-            .collect::<Vec<_>>(),
-        None,
-    )
-    .map_err(|e| GraphError::file(&weights_path, e.to_string()))?;
+    let bytes = safetensors::tensor::serialize(tensors, (!meta.is_empty()).then_some(meta))
+        .map_err(|e| GraphError::file(&weights_path, e.to_string()))?;
     atomic_write(&weights_path, &bytes)?;
     atomic_write(&dir.join(STRUCTURE_FILE), &json)
 }
@@ -164,11 +184,11 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
             format!("format is `{}`, expected `{FORMAT_NAME}`", file.format),
         ));
     }
-    if file.version != FORMAT_VERSION {
+    if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&file.version) {
         return Err(GraphError::file(
             &json_path,
             format!(
-                "schema version {} is not supported (this prunekit reads version {FORMAT_VERSION})",
+                "schema version {} is not supported (this prunekit reads versions {OLDEST_VERSION} to {FORMAT_VERSION})",
                 file.version
             ),
         ));
@@ -179,6 +199,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| GraphError::file(&weights_path, format!("corrupt or truncated: {e}")))?;
     let mut unused: BTreeSet<String> = st.names().into_iter().map(String::from).collect();
+    // the compressed layouts named in the header (`crate::sparse`)
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| GraphError::file(&weights_path, format!("corrupt or truncated: {e}")))?;
+    let layouts: BTreeMap<String, String> = header
+        .metadata()
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(META_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut unused_layouts: BTreeSet<&str> = layouts.keys().map(String::as_str).collect();
     let mut nodes = Vec::with_capacity(file.nodes.len());
     for nf in file.nodes {
         // bound what model.json declares before comparing tensors with it
@@ -190,39 +221,49 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
                 continue; // the owner's tensor; checked against this op by `validate` below
             }
             let key = format!("{}.{}", nf.name, d.name);
-            if !unused.remove(&key) {
-                return Err(GraphError::file(
+            let layout_key = format!("{META_PREFIX}{key}");
+            let (t, mask) = if let Some(json) = layouts.get(&layout_key) {
+                unused_layouts.remove(layout_key.as_str());
+                let (t, m) = sparse::decode(
+                    &st,
+                    &key,
+                    json,
+                    &d.shape,
+                    nf.op.type_name(),
                     &weights_path,
-                    format!(
-                        "missing tensor `{key}` (node `{}`, {} op)",
-                        nf.name,
-                        nf.op.type_name()
-                    ),
-                ));
-            }
-            let t = load_tensor(&st, &key, &d.shape, &weights_path, device, || {
-                format!("model.json's {} op needs", nf.op.type_name())
-            })?;
-            let mask_key = format!("{key}.mask");
-            let mask = if unused.remove(&mask_key) {
-                let m = load_tensor(&st, &mask_key, &d.shape, &weights_path, device, || {
-                    "its parameter has".to_string()
-                })?;
-                Some(check_mask(&m, &mask_key, &weights_path)?)
+                    device,
+                    &mut unused,
+                )?;
+                (t, Some(m))
             } else {
-                None
-            };
-            // re-establish the invariant: the value is exactly 0 wherever the mask is 0 (values
-            // already zero keep their bits, so saving then loading stays bit-exact)
-            let (t, mask) = match mask {
-                Some(m) => {
-                    let keep = m.maximum(&t.eq(0.0)?)?;
+                if !unused.remove(&key) {
+                    return Err(GraphError::file(
+                        &weights_path,
+                        format!(
+                            "missing tensor `{key}` (node `{}`, {} op)",
+                            nf.name,
+                            nf.op.type_name()
+                        ),
+                    ));
+                }
+                let t = load_tensor(&st, &key, &d.shape, &weights_path, device, || {
+                    format!("model.json's {} op needs", nf.op.type_name())
+                })?;
+                let mask_key = format!("{key}.mask");
+                if unused.remove(&mask_key) {
+                    let m = load_tensor(&st, &mask_key, &d.shape, &weights_path, device, || {
+                        "its parameter has".to_string()
+                    })?;
+                    let m = check_mask(&m, &mask_key, &weights_path)?;
+                    // re-establish the invariant: every masked value is +0.0 (a format-1 file may
+                    // hold -0.0, or any value, there)
                     (
-                        keep.where_cond(&t, &t.zeros_like()?)?,
+                        m.where_cond(&t, &t.zeros_like()?)?,
                         Some(m.to_dtype(t.dtype())?),
                     )
+                } else {
+                    (t, None)
                 }
-                None => (t, None),
             };
             params.insert(
                 d.name.to_string(),
@@ -236,6 +277,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
         let mut node = Node::new(nf.name, nf.op, nf.inputs, params);
         node.shared = nf.shared;
         nodes.push(node);
+    }
+    if let Some(extra) = unused_layouts.first() {
+        return Err(GraphError::file(
+            &weights_path,
+            format!("metadata `{extra}` describes no parameter of model.json"),
+        ));
     }
     if let Some(extra) = unused.first() {
         return Err(GraphError::file(

@@ -646,12 +646,97 @@ fn shapes_that_do_not_fit_each_other() {
 
 #[test]
 fn wrong_format_version() {
-    let (_tmp, dir) = saved_cnn();
-    edit_json(&dir, |v| v["version"] = 2.into());
-    let e = load_err(&dir);
-    assert!(matches!(e, GraphError::File { .. }), "{e:?}");
-    assert_mentions(&e, &[STRUCTURE_FILE, "version 2", "not supported"]);
-    assert_eq!(format::FORMAT_VERSION, 1);
+    for v in [0, 3] {
+        let (_tmp, dir) = saved_cnn();
+        edit_json(&dir, |j| j["version"] = v.into());
+        let e = load_err(&dir);
+        assert!(matches!(e, GraphError::File { .. }), "{e:?}");
+        assert_mentions(
+            &e,
+            &[
+                STRUCTURE_FILE,
+                &format!("version {v}"),
+                "not supported",
+                "versions 1 to 2",
+            ],
+        );
+    }
+    assert_eq!(format::FORMAT_VERSION, 2);
+    assert_eq!(format::OLDEST_VERSION, 1);
+}
+
+/// A directory written by format 1 (prunekit before issue 16: dense weights, a U8 mask
+/// `linear1.weight.mask`, -0.0 where negative weights were masked) still loads: the mask as
+/// stored, kept values bit for bit, masked values +0.0; saved again it is version 2 with a
+/// bitmask instead of the U8 mask, and loads the same.
+#[test]
+fn a_format_1_directory_with_masks_still_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/native-v1-masked");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(STRUCTURE_FILE)).unwrap()).unwrap();
+    assert_eq!(json["version"], 1);
+    let file = candle_core::safetensors::load(dir.join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+    let stored = file["linear1.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let stored_mask = file["linear1.weight.mask"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .zip(&stored_mask)
+            .any(|(v, &m)| m == 0 && v.to_bits() == (-0.0f32).to_bits()),
+        "the fixture holds -0.0 under its mask"
+    );
+    let g = load(&dir, &Device::Cpu).unwrap();
+    let p = &g.node("linear1").unwrap().params["weight"];
+    let mask = p
+        .mask
+        .as_ref()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let value = p.tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for i in 0..value.len() {
+        assert_eq!(mask[i], stored_mask[i] as f32, "mask element {i}");
+        let want = if stored_mask[i] == 0 {
+            0
+        } else {
+            stored[i].to_bits()
+        };
+        assert_eq!(value[i].to_bits(), want, "value element {i}");
+    }
+    assert!(g.node("linear2").unwrap().params["weight"].mask.is_none());
+    Executor::new(0).eval(&g, &[randn_f32(&[2, 8], 1)]).unwrap();
+
+    let (tmp, back) = roundtrip(&g);
+    assert_same_graph(&g, &back);
+    let resaved = tmp.path().join("model");
+    let bytes = std::fs::read(resaved.join(WEIGHTS_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        vec![
+            "linear1.bias",
+            "linear1.weight.bitmask",
+            "linear1.weight.values",
+            "linear2.bias",
+            "linear2.weight"
+        ]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resaved.join(STRUCTURE_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(json["version"], 2);
 }
 
 #[test]
