@@ -765,8 +765,14 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
     }
     // measured first, before the evaluation leaves buffers the allocator reuses unseen
     let memory = prunekit_measure::inference_memory(&g, latency_batch.unwrap_or(1))?;
-    let (split, name) = load_data(data, &g, 0)?;
-    let s = summarize(&g, Some(&split.test))?;
+    // without a dataset (none given, none recorded in the model) everything that needs none
+    let recorded = g.meta.get("dataset").and_then(|v| v.as_str()).is_some();
+    let loaded = if data.data.is_none() && !recorded {
+        None
+    } else {
+        Some(load_data(data, &g, 0)?)
+    };
+    let s = summarize(&g, loaded.as_ref().map(|(split, _)| &split.test))?;
     let batched = match latency_batch {
         Some(n) => Some(prunekit_measure::latency(&g, n, 5, 30)?),
         None => None,
@@ -774,15 +780,18 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
     let label = |b: usize| prunekit_report::model::batch_label(b, s.seq_len);
     if json {
         let mut v = summary_json(&s);
-        v["dataset"] = json!(name);
-        v["samples"] = json!(split.test.len());
+        v["dataset"] = json!(loaded.as_ref().map(|(_, name)| name));
+        v["samples"] = json!(loaded.as_ref().map(|(split, _)| split.test.len()));
         v["latency_batch"] = json!(batched);
         v["memory"] = json!(memory);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let rows = vec![vec![
             "dataset".into(),
-            format!("{name} (test, {} samples)", split.test.len()),
+            match &loaded {
+                Some((split, name)) => format!("{name} (test, {} samples)", split.test.len()),
+                None => "none (pass --data for the task's metrics)".into(),
+            },
         ]];
         let mut names: Vec<&String> = s.metrics.keys().collect();
         if let Some(h) = &s.headline {

@@ -749,3 +749,24 @@ fn structured_prune_reports_shortfalls_head_counts_and_refuses_removing_every_la
     );
     assert!(!tmp.path().join("bad").exists(), "nothing half-written");
 }
+
+/// `eval` without a dataset (none given, none recorded): the measures that need none, no refusal.
+#[test]
+fn eval_without_a_dataset_reports_what_needs_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("mlp");
+    ok_json(&["zoo", "create", "mlp", "-o", s(&m), "--json"]);
+    let e = ok_json(&["eval", s(&m), "--latency-batch", "4", "--json"]);
+    assert!(e["dataset"].is_null(), "{e}");
+    assert!(
+        e["headline"].is_null() && e.get("accuracy").is_none(),
+        "{e}"
+    );
+    for k in ["params", "nonzeros", "macs", "file_bytes"] {
+        assert!(e[k].as_u64().unwrap() > 0, "{k}: {e}");
+    }
+    assert!(e["latency"]["median_ms"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(e["latency_batch"]["batch"], 4, "{e}");
+    let out = ok(&["eval", s(&m)]);
+    assert!(out.contains("none (pass --data"), "{out}");
+}
