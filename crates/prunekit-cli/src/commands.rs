@@ -74,7 +74,13 @@ pub fn run(cmd: Command) -> Result<()> {
             } else {
                 crate::text_cmd::distillation_split(&mut g, &distill)?
             };
-            g.meta.insert("dataset".into(), json!(name));
+            // `dataset` names what `eval` loads again; a distillation's lines are not one
+            let key = if distill.texts.is_empty() {
+                "dataset"
+            } else {
+                "distillation"
+            };
+            g.meta.insert(key.into(), json!(name));
             let restore = distill.seq_len.and(own_len);
             train_cmd_then(g, &output, split, &train, json, "finetune", restore)
         }

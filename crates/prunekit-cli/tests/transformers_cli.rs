@@ -215,3 +215,53 @@ fn gpt2_prune_for_hugging_face_keeps_the_hidden_size_and_says_who_loads_it() {
     let v = ok_json(&["info", s(&out), "--json"]);
     assert!(uint(&v, "/params") > 0, "{v}");
 }
+
+/// Distillation of a depth-pruned MiniLM on unlabelled lines at a shorter --seq-len: the student
+/// is saved at its own length (128) again, records the distillation (not a dataset `eval` would
+/// try to load), and `eval` without data measures it.
+#[test]
+fn minilm_distilled_at_a_short_length_is_saved_at_its_own() {
+    let Some(dir) = minilm() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let text = d.path().join("lines.txt");
+    let lines: Vec<String> = (0..24)
+        .map(|i| format!("line number {i} says something about the weather today"))
+        .collect();
+    std::fs::write(&text, lines.join("\n")).unwrap();
+    let p = d.path().join("p");
+    ok_json(&["prune", s(&dir), "-o", s(&p), "--layers", "4", "--json"]);
+    let f = d.path().join("f");
+    let v = ok_json(&[
+        "finetune",
+        s(&p),
+        "-o",
+        s(&f),
+        "--teacher",
+        s(&dir),
+        "--text",
+        s(&text),
+        "--seq-len",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-4",
+        "--json",
+    ]);
+    assert_eq!(v["epochs"].as_array().unwrap().len(), 1, "{v}");
+    let info = ok_json(&["info", s(&f), "--json"]);
+    assert_eq!(
+        uint(&info, "/seq_len"),
+        uint(&ok_json(&["info", s(&p), "--json"]), "/seq_len")
+    );
+    assert!(info["meta"]["distillation"].is_string(), "{}", info["meta"]);
+    let e = ok_json(&["eval", s(&f), "--json"]);
+    assert!(
+        e["dataset"].is_null() && e["params"].as_u64().unwrap() > 0,
+        "{e}"
+    );
+}
