@@ -13,8 +13,7 @@
 
 use candle_core::Device;
 use prunekit_graph::ops::{
-    Add, Attention, Embedding, Gelu, L2Normalize, LayerNorm, Linear, MaskedMeanPool,
-    PositionalEmbedding,
+    Add, Attention, Embedding, Gelu, L2Normalize, Linear, MaskedMeanPool, PositionalEmbedding,
 };
 use prunekit_graph::{Graph, InputKind};
 
@@ -289,13 +288,7 @@ fn layer_norm(
     h: usize,
     c: &BertConfig,
 ) -> Result<String> {
-    let mut op = LayerNorm::new(h);
-    op.eps = c.layer_norm_eps;
-    let ps = vec![
-        n.p(w, "weight", &format!("{key}.weight"))?,
-        n.p(w, "bias", &format!("{key}.bias"))?,
-    ];
-    n.node(node, op, &[x], ps)
+    super::layer_norm(n, w, node, key, x, (h, c.layer_norm_eps))
 }
 
 /// A Linear node whose output width is read from its weight's first axis.

@@ -15,9 +15,7 @@
 //! back. Node names are the modules' paths with `/` (`transformer/h/0/attn`).
 
 use candle_core::{Device, Tensor};
-use prunekit_graph::ops::{
-    Add, Attention, Embedding, Gelu, LayerNorm, Linear, PositionalEmbedding,
-};
+use prunekit_graph::ops::{Add, Attention, Embedding, Gelu, Linear, PositionalEmbedding};
 use prunekit_graph::{Graph, InputKind};
 
 use super::{field, pruned_heads, size, HfMeta, Net, Weights, P};
@@ -333,13 +331,7 @@ fn layer_norm(
     x: &str,
     c: &Gpt2Config,
 ) -> Result<String> {
-    let mut op = LayerNorm::new(c.n_embd);
-    op.eps = c.layer_norm_epsilon;
-    let ps = vec![
-        n.p(w, "weight", &format!("{key}.weight"))?,
-        n.p(w, "bias", &format!("{key}.bias"))?,
-    ];
-    n.node(node, op, &[x], ps)
+    super::layer_norm(n, w, node, key, x, (c.n_embd, c.layer_norm_epsilon))
 }
 
 /// A Conv1D module as a Linear node (weight transposed), output width from the weight.

@@ -577,6 +577,24 @@ pub(crate) fn pruned_heads(
     Ok(out)
 }
 
+/// A LayerNorm node of `width` channels from the file tensors `KEY.weight` and `KEY.bias`.
+pub(crate) fn layer_norm(
+    n: &mut Net,
+    w: &dyn Weights,
+    node: &str,
+    key: &str,
+    x: &str,
+    (width, eps): (usize, f64),
+) -> Result<String> {
+    let mut op = prunekit_graph::ops::LayerNorm::new(width);
+    op.eps = eps;
+    let ps = vec![
+        n.p(w, "weight", &format!("{key}.weight"))?,
+        n.p(w, "bias", &format!("{key}.bias"))?,
+    ];
+    n.node(node, op, &[x], ps)
+}
+
 /// The sequence length T a graph is built for: `seq_len`, else min(512, `max`), where `max` is
 /// the family's longest sequence, read from config field `field` (absolute positions).
 ///
