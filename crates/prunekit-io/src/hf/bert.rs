@@ -13,7 +13,7 @@
 
 use candle_core::Device;
 use prunekit_graph::ops::{
-    Add, Attention, Embedding, Gelu, L2Normalize, Linear, MaskedMeanPool, PositionalEmbedding,
+    Add, Attention, Embedding, L2Normalize, Linear, MaskedMeanPool, PositionalEmbedding,
 };
 use prunekit_graph::{Graph, InputKind};
 
@@ -192,28 +192,12 @@ pub(crate) fn build(
             &y,
             h,
         )?;
-        let act = match c.hidden_act.as_str() {
-            "relu" => n.node(
-                &format!("{node}/intermediate/act"),
-                prunekit_graph::ops::Relu {},
-                &[&inter],
-                vec![],
-            )?,
-            "gelu" => n.node(
-                &format!("{node}/intermediate/act"),
-                Gelu::default(),
-                &[&inter],
-                vec![],
-            )?,
-            _ => n.node(
-                &format!("{node}/intermediate/act"),
-                Gelu {
-                    approximate: prunekit_graph::ops::activation::GeluApprox::Tanh,
-                },
-                &[&inter],
-                vec![],
-            )?,
-        };
+        let act = super::activation(
+            &mut n,
+            &format!("{node}/intermediate/act"),
+            &c.hidden_act,
+            &inter,
+        )?;
         let inner = n.shapes[&act][1];
         let out = linear(
             &mut n,

@@ -15,7 +15,7 @@
 //! back. Node names are the modules' paths with `/` (`transformer/h/0/attn`).
 
 use candle_core::{Device, Tensor};
-use prunekit_graph::ops::{Add, Attention, Embedding, Gelu, Linear, PositionalEmbedding};
+use prunekit_graph::ops::{Add, Attention, Embedding, Linear, PositionalEmbedding};
 use prunekit_graph::{Graph, InputKind};
 
 use super::{field, pruned_heads, size, HfMeta, Net, Weights, P};
@@ -284,23 +284,7 @@ pub(crate) fn build(
             &y,
             h,
         )?;
-        let act = match c.activation.as_str() {
-            "relu" => n.node(
-                &format!("{node}/mlp/act"),
-                prunekit_graph::ops::Relu {},
-                &[&fc],
-                vec![],
-            )?,
-            "gelu" => n.node(&format!("{node}/mlp/act"), Gelu::default(), &[&fc], vec![])?,
-            _ => n.node(
-                &format!("{node}/mlp/act"),
-                Gelu {
-                    approximate: prunekit_graph::ops::activation::GeluApprox::Tanh,
-                },
-                &[&fc],
-                vec![],
-            )?,
-        };
+        let act = super::activation(&mut n, &format!("{node}/mlp/act"), &c.activation, &fc)?;
         let inner = n.shapes[&act][1];
         let proj = conv1d_linear(
             &mut n,

@@ -577,6 +577,25 @@ pub(crate) fn pruned_heads(
     Ok(out)
 }
 
+/// The feed-forward activation a BERT / GPT-2 config names (`hidden_act` / `activation_function`,
+/// checked by the config parsers): `relu`, `gelu` (erf form), else the tanh-approximated GELU
+/// (`gelu_new`, `gelu_pytorch_tanh`).
+pub(crate) fn activation(n: &mut Net, node: &str, name: &str, x: &str) -> Result<String> {
+    use prunekit_graph::ops::{activation::GeluApprox, Gelu, Relu};
+    match name {
+        "relu" => n.node(node, Relu {}, &[x], vec![]),
+        "gelu" => n.node(node, Gelu::default(), &[x], vec![]),
+        _ => n.node(
+            node,
+            Gelu {
+                approximate: GeluApprox::Tanh,
+            },
+            &[x],
+            vec![],
+        ),
+    }
+}
+
 /// A LayerNorm node of `width` channels from the file tensors `KEY.weight` and `KEY.bias`.
 pub(crate) fn layer_norm(
     n: &mut Net,
