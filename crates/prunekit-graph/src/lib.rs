@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod loss;
 pub mod ops;
 pub mod runtime;
+pub mod sparse_plan;
 
 pub use builder::{GraphBuilder, Value};
 pub use channels::{
@@ -22,3 +23,4 @@ pub use graph::{
 };
 pub use ops::{Ctx, Op, OpRules, Role, WeightInputs};
 pub use runtime::{param_grads, Executor, Hooks, Mode};
+pub use sparse_plan::{SparseDecision, SparseOptions, SparsePlan};

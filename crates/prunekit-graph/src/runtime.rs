@@ -3,6 +3,7 @@
 //! (`loss.backward()`), through our custom ops where candle lacks a backward.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -11,6 +12,7 @@ use rand::rngs::StdRng;
 use crate::error::{GraphError, Result};
 use crate::graph::{Graph, InputKind};
 use crate::ops::{Ctx, ParamView, WeightInputs};
+use crate::sparse_plan::{SparseOptions, SparsePlan};
 
 /// How a forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,16 +101,53 @@ impl Hooks {
     }
 }
 
-/// Runs graphs; owns the seeded generator used by dropout.
+/// Runs graphs; owns the seeded generator used by dropout and, optionally, the sparse kernels
+/// chosen for a pruned model's inference.
 pub struct Executor {
     rng: StdRng,
+    sparse: Option<Arc<SparsePlan>>,
 }
 
 impl Executor {
     pub fn new(seed: u64) -> Self {
         Self {
             rng: crate::graph::rng(seed),
+            sparse: None,
         }
+    }
+
+    /// Runs the layers `plan` chose on the sparse kernels in every pass without gradients (passes
+    /// with gradients stay dense). The plan must have been built for the graph this executor runs,
+    /// after its last weight change ([`SparsePlan`]).
+    pub fn with_sparse_plan(mut self, plan: Arc<SparsePlan>) -> Self {
+        self.sparse = Some(plan);
+        self
+    }
+
+    /// An executor for inference of `g` at `batch`: with a [`SparsePlan`] (default options, timed
+    /// on this machine) when any layer of `g` is sparse enough to be a candidate, plain otherwise.
+    ///
+    /// # Errors
+    /// As [`SparsePlan::build`].
+    pub fn for_inference(g: &Graph, batch: usize) -> Result<Self> {
+        let plan = SparsePlan::build(
+            g,
+            SparseOptions {
+                batch,
+                ..Default::default()
+            },
+        )?;
+        let exec = Self::new(0);
+        Ok(if plan.is_empty() {
+            exec
+        } else {
+            exec.with_sparse_plan(Arc::new(plan))
+        })
+    }
+
+    /// The sparse plan this executor uses, if any.
+    pub fn sparse_plan(&self) -> Option<&SparsePlan> {
+        self.sparse.as_deref()
     }
 
     /// Eval-mode forward without gradients; one tensor per graph output.
@@ -154,6 +193,7 @@ impl Executor {
         }
         let mut values: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
         values.resize(base + g.nodes.len(), None);
+        let plan = if mode.grad { None } else { self.sparse.as_deref() };
         let mut ctx = Ctx::new(mode.train, &mut self.rng);
         // the requested weights of every node; a run replaces what an earlier one captured
         let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
@@ -179,6 +219,7 @@ impl Executor {
                 })
                 .collect();
             let view = ParamView::of(g, n, mode.grad);
+            ctx.sparse = plan.and_then(|p| p.get(&n.name));
             ctx.weight_inputs = WeightInputs {
                 wanted: wanted.get(n.name.as_str()).cloned().unwrap_or_default(),
                 reported: Vec::new(),

@@ -56,7 +56,7 @@ impl ConvGeom {
     }
 
     /// col[k, oh*ow] from one group's input planes x[cg, h, w].
-    fn im2col<T: Elem>(&self, x: &[T], col: &mut [T]) {
+    pub(super) fn im2col<T: Elem>(&self, x: &[T], col: &mut [T]) {
         let (ohw, hw) = (self.ohw(), self.hw());
         for ci in 0..self.cg() {
             let plane = &x[ci * hw..(ci + 1) * hw];
@@ -127,14 +127,14 @@ impl ConvGeom {
     }
 
     /// (padded width, padded plane stride incl. tail, rows of output on the padded grid)
-    fn shifted_dims(&self) -> (usize, usize) {
+    pub(super) fn shifted_dims(&self) -> (usize, usize) {
         let pw = self.w + 2 * self.pad;
         let ph = self.h + 2 * self.pad;
         (pw, ph * pw + self.dil * (self.kw - 1))
     }
 
     /// Copies one group's planes x[cg, h, w] into the zeroed padded layout of [`Self::shifted_dims`].
-    fn pad_planes<T: Elem>(&self, xg: &[T], padded: &mut [T]) {
+    pub(super) fn pad_planes<T: Elem>(&self, xg: &[T], padded: &mut [T]) {
         let (pw, plane) = self.shifted_dims();
         padded.iter_mut().for_each(|v| *v = T::zero());
         for c in 0..self.cg() {
@@ -572,7 +572,7 @@ pub(crate) fn gemm_conv2d(
 impl ConvGeom {
     /// The geometry of x [N, C, H, W] convolved with w [O, C/groups, kh, kw]; an error when they
     /// do not fit.
-    fn of(
+    pub(crate) fn of(
         x: &Tensor,
         w: &Tensor,
         stride: usize,

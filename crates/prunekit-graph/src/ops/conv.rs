@@ -186,6 +186,17 @@ impl OpRules for Conv2d {
 
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         ctx.report_weight_input("weight", &xs[0]);
+        if let Some(a) = ctx.sparse_weight(&xs[0]).filter(|_| self.groups == 1) {
+            return crate::kernels::sparse::conv2d(
+                &xs[0],
+                a,
+                self.kernel,
+                self.stride,
+                self.padding,
+                self.dilation,
+                p.opt("bias")?.as_ref(),
+            );
+        }
         let y = crate::kernels::conv::conv2d(
             &xs[0],
             &p.get("weight")?,

@@ -76,6 +76,9 @@ impl OpRules for Linear {
 
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         ctx.report_weight_input("weight", &xs[0]);
+        if let Some(a) = ctx.sparse_weight(&xs[0]) {
+            return crate::kernels::sparse::linear(&xs[0], a, p.opt("bias")?.as_ref());
+        }
         candle_nn::Linear::new(p.get("weight")?, p.opt("bias")?).forward(&xs[0])
     }
 

@@ -104,6 +104,10 @@ pub struct Ctx<'a> {
     /// the weights of the node being run whose inputs a hook asked for, and what the op reported
     /// (see [`Ctx::report_weight_input`]); the runtime fills and drains it around every node
     pub weight_inputs: WeightInputs,
+    /// the node's `weight` held sparse, when the runtime runs an inference pass with a
+    /// [`crate::SparsePlan`] that chose the sparse kernel for this node: Linear and Conv2d then
+    /// skip the pruned weights ([`crate::kernels::sparse`])
+    pub sparse: Option<&'a crate::kernels::sparse::SparseMatrix>,
 }
 
 /// Weight-input capture for one node: the requested parameter names and the reported tensors.
@@ -122,6 +126,7 @@ impl<'a> Ctx<'a> {
             train,
             rng,
             weight_inputs: WeightInputs::default(),
+            sparse: None,
         }
     }
 
@@ -129,6 +134,13 @@ impl<'a> Ctx<'a> {
     /// before building a tensor only the report needs).
     pub fn wants_weight_input(&self, param: &str) -> bool {
         self.weight_inputs.wanted.iter().any(|p| p == param)
+    }
+
+    /// The sparse form of the node's weight for an f32 CPU input `x`, when the runtime's plan
+    /// holds one (see [`Ctx::sparse`]).
+    pub fn sparse_weight(&self, x: &Tensor) -> Option<&'a crate::kernels::sparse::SparseMatrix> {
+        self.sparse
+            .filter(|_| crate::kernels::supported(x) && x.dtype() == candle_core::DType::F32)
     }
 
     /// Reports the activation that multiplies weight `param` of the node being run, when a hook

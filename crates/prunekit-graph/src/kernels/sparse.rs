@@ -1,0 +1,688 @@
+//! Sparse x dense products for inference with pruned weights (issue 16 §2): a weight matrix held
+//! by its kept elements only (compressed sparse rows, or N:M as packed values plus each value's
+//! position in its group), multiplied with dense activations without touching a pruned weight.
+//!
+//! One kernel serves Linear and convolution: `dst[r, 0..L] = sum_k W[r, k] * src[off(k) ..
+//! off(k) + L]`, where `off` maps a column of the weight to the start of a contiguous run of L
+//! activations. For a Linear at batch B the activations are transposed to [in, B] (`off(k) = k B`,
+//! L = B); for a convolution they are the input planes zero-padded once (stride 1: the run of
+//! kernel tap (c, ky, kx) starts at `c * plane + ky * pw + kx`, as in the shifted-GEMM layout of
+//! [`super::conv`]) or the im2col matrix (other strides). This is the layout XNNPACK's sparse
+//! inference uses (Elsen et al., "Fast Sparse ConvNets", CVPR 2020): every kept weight is
+//! broadcast once and multiplies a vector of activations, so the work is proportional to the kept
+//! weights. Each output row is computed in register tiles of 32 (or 16) activations, accumulated
+//! over the row's kept weights and stored once. At batch 1 a Linear is a gather dot product per
+//! row instead (`gemv`).
+//!
+//! f32 only (the precision of inference here); forward only: training keeps the dense path with
+//! masks.
+
+use rayon::prelude::*;
+
+use super::conv::ConvGeom;
+
+/// How the kept elements of each row of a [`SparseMatrix`] are found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowIndex {
+    /// Compressed sparse rows: row r keeps `values[ptr[r]..ptr[r + 1]]` at columns
+    /// `cols[ptr[r]..ptr[r + 1]]` (increasing).
+    Csr { ptr: Vec<u32>, cols: Vec<u32> },
+    /// N:M: the columns of a row are `rest` interleaved runs of blocks of `m` (a weight [out, in,
+    /// ..rest] flattened; a Linear has `rest` = 1, a kh x kw convolution kernel `rest` = kh kw),
+    /// and each group of m columns `(b m + j) rest + p`, j < m, keeps exactly n. Row r holds
+    /// `cols / m * n` values in (block b, position p, kept j) order; `pos` gives each value's j.
+    Nm {
+        n: usize,
+        m: usize,
+        rest: usize,
+        pos: Vec<u8>,
+    },
+}
+
+/// A pruned weight matrix [rows, cols] (a Linear weight [out, in], or a convolution kernel [out,
+/// in kh kw]) that keeps only its kept elements, for [`SparseMatrix::linear`] and
+/// [`SparseMatrix::conv2d`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// the kept values, row by row
+    pub values: Vec<f32>,
+    pub index: RowIndex,
+}
+
+/// The N:M patterns tried, most common first.
+const NM_PATTERNS: [(usize, usize); 6] = [(2, 4), (1, 4), (4, 8), (2, 8), (1, 2), (3, 4)];
+
+impl SparseMatrix {
+    /// The kept elements of a dense row-major [rows, cols] matrix `w`: those where `keep` (e.g. a
+    /// pruning mask, 1 = kept) is nonzero, or, without one, the nonzero values. The N:M layout is
+    /// chosen when every group of m columns (in blocks along the input axis, `rest` positions
+    /// interleaved, see [`RowIndex::Nm`]) keeps exactly n for one of 2:4, 1:4, 4:8, 2:8, 1:2,
+    /// 3:4; otherwise CSR.
+    ///
+    /// # Panics
+    /// When `w` (or `keep`) does not hold rows x cols values, `rest` does not divide cols, or
+    /// cols exceeds u32 (callers build it from a checked parameter).
+    pub fn from_dense(
+        w: &[f32],
+        keep: Option<&[f32]>,
+        rows: usize,
+        cols: usize,
+        rest: usize,
+    ) -> Self {
+        assert_eq!(w.len(), rows * cols, "sparse matrix: values do not fit the shape");
+        assert!(rest > 0 && cols % rest == 0, "sparse matrix: rest must divide cols");
+        assert!(u32::try_from(cols).is_ok(), "sparse matrix: too many columns");
+        let kept = |i: usize| match keep {
+            Some(k) => k[i] != 0.0,
+            None => w[i] != 0.0,
+        };
+        if let Some((n, m)) = detect_nm(&kept, rows, cols, rest) {
+            let groups = cols / m;
+            let mut values = Vec::with_capacity(rows * groups * n);
+            let mut pos = Vec::with_capacity(rows * groups * n);
+            for r in 0..rows {
+                for b in 0..cols / rest / m {
+                    for p in 0..rest {
+                        for j in 0..m {
+                            let i = r * cols + (b * m + j) * rest + p;
+                            if kept(i) {
+                                values.push(w[i]);
+                                pos.push(j as u8);
+                            }
+                        }
+                    }
+                }
+            }
+            return Self {
+                rows,
+                cols,
+                values,
+                index: RowIndex::Nm { n, m, rest, pos },
+            };
+        }
+        let mut ptr = Vec::with_capacity(rows + 1);
+        let mut cs = Vec::new();
+        let mut values = Vec::new();
+        ptr.push(0u32);
+        for r in 0..rows {
+            for c in 0..cols {
+                if kept(r * cols + c) {
+                    cs.push(c as u32);
+                    values.push(w[r * cols + c]);
+                }
+            }
+            ptr.push(u32::try_from(cs.len()).unwrap_or(u32::MAX));
+        }
+        Self {
+            rows,
+            cols,
+            values,
+            index: RowIndex::Csr { ptr, cols: cs },
+        }
+    }
+
+    /// Kept elements.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The fraction of elements kept.
+    pub fn density(&self) -> f64 {
+        self.nnz() as f64 / (self.rows * self.cols).max(1) as f64
+    }
+
+    /// The layout's name: `csr` or `N:M`.
+    pub fn format(&self) -> String {
+        match &self.index {
+            RowIndex::Csr { .. } => "csr".into(),
+            RowIndex::Nm { n, m, .. } => format!("{n}:{m}"),
+        }
+    }
+
+    /// Bytes the matrix holds (values and indices).
+    pub fn bytes(&self) -> usize {
+        4 * self.values.len()
+            + match &self.index {
+                RowIndex::Csr { ptr, cols } => 4 * (ptr.len() + cols.len()),
+                RowIndex::Nm { pos, .. } => pos.len(),
+            }
+    }
+
+    /// The dense row-major [rows, cols] matrix (the reference of the tests).
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut d = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.for_each_kept(r, |c, v| d[r * self.cols + c] = v);
+        }
+        d
+    }
+
+    /// Calls `f(column, value)` for every kept element of row `r`.
+    #[inline(always)]
+    fn for_each_kept(&self, r: usize, mut f: impl FnMut(usize, f32)) {
+        match &self.index {
+            RowIndex::Csr { ptr, cols } => {
+                let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
+                for (&c, &v) in cols[a..b].iter().zip(&self.values[a..b]) {
+                    f(c as usize, v);
+                }
+            }
+            RowIndex::Nm { n, m, rest, pos } => {
+                let (n, m, rest) = (*n, *m, *rest);
+                let per_row = self.cols / m * n;
+                let vals = &self.values[r * per_row..(r + 1) * per_row];
+                let pos = &pos[r * per_row..(r + 1) * per_row];
+                let mut k = 0;
+                for b in 0..self.cols / rest / m {
+                    for p in 0..rest {
+                        let base = b * m * rest + p;
+                        for _ in 0..n {
+                            f(base + pos[k] as usize * rest, vals[k]);
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y[r] = sum_c W[r, c] x[c]` for rows r0.. (one sample; a gather dot product per row).
+    #[inline(always)]
+    fn gemv_rows(&self, r0: usize, x: &[f32], y: &mut [f32]) {
+        for (i, yr) in y.iter_mut().enumerate() {
+            let r = r0 + i;
+            *yr = match &self.index {
+                RowIndex::Csr { ptr, cols } => {
+                    let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
+                    let (cs, vs) = (&cols[a..b], &self.values[a..b]);
+                    let mut acc = [0f32; 8];
+                    let mut cc = cs.chunks_exact(8);
+                    let mut vc = vs.chunks_exact(8);
+                    for (c8, v8) in (&mut cc).zip(&mut vc) {
+                        for j in 0..8 {
+                            acc[j] += v8[j] * x[c8[j] as usize];
+                        }
+                    }
+                    let tail: f32 = cc
+                        .remainder()
+                        .iter()
+                        .zip(vc.remainder())
+                        .map(|(&c, &v)| v * x[c as usize])
+                        .sum();
+                    acc.iter().sum::<f32>() + tail
+                }
+                RowIndex::Nm { .. } => {
+                    let mut acc = [0f32; 4];
+                    let mut k = 0;
+                    self.for_each_kept(r, |c, v| {
+                        acc[k & 3] += v * x[c];
+                        k += 1;
+                    });
+                    acc.iter().sum()
+                }
+            };
+        }
+    }
+
+    /// `dst[i, 0..len] = sum_c W[r0 + i, c] src[off[c]..off[c] + len]`, `len` a multiple of `T`
+    /// and `src` long enough for `off[c] + len` (the callers pad it).
+    #[inline(always)]
+    fn spmm_rows<const T: usize>(
+        &self,
+        r0: usize,
+        off: &[u32],
+        src: &[f32],
+        len: usize,
+        dst: &mut [f32],
+    ) {
+        for (i, out) in dst.chunks_exact_mut(len).enumerate() {
+            let r = r0 + i;
+            for (t, o) in out.chunks_exact_mut(T).enumerate() {
+                let mut acc = [0f32; T];
+                let t0 = t * T;
+                self.for_each_kept(r, |c, v| {
+                    let s = &src[off[c] as usize + t0..][..T];
+                    for j in 0..T {
+                        acc[j] += v * s[j];
+                    }
+                });
+                o.copy_from_slice(&acc);
+            }
+        }
+    }
+
+    /// Rows per parallel chunk and whether to split at all, for work of `per_row` MACs a row.
+    fn split(&self, per_row: usize) -> Option<usize> {
+        let threads = rayon::current_num_threads();
+        let work = self.nnz() * per_row;
+        (threads > 1 && work >= 1 << 15).then(|| self.rows.div_ceil(threads * 4).max(1))
+    }
+
+    /// `y = x W^T` for x [batch, cols] (row-major), y [batch, rows]: a Linear without its bias.
+    ///
+    /// # Panics
+    /// When x does not hold a multiple of `cols` values.
+    pub fn linear(&self, x: &[f32]) -> Vec<f32> {
+        assert!(self.cols > 0 && x.len() % self.cols == 0, "sparse linear: input width");
+        let batch = x.len() / self.cols;
+        let isa = Isa::get();
+        if batch == 1 {
+            let mut y = vec![0f32; self.rows];
+            match self.split(1) {
+                Some(chunk) => y
+                    .par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(i, yc)| isa.gemv(self, i * chunk, x, yc)),
+                None => isa.gemv(self, 0, x, &mut y),
+            }
+            return y;
+        }
+        // activations transposed to [cols, len], len = batch rounded up to the tile
+        let tile = if batch > 16 { 32 } else { 16 };
+        let len = batch.div_ceil(tile) * tile;
+        let mut xt = vec![0f32; self.cols * len];
+        for (b, row) in x.chunks_exact(self.cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                xt[c * len + b] = v;
+            }
+        }
+        let off: Vec<u32> = (0..self.cols).map(|c| (c * len) as u32).collect();
+        let yt = self.spmm(&off, &xt, len, tile, isa);
+        let mut y = vec![0f32; batch * self.rows];
+        for (r, row) in yt.chunks_exact(len).enumerate() {
+            for (b, &v) in row[..batch].iter().enumerate() {
+                y[b * self.rows + r] = v;
+            }
+        }
+        y
+    }
+
+    /// [rows, len] = W x the runs of `src` at `off` (see [`Self::spmm_rows`]), split over rows.
+    fn spmm(&self, off: &[u32], src: &[f32], len: usize, tile: usize, isa: Isa) -> Vec<f32> {
+        let mut dst = vec![0f32; self.rows * len];
+        match self.split(len) {
+            Some(chunk) => dst
+                .par_chunks_mut(chunk * len)
+                .enumerate()
+                .for_each(|(i, d)| isa.spmm(self, i * chunk, off, src, len, tile, d)),
+            None => isa.spmm(self, 0, off, src, len, tile, &mut dst),
+        }
+        dst
+    }
+
+    /// A convolution of x [N, C, H, W] (row-major) by this matrix as the kernel [O, C kh kw]
+    /// (groups = 1), without bias: y [N, O, OH, OW]. Stride-1 convolutions read the once-padded
+    /// input planes (no im2col copy), others an im2col matrix; samples run in parallel when the
+    /// batch feeds every thread.
+    ///
+    /// # Panics
+    /// When the geometry does not match the matrix or x.
+    pub(crate) fn conv2d(&self, x: &[f32], g: &ConvGeom) -> Vec<f32> {
+        assert!(g.groups == 1 && self.rows == g.o && self.cols == g.c * g.kh * g.kw);
+        assert_eq!(x.len(), g.n * g.c * g.h * g.w, "sparse conv2d: input size");
+        let isa = Isa::get();
+        let (ohw, chw) = (g.oh * g.ow, g.c * g.h * g.w);
+        // the activation runs: (offset of every kernel column, run length, width of a run row)
+        let shifted = g.stride == 1;
+        let (off, run, row_w, src_len) = if shifted {
+            let (pw, plane) = g.shifted_dims();
+            let off: Vec<u32> = (0..self.cols)
+                .map(|k| {
+                    let (c, t) = (k / (g.kh * g.kw), k % (g.kh * g.kw));
+                    (c * plane + (t / g.kw) * g.dil * pw + (t % g.kw) * g.dil) as u32
+                })
+                .collect();
+            (off, g.oh * pw, pw, g.c * plane)
+        } else {
+            let off: Vec<u32> = (0..self.cols).map(|k| (k * ohw) as u32).collect();
+            (off, ohw, g.ow, self.cols * ohw)
+        };
+        let tile = if run > 16 { 32 } else { 16 };
+        let len = run.div_ceil(tile) * tile;
+        let one = |xn: &[f32], yn: &mut [f32], par: bool| {
+            let mut src = vec![0f32; src_len + len];
+            if shifted {
+                g.pad_planes(xn, &mut src[..src_len]);
+            } else {
+                g.im2col(xn, &mut src[..src_len]);
+            }
+            let d = if par {
+                self.spmm(&off, &src, len, tile, isa)
+            } else {
+                let mut d = vec![0f32; self.rows * len];
+                isa.spmm(self, 0, &off, &src, len, tile, &mut d);
+                d
+            };
+            for (o, row) in d.chunks_exact(len).enumerate() {
+                let y = &mut yn[o * ohw..(o + 1) * ohw];
+                for (oy, yr) in y.chunks_exact_mut(g.ow).enumerate() {
+                    yr.copy_from_slice(&row[oy * row_w..oy * row_w + g.ow]);
+                }
+            }
+        };
+        let mut y = vec![0f32; g.n * g.o * ohw];
+        if g.n >= rayon::current_num_threads() && g.n > 1 {
+            y.par_chunks_mut(g.o * ohw)
+                .zip(x.par_chunks(chw))
+                .for_each(|(yn, xn)| one(xn, yn, false));
+        } else {
+            for (yn, xn) in y.chunks_mut(g.o * ohw).zip(x.chunks(chw)) {
+                one(xn, yn, true);
+            }
+        }
+        y
+    }
+}
+
+/// A Linear by a sparse weight: x [.., in] (any leading axes, batch first) times W^T (+ bias [out])
+/// gives [.., out]. f32 CPU tensors only (the caller falls back to the dense op otherwise).
+///
+/// # Errors
+/// x's last axis is not the matrix's column count, or a candle error.
+pub fn linear(
+    x: &candle_core::Tensor,
+    a: &SparseMatrix,
+    bias: Option<&candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    let dims = x.dims();
+    if dims.last() != Some(&a.cols) {
+        candle_core::bail!("sparse linear: input {dims:?} does not end in {}", a.cols);
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("checked above") = a.rows;
+    let y = candle_core::Tensor::from_vec(a.linear(&xs), out, x.device())?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// A convolution (groups = 1) of x [N, C, H, W] by a sparse kernel [O, C kh kw] (+ bias [O]):
+/// [N, O, OH, OW]. f32 CPU tensors only.
+///
+/// # Errors
+/// A geometry that does not fit, or a candle error.
+#[allow(clippy::too_many_arguments)] // the convolution's attributes, spelled out
+pub fn conv2d(
+    x: &candle_core::Tensor,
+    a: &SparseMatrix,
+    kernel: [usize; 2],
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    bias: Option<&candle_core::Tensor>,
+) -> candle_core::Result<candle_core::Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    if a.cols != c * kernel[0] * kernel[1] {
+        candle_core::bail!(
+            "sparse conv2d: a kernel of {} columns does not fit {c} channels of {kernel:?}",
+            a.cols
+        );
+    }
+    // the geometry, from the shapes the dense kernel would see
+    let w_shape = candle_core::Tensor::zeros((a.rows, c, kernel[0], kernel[1]), x.dtype(), x.device())?;
+    let g = ConvGeom::of(x, &w_shape, stride, pad, dil, 1)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let y = candle_core::Tensor::from_vec(a.conv2d(&xs, &g), (n, g.o, g.oh, g.ow), x.device())?;
+    match bias {
+        Some(b) => super::channel::channel_bias(&y, b),
+        None => Ok(y),
+    }
+}
+
+/// The N:M pattern (n, m) every group of `kept` follows, if any (see [`RowIndex::Nm`]).
+fn detect_nm(
+    kept: &impl Fn(usize) -> bool,
+    rows: usize,
+    cols: usize,
+    rest: usize,
+) -> Option<(usize, usize)> {
+    let inner = cols / rest;
+    NM_PATTERNS.into_iter().find(|&(n, m)| {
+        inner % m == 0
+            && inner >= m
+            && (0..rows).all(|r| {
+                (0..inner / m).all(|b| {
+                    (0..rest).all(|p| {
+                        (0..m)
+                            .filter(|&j| kept(r * cols + (b * m + j) * rest + p))
+                            .count()
+                            == n
+                    })
+                })
+            })
+    })
+}
+
+/// The widest vector extension the loops are compiled for on this CPU (as in
+/// [`super::depthwise`]): plain Rust inlined into functions built for AVX-512 or AVX2 + FMA.
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Base,
+}
+
+impl Isa {
+    fn get() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Self::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Base
+    }
+
+    fn gemv(self, a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
+        match self {
+            // SAFETY: the CPU has the features these functions are compiled for (checked in `get`).
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => unsafe { gemv_avx512(a, r0, x, y) },
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { gemv_avx2(a, r0, x, y) },
+            Self::Base => a.gemv_rows(r0, x, y),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the product's operands, spelled out
+    fn spmm(
+        self,
+        a: &SparseMatrix,
+        r0: usize,
+        off: &[u32],
+        src: &[f32],
+        len: usize,
+        tile: usize,
+        dst: &mut [f32],
+    ) {
+        match (self, tile) {
+            // SAFETY: as in `gemv`.
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx512, 32) => unsafe { spmm_avx512::<32>(a, r0, off, src, len, dst) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx512, _) => unsafe { spmm_avx512::<16>(a, r0, off, src, len, dst) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, 32) => unsafe { spmm_avx2::<32>(a, r0, off, src, len, dst) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, _) => unsafe { spmm_avx2::<16>(a, r0, off, src, len, dst) },
+            (_, 32) => a.spmm_rows::<32>(r0, off, src, len, dst),
+            _ => a.spmm_rows::<16>(r0, off, src, len, dst),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn gemv_avx512(a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
+    a.gemv_rows(r0, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
+    a.gemv_rows(r0, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn spmm_avx512<const T: usize>(
+    a: &SparseMatrix,
+    r0: usize,
+    off: &[u32],
+    src: &[f32],
+    len: usize,
+    dst: &mut [f32],
+) {
+    a.spmm_rows::<T>(r0, off, src, len, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmm_avx2<const T: usize>(
+    a: &SparseMatrix,
+    r0: usize,
+    off: &[u32],
+    src: &[f32],
+    len: usize,
+    dst: &mut [f32],
+) {
+    a.spmm_rows::<T>(r0, off, src, len, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    /// A random [rows, cols] matrix with about `density` of its values kept (the rest +0.0).
+    fn random(rows: usize, cols: usize, density: f64, seed: u64) -> Vec<f32> {
+        let mut r = crate::graph::rng(seed);
+        (0..rows * cols)
+            .map(|_| {
+                if r.random_bool(density) {
+                    r.random_range(-1.0f32..1.0)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    fn dense_linear(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let batch = x.len() / cols;
+        let mut y = vec![0f32; batch * rows];
+        for b in 0..batch {
+            for r in 0..rows {
+                y[b * rows + r] = (0..cols).map(|c| w[r * cols + c] * x[b * cols + c]).sum();
+            }
+        }
+        y
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn csr_linear_matches_dense_at_every_batch() {
+        for (rows, cols, density) in [(37, 53, 0.1), (64, 64, 0.3), (5, 300, 0.9), (8, 8, 0.0)] {
+            let w = random(rows, cols, density, 1);
+            let a = SparseMatrix::from_dense(&w, None, rows, cols, 1);
+            assert_eq!(a.to_dense(), w);
+            for batch in [1, 2, 16, 17, 33, 70] {
+                let x = random(batch, cols, 1.0, 2);
+                let got = a.linear(&x);
+                assert!(close(&got, &dense_linear(&w, &x, rows, cols)) < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn nm_is_detected_and_matches_dense() {
+        let (rows, cols) = (24, 64);
+        let mut w = random(rows, cols, 1.0, 3);
+        // 2:4 along each row: keep the first two of every group of four
+        for (i, v) in w.iter_mut().enumerate() {
+            if i % 4 >= 2 {
+                *v = 0.0;
+            }
+        }
+        let a = SparseMatrix::from_dense(&w, None, rows, cols, 1);
+        assert_eq!(a.format(), "2:4");
+        assert_eq!(a.nnz(), rows * cols / 2);
+        assert_eq!(a.to_dense(), w);
+        for batch in [1, 3, 40] {
+            let x = random(batch, cols, 1.0, 4);
+            assert!(close(&a.linear(&x), &dense_linear(&w, &x, rows, cols)) < 1e-4);
+        }
+        // a mask decides, even where a kept value is exactly zero
+        let mut keep: Vec<f32> = w.iter().map(|&v| (v != 0.0) as u8 as f32).collect();
+        w[0] = 0.0;
+        assert_eq!(
+            SparseMatrix::from_dense(&w, Some(&keep), rows, cols, 1).format(),
+            "2:4"
+        );
+        keep[2] = 1.0; // three kept in the first group: not N:M
+        assert_eq!(
+            SparseMatrix::from_dense(&w, Some(&keep), rows, cols, 1).format(),
+            "csr"
+        );
+    }
+
+    #[test]
+    fn nm_over_an_interleaved_kernel_axis() {
+        // a conv kernel [o, c, 3, 3] pruned 2:4 along c at each of the 9 positions
+        let (o, c, kk) = (6, 8, 9);
+        let mut w = random(o, c * kk, 1.0, 5);
+        for r in 0..o {
+            for ci in 0..c {
+                for p in 0..kk {
+                    if (ci + p) % 4 >= 2 {
+                        w[r * c * kk + ci * kk + p] = 0.0;
+                    }
+                }
+            }
+        }
+        let a = SparseMatrix::from_dense(&w, None, o, c * kk, kk);
+        assert_eq!(a.format(), "2:4");
+        assert_eq!(a.to_dense(), w);
+    }
+    #[test]
+    fn conv_matches_the_dense_kernel() {
+        use candle_core::{Device, Tensor};
+        // stride 1 (shifted runs), stride 2 (im2col), 1x1, dilation, odd sizes, batch 1 and 3
+        for (n, c, h, o, k, stride, pad, dil) in [
+            (1, 8, 8, 16, 3, 1, 1, 1),
+            (3, 5, 9, 7, 3, 2, 1, 1),
+            (2, 6, 7, 4, 1, 1, 0, 1),
+            (1, 4, 10, 3, 3, 1, 2, 2),
+            (3, 16, 8, 8, 3, 1, 1, 1),
+        ] {
+            let w = random(o, c * k * k, 0.3, 6);
+            let x = random(n, c * h * h, 1.0, 7);
+            let a = SparseMatrix::from_dense(&w, None, o, c * k * k, k * k);
+            let xt = Tensor::from_vec(x, (n, c, h, h), &Device::Cpu).unwrap();
+            let wt = Tensor::from_vec(w, (o, c, k, k), &Device::Cpu).unwrap();
+            let bias = random(1, o, 1.0, 8);
+            let bt = Tensor::from_vec(bias, o, &Device::Cpu).unwrap();
+            let want = crate::kernels::conv::candle_conv2d(&xt, &wt, stride, pad, dil, 1)
+                .unwrap()
+                .broadcast_add(&bt.reshape((o, 1, 1)).unwrap())
+                .unwrap();
+            let got = conv2d(&xt, &a, [k, k], stride, pad, dil, Some(&bt)).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
+            assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-4);
+        }
+    }
+}
