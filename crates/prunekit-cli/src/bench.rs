@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Module, ModuleT, Tensor, Var};
 use candle_nn::Optimizer as _;
 use prunekit_graph::{Executor, Graph, Mode, Op};
+use prunekit_measure::metrics::memory_kb;
 use serde_json::json;
 
 use crate::table::render;
@@ -118,7 +119,7 @@ fn time(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
 
 /// Medians (ms) of several contenders, measured in alternation after two warm-up runs each. The run
 /// count is `iters`, lowered for slow cases so each contender gets about 8 s (never below 5).
-fn race(iters: usize, fs: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<f64>> {
+pub(crate) fn race(iters: usize, fs: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<Vec<f64>> {
     let mut slowest = 0f64;
     for f in fs.iter_mut() {
         f()?;
@@ -171,34 +172,48 @@ fn with_kernels<T>(on: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
     out
 }
 
+/// The Python with PyTorch for the comparison columns: `torch`, else .venv-torch/bin/python when
+/// it exists (scripts/setup-torch.sh makes it).
+pub(crate) fn torch_python(torch: Option<PathBuf>) -> Option<PathBuf> {
+    torch.or_else(|| Some(PathBuf::from(".venv-torch/bin/python")).filter(|p| p.exists()))
+}
+
 /// Milliseconds keyed by (model, measure, batch).
 type TorchTimes = HashMap<(String, String, usize), f64>;
 
-/// PyTorch timings from scripts/bench_torch.py, keyed by (model, measure, batch).
-fn torch_times(python: &Path, iters: usize) -> Result<(String, TorchTimes)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
+/// Runs scripts/SCRIPT with `python`, this process's thread count (`--threads N`) and `args`, and
+/// parses the one JSON object it prints; an error quotes the last line of its stderr.
+pub(crate) fn python_json(python: &Path, script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
     let out = std::process::Command::new(python)
-        .arg(&script)
-        .args([
-            "--threads",
-            &prunekit_measure::threads().to_string(),
-            "--iters",
-            &iters.min(30).to_string(),
-        ])
+        .arg(&path)
+        .args(["--threads", &prunekit_measure::threads().to_string()])
+        .args(args)
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
         bail!(
-            "{} failed: {}",
-            script.display(),
+            "{} {} failed: {}",
+            path.display(),
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
         );
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("bench_torch.py printed no JSON")?;
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{script} printed no JSON"))
+}
+
+/// PyTorch timings from scripts/bench_torch.py, keyed by (model, measure, batch).
+fn torch_times(python: &Path, iters: usize) -> Result<(String, TorchTimes)> {
+    let v = python_json(
+        python,
+        "bench_torch.py",
+        &["--iters", &iters.min(30).to_string()],
+    )?;
     let mut map = HashMap::new();
     for r in v["results"].as_array().cloned().unwrap_or_default() {
         let key = (
@@ -209,19 +224,6 @@ fn torch_times(python: &Path, iters: usize) -> Result<(String, TorchTimes)> {
         map.insert(key, r["ms"].as_f64().unwrap_or(f64::NAN));
     }
     Ok((v["torch"].as_str().unwrap_or("?").to_string(), map))
-}
-
-/// Resident and high-water-mark memory of this process in KiB (Linux /proc/self/status).
-fn memory_kb() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Child-process half of the memory measurement: builds MODEL, then runs 3 training steps at BATCH
@@ -273,27 +275,7 @@ fn memory_of_child(spec: &str, stock: bool) -> Result<serde_json::Value> {
 
 /// Peak-memory delta (KiB) of PyTorch training steps from scripts/bench_torch.py --memory.
 fn torch_memory(python: &Path, spec: &str) -> Result<u64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench_torch.py");
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args([
-            "--threads",
-            &prunekit_measure::threads().to_string(),
-            "--memory",
-            spec,
-        ])
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "{} --memory failed: {}",
-            script.display(),
-            err.lines().last().unwrap_or("")
-        );
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("bench_torch.py --memory printed no JSON")?;
+    let v = python_json(python, "bench_torch.py", &["--memory", spec])?;
     v["delta_kb"]
         .as_u64()
         .context("bench_torch.py --memory: no delta_kb")
@@ -360,8 +342,7 @@ pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) 
     }
 
     // 2. kernels: ours vs stock candle ops vs PyTorch
-    let torch_python =
-        torch.or_else(|| Some(PathBuf::from(".venv-torch/bin/python")).filter(|p| p.exists()));
+    let torch_python = torch_python(torch);
     let torch = match &torch_python {
         Some(p) => Some(torch_times(p, iters)?),
         None => None,

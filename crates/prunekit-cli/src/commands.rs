@@ -119,6 +119,17 @@ pub fn run(cmd: Command) -> Result<()> {
             ..
         } => crate::bench::memory_child(&spec, stock),
         Command::Bench {
+            sparse_memory_of: Some(spec),
+            ..
+        } => crate::bench_sparse::memory_child(&spec),
+        Command::Bench {
+            iters,
+            sparse: true,
+            torch,
+            json,
+            ..
+        } => crate::bench_sparse::run(iters, crate::bench::torch_python(torch).as_deref(), json),
+        Command::Bench {
             iters,
             profile,
             torch,

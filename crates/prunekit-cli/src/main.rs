@@ -2,6 +2,7 @@
 
 mod analysis_cmd;
 mod bench;
+mod bench_sparse;
 mod commands;
 mod prune_cmd;
 mod report_cmd;
@@ -183,6 +184,16 @@ enum Command {
         /// with --memory-of: use candle's own ops instead of prunekit's kernels
         #[arg(long, requires = "memory_of")]
         stock: bool,
+        /// measure the sparse inference kernels instead: per layer against our dense kernels
+        /// over a sweep of sparsities and 2:4 (with each layer's crossover), against PyTorch's
+        /// torch.sparse CSR matmul, and whole models at batch 1 (latency, peak memory)
+        #[arg(long, conflicts_with_all = ["memory_of", "profile"])]
+        sparse: bool,
+        /// only measure the peak memory of ARCH pruned 90% running one batch-1 inference, dense or
+        /// on its sparse plan, in this process (`resnet20:sparse`); --sparse runs this in child
+        /// processes
+        #[arg(long, value_name = "ARCH:dense|sparse", hide = true)]
+        sparse_memory_of: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -193,7 +193,11 @@ impl Executor {
         }
         let mut values: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
         values.resize(base + g.nodes.len(), None);
-        let plan = if mode.grad { None } else { self.sparse.as_deref() };
+        let plan = if mode.grad {
+            None
+        } else {
+            self.sparse.as_deref()
+        };
         let mut ctx = Ctx::new(mode.train, &mut self.rng);
         // the requested weights of every node; a run replaces what an earlier one captured
         let mut wanted: HashMap<String, Vec<String>> = HashMap::new();

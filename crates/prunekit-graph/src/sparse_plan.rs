@@ -125,7 +125,7 @@ impl SparsePlan {
             if opts.calibrate {
                 let mut dims = vec![plan.batch];
                 dims.extend(&shapes[&n.inputs[0]]);
-                let x = Tensor::randn(0f32, 1.0, dims, &w.device())?;
+                let x = Tensor::randn(0f32, 1.0, dims, w.device())?;
                 let view = ParamView::of(g, n, false);
                 let (dense, sparse) = race(&n.op, &x, &view, &a)?;
                 d.dense_ms = dense;

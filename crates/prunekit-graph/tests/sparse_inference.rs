@@ -37,7 +37,10 @@ fn conv_net() -> Graph {
     let h = b.relu(&h).unwrap();
     let h = b.named("c2").conv2d(&h, 16, 3, 2, 1).unwrap();
     let h = b.named("pw").conv2d(&h, 8, 1, 1, 0).unwrap();
-    let h = b.named("grouped").conv2d_with(&h, 8, 3, 1, 1, 2, true).unwrap();
+    let h = b
+        .named("grouped")
+        .conv2d_with(&h, 8, 3, 1, 1, 2, true)
+        .unwrap();
     let h = b.flatten(&h).unwrap();
     let h = b.named("fc1").linear(&h, 64).unwrap();
     let h = b.relu(&h).unwrap();
@@ -61,11 +64,23 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn a_pruned_cnn_runs_sparse_with_the_dense_outputs() {
     let mut g = conv_net();
-    for (node, keep) in [("c1", 0.3), ("c2", 0.1), ("grouped", 0.2), ("fc1", 0.05), ("fc2", 0.8)] {
-        let shape = g.node(node).unwrap().params["weight"].tensor().dims().to_vec();
+    for (node, keep) in [
+        ("c1", 0.3),
+        ("c2", 0.1),
+        ("grouped", 0.2),
+        ("fc1", 0.05),
+        ("fc2", 0.8),
+    ] {
+        let shape = g.node(node).unwrap().params["weight"]
+            .tensor()
+            .dims()
+            .to_vec();
         g.set_mask(node, "weight", mask(&shape, keep, 3)).unwrap();
     }
-    let shape = g.node("pw").unwrap().params["weight"].tensor().dims().to_vec();
+    let shape = g.node("pw").unwrap().params["weight"]
+        .tensor()
+        .dims()
+        .to_vec();
     g.set_mask("pw", "weight", mask_2_4(&shape)).unwrap();
     let plan = SparsePlan::build(
         &g,
@@ -114,7 +129,10 @@ fn a_sequence_linear_runs_sparse_and_timing_decides() {
     // an unmasked weight with zeros in its values is a candidate too
     let w = g.node("out").unwrap().params["weight"].tensor().clone();
     let zeroed = (&w * mask(&[48, 96], 0.2, 5)).unwrap();
-    g.node("out").unwrap().params["weight"].value.set(&zeroed).unwrap();
+    g.node("out").unwrap().params["weight"]
+        .value
+        .set(&zeroed)
+        .unwrap();
     let plan = SparsePlan::build(&g, SparseOptions::default()).unwrap();
     assert_eq!(plan.decisions.len(), 2);
     for d in &plan.decisions {

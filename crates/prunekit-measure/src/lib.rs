@@ -143,10 +143,11 @@ pub fn random_inputs(g: &Graph, batch: usize) -> Result<Vec<Tensor>> {
 }
 
 /// Eval-mode forward latency at `batch`: `warmup` untimed runs, then the median and 90th percentile
-/// of `runs` timed runs.
+/// of `runs` timed runs. Layers pruned enough run on the sparse kernels where they measure faster
+/// on this machine ([`Executor::for_inference`]), as inference of the model does.
 pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<Latency> {
     let x = random_inputs(g, batch)?;
-    let mut exec = Executor::new(0);
+    let mut exec = Executor::for_inference(g, batch)?;
     for _ in 0..warmup {
         exec.eval(g, &x)?;
     }
@@ -161,10 +162,10 @@ pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<La
 
 /// Eval-mode forward latency at `batch` within a time budget, for models where a run takes
 /// seconds (a Transformer at a long sequence): one untimed warm-up run, then timed runs until
-/// `budget_s` seconds have passed, at least 3 and at most 30.
+/// `budget_s` seconds have passed, at least 3 and at most 30. Sparse kernels as in [`latency`].
 pub fn latency_within(g: &Graph, batch: usize, budget_s: f64) -> Result<Latency> {
     let x = random_inputs(g, batch)?;
-    let mut exec = Executor::new(0);
+    let mut exec = Executor::for_inference(g, batch)?;
     exec.eval(g, &x)?;
     let mut times = Vec::new();
     let start = Instant::now();

@@ -583,11 +583,12 @@ pub fn inference_memory(g: &Graph, batch: usize) -> Result<Option<InferenceMemor
         return Err(invalid("the batch size must be at least 1"));
     }
     let x = crate::random_inputs(g, batch)?;
+    let mut exec = Executor::for_inference(g, batch)?;
     let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let Some((baseline, _)) = memory_kb() else {
         return Ok(None);
     };
-    let y = Executor::new(0).eval(g, &x)?;
+    let y = exec.eval(g, &x)?;
     drop(y);
     let Some((_, peak)) = memory_kb() else {
         return Ok(None);

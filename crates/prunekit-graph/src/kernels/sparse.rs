@@ -43,12 +43,14 @@ pub enum RowIndex {
 /// in kh kw]) that keeps only its kept elements, for [`SparseMatrix::linear`] and
 /// [`SparseMatrix::conv2d`].
 #[derive(Clone, Debug, PartialEq)]
+/// Its fields are private: the kernels index without bounds checks on the columns it holds, so
+/// only [`SparseMatrix::from_dense`] builds one.
 pub struct SparseMatrix {
-    pub rows: usize,
-    pub cols: usize,
+    rows: usize,
+    cols: usize,
     /// the kept values, row by row
-    pub values: Vec<f32>,
-    pub index: RowIndex,
+    values: Vec<f32>,
+    index: RowIndex,
 }
 
 /// The N:M patterns tried, most common first.
@@ -71,9 +73,19 @@ impl SparseMatrix {
         cols: usize,
         rest: usize,
     ) -> Self {
-        assert_eq!(w.len(), rows * cols, "sparse matrix: values do not fit the shape");
-        assert!(rest > 0 && cols % rest == 0, "sparse matrix: rest must divide cols");
-        assert!(u32::try_from(cols).is_ok(), "sparse matrix: too many columns");
+        assert_eq!(
+            w.len(),
+            rows * cols,
+            "sparse matrix: values do not fit the shape"
+        );
+        assert!(
+            rest > 0 && cols.is_multiple_of(rest),
+            "sparse matrix: rest must divide cols"
+        );
+        assert!(
+            u32::try_from(cols).is_ok(),
+            "sparse matrix: too many columns"
+        );
         let kept = |i: usize| match keep {
             Some(k) => k[i] != 0.0,
             None => w[i] != 0.0,
@@ -121,6 +133,21 @@ impl SparseMatrix {
             values,
             index: RowIndex::Csr { ptr, cols: cs },
         }
+    }
+
+    /// Rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (inputs, times kh kw for a convolution kernel).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// How each row's kept elements are found.
+    pub fn index(&self) -> &RowIndex {
+        &self.index
     }
 
     /// Kept elements.
@@ -213,21 +240,32 @@ impl SparseMatrix {
                         .sum();
                     acc.iter().sum::<f32>() + tail
                 }
-                RowIndex::Nm { .. } => {
-                    let mut acc = [0f32; 4];
+                RowIndex::Nm { n, m, rest, pos } => {
+                    let (n, m, rest) = (*n, *m, *rest);
+                    let per_row = self.cols / m * n;
+                    let vals = &self.values[r * per_row..(r + 1) * per_row];
+                    let pos = &pos[r * per_row..(r + 1) * per_row];
+                    let mut acc = [0f32; 2];
                     let mut k = 0;
-                    self.for_each_kept(r, |c, v| {
-                        acc[k & 3] += v * x[c];
-                        k += 1;
-                    });
-                    acc.iter().sum()
+                    for b in 0..self.cols / rest / m {
+                        for p in 0..rest {
+                            let base = b * m * rest + p;
+                            for u in 0..n {
+                                acc[u & 1] += vals[k] * x[base + pos[k] as usize * rest];
+                                k += 1;
+                            }
+                        }
+                    }
+                    acc[0] + acc[1]
                 }
             };
         }
     }
 
     /// `dst[i, 0..len] = sum_c W[r0 + i, c] src[off[c]..off[c] + len]`, `len` a multiple of `T`
-    /// and `src` long enough for `off[c] + len` (the callers pad it).
+    /// and `src` long enough for `off[c] + len` (the callers pad it). The loops are written out per
+    /// layout, without closures, so that they inline into the target-feature wrappers below and
+    /// each tile's accumulators stay in vector registers.
     #[inline(always)]
     fn spmm_rows<const T: usize>(
         &self,
@@ -237,18 +275,84 @@ impl SparseMatrix {
         len: usize,
         dst: &mut [f32],
     ) {
+        // every run this call reads lies inside `src`, and every column inside `off` (the matrix's
+        // columns are checked at construction): the loops below index without bounds checks,
+        // which would otherwise keep the accumulators in memory
+        assert!(
+            off.len() == self.cols
+                && len.is_multiple_of(T)
+                && off.iter().all(|&o| o as usize + len <= src.len()),
+            "sparse product: the activation runs do not fit the source"
+        );
+        #[inline(always)]
+        fn axpy<const T: usize>(acc: &mut [f32; T], v: f32, s: &[f32], at: usize) {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: at + T <= s.len() for every run (asserted above)
+                *a += v * unsafe { *s.get_unchecked(at + j) };
+            }
+        }
+        // four partial sums per tile, so consecutive kept weights do not wait on each other's FMA
         for (i, out) in dst.chunks_exact_mut(len).enumerate() {
             let r = r0 + i;
             for (t, o) in out.chunks_exact_mut(T).enumerate() {
-                let mut acc = [0f32; T];
                 let t0 = t * T;
-                self.for_each_kept(r, |c, v| {
-                    let s = &src[off[c] as usize + t0..][..T];
-                    for j in 0..T {
-                        acc[j] += v * s[j];
+                let mut acc = [[0f32; T]; 4];
+                // SAFETY: c < cols = off.len() (asserted above; columns are below cols)
+                let run = |c: usize| unsafe { *off.get_unchecked(c) } as usize + t0;
+                match &self.index {
+                    RowIndex::Csr { ptr, cols } => {
+                        let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
+                        let (cs, vs) = (&cols[a..b], &self.values[a..b]);
+                        let mut c4 = cs.chunks_exact(4);
+                        let mut v4 = vs.chunks_exact(4);
+                        for (c, v) in (&mut c4).zip(&mut v4) {
+                            for u in 0..4 {
+                                axpy(&mut acc[u], v[u], src, run(c[u] as usize));
+                            }
+                        }
+                        for (&c, &v) in c4.remainder().iter().zip(v4.remainder()) {
+                            axpy(&mut acc[0], v, src, run(c as usize));
+                        }
                     }
-                });
-                o.copy_from_slice(&acc);
+                    RowIndex::Nm { n, m, rest, pos } => {
+                        let (n, m, rest) = (*n, *m, *rest);
+                        let per_row = self.cols / m * n;
+                        let vals = &self.values[r * per_row..(r + 1) * per_row];
+                        let pos = &pos[r * per_row..(r + 1) * per_row];
+                        // block b at position p: columns (b m + j) rest + p; two groups in
+                        // flight, each kept value of a group into its own partial sum
+                        let mut k = 0;
+                        for b in 0..self.cols / rest / m {
+                            for p in 0..rest {
+                                let base = b * m * rest + p;
+                                // SAFETY: k + n <= per_row = vals.len() = pos.len()
+                                let at = |u: usize| unsafe {
+                                    let j = *pos.get_unchecked(k + u) as usize;
+                                    (*vals.get_unchecked(k + u), run(base + j * rest))
+                                };
+                                if n == 2 {
+                                    let ((v0, a0), (v1, a1)) = (at(0), at(1));
+                                    if (b + p) & 1 == 0 {
+                                        axpy(&mut acc[0], v0, src, a0);
+                                        axpy(&mut acc[1], v1, src, a1);
+                                    } else {
+                                        axpy(&mut acc[2], v0, src, a0);
+                                        axpy(&mut acc[3], v1, src, a1);
+                                    }
+                                } else {
+                                    for u in 0..n {
+                                        let (v, a) = at(u);
+                                        axpy(&mut acc[0], v, src, a);
+                                    }
+                                }
+                                k += n;
+                            }
+                        }
+                    }
+                }
+                for j in 0..T {
+                    o[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+                }
             }
         }
     }
@@ -265,7 +369,10 @@ impl SparseMatrix {
     /// # Panics
     /// When x does not hold a multiple of `cols` values.
     pub fn linear(&self, x: &[f32]) -> Vec<f32> {
-        assert!(self.cols > 0 && x.len() % self.cols == 0, "sparse linear: input width");
+        assert!(
+            self.cols > 0 && x.len().is_multiple_of(self.cols),
+            "sparse linear: input width"
+        );
         let batch = x.len() / self.cols;
         let isa = Isa::get();
         if batch == 1 {
@@ -423,7 +530,8 @@ pub fn conv2d(
         );
     }
     // the geometry, from the shapes the dense kernel would see
-    let w_shape = candle_core::Tensor::zeros((a.rows, c, kernel[0], kernel[1]), x.dtype(), x.device())?;
+    let w_shape =
+        candle_core::Tensor::zeros((a.rows, c, kernel[0], kernel[1]), x.dtype(), x.device())?;
     let g = ConvGeom::of(x, &w_shape, stride, pad, dil, 1)?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let y = candle_core::Tensor::from_vec(a.conv2d(&xs, &g), (n, g.o, g.oh, g.ow), x.device())?;
@@ -442,7 +550,7 @@ fn detect_nm(
 ) -> Option<(usize, usize)> {
     let inner = cols / rest;
     NM_PATTERNS.into_iter().find(|&(n, m)| {
-        inner % m == 0
+        inner.is_multiple_of(m)
             && inner >= m
             && (0..rows).all(|r| {
                 (0..inner / m).all(|b| {
@@ -590,7 +698,10 @@ mod tests {
 
     fn close(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -684,5 +795,59 @@ mod tests {
             let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
             assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-4);
         }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    #[test]
+    #[ignore = "timing probe: cargo test --release -p prunekit-graph sparse_timing -- --ignored --nocapture"]
+    fn sparse_timing() {
+        let (rows, cols) = (2048, 2048);
+        let mut r = crate::graph::rng(1);
+        use rand::Rng;
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|_| if r.random_bool(0.1) { 1.0 } else { 0.0 })
+            .collect();
+        let a = SparseMatrix::from_dense(&w, None, rows, cols, 1);
+        let w24: Vec<f32> = (0..rows * cols).map(|i| (i % 4 < 2) as u8 as f32).collect();
+        let nm = SparseMatrix::from_dense(&w24, None, rows, cols, 1);
+        for batch in [1usize, 32] {
+            let x = vec![1f32; batch * cols];
+            let t0 = std::time::Instant::now();
+            for _ in 0..20 {
+                std::hint::black_box(nm.linear(&x));
+            }
+            eprintln!(
+                "2:4 batch {batch}: {:.3} ms",
+                t0.elapsed().as_secs_f64() * 1e3 / 20.0
+            );
+        }
+        for batch in [1usize, 32] {
+            let x = vec![1f32; batch * cols];
+            let t0 = std::time::Instant::now();
+            for _ in 0..20 {
+                std::hint::black_box(a.linear(&x));
+            }
+            eprintln!(
+                "batch {batch}: {:.3} ms",
+                t0.elapsed().as_secs_f64() * 1e3 / 20.0
+            );
+        }
+        let isa = Isa::get();
+        let len = 32;
+        let xt = vec![1f32; cols * len];
+        let off: Vec<u32> = (0..cols).map(|c| (c * len) as u32).collect();
+        let mut d = vec![0f32; rows * len];
+        let t0 = std::time::Instant::now();
+        for _ in 0..20 {
+            isa.spmm(&a, 0, &off, &xt, len, 32, &mut d);
+        }
+        eprintln!(
+            "spmm single thread: {:.3} ms",
+            t0.elapsed().as_secs_f64() * 1e3 / 20.0
+        );
     }
 }
