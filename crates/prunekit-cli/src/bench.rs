@@ -255,13 +255,19 @@ pub fn memory_child(spec: &str, stock: bool) -> Result<()> {
 
 /// Runs the memory measurement of `spec` in a child process of this binary.
 fn memory_of_child(spec: &str, stock: bool) -> Result<serde_json::Value> {
-    let exe = std::env::current_exe().context("cannot find the prunekit binary")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["bench", "--memory-of", spec]);
+    let mut args = vec!["bench", "--memory-of", spec];
     if stock {
-        cmd.arg("--stock");
+        args.push("--stock");
     }
-    let out = cmd
+    child_json(&args)
+}
+
+/// Runs this binary with `args` in a child process (a fresh address space for a memory
+/// measurement) and parses the one JSON object it prints.
+pub(crate) fn child_json(args: &[&str]) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find the prunekit binary")?;
+    let out = std::process::Command::new(exe)
+        .args(args)
         .output()
         .context("cannot run the memory child process")?;
     if !out.status.success() {

@@ -12,7 +12,7 @@ use prunekit_graph::{Executor, Graph, GraphBuilder, SparseOptions, SparsePlan};
 use prunekit_prune::{magnitude_prune, Scope, Target};
 use serde_json::json;
 
-use crate::bench::{python_json, race};
+use crate::bench::{child_json, python_json, race};
 use crate::table::render;
 use prunekit_measure::metrics::memory_kb;
 
@@ -206,18 +206,7 @@ pub fn memory_child(spec: &str) -> Result<()> {
 }
 
 fn memory_of_child(spec: &str) -> Result<serde_json::Value> {
-    let exe = std::env::current_exe().context("cannot find the prunekit binary")?;
-    let out = std::process::Command::new(exe)
-        .args(["bench", "--sparse-memory-of", spec])
-        .output()
-        .context("cannot run the memory child process")?;
-    if !out.status.success() {
-        bail!(
-            "memory measurement failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    child_json(&["bench", "--sparse-memory-of", spec])
 }
 
 /// Runs the sparse benchmark and prints its tables (or one JSON object).

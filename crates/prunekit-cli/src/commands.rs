@@ -301,8 +301,18 @@ pub(crate) fn save_model(
     output: &Path,
     input: Option<&Path>,
 ) -> Result<prunekit_io::Format> {
-    prunekit_io::save(g, output, input)
-        .with_context(|| format!("cannot save model to {}", output.display()))
+    let f = prunekit_io::save(g, output, input)
+        .with_context(|| format!("cannot save model to {}", output.display()))?;
+    let masked = g.params().filter(|(_, _, p)| p.mask.is_some()).count();
+    if masked > 0 && f != prunekit_io::Format::Native {
+        eprintln!(
+            "note: {masked} masked weight(s) written dense with their zeros: {} readers take dense \
+             tensors only (ONNX runtimes do not read sparse initialisers); our format (-o DIR) \
+             stores them compressed",
+            f.name()
+        );
+    }
+    Ok(f)
 }
 
 /// Writes a Hugging Face directory ([`prunekit_io::hf::save_dir`]).

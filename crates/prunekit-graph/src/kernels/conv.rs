@@ -580,13 +580,23 @@ impl ConvGeom {
         dil: usize,
         groups: usize,
     ) -> candle_core::Result<Self> {
-        let (n, c, h, wd) = x.dims4()?;
-        let (o, cg, kh, kw) = w.dims4()?;
+        Self::of_dims(x.dims4()?, w.dims4()?, stride, pad, dil, groups)
+    }
+
+    /// [`Self::of`] from the shapes x [N, C, H, W] and w [O, C/groups, kh, kw].
+    pub(crate) fn of_dims(
+        (n, c, h, wd): (usize, usize, usize, usize),
+        (o, cg, kh, kw): (usize, usize, usize, usize),
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        groups: usize,
+    ) -> candle_core::Result<Self> {
         if groups == 0 || c != cg * groups || o % groups != 0 || stride == 0 || dil == 0 {
             candle_core::bail!(
                 "conv2d: input {:?} and kernel {:?} do not fit groups = {groups}",
-                x.dims(),
-                w.dims()
+                [n, c, h, wd],
+                [o, cg, kh, kw]
             );
         }
         let span = |k: usize| dil * (k - 1) + 1;

@@ -53,6 +53,9 @@ pub struct SparseMatrix {
     index: RowIndex,
 }
 
+/// The least work (MACs) split over threads.
+const PAR_MIN: usize = 1 << 21;
+
 /// The N:M patterns tried, most common first.
 const NM_PATTERNS: [(usize, usize); 6] = [(2, 4), (1, 4), (4, 8), (2, 8), (1, 2), (3, 4)];
 
@@ -217,7 +220,11 @@ impl SparseMatrix {
 
     /// `y[r] = sum_c W[r, c] x[c]` for rows r0.. (one sample; a gather dot product per row).
     #[inline(always)]
-    fn gemv_rows(&self, r0: usize, x: &[f32], y: &mut [f32]) {
+    fn gemv_rows<const FMA: bool>(&self, r0: usize, x: &[f32], y: &mut [f32]) {
+        let fma = |a: f32, v: f32, x: f32| if FMA { v.mul_add(x, a) } else { a + v * x };
+        assert!(x.len() >= self.cols, "sparse gemv: input too short");
+        // SAFETY: every column is below cols <= x.len() (columns are checked at construction)
+        let xc = |c: usize| unsafe { *x.get_unchecked(c) };
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
             *yr = match &self.index {
@@ -229,14 +236,14 @@ impl SparseMatrix {
                     let mut vc = vs.chunks_exact(8);
                     for (c8, v8) in (&mut cc).zip(&mut vc) {
                         for j in 0..8 {
-                            acc[j] += v8[j] * x[c8[j] as usize];
+                            acc[j] = fma(acc[j], v8[j], xc(c8[j] as usize));
                         }
                     }
                     let tail: f32 = cc
                         .remainder()
                         .iter()
                         .zip(vc.remainder())
-                        .map(|(&c, &v)| v * x[c as usize])
+                        .map(|(&c, &v)| v * xc(c as usize))
                         .sum();
                     acc.iter().sum::<f32>() + tail
                 }
@@ -251,7 +258,8 @@ impl SparseMatrix {
                         for p in 0..rest {
                             let base = b * m * rest + p;
                             for u in 0..n {
-                                acc[u & 1] += vals[k] * x[base + pos[k] as usize * rest];
+                                acc[u & 1] =
+                                    fma(acc[u & 1], vals[k], xc(base + pos[k] as usize * rest));
                                 k += 1;
                             }
                         }
@@ -267,7 +275,7 @@ impl SparseMatrix {
     /// layout, without closures, so that they inline into the target-feature wrappers below and
     /// each tile's accumulators stay in vector registers.
     #[inline(always)]
-    fn spmm_rows<const T: usize>(
+    fn spmm_rows<const T: usize, const FMA: bool>(
         &self,
         r0: usize,
         off: &[u32],
@@ -285,10 +293,11 @@ impl SparseMatrix {
             "sparse product: the activation runs do not fit the source"
         );
         #[inline(always)]
-        fn axpy<const T: usize>(acc: &mut [f32; T], v: f32, s: &[f32], at: usize) {
+        fn axpy<const T: usize, const FMA: bool>(acc: &mut [f32; T], v: f32, s: &[f32], at: usize) {
             for (j, a) in acc.iter_mut().enumerate() {
                 // SAFETY: at + T <= s.len() for every run (asserted above)
-                *a += v * unsafe { *s.get_unchecked(at + j) };
+                let x = unsafe { *s.get_unchecked(at + j) };
+                *a = if FMA { v.mul_add(x, *a) } else { *a + v * x };
             }
         }
         // four partial sums per tile, so consecutive kept weights do not wait on each other's FMA
@@ -296,6 +305,9 @@ impl SparseMatrix {
             let r = r0 + i;
             for (t, o) in out.chunks_exact_mut(T).enumerate() {
                 let t0 = t * T;
+                // four partial sums for short tiles; a long tile (>= 64) has enough independent
+                // vectors in one and would run out of registers with four
+                let slot = |u: usize| if T >= 64 { 0 } else { u };
                 let mut acc = [[0f32; T]; 4];
                 // SAFETY: c < cols = off.len() (asserted above; columns are below cols)
                 let run = |c: usize| unsafe { *off.get_unchecked(c) } as usize + t0;
@@ -307,11 +319,11 @@ impl SparseMatrix {
                         let mut v4 = vs.chunks_exact(4);
                         for (c, v) in (&mut c4).zip(&mut v4) {
                             for u in 0..4 {
-                                axpy(&mut acc[u], v[u], src, run(c[u] as usize));
+                                axpy::<T, FMA>(&mut acc[slot(u)], v[u], src, run(c[u] as usize));
                             }
                         }
                         for (&c, &v) in c4.remainder().iter().zip(v4.remainder()) {
-                            axpy(&mut acc[0], v, src, run(c as usize));
+                            axpy::<T, FMA>(&mut acc[0], v, src, run(c as usize));
                         }
                     }
                     RowIndex::Nm { n, m, rest, pos } => {
@@ -333,16 +345,16 @@ impl SparseMatrix {
                                 if n == 2 {
                                     let ((v0, a0), (v1, a1)) = (at(0), at(1));
                                     if (b + p) & 1 == 0 {
-                                        axpy(&mut acc[0], v0, src, a0);
-                                        axpy(&mut acc[1], v1, src, a1);
+                                        axpy::<T, FMA>(&mut acc[0], v0, src, a0);
+                                        axpy::<T, FMA>(&mut acc[slot(1)], v1, src, a1);
                                     } else {
-                                        axpy(&mut acc[2], v0, src, a0);
-                                        axpy(&mut acc[3], v1, src, a1);
+                                        axpy::<T, FMA>(&mut acc[slot(2)], v0, src, a0);
+                                        axpy::<T, FMA>(&mut acc[slot(3)], v1, src, a1);
                                     }
                                 } else {
                                     for u in 0..n {
                                         let (v, a) = at(u);
-                                        axpy(&mut acc[0], v, src, a);
+                                        axpy::<T, FMA>(&mut acc[0], v, src, a);
                                     }
                                 }
                                 k += n;
@@ -357,11 +369,13 @@ impl SparseMatrix {
         }
     }
 
-    /// Rows per parallel chunk and whether to split at all, for work of `per_row` MACs a row.
+    /// Rows per parallel chunk and whether to split at all, for work of `per_row` MACs a row:
+    /// waking the pool costs tens of microseconds, so only work of at least 2^21 MACs (about half a
+    /// millisecond on one core) is split.
     fn split(&self, per_row: usize) -> Option<usize> {
         let threads = rayon::current_num_threads();
         let work = self.nnz() * per_row;
-        (threads > 1 && work >= 1 << 15).then(|| self.rows.div_ceil(threads * 4).max(1))
+        (threads > 1 && work >= PAR_MIN).then(|| self.rows.div_ceil(threads * 4).max(1))
     }
 
     /// `y = x W^T` for x [batch, cols] (row-major), y [batch, rows]: a Linear without its bias.
@@ -387,20 +401,27 @@ impl SparseMatrix {
             return y;
         }
         // activations transposed to [cols, len], len = batch rounded up to the tile
-        let tile = if batch > 16 { 32 } else { 16 };
+        let tile = tile_for(batch);
         let len = batch.div_ceil(tile) * tile;
+        // written row by row of xt (reading a column of x: `batch` lines that stay in L1)
         let mut xt = vec![0f32; self.cols * len];
-        for (b, row) in x.chunks_exact(self.cols).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                xt[c * len + b] = v;
+        for (c, dst) in xt.chunks_exact_mut(len).enumerate() {
+            for (b, v) in dst[..batch].iter_mut().enumerate() {
+                *v = x[b * self.cols + c];
             }
         }
         let off: Vec<u32> = (0..self.cols).map(|c| (c * len) as u32).collect();
         let yt = self.spmm(&off, &xt, len, tile, isa);
+        // transposed back in blocks of 16 rows, each output line written whole: a row-at-a-time
+        // scatter strides by the row count (2 KiB for 512), which maps every line it touches
+        // into two L1 sets and ran 10x slower
         let mut y = vec![0f32; batch * self.rows];
-        for (r, row) in yt.chunks_exact(len).enumerate() {
-            for (b, &v) in row[..batch].iter().enumerate() {
-                y[b * self.rows + r] = v;
+        for (k, block) in yt.chunks(16 * len).enumerate() {
+            let r0 = k * 16;
+            for (b, yb) in y.chunks_exact_mut(self.rows).enumerate() {
+                for (i, row) in block.chunks_exact(len).enumerate() {
+                    yb[r0 + i] = row[b];
+                }
             }
         }
         y
@@ -446,7 +467,7 @@ impl SparseMatrix {
             let off: Vec<u32> = (0..self.cols).map(|k| (k * ohw) as u32).collect();
             (off, ohw, g.ow, self.cols * ohw)
         };
-        let tile = if run > 16 { 32 } else { 16 };
+        let tile = tile_for(run);
         let len = run.div_ceil(tile) * tile;
         let one = |xn: &[f32], yn: &mut [f32], par: bool| {
             let mut src = vec![0f32; src_len + len];
@@ -522,7 +543,7 @@ pub fn conv2d(
     dil: usize,
     bias: Option<&candle_core::Tensor>,
 ) -> candle_core::Result<candle_core::Tensor> {
-    let (n, c, _, _) = x.dims4()?;
+    let (n, c, h, w) = x.dims4()?;
     if a.cols != c * kernel[0] * kernel[1] {
         candle_core::bail!(
             "sparse conv2d: a kernel of {} columns does not fit {c} channels of {kernel:?}",
@@ -530,15 +551,32 @@ pub fn conv2d(
         );
     }
     // the geometry, from the shapes the dense kernel would see
-    let w_shape =
-        candle_core::Tensor::zeros((a.rows, c, kernel[0], kernel[1]), x.dtype(), x.device())?;
-    let g = ConvGeom::of(x, &w_shape, stride, pad, dil, 1)?;
+    let k = (a.rows, c, kernel[0], kernel[1]);
+    let g = ConvGeom::of_dims((n, c, h, w), k, stride, pad, dil, 1)?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let y = candle_core::Tensor::from_vec(a.conv2d(&xs, &g), (n, g.o, g.oh, g.ow), x.device())?;
     match bias {
         Some(b) => super::channel::channel_bias(&y, b),
         None => Ok(y),
     }
+}
+
+/// The register tiles the kernel is compiled for (activations per tile).
+const TILES: [usize; 8] = [16, 32, 48, 64, 80, 96, 112, 128];
+
+/// The register tile for runs of `run` activations: a run of at most 128 is one tile (the
+/// multiple of 16 just above it: the row's kept weights are read once); a longer one tiles by 32
+/// unless rounding up to 32 computes more padding than rounding up to 16.
+fn tile_for(run: usize) -> usize {
+    let t = if run <= 128 {
+        run.div_ceil(16).max(1) * 16
+    } else if run.div_ceil(32) * 32 == run.div_ceil(16) * 16 {
+        32
+    } else {
+        16
+    };
+    debug_assert!(TILES.contains(&t));
+    t
 }
 
 /// The N:M pattern (n, m) every group of `kept` follows, if any (see [`RowIndex::Nm`]).
@@ -597,7 +635,7 @@ impl Isa {
             Self::Avx512 => unsafe { gemv_avx512(a, r0, x, y) },
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => unsafe { gemv_avx2(a, r0, x, y) },
-            Self::Base => a.gemv_rows(r0, x, y),
+            Self::Base => a.gemv_rows::<false>(r0, x, y),
         }
     }
 
@@ -612,32 +650,35 @@ impl Isa {
         tile: usize,
         dst: &mut [f32],
     ) {
-        match (self, tile) {
-            // SAFETY: as in `gemv`.
-            #[cfg(target_arch = "x86_64")]
-            (Self::Avx512, 32) => unsafe { spmm_avx512::<32>(a, r0, off, src, len, dst) },
-            #[cfg(target_arch = "x86_64")]
-            (Self::Avx512, _) => unsafe { spmm_avx512::<16>(a, r0, off, src, len, dst) },
-            #[cfg(target_arch = "x86_64")]
-            (Self::Avx2, 32) => unsafe { spmm_avx2::<32>(a, r0, off, src, len, dst) },
-            #[cfg(target_arch = "x86_64")]
-            (Self::Avx2, _) => unsafe { spmm_avx2::<16>(a, r0, off, src, len, dst) },
-            (_, 32) => a.spmm_rows::<32>(r0, off, src, len, dst),
-            _ => a.spmm_rows::<16>(r0, off, src, len, dst),
+        macro_rules! dispatch {
+            ($($t:literal)+) => {
+                match (self, tile) {
+                    $(
+                        // SAFETY: as in `gemv`.
+                        #[cfg(target_arch = "x86_64")]
+                        (Self::Avx512, $t) => unsafe { spmm_avx512::<$t>(a, r0, off, src, len, dst) },
+                        #[cfg(target_arch = "x86_64")]
+                        (Self::Avx2, $t) => unsafe { spmm_avx2::<$t>(a, r0, off, src, len, dst) },
+                        (_, $t) => a.spmm_rows::<$t, false>(r0, off, src, len, dst),
+                    )+
+                    _ => unreachable!("tile {tile} is one of TILES"),
+                }
+            };
         }
+        dispatch!(16 32 48 64 80 96 112 128)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn gemv_avx512(a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
-    a.gemv_rows(r0, x, y)
+    a.gemv_rows::<true>(r0, x, y)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemv_avx2(a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
-    a.gemv_rows(r0, x, y)
+    a.gemv_rows::<true>(r0, x, y)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -650,7 +691,7 @@ unsafe fn spmm_avx512<const T: usize>(
     len: usize,
     dst: &mut [f32],
 ) {
-    a.spmm_rows::<T>(r0, off, src, len, dst)
+    a.spmm_rows::<T, true>(r0, off, src, len, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -663,7 +704,7 @@ unsafe fn spmm_avx2<const T: usize>(
     len: usize,
     dst: &mut [f32],
 ) {
-    a.spmm_rows::<T>(r0, off, src, len, dst)
+    a.spmm_rows::<T, true>(r0, off, src, len, dst)
 }
 
 #[cfg(test)]
@@ -751,6 +792,15 @@ mod tests {
     }
 
     #[test]
+    fn every_run_length_gets_a_compiled_tile() {
+        for run in 1..2000 {
+            let t = tile_for(run);
+            assert!(TILES.contains(&t), "{run}");
+            assert!(run > 128 || t >= run);
+        }
+    }
+
+    #[test]
     fn nm_over_an_interleaved_kernel_axis() {
         // a conv kernel [o, c, 3, 3] pruned 2:4 along c at each of the 9 positions
         let (o, c, kk) = (6, 8, 9);
@@ -795,59 +845,5 @@ mod tests {
             let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap();
             assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-4);
         }
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    #[test]
-    #[ignore = "timing probe: cargo test --release -p prunekit-graph sparse_timing -- --ignored --nocapture"]
-    fn sparse_timing() {
-        let (rows, cols) = (2048, 2048);
-        let mut r = crate::graph::rng(1);
-        use rand::Rng;
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| if r.random_bool(0.1) { 1.0 } else { 0.0 })
-            .collect();
-        let a = SparseMatrix::from_dense(&w, None, rows, cols, 1);
-        let w24: Vec<f32> = (0..rows * cols).map(|i| (i % 4 < 2) as u8 as f32).collect();
-        let nm = SparseMatrix::from_dense(&w24, None, rows, cols, 1);
-        for batch in [1usize, 32] {
-            let x = vec![1f32; batch * cols];
-            let t0 = std::time::Instant::now();
-            for _ in 0..20 {
-                std::hint::black_box(nm.linear(&x));
-            }
-            eprintln!(
-                "2:4 batch {batch}: {:.3} ms",
-                t0.elapsed().as_secs_f64() * 1e3 / 20.0
-            );
-        }
-        for batch in [1usize, 32] {
-            let x = vec![1f32; batch * cols];
-            let t0 = std::time::Instant::now();
-            for _ in 0..20 {
-                std::hint::black_box(a.linear(&x));
-            }
-            eprintln!(
-                "batch {batch}: {:.3} ms",
-                t0.elapsed().as_secs_f64() * 1e3 / 20.0
-            );
-        }
-        let isa = Isa::get();
-        let len = 32;
-        let xt = vec![1f32; cols * len];
-        let off: Vec<u32> = (0..cols).map(|c| (c * len) as u32).collect();
-        let mut d = vec![0f32; rows * len];
-        let t0 = std::time::Instant::now();
-        for _ in 0..20 {
-            isa.spmm(&a, 0, &off, &xt, len, 32, &mut d);
-        }
-        eprintln!(
-            "spmm single thread: {:.3} ms",
-            t0.elapsed().as_secs_f64() * 1e3 / 20.0
-        );
     }
 }
