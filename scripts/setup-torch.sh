@@ -11,6 +11,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --upgrade pip
 "$venv/bin/pip" install --quiet torch
+# torch.onnx.export needs onnx (and onnxscript for the dynamo exporter): the export checks of
+# crates/prunekit-io/tests/torch_exports.rs
+"$venv/bin/pip" install --quiet onnx onnxscript
 # the independent references of scripts/hf_reference.py (sentence-transformers, transformers with GGUF)
 "$venv/bin/pip" install --quiet transformers sentence-transformers gguf accelerate
 "$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "threads", torch.get_num_threads())'

@@ -68,10 +68,19 @@ fn pytorch_loads_our_state_dicts_and_we_load_its_onnx_exports() {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/torch_rebuild.py");
-    let dynamo = std::process::Command::new(&py)
-        .args(["-c", "import onnxscript"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let imports = |module: &str| {
+        std::process::Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // torch.onnx.export needs the onnx package (since PyTorch 2.9 for the TorchScript exporter
+    // too), the dynamo exporter onnxscript as well
+    let torchscript = imports("onnx");
+    let dynamo = torchscript && imports("onnxscript");
+    if !torchscript {
+        eprintln!("note: the onnx package is missing next to PyTorch (scripts/setup-torch.sh installs it): the ONNX exports are not checked");
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut table = Vec::new();
     for name in prunekit_zoo::names() {
@@ -95,6 +104,10 @@ fn pytorch_loads_our_state_dicts_and_we_load_its_onnx_exports() {
         for (exporter, flag) in [("torchscript", None), ("dynamo", Some("--dynamo"))] {
             if flag.is_some() && !dynamo {
                 row.push("dynamo: onnxscript missing".into());
+                continue;
+            }
+            if !torchscript {
+                row.push(format!("{exporter}: onnx missing"));
                 continue;
             }
             let onnx = dir.path().join(format!("{name}-{exporter}.onnx"));
