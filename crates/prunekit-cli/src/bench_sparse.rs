@@ -83,39 +83,67 @@ impl Pattern {
     }
 }
 
-/// Median ms of the dense and the sparse kernel on `g` at `batch` (every candidate layer forced
-/// sparse), measured in alternation.
+/// Median ms of the dense kernel and of the fastest sparse layout on `g` at `batch` (every
+/// candidate layer forced sparse: CSR or N:M, and for a Linear at batch 1 also the bitmask
+/// layout), measured in alternation, with the winning layout's name.
 fn dense_vs_sparse(g: &Graph, batch: usize, iters: usize) -> Result<(f64, f64, String)> {
-    let plan = SparsePlan::build(
-        g,
-        SparseOptions {
-            batch,
-            min_sparsity: 0.0,
-            calibrate: false,
-        },
-    )?;
-    let format = plan
-        .decisions
-        .first()
-        .map(|d| d.format.clone())
-        .unwrap_or_default();
+    let plan = |bitmask: bool| {
+        SparsePlan::build(
+            g,
+            SparseOptions {
+                batch,
+                min_sparsity: 0.0,
+                calibrate: false,
+                bitmask,
+            },
+        )
+    };
+    let mut plans = vec![plan(false)?];
+    let linear = g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, prunekit_graph::Op::Linear(_)));
+    if batch == 1 && linear && plans[0].decisions.iter().all(|d| d.format == "csr") {
+        plans.push(plan(true)?);
+    }
+    let formats: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            p.decisions
+                .first()
+                .map(|d| d.format.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     let x = prunekit_measure::random_inputs(g, batch)?;
-    let mut dense = Executor::new(0);
-    let mut sparse = Executor::new(0).with_sparse_plan(Arc::new(plan));
-    let t = race(
-        iters,
-        &mut [
-            &mut || {
-                dense.eval(g, &x)?;
+    let mut execs: Vec<Executor> = std::iter::once(Executor::new(0))
+        .chain(
+            plans
+                .into_iter()
+                .map(|p| Executor::new(0).with_sparse_plan(Arc::new(p))),
+        )
+        .collect();
+    let mut runs: Vec<Box<dyn FnMut() -> Result<()> + '_>> = execs
+        .iter_mut()
+        .map(|e| {
+            let x = &x;
+            Box::new(move || {
+                e.eval(g, x)?;
                 Ok(())
-            },
-            &mut || {
-                sparse.eval(g, &x)?;
-                Ok(())
-            },
-        ],
-    )?;
-    Ok((t[0], t[1], format))
+            }) as Box<dyn FnMut() -> Result<()>>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut() -> Result<()>> = runs
+        .iter_mut()
+        .map(|r| r.as_mut() as &mut dyn FnMut() -> Result<()>)
+        .collect();
+    let t = race(iters, &mut refs)?;
+    let (best, &sparse) = t[1..]
+        .iter()
+        .enumerate()
+        .min_by(|p, q| p.1.total_cmp(q.1))
+        .context("no sparse layout")?;
+    Ok((t[0], sparse, formats[best].clone()))
 }
 
 /// The lowest sparsity of the sweep from which the sparse kernel is faster at every higher one.
@@ -234,7 +262,8 @@ pub fn run(iters: usize, torch: Option<&Path>, json_out: bool) -> Result<()> {
                 p.apply(&mut g)?;
                 let (d, s, format) = dense_vs_sparse(&g, batch, iters)?;
                 dense_ms.push(d);
-                cells.push(format!("{:.2}x", d / s));
+                let mark = if format == "bitmask" { " b" } else { "" };
+                cells.push(format!("{:.2}x{mark}", d / s));
                 if let Pattern::Unstructured(sp) = p {
                     speedups.push((sp, d / s));
                     if let Layer::Linear(o, i) = layer {
@@ -326,7 +355,7 @@ pub fn run(iters: usize, torch: Option<&Path>, json_out: bool) -> Result<()> {
         );
         return Ok(());
     }
-    println!("sparse kernels against our dense kernels ({threads} threads, median of alternating runs; speed-up = dense / sparse)\n");
+    println!("sparse kernels against our dense kernels ({threads} threads, median of alternating runs; speed-up = dense / sparse, the faster of CSR and (b) the AVX-512 bitmask layout for a batch-1 Linear)\n");
     let mut head: Vec<String> = ["layer", "batch", "dense ms"]
         .iter()
         .map(|s| s.to_string())
@@ -408,6 +437,7 @@ mod tests {
                     batch: 2,
                     min_sparsity: 0.0,
                     calibrate: false,
+                    bitmask: false,
                 },
             )
             .unwrap();

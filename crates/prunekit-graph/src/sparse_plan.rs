@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::graph::Graph;
-use crate::kernels::sparse::SparseMatrix;
+use crate::kernels::sparse::{RowIndex, SparseMatrix};
 use crate::ops::{Ctx, Op, ParamView};
 
 /// How a [`SparsePlan`] is built.
@@ -31,6 +31,9 @@ pub struct SparseOptions {
     /// time both kernels per layer (`false`: take the sparse kernel for every layer above
     /// `min_sparsity`, as the tests do)
     pub calibrate: bool,
+    /// with `calibrate` off: hold Linear weights that are not N:M in the bitmask layout instead
+    /// of CSR (the benchmark times both)
+    pub bitmask: bool,
 }
 
 impl Default for SparseOptions {
@@ -39,6 +42,7 @@ impl Default for SparseOptions {
             batch: 1,
             min_sparsity: 0.5,
             calibrate: true,
+            bitmask: false,
         }
     }
 }
@@ -51,7 +55,7 @@ pub struct SparseDecision {
     pub op: &'static str,
     /// fraction of the weight's elements pruned
     pub sparsity: f64,
-    /// `csr` or `N:M` ([`SparseMatrix::format`])
+    /// `csr`, `bitmask` or `N:M` ([`SparseMatrix::format`])
     pub format: String,
     /// median forward time of the layer with the dense kernel (ms, at the plan's batch; 0 when not
     /// timed)
@@ -112,7 +116,14 @@ impl SparsePlan {
             if sparsity < opts.min_sparsity || rows == 0 {
                 continue;
             }
-            let a = SparseMatrix::from_dense(&values, keep.as_deref(), rows, cols, rest);
+            let mut a = SparseMatrix::from_dense(&values, keep.as_deref(), rows, cols, rest);
+            if !opts.calibrate
+                && opts.bitmask
+                && op == "linear"
+                && matches!(a.index(), RowIndex::Csr { .. })
+            {
+                a = a.to_bitmask();
+            }
             let mut d = SparseDecision {
                 node: n.name.clone(),
                 op,
@@ -127,10 +138,28 @@ impl SparsePlan {
                 dims.extend(&shapes[&n.inputs[0]]);
                 let x = Tensor::randn(0f32, 1.0, dims, w.device())?;
                 let view = ParamView::of(g, n, false);
-                let (dense, sparse) = race(&n.op, &x, &view, &a)?;
-                d.dense_ms = dense;
+                // a batch-1 Linear also tries the bitmask layout (AVX-512 expand-loads)
+                let bitmask = (op == "linear"
+                    && plan.batch == 1
+                    && matches!(a.index(), RowIndex::Csr { .. }))
+                .then(|| a.to_bitmask());
+                let mut layouts = vec![&a];
+                layouts.extend(bitmask.as_ref());
+                let t = race(&n.op, &x, &view, &layouts)?;
+                let (best, &sparse) = t[1..]
+                    .iter()
+                    .enumerate()
+                    .min_by(|p, q| p.1.total_cmp(q.1))
+                    .expect("at least one layout");
+                d.dense_ms = t[0];
                 d.sparse_ms = sparse;
-                d.sparse = sparse < dense;
+                d.sparse = sparse < t[0];
+                if best == 1 {
+                    if let Some(b) = bitmask {
+                        a = b;
+                        d.format = a.format();
+                    }
+                }
             }
             if d.sparse {
                 plan.layers.insert(n.name.clone(), a);
@@ -160,31 +189,36 @@ impl SparsePlan {
     }
 }
 
-/// Median forward times (ms) of one layer with its dense and its sparse kernel, measured in
-/// alternation: 2 warm-up runs each, then pairs until about 20 ms have passed (at least 5, at most
-/// 50 pairs).
-fn race(op: &Op, x: &Tensor, view: &ParamView, a: &SparseMatrix) -> Result<(f64, f64)> {
+/// Median forward times (ms) of one layer with its dense kernel and with each sparse layout (in
+/// that order), measured in alternation: 2 warm-up runs each, then rounds until about 20 ms have
+/// passed (at least 5, at most 50 rounds).
+fn race(op: &Op, x: &Tensor, view: &ParamView, layouts: &[&SparseMatrix]) -> Result<Vec<f64>> {
     let mut rng = crate::graph::rng(0);
-    let mut run = |sparse: bool| -> Result<f64> {
+    let mut run = |sparse: Option<&SparseMatrix>| -> Result<f64> {
         let mut ctx = Ctx::new(false, &mut rng);
-        ctx.sparse = sparse.then_some(a);
+        ctx.sparse = sparse;
         let t0 = Instant::now();
         op.rules()
             .forward(std::slice::from_ref(x), view, &mut ctx)
             .map_err(|e| crate::GraphError::Invalid(format!("timing a layer: {e}")))?;
         Ok(t0.elapsed().as_secs_f64() * 1e3)
     };
+    let contenders: Vec<Option<&SparseMatrix>> = std::iter::once(None)
+        .chain(layouts.iter().map(|&a| Some(a)))
+        .collect();
     for _ in 0..2 {
-        run(false)?;
-        run(true)?;
+        for &c in &contenders {
+            run(c)?;
+        }
     }
-    let (mut dense, mut sparse) = (Vec::new(), Vec::new());
+    let mut times = vec![Vec::new(); contenders.len()];
     let start = Instant::now();
-    while dense.len() < 5 || (dense.len() < 50 && start.elapsed().as_secs_f64() < 0.02) {
-        dense.push(run(false)?);
-        sparse.push(run(true)?);
+    while times[0].len() < 5 || (times[0].len() < 50 && start.elapsed().as_secs_f64() < 0.02) {
+        for (&c, t) in contenders.iter().zip(times.iter_mut()) {
+            t.push(run(c)?);
+        }
     }
-    Ok((median(dense), median(sparse)))
+    Ok(times.into_iter().map(median).collect())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -88,6 +88,7 @@ fn a_pruned_cnn_runs_sparse_with_the_dense_outputs() {
             batch: 4,
             min_sparsity: 0.5,
             calibrate: false,
+            bitmask: false,
         },
     )
     .unwrap();
@@ -156,6 +157,28 @@ fn a_sequence_linear_runs_sparse_and_timing_decides() {
         .eval(&g, std::slice::from_ref(&x))
         .unwrap();
     assert!(max_diff(&dense[0], &sparse[0]) < 1e-4);
+    // the bitmask layout, at batch 1 (its AVX-512 kernel where the CPU has one) and 5
+    let bitmask = Arc::new(
+        SparsePlan::build(
+            &g,
+            SparseOptions {
+                calibrate: false,
+                bitmask: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    assert!(bitmask.decisions.iter().all(|d| d.format == "bitmask"));
+    for batch in [1, 5] {
+        let x = Tensor::randn(0f32, 1.0, (batch, 7, 48), &Device::Cpu).unwrap();
+        let dense = Executor::new(0).eval(&g, std::slice::from_ref(&x)).unwrap();
+        let sparse = Executor::new(0)
+            .with_sparse_plan(bitmask.clone())
+            .eval(&g, std::slice::from_ref(&x))
+            .unwrap();
+        assert!(max_diff(&dense[0], &sparse[0]) < 1e-4);
+    }
     // f64 models have no sparse kernel: the plan is empty
     g.to_dtype(candle_core::DType::F64).unwrap();
     assert!(SparsePlan::build(&g, SparseOptions::default())

@@ -37,6 +37,11 @@ pub enum RowIndex {
         rest: usize,
         pos: Vec<u8>,
     },
+    /// A bitmask per block of 16 columns: row r keeps `values[ptr[r]..ptr[r + 1]]` in column
+    /// order at the set bits of `masks[r * blocks..(r + 1) * blocks]` (bit i of block j: column
+    /// 16 j + i; blocks = ceil(cols / 16)). The layout of AVX-512's expand-load: a batch-1 row is
+    /// one masked load and one FMA per 16 columns, whatever the sparsity ([`SparseMatrix::to_bitmask`]).
+    Bitmask { ptr: Vec<u32>, masks: Vec<u16> },
 }
 
 /// A pruned weight matrix [rows, cols] (a Linear weight [out, in], or a convolution kernel [out,
@@ -168,6 +173,7 @@ impl SparseMatrix {
         match &self.index {
             RowIndex::Csr { .. } => "csr".into(),
             RowIndex::Nm { n, m, .. } => format!("{n}:{m}"),
+            RowIndex::Bitmask { .. } => "bitmask".into(),
         }
     }
 
@@ -177,7 +183,34 @@ impl SparseMatrix {
             + match &self.index {
                 RowIndex::Csr { ptr, cols } => 4 * (ptr.len() + cols.len()),
                 RowIndex::Nm { pos, .. } => pos.len(),
+                RowIndex::Bitmask { ptr, masks } => 4 * ptr.len() + 2 * masks.len(),
             }
+    }
+
+    /// The same matrix in the [`RowIndex::Bitmask`] layout.
+    pub fn to_bitmask(&self) -> SparseMatrix {
+        let blocks = self.cols.div_ceil(16);
+        let mut masks = vec![0u16; self.rows * blocks];
+        let mut ptr = Vec::with_capacity(self.rows + 1);
+        let mut values = Vec::with_capacity(self.nnz());
+        ptr.push(0u32);
+        let mut row = Vec::new();
+        for r in 0..self.rows {
+            row.clear();
+            self.for_each_kept(r, |c, v| row.push((c, v)));
+            row.sort_by_key(|&(c, _)| c);
+            for &(c, v) in &row {
+                masks[r * blocks + c / 16] |= 1 << (c % 16);
+                values.push(v);
+            }
+            ptr.push(u32::try_from(values.len()).unwrap_or(u32::MAX));
+        }
+        SparseMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            values,
+            index: RowIndex::Bitmask { ptr, masks },
+        }
     }
 
     /// The dense row-major [rows, cols] matrix (the reference of the tests).
@@ -193,6 +226,18 @@ impl SparseMatrix {
     #[inline(always)]
     fn for_each_kept(&self, r: usize, mut f: impl FnMut(usize, f32)) {
         match &self.index {
+            RowIndex::Bitmask { ptr, masks } => {
+                let blocks = self.cols.div_ceil(16);
+                let mut k = ptr[r] as usize;
+                for (j, &m) in masks[r * blocks..(r + 1) * blocks].iter().enumerate() {
+                    let mut m = m;
+                    while m != 0 {
+                        f(16 * j + m.trailing_zeros() as usize, self.values[k]);
+                        k += 1;
+                        m &= m - 1;
+                    }
+                }
+            }
             RowIndex::Csr { ptr, cols } => {
                 let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
                 for (&c, &v) in cols[a..b].iter().zip(&self.values[a..b]) {
@@ -228,6 +273,11 @@ impl SparseMatrix {
         for (i, yr) in y.iter_mut().enumerate() {
             let r = r0 + i;
             *yr = match &self.index {
+                RowIndex::Bitmask { .. } => {
+                    let mut acc = 0f32;
+                    self.for_each_kept(r, |c, v| acc = fma(acc, v, x[c]));
+                    acc
+                }
                 RowIndex::Csr { ptr, cols } => {
                     let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
                     let (cs, vs) = (&cols[a..b], &self.values[a..b]);
@@ -312,6 +362,9 @@ impl SparseMatrix {
                 // SAFETY: c < cols = off.len() (asserted above; columns are below cols)
                 let run = |c: usize| unsafe { *off.get_unchecked(c) } as usize + t0;
                 match &self.index {
+                    RowIndex::Bitmask { .. } => {
+                        self.for_each_kept(r, |c, v| axpy::<T, FMA>(&mut acc[0], v, src, run(c)));
+                    }
                     RowIndex::Csr { ptr, cols } => {
                         let (a, b) = (ptr[r] as usize, ptr[r + 1] as usize);
                         let (cs, vs) = (&cols[a..b], &self.values[a..b]);
@@ -391,6 +444,25 @@ impl SparseMatrix {
         let isa = Isa::get();
         if batch == 1 {
             let mut y = vec![0f32; self.rows];
+            #[cfg(target_arch = "x86_64")]
+            if let (RowIndex::Bitmask { ptr, masks }, Isa::Avx512) = (&self.index, isa) {
+                // x padded to whole blocks of 16
+                let mut xp = x.to_vec();
+                xp.resize(self.cols.div_ceil(16) * 16, 0.0);
+                let run = |r0: usize, yc: &mut [f32]| {
+                    // SAFETY: AVX-512F is present (Isa::get); the operands are as the function
+                    // asks
+                    unsafe { gemv_bitmask_avx512(self, ptr, masks, r0, &xp, yc) }
+                };
+                match self.split(1) {
+                    Some(chunk) => y
+                        .par_chunks_mut(chunk)
+                        .enumerate()
+                        .for_each(|(i, yc)| run(i * chunk, yc)),
+                    None => run(0, &mut y),
+                }
+                return y;
+            }
             match self.split(1) {
                 Some(chunk) => y
                     .par_chunks_mut(chunk)
@@ -669,6 +741,53 @@ impl Isa {
     }
 }
 
+/// y = W x for a [`RowIndex::Bitmask`] matrix at batch 1: per block of 16 columns, the row's next
+/// popcount(mask) values are expand-loaded into the mask's lanes (`vexpandps`) and multiplied
+/// with 16 contiguous inputs; two accumulators alternate between blocks.
+///
+/// # Safety
+/// The CPU has AVX-512F; `ptr` and `masks` are `a`'s (the values of every row hold exactly the
+/// popcount of its masks), `x` holds ceil(cols / 16) * 16 values and `y` the rows r0.. (checked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_bitmask_avx512(
+    a: &SparseMatrix,
+    ptr: &[u32],
+    masks: &[u16],
+    r0: usize,
+    x: &[f32],
+    y: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let blocks = a.cols.div_ceil(16);
+    assert!(
+        x.len() >= blocks * 16 && r0 + y.len() <= a.rows && masks.len() == a.rows * blocks,
+        "bitmask gemv: operands do not fit"
+    );
+    for (i, yr) in y.iter_mut().enumerate() {
+        let r = r0 + i;
+        let mut p = a.values.as_ptr().add(ptr[r] as usize);
+        let ms = &masks[r * blocks..(r + 1) * blocks];
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut pairs = ms.chunks_exact(2);
+        let mut xo = x.as_ptr();
+        for m in &mut pairs {
+            let v0 = _mm512_maskz_expandloadu_ps(m[0], p);
+            p = p.add(m[0].count_ones() as usize);
+            acc0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xo), acc0);
+            let v1 = _mm512_maskz_expandloadu_ps(m[1], p);
+            p = p.add(m[1].count_ones() as usize);
+            acc1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xo.add(16)), acc1);
+            xo = xo.add(32);
+        }
+        if let [m] = pairs.remainder() {
+            let v0 = _mm512_maskz_expandloadu_ps(*m, p);
+            acc0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xo), acc0);
+        }
+        *yr = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn gemv_avx512(a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
@@ -789,6 +908,27 @@ mod tests {
             SparseMatrix::from_dense(&w, Some(&keep), rows, cols, 1).format(),
             "csr"
         );
+    }
+
+    #[test]
+    fn bitmask_layout_matches_dense() {
+        for (rows, cols, density) in [(37, 53, 0.1), (16, 64, 0.3), (5, 300, 0.9), (3, 15, 0.5)] {
+            let w = random(rows, cols, density, 9);
+            let a = SparseMatrix::from_dense(&w, None, rows, cols, 1).to_bitmask();
+            assert_eq!(a.format(), "bitmask");
+            assert_eq!(a.to_dense(), w);
+            for batch in [1, 2, 33] {
+                let x = random(batch, cols, 1.0, 10);
+                assert!(close(&a.linear(&x), &dense_linear(&w, &x, rows, cols)) < 1e-4);
+            }
+        }
+        // enough kept weights for the rows to be split over threads
+        let (rows, cols) = (1100, 2000);
+        let w = random(rows, cols, 0.97, 11);
+        let a = SparseMatrix::from_dense(&w, None, rows, cols, 1).to_bitmask();
+        assert!(a.nnz() >= PAR_MIN);
+        let x = random(1, cols, 1.0, 12);
+        assert!(close(&a.linear(&x), &dense_linear(&w, &x, rows, cols)) < 1e-3);
     }
 
     #[test]
