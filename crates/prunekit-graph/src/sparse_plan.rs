@@ -102,20 +102,18 @@ impl SparsePlan {
             let dims = w.dims();
             let rows = dims[0];
             let cols = w.elem_count() / rows.max(1);
+            // the sparsity first (a u8 pass), so dense layers are never copied out
+            let zeros = crate::graph::count_zeros(p.mask.as_ref().unwrap_or(w))?;
+            let sparsity = zeros as f64 / w.elem_count().max(1) as f64;
+            if sparsity < opts.min_sparsity || rows == 0 {
+                continue;
+            }
             let values = w.flatten_all()?.to_vec1::<f32>()?;
             let keep = p
                 .mask
                 .as_ref()
                 .map(|m| m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
                 .transpose()?;
-            let kept = match &keep {
-                Some(k) => k.iter().filter(|&&v| v != 0.0).count(),
-                None => values.iter().filter(|&&v| v != 0.0).count(),
-            };
-            let sparsity = 1.0 - kept as f64 / values.len().max(1) as f64;
-            if sparsity < opts.min_sparsity || rows == 0 {
-                continue;
-            }
             let mut a = SparseMatrix::from_dense(&values, keep.as_deref(), rows, cols, rest);
             if !opts.calibrate
                 && opts.bitmask
