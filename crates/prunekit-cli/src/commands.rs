@@ -197,6 +197,15 @@ pub(crate) fn load_model_seq(path: &Path, seq_len: Option<usize>) -> Result<Grap
     prunekit_io::pytorch::load_state_dict(path, template).with_context(ctx)
 }
 
+/// ", N layers on sparse kernels" when the timed runs used any (empty otherwise).
+fn sparse_note(l: &prunekit_measure::Latency) -> String {
+    match l.sparse_layers {
+        0 => String::new(),
+        1 => ", 1 layer on sparse kernels".into(),
+        n => format!(", {n} layers on sparse kernels"),
+    }
+}
+
 /// `prunekit export`: any readable model to the format OUT's extension names.
 fn export(
     model: &Path,
@@ -766,8 +775,12 @@ pub(crate) fn measure_rows(m: &prunekit_measure::ModelMeasures) -> Vec<Vec<Strin
         rows.push(vec![
             format!("latency, {}", b(l.batch)),
             format!(
-                "{:.3} ms (p90 {:.3}, {} runs, {} threads)",
-                l.median_ms, l.p90_ms, l.runs, l.threads
+                "{:.3} ms (p90 {:.3}, {} runs, {} threads{})",
+                l.median_ms,
+                l.p90_ms,
+                l.runs,
+                l.threads,
+                sparse_note(l)
             ),
         ]);
     }
@@ -851,8 +864,10 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
             vec![
                 format!("latency ({})", label(1)),
                 format!(
-                    "{:.3} ms (p90 {:.3})",
-                    s.latency.median_ms, s.latency.p90_ms
+                    "{:.3} ms (p90 {:.3}{})",
+                    s.latency.median_ms,
+                    s.latency.p90_ms,
+                    sparse_note(&s.latency)
                 ),
             ],
             vec![
@@ -864,8 +879,11 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
             rows.push(vec![
                 format!("latency ({})", label(l.batch)),
                 format!(
-                    "{:.3} ms (p90 {:.3}, {} runs)",
-                    l.median_ms, l.p90_ms, l.runs
+                    "{:.3} ms (p90 {:.3}, {} runs{})",
+                    l.median_ms,
+                    l.p90_ms,
+                    l.runs,
+                    sparse_note(&l)
                 ),
             ]);
         }

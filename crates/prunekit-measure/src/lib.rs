@@ -48,11 +48,14 @@ pub struct Latency {
     pub median_ms: f64,
     pub p90_ms: f64,
     pub threads: usize,
+    /// layers that ran on the sparse kernels ([`Executor::for_inference`]); 0: all dense
+    #[serde(default)]
+    pub sparse_layers: usize,
 }
 
 impl Latency {
     /// The statistics of timed runs of `times` ms each (at least one).
-    fn of(batch: usize, warmup: usize, mut times: Vec<f64>) -> Self {
+    fn of(batch: usize, warmup: usize, mut times: Vec<f64>, sparse_layers: usize) -> Self {
         times.sort_by(f64::total_cmp);
         let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
         Latency {
@@ -62,6 +65,7 @@ impl Latency {
             median_ms: q(0.5),
             p90_ms: q(0.9),
             threads: threads(),
+            sparse_layers,
         }
     }
 }
@@ -157,7 +161,8 @@ pub fn latency(g: &Graph, batch: usize, warmup: usize, runs: usize) -> Result<La
         exec.eval(g, &x)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Latency::of(batch, warmup, times))
+    let sparse = exec.sparse_plan().map_or(0, |p| p.len());
+    Ok(Latency::of(batch, warmup, times, sparse))
 }
 
 /// Eval-mode forward latency at `batch` within a time budget, for models where a run takes
@@ -174,7 +179,8 @@ pub fn latency_within(g: &Graph, batch: usize, budget_s: f64) -> Result<Latency>
         exec.eval(g, &x)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Latency::of(batch, 1, times))
+    let sparse = exec.sparse_plan().map_or(0, |p| p.len());
+    Ok(Latency::of(batch, 1, times, sparse))
 }
 
 /// The size and cost measures of one model without data: parameters, MACs per sample and (for a

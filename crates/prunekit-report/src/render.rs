@@ -132,8 +132,14 @@ pub fn summary_cells(m: &ModelReport) -> Vec<(String, String)> {
         rows.push((
             format!("latency, {b}: timing"),
             format!(
-                "{} timed runs after {} warm-up, {} threads",
-                l.runs, l.warmup, l.threads
+                "{} timed runs after {} warm-up, {} threads{}",
+                l.runs,
+                l.warmup,
+                l.threads,
+                match l.sparse_layers {
+                    0 => String::new(),
+                    n => format!(", {n} layer(s) on sparse kernels"),
+                }
             ),
         ));
     }

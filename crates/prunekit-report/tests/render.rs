@@ -16,6 +16,7 @@ fn latency(batch: usize, median_ms: f64) -> Latency {
         median_ms,
         p90_ms: median_ms * 1.1,
         threads: 2,
+        sparse_layers: 0,
     }
 }
 
