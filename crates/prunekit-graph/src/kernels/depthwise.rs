@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::Elem;
+use super::{Elem, Isa};
 
 /// One kernel tap on the phase planes.
 #[derive(Clone, Copy, Debug)]
@@ -426,32 +426,9 @@ fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
     acc.iter().fold(tail, |s, &v| s + v)
 }
 
-/// The widest vector extension the plane loops are compiled for on this CPU: the loops are plain
-/// Rust, inlined into a function built for the extension so that LLVM vectorises them with its
-/// registers (the default x86-64 target stops at SSE2).
-#[derive(Clone, Copy)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Base,
-}
-
+// the plane loops: plain Rust inlined into functions built for each extension of
+// [`super::Isa`] so that LLVM vectorises them with its registers
 impl Isa {
-    fn get() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-                return Self::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Self::Avx2;
-            }
-        }
-        Self::Base
-    }
-
     #[inline(always)]
     fn run<T: Elem>(self, p: &Plan, work: Work<T>, scratch: &mut [T]) {
         match self {

@@ -85,6 +85,35 @@ pub(crate) fn contiguous<'a, T>(
     }
 }
 
+/// The widest vector extension this CPU has that the kernels' loops are compiled for: the loops
+/// are plain Rust, inlined into functions built with `#[target_feature]` for the extension, so
+/// that LLVM vectorises them with its registers (the default x86-64 target stops at SSE2). Each
+/// kernel module adds its own dispatch methods (`depthwise`, `sparse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Base,
+}
+
+impl Isa {
+    /// AVX-512 (F + VL), else AVX2 + FMA, else the base target.
+    pub(crate) fn get() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Self::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Base
+    }
+}
+
 /// Element types the kernels run on.
 pub trait Elem: Float + Send + Sync + 'static {}
 impl Elem for f32 {}

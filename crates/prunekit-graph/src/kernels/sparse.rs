@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
+use super::Isa;
 
 /// How the kept elements of each row of a [`SparseMatrix`] are found.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,12 +164,7 @@ impl SparseMatrix {
         self.values.len()
     }
 
-    /// The fraction of elements kept.
-    pub fn density(&self) -> f64 {
-        self.nnz() as f64 / (self.rows * self.cols).max(1) as f64
-    }
-
-    /// The layout's name: `csr` or `N:M`.
+    /// The layout's name: `csr`, `bitmask` or `N:M`.
     pub fn format(&self) -> String {
         match &self.index {
             RowIndex::Csr { .. } => "csr".into(),
@@ -675,31 +671,8 @@ fn detect_nm(
     })
 }
 
-/// The widest vector extension the loops are compiled for on this CPU (as in
-/// [`super::depthwise`]): plain Rust inlined into functions built for AVX-512 or AVX2 + FMA.
-#[derive(Clone, Copy)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Base,
-}
-
+// the sparse loops compiled for each extension of [`super::Isa`]
 impl Isa {
-    fn get() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-                return Self::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Self::Avx2;
-            }
-        }
-        Self::Base
-    }
-
     fn gemv(self, a: &SparseMatrix, r0: usize, x: &[f32], y: &mut [f32]) {
         match self {
             // SAFETY: the CPU has the features these functions are compiled for (checked in `get`).
