@@ -278,6 +278,8 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
         data: DataSpec::named("none"),
         task: None,
         train: None,
+        dqn: None,
+        ddpg: None,
         stages: stages.clone(),
     }
     .check()?;

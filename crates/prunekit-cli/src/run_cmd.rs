@@ -32,14 +32,20 @@ pub fn run(a: &RunArgs) -> Result<()> {
         }
     };
     crate::report_cmd::check_report_dir(a.report.as_deref())?;
+    if a.report.is_some() && prunekit_data::env::ENVIRONMENTS.contains(&recipe.data.name.as_str()) {
+        anyhow::bail!(
+            "--report: the report measures models on a dataset; `{}` is an environment (its returns are in --json and the stage log)",
+            recipe.data.name
+        );
+    }
     let done = prunekit_recipe::recipe::run_full(&recipe, !quiet, &mut log)
         .with_context(|| format!("recipe {}", a.recipe.display()))?;
     let (g, report) = (&done.after, &done.report);
-    if let Some(dir) = &a.report {
+    if let (Some(dir), Some(split)) = (&a.report, &done.split) {
         let mut r = crate::report_cmd::report_graphs(
             &[&done.before, &done.after],
             &["before".into(), "after".into()],
-            &done.split,
+            split,
             &report.dataset,
             32,
             !quiet,

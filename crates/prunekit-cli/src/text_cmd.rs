@@ -91,7 +91,7 @@ pub fn distillation_split(
         teacher.display(),
         lines.len()
     );
-    Ok((prunekit_data::Split { train, test }, name))
+    Ok((prunekit_data::Split::new(train, test), name))
 }
 
 /// `prunekit generate`
@@ -102,9 +102,9 @@ pub struct GenerateArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub prompt: String,
-    /// new tokens to generate
-    #[arg(long, default_value_t = 32)]
-    pub tokens: usize,
+    /// new tokens to generate (at least 1)
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub tokens: u64,
     /// 0 = greedy
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -183,28 +183,32 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
 }
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    let probe = crate::commands::load_model_seq(&a.model, Some(8))?;
-    let tok = text::tokenizer(&probe)?;
+    let mut g = crate::commands::load_model_seq(&a.model, Some(8))?;
+    let tok = text::tokenizer(&g)?;
     let prompt = text::encode(&tok, &a.prompt, false)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
-    let t = prompt.len() + a.tokens.max(1);
-    let mut g = probe;
-    prunekit_io::hf::set_sequence_length(&mut g, t)
-        .with_context(|| format!("{}: sequence length {t}", a.model.display()))?;
-    let eos = prunekit_io::hf::HfMeta::of(&g)
-        .ok()
-        .flatten()
+    let tokens = a.tokens as usize;
+    let hf = prunekit_io::hf::HfMeta::of(&g).ok().flatten();
+    // a Hugging Face model runs at the length of prompt and continuation (its position range is
+    // its config's); a model trained here keeps the context it was trained at and slides
+    if hf.is_some() {
+        let t = prompt.len() + tokens;
+        prunekit_io::hf::set_sequence_length(&mut g, t)
+            .with_context(|| format!("{}: sequence length {t}", a.model.display()))?;
+    }
+    let eos = hf
         .and_then(|m| m.config.get("eos_token_id").and_then(|v| v.as_u64()))
-        .map(|v| v as u32);
+        .map(|v| v as u32)
+        .or_else(|| tok.token_to_id(prunekit_data::SHAKESPEARE_EOS));
     let s = text::Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
         seed: a.seed,
         eos,
     };
-    let ids = text::generate(&g, &prompt, a.tokens, &s)?;
+    let ids = text::generate(&g, &prompt, tokens, &s)?;
     let out = tok
         .decode(&ids, true)
         .map_err(|e| anyhow::anyhow!("decoding the generated ids: {e}"))?;

@@ -687,10 +687,7 @@ pub fn load_table(
             task.clone(),
         )
     };
-    let split = Split {
-        train: side("train", &train_idx)?,
-        test: side("test", &test_idx)?,
-    };
+    let split = Split::new(side("train", &train_idx)?, side("test", &test_idx)?);
     Ok((split, prep))
 }
 

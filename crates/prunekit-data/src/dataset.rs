@@ -534,6 +534,21 @@ pub struct Split {
     pub train: Dataset,
     /// The held-out test samples.
     pub test: Dataset,
+    /// The Hugging Face tokenizer.json (text) the token inputs were encoded with, when the data
+    /// are text: a model trained on them carries it (`Graph::meta["tokenizer"]`), so `prunekit
+    /// generate` and `embed` can encode prompts and decode outputs.
+    pub tokenizer: Option<String>,
+}
+
+impl Split {
+    /// A split of data that are not text (no tokenizer).
+    pub fn new(train: Dataset, test: Dataset) -> Self {
+        Self {
+            train,
+            test,
+            tokenizer: None,
+        }
+    }
 }
 
 /// Per-channel-free normalisation: `x = (x - mean) / std`, with `mean` and

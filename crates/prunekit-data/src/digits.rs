@@ -95,7 +95,7 @@ pub fn digits(seed: u64, test_fraction: f64) -> Result<(Split, Normalization)> {
     let norm = Normalization::compute(train.float_values().unwrap_or(&[]));
     train.normalize(&norm);
     test.normalize(&norm);
-    Ok((Split { train, test }, norm))
+    Ok((Split::new(train, test), norm))
 }
 
 /// Splits sample indices by class: each class sends `round(count * test_fraction)`

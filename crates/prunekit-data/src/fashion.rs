@@ -176,7 +176,7 @@ pub fn fashion_mnist(dir: Option<&Path>) -> Result<(Split, Normalization)> {
     }
     let train = to_dataset("fashion-mnist/train", train, &lut)?;
     let test = to_dataset("fashion-mnist/test", test, &lut)?;
-    Ok((Split { train, test }, norm))
+    Ok((Split::new(train, test), norm))
 }
 
 #[cfg(test)]

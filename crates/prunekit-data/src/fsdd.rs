@@ -817,10 +817,7 @@ pub fn fsdd(dir: Option<&Path>, cfg: &AudioFeatures) -> Result<(Split, FeatureSt
             Task::classification(),
         )
     };
-    let split = Split {
-        train: part(false, "fsdd/train")?,
-        test: part(true, "fsdd/test")?,
-    };
+    let split = Split::new(part(false, "fsdd/train")?, part(true, "fsdd/test")?);
     Ok((split, stats))
 }
 

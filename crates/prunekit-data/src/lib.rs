@@ -22,11 +22,13 @@ mod batches;
 mod credit;
 mod dataset;
 mod digits;
+pub mod env;
 mod error;
 mod fashion;
 mod fsdd;
 mod idx;
 mod movielens;
+mod shakespeare;
 mod spam;
 mod task;
 pub mod text;
@@ -57,6 +59,10 @@ pub use movielens::{
     read_movielens, MovieLens, MOVIELENS_FILE, MOVIELENS_HISTORY, MOVIELENS_LIST_LEN,
     MOVIELENS_MAX_RATINGS, MOVIELENS_MAX_VALUES, MOVIELENS_NEGATIVES, MOVIELENS_TEST_FRACTION,
 };
+pub use shakespeare::{
+    shakespeare, shakespeare_cache_dir, train_text_tokenizer, ShakespeareConfig, ShakespeareData,
+    MAX_WORKS, MAX_WORK_BYTES, SHAKESPEARE_EOS, SHAKESPEARE_TEST_PLAYS,
+};
 pub use spam::{
     dedup_mails, encode_mails, mail_text, read_spam_corpus, spam_assassin, spam_cache_dir,
     spam_task, train_tokenizer, Mail, SpamConfig, SpamData, SpamStats, Tokenizer, CHARS_PER_TOKEN,
@@ -69,6 +75,19 @@ pub use task::{Direction, Task, TaskKind, IGNORE};
 pub(crate) fn rng(seed: u64) -> rand::rngs::StdRng {
     use rand::SeedableRng;
     rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// The folder fetched corpora are cached in: `$PRUNEKIT_CACHE`, else `$HOME/.cache/prunekit`;
+/// `None` when neither variable is set. The folder need not exist.
+pub(crate) fn cache_root() -> Option<std::path::PathBuf> {
+    match std::env::var_os("PRUNEKIT_CACHE") {
+        Some(c) if !c.is_empty() => Some(std::path::PathBuf::from(c)),
+        _ => Some(
+            std::path::PathBuf::from(std::env::var_os("HOME")?)
+                .join(".cache")
+                .join("prunekit"),
+        ),
+    }
 }
 
 /// The environment variable naming the folder that holds the shared data sets (`fsdd/`,
@@ -135,6 +154,7 @@ pub const DATASETS: &[&str] = &[
     "movielens-rank",
     "movielens-seq",
     "spam",
+    "shakespeare",
 ];
 
 /// Loads a dataset by name, each with its task (see [`DATASETS`]):
@@ -153,7 +173,11 @@ pub const DATASETS: &[&str] = &[
 /// * `"spam"`: the SpamAssassin corpus ([`spam_assassin`] with [`SpamConfig::default`] but
 ///   left padding, so that a recurrent model's last step reads the mail), from `dir`, default
 ///   [`spam_cache_dir`], split with `seed`; F1 of the spam class is the headline; the trained
-///   tokenizer is dropped (call [`spam_assassin`] to keep it).
+///   tokenizer.json is in [`Split::tokenizer`].
+/// * `"shakespeare"`: the complete works as a language-modelling task ([`shakespeare`] with
+///   [`ShakespeareConfig::default`]: byte-level BPE of 2,048 tokens, windows of 128, *Macbeth*
+///   and *Twelfth Night* held out and scored with stride 64), from `dir`, default
+///   [`shakespeare_cache_dir`]; `seed` is ignored (the split is by play).
 ///
 /// The datasets that come normalised by their loader return the identity [`Normalization`].
 ///
@@ -188,6 +212,8 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
             },
         )
         .map(|d| (d.split, Normalization::default())),
+        "shakespeare" => shakespeare(dir, &ShakespeareConfig::default())
+            .map(|d| (d.split, Normalization::default())),
         _ => Err(DataError::UnknownDataset {
             name: name.to_string(),
             known: DATASETS.join(", "),

@@ -409,10 +409,10 @@ pub fn movielens_ratings(dir: Option<&Path>, seed: u64, test_fraction: f64) -> R
     }
     train.sort_unstable();
     test.sort_unstable();
-    Ok(Split {
-        train: rating_set("movielens/train", &data, &train)?,
-        test: rating_set("movielens/test", &data, &test)?,
-    })
+    Ok(Split::new(
+        rating_set("movielens/train", &data, &train)?,
+        rating_set("movielens/test", &data, &test)?,
+    ))
 }
 
 /// MovieLens rating regression from separate training and test files (the columns of
@@ -431,10 +431,10 @@ pub fn movielens_ratings_files(train: &Path, test: &Path) -> Result<Split> {
     let test_data = densify(test, &raw_test, users.clone(), movies.clone(), train)?;
     let train_data = densify(train, &raw_train, users, movies, train)?;
     let all = |d: &MovieLens| (0..d.len()).collect::<Vec<_>>();
-    Ok(Split {
-        train: rating_set("movielens/train", &train_data, &all(&train_data))?,
-        test: rating_set("movielens/test", &test_data, &all(&test_data))?,
-    })
+    Ok(Split::new(
+        rating_set("movielens/train", &train_data, &all(&train_data))?,
+        rating_set("movielens/test", &test_data, &all(&test_data))?,
+    ))
 }
 
 /// MovieLens as implicit-feedback ranking, with the evaluation protocol of He et al. 2017,
@@ -540,20 +540,20 @@ pub fn movielens_ranking(
         labels,
         num_classes: 2,
     };
-    Ok(Split {
-        train: Dataset::with_task(
+    Ok(Split::new(
+        Dataset::with_task(
             "movielens-rank/train",
             pair_inputs(tr_u, tr_i),
             class(tr_y),
             Task::new(TaskKind::Binary),
         )?,
-        test: Dataset::with_task(
+        Dataset::with_task(
             "movielens-rank/test",
             pair_inputs(te_u, te_i),
             class(te_y),
             Task::new(TaskKind::Ranking { list_len }),
         )?,
-    })
+    ))
 }
 
 /// MovieLens as next-item prediction over the whole catalogue (GRU4Rec style: Hidasi et al.
@@ -626,10 +626,10 @@ pub fn movielens_sequences(dir: Option<&Path>, seed: u64, len: usize) -> Result<
             Task::new(TaskKind::NextItem),
         )
     };
-    Ok(Split {
-        train: set("movielens-seq/train", tr_x, tr_y)?,
-        test: set("movielens-seq/test", te_x, te_y)?,
-    })
+    Ok(Split::new(
+        set("movielens-seq/train", tr_x, tr_y)?,
+        set("movielens-seq/test", te_x, te_y)?,
+    ))
 }
 
 #[cfg(test)]

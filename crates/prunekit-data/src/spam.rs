@@ -106,13 +106,7 @@ pub const MAX_MAILS: usize = 200_000;
 /// `$HOME/.cache/prunekit/spam-assassin` (where `scripts/fetch-spam.sh` puts it); `None` when
 /// neither variable is set. The folder need not exist.
 pub fn spam_cache_dir() -> Option<PathBuf> {
-    let root = match std::env::var_os("PRUNEKIT_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => PathBuf::from(std::env::var_os("HOME")?)
-            .join(".cache")
-            .join("prunekit"),
-    };
-    Some(root.join("spam-assassin"))
+    Some(crate::cache_root()?.join("spam-assassin"))
 }
 
 /// Options of [`spam_assassin`].
@@ -738,7 +732,11 @@ pub fn spam_assassin(dir: Option<&Path>, seed: u64, cfg: &SpamConfig) -> Result<
         tokenizer_seconds,
     };
     Ok(SpamData {
-        split: Split { train, test },
+        split: Split {
+            train,
+            test,
+            tokenizer: Some(tokenizer_json.clone()),
+        },
         tokenizer,
         tokenizer_json,
         stats,

@@ -10,8 +10,13 @@ use crate::dataset::{Dataset, Feature, Target};
 use crate::error::{DataError, Result};
 use crate::task::{Task, TaskKind};
 
-/// The tokenizer a graph read from a Hugging Face directory or GGUF file carries
-/// (`meta.huggingface.tokenizer`, a tokenizer.json).
+/// The graph metadata key holding the tokenizer.json (text) of a model trained here on text
+/// ([`crate::Split::tokenizer`]).
+pub const TOKENIZER_META: &str = "tokenizer";
+
+/// The tokenizer a graph carries: the one of a model trained here on text
+/// (`meta["tokenizer"]`, [`TOKENIZER_META`]), else the one of a model read from a Hugging Face
+/// directory or GGUF file (`meta.huggingface.tokenizer`, a tokenizer.json).
 ///
 /// # Errors
 /// [`DataError::Tokenizer`] when the graph has none or it does not parse.
@@ -20,9 +25,15 @@ pub fn tokenizer(g: &Graph) -> Result<tokenizers::Tokenizer> {
         context: format!("model `{}`", g.name),
         message,
     };
+    if let Some(v) = g.meta.get(TOKENIZER_META) {
+        let text = v
+            .as_str()
+            .ok_or_else(|| err(format!("meta.{TOKENIZER_META} is not a string")))?;
+        return prunekit_io::hf::parse_tokenizer(text).map_err(err);
+    }
     let meta = prunekit_io::hf::HfMeta::of(g)
         .map_err(err)?
-        .ok_or_else(|| err("the model carries no tokenizer (read it from a Hugging Face directory with tokenizer.json, or a GGUF file)".into()))?;
+        .ok_or_else(|| err("the model carries no tokenizer (train it on text data, or read it from a Hugging Face directory with tokenizer.json, or a GGUF file)".into()))?;
     let text = meta
         .tokenizer
         .ok_or_else(|| err("the model's directory had no tokenizer.json".into()))?;
@@ -305,37 +316,37 @@ pub struct Sampling {
 }
 
 /// Continues `prompt` (token ids) by up to `tokens` new ids with a causal language model graph
-/// whose input is `input_ids` [T] and output logits [T, vocab]. The graph's T must be at least
-/// `prompt.len() + tokens - 1`: the sequence is padded on the right, which a causal model never
-/// reads, and the logits at the last real position give the next token. Returns the new ids.
+/// whose input is `input_ids` [T] and output logits [T, vocab]. Each step runs the last (at most)
+/// T tokens, padded on the right (which a causal model never reads), and the logits at the last
+/// real position give the next token: a sequence longer than T slides, so the model never sees
+/// more context than its T. Returns the new ids (fewer when `s.eos` comes).
 ///
 /// # Errors
-/// T is too short; the graph's forward pass.
+/// An empty prompt; the graph has no `[T]` input; its forward pass.
 pub fn generate(g: &Graph, prompt: &[u32], tokens: usize, s: &Sampling) -> Result<Vec<u32>> {
     let t = g
         .inputs
         .first()
         .and_then(|i| i.shape.first().copied())
+        .filter(|&t| t > 0)
         .ok_or_else(|| DataError::InvalidArgument("the model has no [T] input".into()))?;
-    if prompt.is_empty() || prompt.len() + tokens.saturating_sub(1) > t {
-        return Err(DataError::InvalidArgument(format!(
-            "the prompt ({} tokens) and {tokens} new tokens do not fit the model's sequence length {t}",
-            prompt.len()
-        )));
+    if prompt.is_empty() {
+        return Err(DataError::InvalidArgument(
+            "the prompt has no tokens".into(),
+        ));
     }
     let mut rng = crate::rng(s.seed);
     let mut seq = prompt.to_vec();
     let mut exec = Executor::new(0);
     let mut out = Vec::new();
     for _ in 0..tokens {
-        let mut ids = seq.clone();
+        let window = &seq[seq.len().saturating_sub(t)..];
+        let last = window.len() - 1;
+        let mut ids = window.to_vec();
         ids.resize(t, 0);
         let x = Tensor::from_vec(ids, (1, t), &Device::Cpu)?;
         let y = exec.eval(g, &[x])?;
-        let logits = y[0]
-            .i((0, seq.len() - 1))?
-            .to_dtype(DType::F64)?
-            .to_vec1::<f64>()?;
+        let logits = y[0].i((0, last))?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         let next = pick(&logits, s, &mut rng);
         out.push(next);
         seq.push(next);

@@ -3,6 +3,7 @@
 
 pub mod evaluate;
 pub mod metrics;
+pub mod policy;
 pub mod profile;
 
 pub use evaluate::{check_task, evaluate, model_inputs, Evaluation};

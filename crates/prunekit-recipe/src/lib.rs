@@ -4,6 +4,7 @@
 pub mod criteria;
 pub mod fields;
 pub mod recipe;
+pub mod rl;
 pub mod schedule;
 pub mod sweep;
 

@@ -14,6 +14,7 @@ use prunekit_prune::{
     block_influence, find_layers, magnitude::Scope, prune_layers, prune_structured, LeftOut,
     StructuredConfig, Target, UnstructuredReport,
 };
+use prunekit_train::rl::{DdpgConfig, DqnConfig};
 use prunekit_train::{
     evaluate, fit_with, DistillConfig, Distillation, LrSchedule, OptimizerKind, StepHook,
     TrainConfig,
@@ -49,6 +50,14 @@ pub struct Recipe {
     /// train the model before pruning (e.g. a zoo architecture from scratch)
     #[serde(default)]
     pub train: Option<TrainSpec>,
+    /// train the model before pruning as a DQN Q-network, when `[data]` names an environment
+    /// ([`prunekit_data::env::ENVIRONMENTS`])
+    #[serde(default)]
+    pub dqn: Option<DqnConfig>,
+    /// train the model before pruning as a DDPG actor (with a `q-mlp` critic the run keeps for
+    /// the `ddpg` fine-tuning stages), when `[data]` names an environment with continuous actions
+    #[serde(default)]
+    pub ddpg: Option<DdpgConfig>,
     #[serde(default, rename = "stage")]
     pub stages: Vec<Stage>,
 }
@@ -296,6 +305,14 @@ pub enum Stage {
     Lottery(LotteryStage),
     /// group-sparse regularised training (DepGraph's sparse learning) before structured pruning
     SparseTrain(SparseTrainStage),
+    /// go back to the dense model (the model after `[train]`, before the first stage): the stages
+    /// after it prune the same trained model another way, so one recipe compares methods
+    /// (e.g. Wanda without fine-tuning, then heads and FFN channels with fine-tuning)
+    Restart,
+    /// train (fine-tune) the policy with DQN in the recipe's environment; masks stay fixed
+    Dqn(DqnConfig),
+    /// train (fine-tune) the actor with DDPG and the run's critic; masks stay fixed
+    Ddpg(DdpgConfig),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -483,6 +500,50 @@ pub struct StageLog {
     pub seconds: f64,
 }
 
+impl StageLog {
+    /// The log of stage number `stage` (from 1) that left `g` with `metrics` (headline
+    /// `headline`), begun at `t0`; the one-line summary goes to `log`.
+    ///
+    /// # Errors
+    /// Counting the graph's nonzeros or MACs fails.
+    #[allow(clippy::too_many_arguments)]
+    pub fn measured(
+        stage: usize,
+        s: &Stage,
+        detail: serde_json::Value,
+        g: &Graph,
+        headline: String,
+        metrics: BTreeMap<String, f64>,
+        t0: Instant,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<StageLog> {
+        let l = StageLog {
+            stage,
+            kind: s.kind().into(),
+            detail,
+            params: g.param_count(),
+            nonzeros: g.nonzero_count()?,
+            macs: g.macs()?,
+            seconds: t0.elapsed().as_secs_f64(),
+            metrics,
+            headline,
+        };
+        log(&format!(
+            "stage {stage} ({}): {}, {} nonzeros, {} MACs, {:.1} s",
+            l.kind,
+            metric_text(
+                l.metrics
+                    .get(&l.headline)
+                    .map(|&v| (l.headline.as_str(), v))
+            ),
+            l.nonzeros,
+            l.macs,
+            l.seconds
+        ));
+        Ok(l)
+    }
+}
+
 /// The whole run's outcome: the model before the first pruning stage, after the last, and every stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct RecipeReport {
@@ -622,6 +683,9 @@ impl Recipe {
                     check_train(&st.train, &at.sub("train"))?;
                 }
                 Stage::Finetune(t) => check_train(t, &at)?,
+                Stage::Restart => {}
+                Stage::Dqn(d) => d.check().map_err(|e| at.problem(None, e.to_string()))?,
+                Stage::Ddpg(d) => d.check().map_err(|e| at.problem(None, e.to_string()))?,
                 Stage::Threshold(t) => at.non_negative("value", t.value)?,
                 Stage::Lottery(l) => {
                     at.in_range("target", l.target, 0.0, 1.0, false)?;
@@ -662,6 +726,9 @@ impl Stage {
             Stage::Finetune(_) => "finetune",
             Stage::Lottery(_) => "lottery",
             Stage::SparseTrain(_) => "sparse-train",
+            Stage::Restart => "restart",
+            Stage::Dqn(_) => "dqn",
+            Stage::Ddpg(_) => "ddpg",
         }
     }
 
@@ -671,7 +738,12 @@ impl Stage {
         match self {
             Stage::Structured(_) | Stage::Layers(_) | Stage::Nm(_) | Stage::Threshold(_) => true,
             Stage::Unstructured(u) => u.schedule == "one-shot",
-            Stage::Finetune(_) | Stage::Lottery(_) | Stage::SparseTrain(_) => false,
+            Stage::Finetune(_)
+            | Stage::Lottery(_)
+            | Stage::SparseTrain(_)
+            | Stage::Restart
+            | Stage::Dqn(_)
+            | Stage::Ddpg(_) => false,
         }
     }
 }
@@ -1042,6 +1114,20 @@ pub fn run_stage(g: &mut Graph, stage: &Stage, cx: &RunCx) -> Result<StageOutcom
             json!({ "epochs": t.epochs, "distill": t.distill })
         }
         Stage::Lottery(l) => lottery(g, l, cx)?,
+        Stage::Restart => {
+            let dense = cx.teacher.as_ref().ok_or_else(|| {
+                RecipeError::Invalid("`restart` needs the dense model, which was not kept".into())
+            })?;
+            *g = dense.try_clone()?;
+            json!({ "restart": "the dense model" })
+        }
+        Stage::Dqn(_) | Stage::Ddpg(_) => {
+            return Err(RecipeError::Invalid(format!(
+                "a `{}` stage trains in an environment: it runs in a recipe whose [data] names one ({})",
+                stage.kind(),
+                prunekit_data::env::ENVIRONMENTS.join(", ")
+            )))
+        }
         Stage::SparseTrain(st) => {
             let split = cx.data("group-sparse training")?;
             let steps = st.train.epochs * split.train.len().div_ceil(st.train.batch_size.max(1));
@@ -1190,7 +1276,8 @@ fn lottery(g: &mut Graph, l: &LotteryStage, cx: &RunCx) -> Result<serde_json::Va
 /// The model a recipe starts from: loaded from `path`, or the zoo architecture `arch` built with
 /// the recipe's `input`, `classes` and `vocab`, each taken from `data` when the recipe leaves it
 /// out (the first input's per-sample shape; the classes of class targets, the width of
-/// regression targets; per id input, its largest id + 1 over both splits).
+/// regression targets; per id input, its largest id + 1 over both splits). A zoo model trained
+/// on text carries the data's tokenizer (`meta["tokenizer"]`, [`prunekit_data::Split::tokenizer`]).
 ///
 /// # Errors
 /// Neither `arch` nor `path`, a model that cannot be read, or an architecture that does not build
@@ -1242,7 +1329,14 @@ pub fn build_model(
             })
         }),
     };
-    Ok(prunekit_zoo::build_with(arch, seed, &opts)?)
+    let mut g = prunekit_zoo::build_with(arch, seed, &opts)?;
+    if let Some(tok) = data.and_then(|s| s.tokenizer.as_ref()) {
+        g.meta.insert(
+            prunekit_data::text::TOKENIZER_META.into(),
+            serde_json::Value::String(tok.clone()),
+        );
+    }
+    Ok(g)
 }
 
 /// Loads the recipe's dataset (with the optional training cap).
@@ -1302,13 +1396,24 @@ pub fn run(
 pub struct RunOutput {
     pub before: Graph,
     pub after: Graph,
-    pub split: Split,
+    /// the data (`None` for a reinforcement-learning recipe, whose data are its environment)
+    pub split: Option<Split>,
     pub report: RecipeReport,
 }
 
 /// [`run`], keeping the model before pruning and the data (for a before/after report).
 pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
     recipe.check()?;
+    if prunekit_data::env::ENVIRONMENTS.contains(&recipe.data.name.as_str()) {
+        return crate::rl::run_rl(recipe, progress, log);
+    }
+    if recipe.dqn.is_some() || recipe.ddpg.is_some() {
+        return Err(RecipeError::Invalid(format!(
+            "[dqn] and [ddpg] train in an environment, but [data] names the dataset `{}` (environments: {})",
+            recipe.data.name,
+            prunekit_data::env::ENVIRONMENTS.join(", ")
+        )));
+    }
     let device = prunekit_graph::device::default_device();
     let mut split = load_split(&recipe.data, recipe.seed)?;
     if let Some(t) = &recipe.task {
@@ -1354,29 +1459,17 @@ pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> R
         if let Some(w) = &done.warning {
             log(&format!("stage {} ({}): warning: {w}", i + 1, s.kind()));
         }
-        let detail = done.detail;
         let e = evaluate(&g, &split.test, 256)?;
-        let logline = StageLog {
-            stage: i + 1,
-            kind: s.kind().into(),
-            detail,
-            headline: e.headline.clone(),
-            metrics: e.metrics.clone(),
-            params: g.param_count(),
-            nonzeros: g.nonzero_count()?,
-            macs: g.macs()?,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        log(&format!(
-            "stage {} ({}): {}, {} nonzeros, {} MACs, {:.1} s",
+        stages.push(StageLog::measured(
             i + 1,
-            s.kind(),
-            metric_text(e.headline_value().map(|v| (e.headline.as_str(), v))),
-            logline.nonzeros,
-            logline.macs,
-            logline.seconds
-        ));
-        stages.push(logline);
+            s,
+            done.detail,
+            &g,
+            e.headline.clone(),
+            e.metrics,
+            t0,
+            log,
+        )?);
     }
     let after = summarize(&g, Some(&split.test))?;
     let report = RecipeReport {
@@ -1393,7 +1486,7 @@ pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> R
     Ok(RunOutput {
         before: before_graph,
         after: g,
-        split,
+        split: Some(split),
         report,
     })
 }

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 pub use assemble::{add_recalibration_rows, build_report, model_report, ModelToReport};
 pub use model::{
     Comparison, ComparisonRow, DatasetInfo, LayerComparison, ModelReport, Report, Robustness,
-    RobustnessPoint, Sensitivity, SensitivityCurve, SensitivityPoint, Sweep, SweepPoint, Unit,
+    RobustnessPoint, Sensitivity, SensitivityCurve, SensitivityPoint, Sweep, SweepPoint,
+    TextSample, Unit,
 };
 pub use render::{esc, row_cells, summary_cells, to_html, to_markdown};
 
@@ -36,6 +37,8 @@ pub enum ReportError {
     Chart(String),
     #[error(transparent)]
     Measure(#[from] prunekit_measure::MeasureError),
+    #[error(transparent)]
+    Data(#[from] prunekit_data::DataError),
 }
 
 pub type Result<T> = std::result::Result<T, ReportError>;

@@ -78,6 +78,20 @@ pub struct ModelReport {
     /// the headline metric under perturbed inputs
     #[serde(default)]
     pub robustness: Option<Robustness>,
+    /// text the model generated (language models that carry a tokenizer), the same prompts
+    /// and seeds for every model of the report
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<TextSample>,
+}
+
+/// One generated text: the prompt and its continuation, and how it was sampled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextSample {
+    pub prompt: String,
+    /// the generated continuation (without the prompt)
+    pub text: String,
+    /// e.g. `48 tokens, temperature 0.8, top-k 40, seed 1`
+    pub sampling: String,
 }
 
 /// How a value is shown: a fraction as a percentage (and its change in points), a count with
@@ -101,15 +115,24 @@ pub fn batch_label(batch: usize, seq_len: Option<usize>) -> String {
     }
 }
 
-/// How a metric is shown: shares (accuracy, F1, precision, recall, hit rate, NDCG) as
+/// How a metric is shown: shares (accuracy, F1, precision, recall, hit rate, NDCG, mAP) as
 /// percentages, the others (AUC and KS as statisticians write them, RMSE, MAE, perplexity,
-/// loss) as plain numbers.
+/// loss, an RL policy's mean return and its spread) as plain numbers.
 pub fn metric_unit(name: &str) -> Unit {
-    let plain = ["rmse", "mae", "perplexity", "loss", "auc", "ks"];
-    if plain.iter().any(|p| name.contains(p)) {
-        Unit::Plain
-    } else {
+    let shares = [
+        "accuracy",
+        "top5_accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "hit_rate",
+        "ndcg",
+        "map@",
+    ];
+    if shares.iter().any(|p| name.starts_with(p)) {
         Unit::Fraction
+    } else {
+        Unit::Plain
     }
 }
 

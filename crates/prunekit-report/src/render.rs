@@ -425,6 +425,19 @@ pub fn to_markdown(r: &Report) -> String {
             );
             let _ = writeln!(out, "{line}\n");
         }
+        if !m.samples.is_empty() {
+            let _ = writeln!(out, "### Samples of `{}`\n", m.name);
+            for smp in &m.samples {
+                // a fence of four backticks: the text would need four in a row to close it
+                let _ = writeln!(
+                    out,
+                    "{}:\n\n````text\n{}{}\n````\n",
+                    md(&smp.sampling),
+                    smp.prompt,
+                    smp.text.replace("````", "` ` ` `")
+                );
+            }
+        }
         let _ = writeln!(out, "### Layers of `{}`\n", m.name);
         let rows: Vec<Vec<String>> = layer_cells(m).into_iter().map(Vec::from).collect();
         md_table(&mut out, &strings(layer_header()), &rows, 3);
@@ -490,6 +503,7 @@ figure .legend { margin: 4px 8px 0; }
 .legend .sw:first-child { margin-left: 0; }
 code { background: #eef1f4; padding: 1px 5px; border-radius: 4px; }
 .method { color: var(--muted); font-size: 14px; }
+pre.sample { white-space: pre-wrap; background: #f7f8fa; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; font-size: 13.5px; }
 "#;
 
 fn html_table(out: &mut String, header: &[String], rows: &[Vec<String>], right_from: usize) {
@@ -988,6 +1002,18 @@ pub fn to_html(r: &Report) -> Result<String> {
                 1,
             );
             let _ = write!(out, "<p class=\"sub\">{}</p>", esc(&line));
+        }
+        if !m.samples.is_empty() {
+            out.push_str("<h3>Samples</h3>");
+            for smp in &m.samples {
+                let _ = write!(
+                    out,
+                    "<p class=\"sub\">{}</p><pre class=\"sample\"><b>{}</b>{}</pre>",
+                    esc(&smp.sampling),
+                    esc(&smp.prompt),
+                    esc(&smp.text)
+                );
+            }
         }
         out.push_str("</section></div>");
     }

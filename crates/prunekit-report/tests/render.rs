@@ -123,6 +123,11 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
                 },
             ],
         }),
+        samples: vec![TextSample {
+            prompt: "KING.\n".into(),
+            text: format!("What <news> | from {name}? ```` end"),
+            sampling: "48 tokens, temperature 0.8, top-k 40, seed 0".into(),
+        }],
     }
 }
 
@@ -358,4 +363,22 @@ fn a_sequence_model_states_macs_per_token_and_tokens_per_batch() {
     assert!(md.contains("batch 1 × 128 tokens"), "{md}");
     // other models have neither
     assert!(!to_markdown(&sample()).contains("per token"));
+}
+
+#[test]
+fn generated_samples_are_shown_escaped() {
+    let r = sample();
+    let md = to_markdown(&r);
+    assert!(md.contains("### Samples of `dense`"), "{md}");
+    assert!(
+        md.contains("````text\nKING.\nWhat <news> | from dense? ` ` ` ` end\n````"),
+        "{md}"
+    );
+    let html = to_html(&r).unwrap();
+    assert!(
+        html.contains("<pre class=\"sample\"><b>KING.\n</b>What &lt;news&gt; | from pruned &amp; &lt;masked&gt;? ```` end</pre>"),
+        "samples escaped in the HTML"
+    );
+    let back: Report = serde_json::from_str(&to_json(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
 }

@@ -7,6 +7,7 @@ pub mod group_sparsity;
 pub mod loss;
 pub mod optim;
 pub mod recalibrate;
+pub mod rl;
 pub mod schedule;
 pub mod trainer;
 

@@ -62,12 +62,24 @@ pub const MODELS: &[(&str, &str)] = &[
         "llama-tiny with lm_head's weight tied to the embedding table (one tensor, as in SmolLM2 / GPT-2)",
     ),
     (
+        "llama-small",
+        "Llama-like decoder on 128 token ids (vocab 2048): dim 128, 4 layers, GQA 4/2 heads of 32, SwiGLU 384, tied lm_head (1.05M parameters; e.g. the Shakespeare GPT)",
+    ),
+    (
         "ncf",
         "NeuMF on (user, item) ids (vocab 671, 9066): shared embeddings 32, GMF + MLP 64-32-16, 1 output",
     ),
     (
         "gru-recommender",
         "next-item GRU on 20 item ids (vocab 9067 with PAD): embedding 64, GRU 64, 9066 items",
+    ),
+    (
+        "q-mlp",
+        "Q-network for reinforcement learning on an observation [F] (default 4, CartPole): linear 128, linear 128, one Q-value per action (default 2)",
+    ),
+    (
+        "actor-mlp",
+        "deterministic policy (DDPG actor) on an observation [F] (default 3, Pendulum): linear 128, linear 128, one action per output (default 1) bounded by tanh",
     ),
     (
         "mlp",
@@ -142,9 +154,12 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
         "lstm-classifier" | "gru-classifier" => (Form::Sequence, &[32, 20], 10),
         "bert-tiny" | "gru-text" => (Form::Tokens, &[32], 2),
         "llama-tiny" | "llama-tiny-tied" => (Form::Tokens, &[32], LLAMA_VOCAB),
+        "llama-small" => (Form::Tokens, &[128], 2048),
         "ncf" => (Form::UserItem, &[], 1),
         "gru-recommender" => (Form::History, &[20], MOVIELENS_ITEMS),
         "mlp" => (Form::Vector, &[16], 2),
+        "q-mlp" => (Form::Vector, &[4], 2),
+        "actor-mlp" => (Form::Vector, &[3], 1),
         _ => return None,
     })
 }
@@ -159,7 +174,7 @@ const MOVIELENS_ITEMS: usize = 9066;
 
 /// What the `classes` option sets for a model.
 fn classes_word(name: &str) -> &'static str {
-    if name.starts_with("llama-tiny") {
+    if name.starts_with("llama-") {
         "the vocabulary size"
     } else {
         "the number of classes"
@@ -359,24 +374,59 @@ fn gru_text(b: &mut GraphBuilder, ids: &Value, classes: usize, vocab: usize) -> 
     b.named("classifier").linear(&h, classes)
 }
 
-/// Llama-like decoder (Touvron et al. 2023), tiny: pre-RMSNorm layers of causal grouped-query
-/// attention with RoPE (8 query heads sharing 2 key/value heads of 8) and a SwiGLU MLP (176), a
-/// final RMSNorm and `lm_head` over the vocabulary: [T, vocab]. With `tied`, `lm_head` borrows
-/// its weight from the embedding table `embedding1` (`Node::shared`: one [vocab, dim] tensor for
-/// both, as Llama 3.2 1B, SmolLM2 and GPT-2 tie `lm_head.weight` to the input embeddings).
-fn llama_tiny(b: &mut GraphBuilder, ids: &Value, vocab: usize, tied: bool) -> Result<Value> {
-    let (dim, heads, kv_heads, head_dim, ffn) = (64, 8, 2, 8, 176);
-    let mut x = b.named("embedding1").embedding(ids, vocab, dim)?;
-    for _ in 0..2 {
+/// The sizes of a Llama-like decoder.
+struct LlamaSize {
+    dim: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ffn: usize,
+}
+
+/// `llama-tiny`: 8 query heads sharing 2 key/value heads of 8, SwiGLU 176, 2 layers of 64.
+const LLAMA_TINY: LlamaSize = LlamaSize {
+    dim: 64,
+    layers: 2,
+    heads: 8,
+    kv_heads: 2,
+    head_dim: 8,
+    ffn: 176,
+};
+
+/// `llama-small`: 4 query heads sharing 2 key/value heads of 32, SwiGLU 384, 4 layers of 128.
+const LLAMA_SMALL: LlamaSize = LlamaSize {
+    dim: 128,
+    layers: 4,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 32,
+    ffn: 384,
+};
+
+/// Llama-like decoder (Touvron et al. 2023): pre-RMSNorm layers of causal grouped-query
+/// attention with RoPE (base 10,000) and a SwiGLU MLP, a final RMSNorm and `lm_head` over the
+/// vocabulary: [T, vocab]. With `tied`, `lm_head` borrows its weight from the embedding table
+/// `embedding1` (`Node::shared`: one [vocab, dim] tensor for both, as Llama 3.2 1B, SmolLM2 and
+/// GPT-2 tie `lm_head.weight` to the input embeddings).
+fn llama(
+    b: &mut GraphBuilder,
+    ids: &Value,
+    vocab: usize,
+    s: &LlamaSize,
+    tied: bool,
+) -> Result<Value> {
+    let mut x = b.named("embedding1").embedding(ids, vocab, s.dim)?;
+    for _ in 0..s.layers {
         let h = b.rms_norm(&x)?;
-        let a = b.attention(&h, heads, kv_heads, head_dim, true, Some(10000.0))?;
+        let a = b.attention(&h, s.heads, s.kv_heads, s.head_dim, true, Some(10000.0))?;
         x = b.add(&x, &a)?;
         let h = b.rms_norm(&x)?;
-        let gate = b.linear(&h, ffn)?;
+        let gate = b.linear(&h, s.ffn)?;
         let gate = b.silu(&gate)?;
-        let up = b.linear(&h, ffn)?;
+        let up = b.linear(&h, s.ffn)?;
         let m = b.mul(&gate, &up)?;
-        let down = b.linear(&m, dim)?;
+        let down = b.linear(&m, s.dim)?;
         x = b.add(&x, &down)?;
     }
     let h = b.rms_norm(&x)?;
@@ -448,6 +498,18 @@ fn tabular_mlp(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value>
     b.named("classifier").linear(&h, classes)
 }
 
+/// A DQN Q-network (Mnih et al. 2015, with the fully connected torso of the low-dimensional
+/// tasks): observation [F] -> linear 128 -> ReLU -> linear 128 -> ReLU -> `classifier`, one
+/// Q-value per action. Also DDPG's critic (input: observation and action concatenated, one
+/// output) and, with a final tanh (`action`), its actor (`actor-mlp`).
+fn q_mlp(b: &mut GraphBuilder, x: &Value, actions: usize) -> Result<Value> {
+    let h = b.linear(x, 128)?;
+    let h = b.relu(&h)?;
+    let h = b.linear(&h, 128)?;
+    let h = b.relu(&h)?;
+    b.named("classifier").linear(&h, actions)
+}
+
 /// Builds a built-in architecture by name with seeded weights, its own input shape and classes.
 pub fn build(name: &str, seed: u64) -> Result<Graph> {
     build_with(name, seed, &ZooOptions::default())
@@ -474,14 +536,36 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
             "architecture `{name}`: a vocabulary size must be positive, got {vocab:?}"
         )));
     }
-    body(&mut b, name, &xs, classes, &vocab)
+    let mut g = body(&mut b, name, &xs, classes, &vocab)
         .and_then(|y| b.finish(&[&y]))
         .map_err(|e| {
             GraphError::Invalid(format!(
                 "architecture `{name}` does not build for input {input:?} and {} = {classes}: {e}",
                 classes_word(name)
             ))
-        })
+        })?;
+    if matches!(name, "llama-tiny-tied" | "llama-small") {
+        scale_tied_embedding(&mut g)?;
+    }
+    Ok(g)
+}
+
+/// The standard deviation of a tied embedding table at initialisation: Hugging Face's
+/// `initializer_range` (GPT-2, Llama). The table is also the output layer, so the N(0, 1) of an
+/// untied `nn.Embedding` would give logits of std about sqrt(dim) (a loss near 36 at vocabulary
+/// 2,048 and width 128, against ln 2048 = 7.6).
+const TIED_EMBEDDING_STD: f64 = 0.02;
+
+/// Rescales `embedding1.weight` (drawn N(0, 1)) to N(0, [`TIED_EMBEDDING_STD`]^2).
+fn scale_tied_embedding(g: &mut Graph) -> Result<()> {
+    let p = g
+        .node_mut("embedding1")?
+        .params
+        .get_mut("weight")
+        .ok_or_else(|| GraphError::Invalid("a tied decoder has no embedding1.weight".into()))?;
+    let scaled = (p.value.as_tensor() * TIED_EMBEDDING_STD)?;
+    p.value.set(&scaled)?;
+    Ok(())
 }
 
 /// The layers of architecture `name` on its inputs `xs` (one, except `ncf`'s user and item).
@@ -543,11 +627,17 @@ fn body(
             classes,
             vocab.first().copied().unwrap_or(GRU_TEXT_VOCAB),
         ),
-        "llama-tiny" => llama_tiny(b, x, classes, false),
-        "llama-tiny-tied" => llama_tiny(b, x, classes, true),
+        "llama-tiny" => llama(b, x, classes, &LLAMA_TINY, false),
+        "llama-tiny-tied" => llama(b, x, classes, &LLAMA_TINY, true),
+        "llama-small" => llama(b, x, classes, &LLAMA_SMALL, true),
         "ncf" => ncf(b, x, &xs[1], classes, vocab),
         "gru-recommender" => gru_recommender(b, x, classes, vocab),
         "mlp" => tabular_mlp(b, x, classes),
+        "q-mlp" => q_mlp(b, x, classes),
+        "actor-mlp" => {
+            let h = q_mlp(b, x, classes)?;
+            b.named("action").tanh(&h)
+        }
         other => Err(GraphError::Invalid(format!(
             "unknown architecture `{other}`; known: {}",
             names().join(", ")
@@ -634,7 +724,9 @@ mod tests {
     fn expected_output(name: &str) -> Vec<usize> {
         match name {
             "llama-tiny" | "llama-tiny-tied" => vec![32, 1000],
-            "bert-tiny" | "mlp" | "gru-text" => vec![2],
+            "llama-small" => vec![128, 2048],
+            "bert-tiny" | "mlp" | "gru-text" | "q-mlp" => vec![2],
+            "actor-mlp" => vec![1],
             "ncf" => vec![1],
             "gru-recommender" => vec![9066],
             _ => vec![10],
@@ -659,7 +751,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_one_builds() {
         let n = names();
-        assert_eq!(n.len(), 17);
+        assert_eq!(n.len(), 20);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -675,8 +767,10 @@ mod tests {
             assert_eq!(g.name, name);
             assert!(g.param_count() > 0 && g.macs().unwrap() > 0, "{name}");
             let last = g.nodes.last().unwrap();
-            let head = if name.starts_with("llama-tiny") {
+            let head = if name.starts_with("llama-") {
                 "lm_head"
+            } else if name == "actor-mlp" {
+                "action"
             } else {
                 "classifier"
             };
@@ -1135,6 +1229,8 @@ mod tests {
             ("llama-tiny", &[32], 218_536, 5_128_192),
             // the 1000 x 64 table once
             ("llama-tiny-tied", &[32], 154_536, 5_128_192),
+            // vocabulary 2048 x 128 once (tied); attention at T = 128 counts its score MACs
+            ("llama-small", &[128], 1_056_896, 150_994_944),
             // embeddings and the GMF product count no MACs
             ("ncf", &[], NCF_PARAMS, 64 * 64 + 64 * 32 + 32 * 16 + 48),
             (
@@ -1143,6 +1239,10 @@ mod tests {
                 GRU_REC_PARAMS,
                 20 * (2 * 3 * 64 * 64) + 64 * 9066,
             ),
+            // 4*128 + 128 + 128*128 + 128 + 128*2 + 2
+            ("q-mlp", &[4], 17_410, 17_152),
+            // 3*128 + 128 + 128*128 + 128 + 128 + 1 (the tanh has no parameters or MACs)
+            ("actor-mlp", &[3], 17_153, 16_896),
             ("mlp", &[16], 3_234, 3_136),
         ];
         assert_eq!(
