@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue-11 evidence: runs every recipe of examples/domains (or those named) with `prunekit run
+"""Issue-11 and issue-14 evidence: runs every recipe of examples/domains (or those named) with `prunekit run
 --json`, keeps each result next to its log under OUT/, and prints the docs/domains.md table: one
 row per pruning stage with the headline metric dense, right after pruning and after the recovery
 stage that follows, params, MACs, batch-1 latency and file size after the recipe, and wall time.
@@ -29,7 +29,7 @@ recipes = [Path(r) for r in args.recipes] or sorted(Path("examples/domains").glo
 def fmt(name, v):
     if v is None:
         return "-"
-    if any(k in name for k in ("rmse", "mae", "perplexity", "loss", "auc", "ks")):
+    if any(k in name for k in ("rmse", "mae", "perplexity", "loss", "auc", "ks", "return")):
         return f"{v:.4f}"
     return f"{100 * v:.2f}%"
 
@@ -60,9 +60,10 @@ for r in recipes:
     h = b.get("headline") or "accuracy"
     stages = v["stages"]
     for i, s in enumerate(stages):
-        if s["kind"] in ("finetune", "sparse-train"):
+        recovery = ("finetune", "dqn", "ddpg")
+        if s["kind"] in recovery + ("sparse-train", "restart"):
             continue
-        nxt = stages[i + 1] if i + 1 < len(stages) and stages[i + 1]["kind"] == "finetune" else None
+        nxt = stages[i + 1] if i + 1 < len(stages) and stages[i + 1]["kind"] in recovery else None
         recal = (s.get("detail") or {}).get("recalibration") or {}
         right_after = recal.get("without", s.get(h))
         rows.append([
