@@ -104,6 +104,53 @@ fn read_part(dir: &Path, images_base: &str, labels_base: &str) -> Result<RawPart
     })
 }
 
+/// The raw training and test parts from `dir` (default [`FASHION_MNIST_DIR`]), of the same
+/// image size.
+fn raw_parts(dir: Option<&Path>) -> Result<(RawPart, RawPart)> {
+    let dir = dir.unwrap_or_else(|| Path::new(FASHION_MNIST_DIR));
+    if !dir.is_dir() {
+        return Err(DataError::NoSuchDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let train = read_part(dir, FILES[0], FILES[1])?;
+    let test = read_part(dir, FILES[2], FILES[3])?;
+    if (test.height, test.width) != (train.height, train.width) {
+        return Err(DataError::BadShape {
+            path: locate(dir, FILES[2])?,
+            expected: format!(
+                "images of {}x{} like the training set",
+                train.height, train.width
+            ),
+            found: vec![test.labels.len(), test.height, test.width],
+        });
+    }
+    Ok((train, test))
+}
+
+/// Detection canvases ([`crate::canvas::make_canvases`]) of real Fashion-MNIST items: `n_train`
+/// from the training images and `n_test` from the test images (so no item of a test canvas was
+/// seen in training), from `dir` (default [`FASHION_MNIST_DIR`]), seeded.
+///
+/// # Errors
+/// As [`fashion_mnist`] for the files; [`crate::canvas::make_canvases`] for the options.
+pub fn fashion_canvases(
+    dir: Option<&Path>,
+    n_train: usize,
+    n_test: usize,
+    cfg: &crate::canvas::CanvasConfig,
+    seed: u64,
+) -> Result<(Vec<crate::canvas::Canvas>, Vec<crate::canvas::Canvas>)> {
+    let (train, test) = raw_parts(dir)?;
+    let make = |p: &RawPart, n, seed| {
+        crate::canvas::make_canvases(&p.pixels, &p.labels, (p.height, p.width), n, cfg, seed)
+    };
+    Ok((
+        make(&train, n_train, seed)?,
+        make(&test, n_test, seed ^ 0x7e57)?,
+    ))
+}
+
 /// Mean and std of `pixel / 255` over `pixels`, computed exactly from a histogram.
 fn pixel_normalization(pixels: &[u8]) -> Normalization {
     let mut hist = [0u64; 256];
@@ -150,24 +197,7 @@ fn to_dataset(name: &str, part: RawPart, lut: &[f32; 256]) -> Result<Dataset> {
 /// `pixel / 255`, then normalised with the train mean/std (returned);
 /// 60,000 train and 10,000 test samples in 10 classes.
 pub fn fashion_mnist(dir: Option<&Path>) -> Result<(Split, Normalization)> {
-    let dir = dir.unwrap_or_else(|| Path::new(FASHION_MNIST_DIR));
-    if !dir.is_dir() {
-        return Err(DataError::NoSuchDirectory {
-            path: dir.to_path_buf(),
-        });
-    }
-    let train = read_part(dir, FILES[0], FILES[1])?;
-    let test = read_part(dir, FILES[2], FILES[3])?;
-    if (test.height, test.width) != (train.height, train.width) {
-        return Err(DataError::BadShape {
-            path: locate(dir, FILES[2])?,
-            expected: format!(
-                "images of {}x{} like the training set",
-                train.height, train.width
-            ),
-            found: vec![test.labels.len(), test.height, test.width],
-        });
-    }
+    let (train, test) = raw_parts(dir)?;
     let norm = pixel_normalization(&train.pixels);
     let inv = 1.0 / norm.std;
     let mut lut = [0.0f32; 256];
@@ -297,5 +327,25 @@ mod tests {
             .sum::<f64>()
             / n;
         assert!(mean.abs() < 1e-3, "normalised train mean {mean}");
+    }
+
+    #[test]
+    fn canvases_of_real_items() {
+        if !Path::new(FASHION_MNIST_DIR).is_dir() {
+            eprintln!("skipped: Fashion-MNIST is not installed (scripts/install-data.sh)");
+            return;
+        }
+        let cfg = crate::canvas::CanvasConfig::default();
+        let (train, test) = fashion_canvases(None, 50, 20, &cfg, 1).unwrap();
+        assert_eq!((train.len(), test.len()), (50, 20));
+        let objects: usize = train.iter().map(|c| c.objects.len()).sum();
+        assert!(objects > 50 && objects <= 200, "{objects}");
+        assert!(train
+            .iter()
+            .flat_map(|c| &c.objects)
+            .all(|o| o.class < 10 && o.bbox[2] <= 96.0 && o.bbox[3] <= 96.0));
+        // the same seed, the same canvases
+        let (again, _) = fashion_canvases(None, 50, 0, &cfg, 1).unwrap();
+        assert_eq!(again, train);
     }
 }

@@ -19,6 +19,7 @@
 
 mod augment;
 mod batches;
+pub mod canvas;
 mod credit;
 mod dataset;
 mod digits;
@@ -47,7 +48,8 @@ pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values}
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
-    fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
+    fashion_canvases, fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES,
+    FASHION_MNIST_DIR,
 };
 pub use fsdd::{
     featurize, fsdd, read_wav, AudioFeatures, FeatureStats, Featurizer, FSDD_CLASSES,

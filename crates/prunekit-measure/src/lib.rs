@@ -1,6 +1,7 @@
 //! Measuring a model for real: accuracy on held-out data, parameter and nonzero counts, MACs counted
 //! from the graph, the size of the saved files, and latency (median of many timed runs after warm-up).
 
+pub mod detection;
 pub mod evaluate;
 pub mod metrics;
 pub mod policy;

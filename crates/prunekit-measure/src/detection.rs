@@ -1,0 +1,246 @@
+//! Object detection metrics (issue 14 §2): box IoU, per-class non-maximum suppression, and mean
+//! average precision at one IoU threshold (`map@0.5`) and averaged over the COCO thresholds
+//! 0.50:0.05:0.95 (`map@0.5:0.95`).
+//!
+//! Matching follows the COCO evaluation (Lin et al. 2014; `pycocotools` `COCOeval.evaluateImg`):
+//! detections of a class, in order of falling score, each take the unmatched ground-truth box of
+//! the same image and class with the highest IoU, if that IoU reaches the threshold; otherwise
+//! the detection is a false positive. Average precision is the area under the precision envelope
+//! with all-point interpolation (PASCAL VOC 2010 onwards, Everingham et al. 2010 §4.2): the
+//! precision at recall r is the highest precision at any recall >= r, summed over the recall
+//! steps. Classes without a ground-truth box are left out of the mean (COCO reports them as -1).
+//! Coordinates are continuous (`[x1, y1, x2, y2]`, area `(x2 - x1)(y2 - y1)`), not VOC's
+//! inclusive pixel indices (+1).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An axis-aligned box `[x1, y1, x2, y2]` (x2 >= x1, y2 >= y1), in pixels.
+pub type BoxXyxy = [f32; 4];
+
+/// A ground-truth object.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroundTruth {
+    /// index of the image
+    pub image: usize,
+    pub class: usize,
+    pub bbox: BoxXyxy,
+}
+
+/// A detection: its box, class and confidence.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// index of the image
+    pub image: usize,
+    pub class: usize,
+    pub bbox: BoxXyxy,
+    pub score: f32,
+}
+
+pub use prunekit_data::canvas::iou;
+
+/// Greedy non-maximum suppression within each image and class: detections in order of falling
+/// score are kept unless they overlap a kept one of the same image and class by IoU above
+/// `threshold`. Returns the kept detections, highest score first.
+pub fn nms(mut dets: Vec<Detection>, threshold: f32) -> Vec<Detection> {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for d in dets {
+        let suppressed = kept
+            .iter()
+            .any(|k| k.image == d.image && k.class == d.class && iou(&k.bbox, &d.bbox) > threshold);
+        if !suppressed {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+/// Average precision of one class at one IoU threshold (see the module docs), or `None` when
+/// the class has no ground-truth box.
+pub fn average_precision(
+    dets: &[Detection],
+    gts: &[GroundTruth],
+    class: usize,
+    threshold: f32,
+) -> Option<f64> {
+    let mut by_image: BTreeMap<usize, Vec<(BoxXyxy, bool)>> = BTreeMap::new();
+    let mut total = 0usize;
+    for g in gts.iter().filter(|g| g.class == class) {
+        by_image.entry(g.image).or_default().push((g.bbox, false));
+        total += 1;
+    }
+    if total == 0 {
+        return None;
+    }
+    let mut ds: Vec<&Detection> = dets.iter().filter(|d| d.class == class).collect();
+    ds.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut points = Vec::with_capacity(ds.len()); // (recall, precision) after each detection
+    for d in ds {
+        let mut best: Option<(usize, f32)> = None;
+        if let Some(objs) = by_image.get(&d.image) {
+            for (j, (b, matched)) in objs.iter().enumerate() {
+                let o = iou(&d.bbox, b);
+                if !matched && o >= threshold && best.is_none_or(|(_, bo)| o > bo) {
+                    best = Some((j, o));
+                }
+            }
+        }
+        match best {
+            Some((j, _)) => {
+                if let Some(objs) = by_image.get_mut(&d.image) {
+                    objs[j].1 = true;
+                }
+                tp += 1;
+            }
+            None => fp += 1,
+        }
+        points.push((tp as f64 / total as f64, tp as f64 / (tp + fp) as f64));
+    }
+    // the precision envelope, from the right, then the area over the recall steps
+    let mut ap = 0.0;
+    let mut envelope = 0.0f64;
+    let mut env: Vec<f64> = vec![0.0; points.len()];
+    for i in (0..points.len()).rev() {
+        envelope = envelope.max(points[i].1);
+        env[i] = envelope;
+    }
+    let mut prev_recall = 0.0;
+    for (i, &(r, _)) in points.iter().enumerate() {
+        if r > prev_recall {
+            ap += (r - prev_recall) * env[i];
+            prev_recall = r;
+        }
+    }
+    Some(ap)
+}
+
+/// The COCO IoU thresholds 0.50, 0.55, ..., 0.95.
+pub fn coco_thresholds() -> Vec<f32> {
+    (0..10).map(|i| 0.5 + 0.05 * i as f32).collect()
+}
+
+/// Mean average precision over the classes that have ground truth, at `threshold`; `None` when
+/// no class has any.
+pub fn mean_average_precision(
+    dets: &[Detection],
+    gts: &[GroundTruth],
+    classes: usize,
+    threshold: f32,
+) -> Option<f64> {
+    let aps: Vec<f64> = (0..classes)
+        .filter_map(|c| average_precision(dets, gts, c, threshold))
+        .collect();
+    (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64)
+}
+
+/// `map@0.5` and `map@0.5:0.95` (the mean over [`coco_thresholds`]), by those names; empty when
+/// there is no ground truth.
+pub fn detection_metrics(
+    dets: &[Detection],
+    gts: &[GroundTruth],
+    classes: usize,
+) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    if let Some(v) = mean_average_precision(dets, gts, classes, 0.5) {
+        m.insert("map@0.5".to_string(), v);
+    }
+    let at: Vec<f64> = coco_thresholds()
+        .into_iter()
+        .filter_map(|t| mean_average_precision(dets, gts, classes, t))
+        .collect();
+    if !at.is_empty() {
+        m.insert(
+            "map@0.5:0.95".to_string(),
+            at.iter().sum::<f64>() / at.len() as f64,
+        );
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gt(image: usize, class: usize, bbox: BoxXyxy) -> GroundTruth {
+        GroundTruth { image, class, bbox }
+    }
+
+    fn det(image: usize, class: usize, bbox: BoxXyxy, score: f32) -> Detection {
+        Detection {
+            image,
+            class,
+            bbox,
+            score,
+        }
+    }
+
+    #[test]
+    fn iou_by_hand() {
+        assert!((iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0]), 1.0);
+        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[10.0, 0.0, 20.0, 10.0]), 0.0);
+        assert_eq!(iou(&[0.0, 0.0, 0.0, 0.0], &[0.0, 0.0, 0.0, 0.0]), 0.0);
+    }
+
+    /// Three ground-truth boxes of one class in two images; detections by score: a hit (P 1,
+    /// R 1/3), a miss (P 1/2, R 1/3), a hit (P 2/3, R 2/3); the third box is never found.
+    /// Envelope: 1 up to R 1/3, 2/3 up to R 2/3: AP = 1/3 * 1 + 1/3 * 2/3 = 5/9.
+    #[test]
+    fn average_precision_by_hand() {
+        let gts = [
+            gt(0, 0, [0.0, 0.0, 10.0, 10.0]),
+            gt(1, 0, [0.0, 0.0, 10.0, 10.0]),
+            gt(1, 0, [20.0, 20.0, 30.0, 30.0]),
+        ];
+        let dets = [
+            det(0, 0, [0.0, 0.0, 10.0, 10.0], 0.9),
+            det(1, 0, [50.0, 50.0, 60.0, 60.0], 0.8),
+            det(1, 0, [0.0, 0.0, 10.0, 10.0], 0.7),
+        ];
+        let ap = average_precision(&dets, &gts, 0, 0.5).unwrap();
+        assert!((ap - 5.0 / 9.0).abs() < 1e-12, "{ap}");
+        // the same box found twice: the second copy is a false positive (each box matches once)
+        let twice = [
+            det(0, 0, [0.0, 0.0, 10.0, 10.0], 0.9),
+            det(0, 0, [0.0, 0.0, 10.0, 10.0], 0.8),
+        ];
+        let ap = average_precision(&twice, &gts[..1], 0, 0.5).unwrap();
+        assert_eq!(ap, 1.0, "the duplicate comes after recall 1");
+        // a class without ground truth is left out of the mean; one with it but no detections is 0
+        assert_eq!(average_precision(&dets, &gts, 1, 0.5), None);
+        assert_eq!(average_precision(&[], &gts, 0, 0.5), Some(0.0));
+        let m = mean_average_precision(&dets, &gts, 3, 0.5).unwrap();
+        assert!((m - 5.0 / 9.0).abs() < 1e-12);
+    }
+
+    /// A detection with IoU 0.58 counts at the thresholds 0.50 and 0.55 and misses at the other
+    /// eight: map@0.5:0.95 = 2/10 of a perfect score.
+    #[test]
+    fn coco_range_by_hand() {
+        let gts = [gt(0, 2, [0.0, 0.0, 10.0, 10.0])];
+        // [0, 0, 10, 5.8]: intersection 58, union 100
+        let dets = [det(0, 2, [0.0, 0.0, 10.0, 5.8], 0.5)];
+        let m = detection_metrics(&dets, &gts, 5);
+        assert_eq!(m["map@0.5"], 1.0);
+        assert!((m["map@0.5:0.95"] - 0.2).abs() < 1e-12, "{m:?}");
+        assert!(detection_metrics(&dets, &[], 5).is_empty());
+        assert_eq!(coco_thresholds().len(), 10);
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes_per_class_and_image() {
+        let dets = vec![
+            det(0, 0, [0.0, 0.0, 10.0, 10.0], 0.6),
+            det(0, 0, [1.0, 0.0, 11.0, 10.0], 0.9), // IoU 0.82 with the first: it wins
+            det(0, 1, [0.0, 0.0, 10.0, 10.0], 0.5), // another class: kept
+            det(1, 0, [0.0, 0.0, 10.0, 10.0], 0.4), // another image: kept
+            det(0, 0, [30.0, 30.0, 40.0, 40.0], 0.3), // far away: kept
+        ];
+        let kept = nms(dets, 0.5);
+        let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.5, 0.4, 0.3]);
+    }
+}
