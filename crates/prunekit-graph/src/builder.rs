@@ -52,6 +52,7 @@ impl GraphBuilder {
                 nodes: Vec::new(),
                 outputs: Vec::new(),
                 meta: BTreeMap::new(),
+                carried: BTreeMap::new(),
             },
             shapes: HashMap::new(),
             rng: crate::graph::rng(seed),

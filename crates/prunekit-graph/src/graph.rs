@@ -188,6 +188,11 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub outputs: Vec<String>,
     pub meta: BTreeMap<String, serde_json::Value>,
+    /// Tensors the model's file held that no node computes with (BERT's pooler, when the graph
+    /// stops at `last_hidden_state`), by their key in that file: not parameters (not counted,
+    /// trained or pruned), kept so that saving and exporting write them back and nothing read is
+    /// lost.
+    pub carried: BTreeMap<String, Tensor>,
 }
 
 /// Per-sample shape of every value (inputs and node outputs) by name.
@@ -365,6 +370,7 @@ impl Graph {
             nodes,
             outputs: self.outputs.clone(),
             meta: self.meta.clone(),
+            carried: self.carried.clone(),
         })
     }
 

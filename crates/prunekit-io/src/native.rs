@@ -30,6 +30,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// model without compressed parameters, see [`save`]).
 pub const OLDEST_VERSION: u32 = 1;
 pub const STRUCTURE_FILE: &str = "model.json";
+/// The key prefix of a carried tensor ([`Graph::carried`]) in model.safetensors (`:` is in no
+/// node name, so no parameter key collides with it). Version 2 reads them.
+pub const CARRIED_PREFIX: &str = "carried:";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 #[derive(Serialize, Deserialize)]
@@ -137,9 +140,12 @@ pub fn save(g: &Graph, dir: &Path) -> Result<()> {
             }
         }
     }
+    for (k, t) in &g.carried {
+        tensors.push((format!("{CARRIED_PREFIX}{k}"), Stored::Tensor(t.clone())));
+    }
     let file = ModelFile {
         format: FORMAT_NAME.into(),
-        version: if meta.is_empty() {
+        version: if meta.is_empty() && g.carried.is_empty() {
             OLDEST_VERSION
         } else {
             FORMAT_VERSION
@@ -284,7 +290,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
             format!("metadata `{extra}` describes no parameter of model.json"),
         ));
     }
-    if let Some(extra) = unused.first() {
+    // tensors carried along (no node's parameter; the file's reader bounded their sizes)
+    let mut carried = BTreeMap::new();
+    for key in unused.iter().filter(|k| k.starts_with(CARRIED_PREFIX)) {
+        let err = |e: String| GraphError::file(&weights_path, format!("tensor `{key}`: {e}"));
+        let view = st.tensor(key).map_err(|e| err(e.to_string()))?;
+        let t =
+            candle_core::safetensors::Load::load(&view, device).map_err(|e| err(e.to_string()))?;
+        carried.insert(key[CARRIED_PREFIX.len()..].to_string(), t);
+    }
+    if let Some(extra) = unused.iter().find(|k| !k.starts_with(CARRIED_PREFIX)) {
         return Err(GraphError::file(
             &weights_path,
             format!("tensor `{extra}` belongs to no parameter of model.json"),
@@ -296,6 +311,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Graph> {
         nodes,
         outputs: file.outputs,
         meta: file.meta,
+        carried,
     };
     g.validate()
         .map_err(|e| GraphError::file(&json_path, e.to_string()))?;

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use prunekit_graph::{Executor, Graph, InputKind, Op};
 use rand::{Rng, SeedableRng};
 
-const NOT_EXPORTED: &[&str] = &["bert-tiny", "llama-tiny", "llama-tiny-tied"];
+const NOT_EXPORTED: &[&str] = &["bert-tiny", "llama-tiny", "llama-tiny-tied", "llama-small"];
 
 fn torch_python() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("PRUNEKIT_TORCH_PYTHON") {

@@ -204,6 +204,76 @@ fn a_gguf_file_reads_as_the_same_model_as_its_hugging_face_directory() {
     text::tokenizer(&b).unwrap();
 }
 
+/// A tensor of the directory that no node reads (an older checkpoint's `rotary_emb.inv_freq`,
+/// BERT's pooler) is carried: kept through our format and written back by export, so nothing
+/// read is lost; one that depends on a hidden width pruning changed is refused.
+#[test]
+fn tensors_no_node_reads_are_carried_through_every_save() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("tiny-llama");
+    let mut tensors = llama_tensors();
+    let extra = rand(&[H, H], 77);
+    tensors.insert("model.extra_head.weight".into(), extra.clone());
+    tensors.insert(
+        "model.layers.1.self_attn.rotary_emb.inv_freq".into(),
+        rand(&[HD / 2], 78),
+    );
+    write_st(&dir, &tensors);
+    std::fs::write(dir.join("config.json"), llama_config().to_string()).unwrap();
+    let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(6)).unwrap();
+    assert_eq!(g.carried.len(), 2, "{:?}", g.carried.keys());
+    let params = g.param_count();
+    assert_eq!(
+        params,
+        {
+            let plain = prunekit::io::load_with(
+                &{
+                    let p = d.path().join("plain");
+                    write_llama_dir(&p);
+                    p
+                },
+                &Device::Cpu,
+                &opts(6),
+            )
+            .unwrap();
+            plain.param_count()
+        },
+        "carried tensors are not parameters"
+    );
+    // through our format and back out: every key of the source directory is in the export
+    let ours = d.path().join("ours");
+    prunekit::io::save(&g, &ours, None).unwrap();
+    let again = prunekit::io::load(&ours, &Device::Cpu).unwrap();
+    assert_eq!(
+        again.carried.keys().collect::<Vec<_>>(),
+        g.carried.keys().collect::<Vec<_>>()
+    );
+    let out = d.path().join("out");
+    hf::save_dir(&again, &out, DType::F32, false, None).unwrap();
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let mut written: Vec<String> = st.names().into_iter().map(String::from).collect();
+    written.sort();
+    // the export writes the tie once (no lm_head.weight), like the source
+    let mut source: Vec<String> = tensors.keys().cloned().collect();
+    source.sort();
+    assert_eq!(written, source);
+    let back = prunekit::io::load_with(&out, &Device::Cpu, &opts(6)).unwrap();
+    let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(v(&back.carried["model.extra_head.weight"]), v(&extra));
+
+    // pruning the hidden width: the [H, H] tensor no longer fits and export says so
+    let mut p = g.try_clone().unwrap();
+    prune_structured(&mut p, &StructuredConfig::new(0.5), &Norm::L2).unwrap();
+    let e = hf::save_dir(&p, &d.path().join("narrow"), DType::F32, false, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.extra_head.weight") && e.contains("hidden_size"),
+        "{e}"
+    );
+}
+
 #[test]
 fn hugging_face_llama_round_trip_and_gqa_pruning() {
     let d = tempfile::tempdir().unwrap();
@@ -839,6 +909,14 @@ fn gpt2_depth_pruning_exports_whole_layers_renumbered_and_refuses_partial_ones()
     let g = prunekit::io::load_with(&dir, &Device::Cpu, &opts(7)).unwrap();
     let layers = prunekit::prune::find_layers(&g).unwrap();
     assert_eq!(layers.len(), LAYERS, "{layers:?}");
+    // older checkpoints hold each layer's causal-mask buffer `attn.bias`, which no node computes
+    // with: carried per layer, it follows its layer (dropped with it, renumbered after it)
+    let mut g = g;
+    for i in 0..LAYERS {
+        let mask = Tensor::ones((1, 1, G_POS, G_POS), DType::U8, &Device::Cpu).unwrap();
+        g.carried
+            .insert(format!("transformer.h.{i}.attn.bias"), mask);
+    }
     let mut p = g.try_clone().unwrap();
     prunekit::prune::remove_layers(&mut p, &[&layers[0]]).unwrap();
     let out = d.path().join("shallow");
@@ -850,6 +928,13 @@ fn gpt2_depth_pruning_exports_whole_layers_renumbered_and_refuses_partial_ones()
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
     assert!(st.tensor("transformer.h.0.mlp.c_fc.weight").is_ok());
     assert!(st.tensor("transformer.h.1.mlp.c_fc.weight").is_err());
+    let bias = st.tensor("transformer.h.0.attn.bias").unwrap();
+    assert_eq!(
+        bias.dtype(),
+        safetensors::Dtype::U8,
+        "a mask buffer keeps its dtype"
+    );
+    assert!(st.tensor("transformer.h.1.attn.bias").is_err());
     let back = prunekit::io::load_with(&out, &Device::Cpu, &opts(7)).unwrap();
     let x = ids(&g, 2);
     assert_eq!(max_rel(&run(&back, &x), &run(&p, &x)), 0.0);

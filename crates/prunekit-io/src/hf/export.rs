@@ -185,6 +185,20 @@ pub fn save_dir(
     }
     let config = config_with_widths(g, &meta, layers.len(), allow_nonuniform)
         .map_err(|m| IoError::file(dir, m))?;
+    // the tensors no node computes with, written back: those of removed layers dropped, the
+    // others renumbered; floats in the export's dtype, others (ids, masks) as they were
+    for (key, t) in &g.carried {
+        if layer_of(key).is_some_and(|(i, _)| !renumber.contains_key(&i)) {
+            continue;
+        }
+        check_carried_width(key, t, &meta.config, &config).map_err(|m| IoError::file(dir, m))?;
+        let t = if t.dtype().is_float() {
+            t.to_dtype(dtype)?
+        } else {
+            t.clone()
+        };
+        tensors.insert(rename(key), t.contiguous()?);
+    }
     std::fs::create_dir_all(dir).map_err(|e| IoError::io(dir, e))?;
     let st_meta: std::collections::HashMap<String, String> =
         [("format".to_string(), "pt".to_string())].into();
@@ -203,6 +217,33 @@ pub fn save_dir(
             std::fs::create_dir_all(parent).map_err(|e| IoError::io(parent, e))?;
         }
         crate::native::atomic_write(&p, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A carried tensor ([`Graph::carried`], e.g. BERT's pooler) is not pruned with the model: when
+/// pruning changed the hidden width (`hidden_size`, GPT-2's `n_embd`), one with an axis of the
+/// original width no longer fits the exported model, and export refuses rather than write a
+/// directory whose loaders fail or compute something else.
+fn check_carried_width(
+    key: &str,
+    t: &Tensor,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> std::result::Result<(), String> {
+    for field in ["hidden_size", "n_embd"] {
+        let (Some(b), Some(a)) = (
+            before.get(field).and_then(|v| v.as_u64()),
+            after.get(field).and_then(|v| v.as_u64()),
+        ) else {
+            continue;
+        };
+        if a != b && t.dims().iter().any(|&d| d as u64 == b) {
+            return Err(format!(
+                "`{key}` {:?} is not computed by prunekit's graph (it is carried along unchanged) and has the original {field} {b}, which pruning changed to {a}: prune without the hidden width, or export to ONNX / our format",
+                t.dims()
+            ));
+        }
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub struct HfOptions {
 
 /// What a graph read from a Hugging Face directory (or a GGUF file) keeps for export and for the
 /// text commands: stored as JSON in `Graph::meta["huggingface"]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct HfMeta {
     /// `bert`, `gpt2` or `llama` (Llama, Mistral and Qwen2 share the Llama graph)
     pub family: String,
@@ -162,7 +162,7 @@ pub fn load_dir(dir: &Path, device: &Device, opts: &HfOptions) -> Result<Graph> 
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .to_string();
-    let g = match model_type.as_str() {
+    let mut g = match model_type.as_str() {
         "bert" => {
             let c = bert::BertConfig::parse(&config).map_err(|m| IoError::file(&config_path, m))?;
             meta.family = "bert".into();
@@ -188,6 +188,7 @@ pub fn load_dir(dir: &Path, device: &Device, opts: &HfOptions) -> Result<Graph> 
             ))
         }
     };
+    weights.carry_unused(&mut g)?;
     Ok(g)
 }
 
@@ -380,6 +381,51 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
+impl DirWeights {
+    /// Every key of the weights.
+    fn names(&self) -> Vec<String> {
+        match self {
+            DirWeights::Mapped { keys, .. } => keys.iter().cloned().collect(),
+            DirWeights::Loaded { tensors, .. } => tensors.keys().cloned().collect(),
+        }
+    }
+
+    /// The tensor under `key` in its own dtype.
+    fn get_raw(&self, key: &str) -> std::result::Result<Tensor, String> {
+        match self {
+            DirWeights::Mapped { st, .. } => st
+                .load(key, &Device::Cpu)
+                .map_err(|e| format!("tensor `{key}`: {}", one_line(e))),
+            DirWeights::Loaded { tensors, .. } => tensors
+                .get(key)
+                .cloned()
+                .ok_or_else(|| format!("tensor `{key}` is missing")),
+        }
+    }
+
+    /// The tensors of the weights that no parameter of `g` was read from (BERT's pooler,
+    /// buffers such as `position_ids`), in their own dtype, into [`Graph::carried`].
+    fn carry_unused(&self, g: &mut Graph) -> Result<()> {
+        let meta = HfMeta::of(g)
+            .map_err(|m| IoError::file(self.path(), m))?
+            .unwrap_or_default();
+        let used: std::collections::HashSet<String> = meta
+            .keys
+            .values()
+            .map(|k| gpt2::KeyLayout::parse(k).key)
+            .collect();
+        for name in self.names() {
+            if !used.contains(&name) {
+                let t = self
+                    .get_raw(&name)
+                    .map_err(|m| IoError::file(self.path(), m))?;
+                g.carried.insert(name, t);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Weights for DirWeights {
     fn path(&self) -> &Path {
         match self {
@@ -542,6 +588,7 @@ impl<'a> Net<'a> {
             nodes: self.nodes,
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             meta: BTreeMap::new(),
+            carried: BTreeMap::new(),
         };
         g.meta.insert(
             META_KEY.to_string(),

@@ -239,6 +239,7 @@ pub fn import_model(m: &ModelProto, path: &Path, device: &Device) -> Result<Grap
         nodes: imp.nodes,
         outputs: imp.outputs,
         meta,
+        carried: Default::default(),
     };
     tie_shared(&mut graph, &shared)?;
     graph
