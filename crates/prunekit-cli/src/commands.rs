@@ -805,14 +805,35 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
     }
     // measured first, before the evaluation leaves buffers the allocator reuses unseen
     let memory = prunekit_measure::inference_memory(&g, latency_batch.unwrap_or(1))?;
+    // a policy is measured in its environment (`--data cartpole`, or the one an RL recipe
+    // recorded): its mean return over 100 fixed-seed episodes
+    let env = data
+        .data
+        .clone()
+        .filter(|d| prunekit_data::env::ENVIRONMENTS.contains(&d.as_str()))
+        .or_else(|| {
+            g.meta
+                .get("environment")
+                .and_then(|v| v.as_str())
+                .filter(|_| data.data.is_none())
+                .map(str::to_string)
+        });
     // without a dataset (none given, none recorded in the model) everything that needs none
     let recorded = g.meta.get("dataset").and_then(|v| v.as_str()).is_some();
-    let loaded = if data.data.is_none() && !recorded {
+    let loaded = if env.is_some() || (data.data.is_none() && !recorded) {
         None
     } else {
         Some(load_data(data, &g, 0)?)
     };
-    let s = summarize(&g, loaded.as_ref().map(|(split, _)| &split.test))?;
+    let s = match &env {
+        Some(name) => {
+            let mut e = prunekit_data::env::environment(name)?;
+            prunekit_measure::policy::policy_summary(&g, e.as_mut())
+                .with_context(|| format!("measuring the policy in `{name}`"))?
+                .0
+        }
+        None => summarize(&g, loaded.as_ref().map(|(split, _)| &split.test))?,
+    };
     let batched = match latency_batch {
         Some(n) => Some(prunekit_measure::latency(&g, n, 5, 30)?),
         None => None,
@@ -822,15 +843,25 @@ fn eval_cmd(model: &Path, data: &DataArgs, latency_batch: Option<usize>, json: b
         let mut v = summary_json(&s);
         v["dataset"] = json!(loaded.as_ref().map(|(_, name)| name));
         v["samples"] = json!(loaded.as_ref().map(|(split, _)| split.test.len()));
+        if let Some(name) = &env {
+            v["environment"] = json!(name);
+            v["episodes"] = json!(prunekit_measure::policy::EVAL_EPISODES);
+        }
         v["latency_batch"] = json!(batched);
         v["memory"] = json!(memory);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let rows = vec![vec![
             "dataset".into(),
-            match &loaded {
-                Some((split, name)) => format!("{name} (test, {} samples)", split.test.len()),
-                None => "none (pass --data for the task's metrics)".into(),
+            match (&loaded, &env) {
+                (Some((split, name)), _) => {
+                    format!("{name} (test, {} samples)", split.test.len())
+                }
+                (None, Some(name)) => format!(
+                    "environment {name} ({} episodes, fixed seeds)",
+                    prunekit_measure::policy::EVAL_EPISODES
+                ),
+                (None, None) => "none (pass --data for the task's metrics)".into(),
             },
         ]];
         let mut names: Vec<&String> = s.metrics.keys().collect();

@@ -44,7 +44,14 @@ kind = "unstructured"
 target = 0.8
 "#,
     );
-    let v = ok_json(&["run", s(&dqn), "--json"]);
+    let policy = root.path().join("policy");
+    let v = ok_json(&["run", s(&dqn), "-o", s(&policy), "--json"]);
+    // the saved policy remembers its environment: `eval` measures the same return again
+    let e = ok_json(&["eval", s(&policy), "--json"]);
+    assert_eq!(e["environment"], "cartpole");
+    assert_eq!(e["episodes"], 100);
+    assert_eq!(e["mean_return"], v["after"]["mean_return"]);
+    assert_eq!(e["headline"], "mean_return");
     for side in ["before", "after"] {
         let r = v[side]["mean_return"].as_f64().unwrap();
         assert!((1.0..=500.0).contains(&r), "{side}: {r}");

@@ -9,6 +9,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MeasureError, Result};
 
+/// Episodes of a policy's measured return (the protocol: 100 with fixed seeds).
+pub const EVAL_EPISODES: usize = 100;
+
+/// The name of a policy's headline metric.
+pub const MEAN_RETURN: &str = "mean_return";
+
+/// Everything [`crate::summarize`] measures of a policy graph (params, MACs, latency, file
+/// size) with its return over [`EVAL_EPISODES`] episodes as the metrics `mean_return` (the
+/// headline) and `return_std`.
+///
+/// # Errors
+/// As [`mean_return`] and [`crate::summarize`].
+pub fn policy_summary(
+    g: &Graph,
+    env: &mut dyn Environment,
+) -> Result<(crate::Summary, PolicyReturn)> {
+    let r = mean_return(g, env, EVAL_EPISODES)?;
+    let mut s = crate::summarize(g, None)?;
+    s.metrics.insert(MEAN_RETURN.into(), r.mean);
+    s.metrics.insert("return_std".into(), r.std);
+    s.headline = Some(MEAN_RETURN.into());
+    Ok((s, r))
+}
+
 /// The seed of evaluation episode `i`: far from the seeds training uses (which count up from the
 /// run's seed), so evaluation never replays a training start.
 pub fn eval_seed(i: usize) -> u64 {

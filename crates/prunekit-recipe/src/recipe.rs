@@ -1405,7 +1405,7 @@ pub struct RunOutput {
 pub fn run_full(recipe: &Recipe, progress: bool, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
     recipe.check()?;
     if prunekit_data::env::ENVIRONMENTS.contains(&recipe.data.name.as_str()) {
-        return crate::rl::run_rl(recipe, progress, log);
+        return crate::rl::run_rl(recipe, log);
     }
     if recipe.dqn.is_some() || recipe.ddpg.is_some() {
         return Err(RecipeError::Invalid(format!(

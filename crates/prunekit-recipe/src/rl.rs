@@ -11,19 +11,12 @@ use std::time::Instant;
 
 use prunekit_data::env::{environment, ActionSpace, Environment};
 use prunekit_graph::Graph;
-use prunekit_measure::policy::{mean_return, PolicyReturn};
-use prunekit_measure::{summarize, Summary};
+use prunekit_measure::policy::{policy_summary, EVAL_EPISODES, MEAN_RETURN};
 use prunekit_train::rl::{train_ddpg, train_dqn};
 use prunekit_train::OptimizerKind;
 
 use crate::recipe::{run_stage, Recipe, RecipeReport, RunCx, RunOutput, Stage, StageLog};
 use crate::{RecipeError, Result};
-
-/// Episodes of the return measured before and after pruning and after every stage.
-pub const EVAL_EPISODES: usize = 100;
-
-/// The headline metric of a policy.
-pub const MEAN_RETURN: &str = "mean_return";
 
 /// The agents' optimizer: Adam (Mnih et al. used RMSProp for DQN; Adam is the common choice
 /// since, and DDPG's), no weight decay.
@@ -31,30 +24,21 @@ fn dqn_optimizer() -> OptimizerKind {
     OptimizerKind::adamw(0.0)
 }
 
-fn measure(g: &Graph, env: &mut dyn Environment) -> Result<(Summary, PolicyReturn)> {
-    let r = mean_return(g, env, EVAL_EPISODES)?;
-    let mut s = summarize(g, None)?;
-    s.metrics.insert(MEAN_RETURN.into(), r.mean);
-    s.metrics.insert("return_std".into(), r.std);
-    s.headline = Some(MEAN_RETURN.into());
-    Ok((s, r))
-}
-
 /// Runs a recipe on an environment: the policy built (a zoo architecture takes the observation
-/// size as its input and the number of discrete actions as its classes), trained by `[dqn]`,
-/// measured, then every stage run and measured.
+/// size as its input and the number of discrete actions, or the action width, as its outputs),
+/// trained by `[dqn]` or `[ddpg]`, measured, then every stage run and measured.
 ///
 /// # Errors
 /// An unknown environment; a stage that needs a dataset (fine-tuning on data, gradual or
 /// iterative schedules, lottery tickets, data-driven criteria); training or measuring fails.
-pub fn run_rl(recipe: &Recipe, _progress: bool, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
+pub fn run_rl(recipe: &Recipe, log: &mut dyn FnMut(&str)) -> Result<RunOutput> {
     let mut env = environment(&recipe.data.name)?;
     let device = prunekit_graph::device::default_device();
     let mut spec = recipe.model.clone();
     spec.input = spec.input.or(Some(vec![env.observation_dim()]));
-    if let ActionSpace::Discrete(n) = env.action_space() {
-        spec.classes = spec.classes.or(Some(n));
-    }
+    // a Q-network's outputs are the discrete actions, an actor's the action vector
+    let (ActionSpace::Discrete(n) | ActionSpace::Continuous(n)) = env.action_space();
+    spec.classes = spec.classes.or(Some(n));
     let mut g = crate::recipe::build_model(&spec, None, recipe.seed, &device)?;
     g.meta
         .insert("environment".into(), serde_json::json!(env.name()));
@@ -115,7 +99,7 @@ pub fn run_rl(recipe: &Recipe, _progress: bool, log: &mut dyn FnMut(&str)) -> Re
             l.episodes, l.updates, l.best.mean, l.seconds
         ));
     }
-    let (before, r) = measure(&g, env.as_mut())?;
+    let (before, r) = policy_summary(&g, env.as_mut())?;
     log(&format!(
         "before: mean_return {:.2} (std {:.2}, {EVAL_EPISODES} episodes), {} params, {} MACs",
         r.mean, r.std, before.params, before.macs
@@ -158,7 +142,7 @@ pub fn run_rl(recipe: &Recipe, _progress: bool, log: &mut dyn FnMut(&str)) -> Re
                     .detail
             }
         };
-        let (summary, _) = measure(&g, env.as_mut())?;
+        let (summary, _) = policy_summary(&g, env.as_mut())?;
         stages.push(StageLog::measured(
             i + 1,
             s,
@@ -170,7 +154,7 @@ pub fn run_rl(recipe: &Recipe, _progress: bool, log: &mut dyn FnMut(&str)) -> Re
             log,
         )?);
     }
-    let (after, _) = measure(&g, env.as_mut())?;
+    let (after, _) = policy_summary(&g, env.as_mut())?;
     let before_graph = cx
         .teacher
         .ok_or_else(|| RecipeError::Invalid("the policy before pruning was not kept".into()))?;
