@@ -321,6 +321,16 @@ pub(crate) fn save_model(
             f.name()
         );
     }
+    if !g.carried.is_empty() && f != prunekit_io::Format::Native {
+        let names: Vec<&str> = g.carried.keys().map(String::as_str).take(3).collect();
+        eprintln!(
+            "note: {} tensor(s) of the source directory that the graph does not compute with ({}{}) are not in the {} file; `--format hf` and our format (-o DIR) keep them",
+            g.carried.len(),
+            names.join(", "),
+            if g.carried.len() > 3 { ", ..." } else { "" },
+            f.name()
+        );
+    }
     Ok(f)
 }
 

@@ -142,6 +142,8 @@ fn tiny_gpt2(dir: &std::path::Path) {
             ("mlp.c_fc.bias", vec![inner]),
             ("mlp.c_proj.weight", vec![inner, h]),
             ("mlp.c_proj.bias", vec![h]),
+            // an older checkpoint's causal-mask buffer: read by no node, carried along
+            ("attn.bias", vec![1, 1, pos, pos]),
         ] {
             shapes.push((format!("{p}.{k}"), sh));
         }
@@ -214,6 +216,19 @@ fn gpt2_prune_for_hugging_face_keeps_the_hidden_size_and_says_who_loads_it() {
     // the written directory reads back with the pruned widths
     let v = ok_json(&["info", s(&out), "--json"]);
     assert!(uint(&v, "/params") > 0, "{v}");
+    // the carried mask buffers are written back with their layers
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert!(st.tensor("transformer.h.1.attn.bias").is_ok());
+    // a format without a place for them says what it leaves out
+    let onnx = d.path().join("m.onnx");
+    let o = common::prunekit(&["export", s(&m), "-o", s(&onnx)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("2 tensor(s)") && err.contains("attn.bias") && err.contains("--format hf"),
+        "{err}"
+    );
 }
 
 /// Distillation of a depth-pruned MiniLM on unlabelled lines at a shorter --seq-len: the student
