@@ -112,14 +112,17 @@ impl ReplayBuffer {
 }
 
 /// The environment side of an agent's training loop: the current observation, the episodes
-/// begun (episode k starts from seed `seed + k`), the transitions stored, and the periodic
-/// evaluations.
+/// begun (episode k starts from seed `seed + k`), the transitions stored, the periodic
+/// evaluations and the best networks they found.
 struct Driver<'a> {
     env: &'a mut dyn Environment,
     obs: Vec<f32>,
     episode: u64,
     seed: u64,
     evals: Vec<(usize, f64)>,
+    /// the best evaluation and copies of the networks at that moment (policy first)
+    best: Option<(PolicyReturn, Vec<Graph>)>,
+    t0: std::time::Instant,
 }
 
 impl<'a> Driver<'a> {
@@ -131,6 +134,8 @@ impl<'a> Driver<'a> {
             episode: 0,
             seed,
             evals: Vec::new(),
+            best: None,
+            t0: std::time::Instant::now(),
         }
     }
 
@@ -152,13 +157,37 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// Evaluates `policy` at training step `step` on `episodes` episodes, records it, and starts
-    /// a fresh training episode (evaluation used the environment).
-    fn evaluate(&mut self, policy: &Graph, step: usize, episodes: usize) -> Result<PolicyReturn> {
-        let r = mean_return(policy, self.env, episodes)?;
+    /// Evaluates `nets[0]` (the policy) at training step `step` on `episodes` episodes, records
+    /// it, keeps copies of `nets` when it is the best so far, and starts a fresh training episode
+    /// (evaluation used the environment).
+    fn evaluate(&mut self, nets: &[&Graph], step: usize, episodes: usize) -> Result<()> {
+        let r = mean_return(nets[0], self.env, episodes)?;
         self.evals.push((step, r.mean));
+        if self.best.as_ref().is_none_or(|(b, _)| r.mean > b.mean) {
+            let copies = nets
+                .iter()
+                .map(|g| g.try_clone())
+                .collect::<std::result::Result<_, _>>()?;
+            self.best = Some((r, copies));
+        }
         self.next_episode();
-        Ok(r)
+        Ok(())
+    }
+
+    /// The log of a run of `steps` steps and `updates` updates, and the best networks found.
+    fn finish(self, steps: usize, updates: usize) -> Result<(RlLog, Vec<Graph>)> {
+        let (best, nets) = self
+            .best
+            .ok_or_else(|| TrainError::Invalid("no evaluation ran".into()))?;
+        let log = RlLog {
+            steps,
+            episodes: self.episode as usize,
+            updates,
+            evals: self.evals,
+            best,
+            seconds: self.t0.elapsed().as_secs_f64(),
+        };
+        Ok((log, nets))
     }
 }
 
@@ -294,7 +323,6 @@ pub fn train_dqn(
             )))
         }
     };
-    let t0 = std::time::Instant::now();
     let od = env.observation_dim();
     q.apply_masks()?;
     let mut opt = optimizer.build(cfg.lr);
@@ -306,7 +334,6 @@ pub fn train_dqn(
     let space = env.action_space();
     let mut run = Driver::new(env, cfg.seed);
     let mut updates = 0usize;
-    let mut best: Option<(PolicyReturn, Graph)> = None;
     for step in 1..=cfg.steps {
         let a = if step <= cfg.learning_starts || rng.random::<f64>() < cfg.epsilon(step) {
             vec![rng.random_range(0..n_actions) as f32]
@@ -353,22 +380,12 @@ pub fn train_dqn(
             target = q.try_clone()?;
         }
         if step % cfg.eval_every == 0 || step == cfg.steps {
-            let r = run.evaluate(q, step, cfg.eval_episodes)?;
-            if best.as_ref().is_none_or(|(b, _)| r.mean > b.mean) {
-                best = Some((r, q.try_clone()?));
-            }
+            run.evaluate(&[q], step, cfg.eval_episodes)?;
         }
     }
-    let (best_r, best_q) = best.ok_or_else(|| TrainError::Invalid("no evaluation ran".into()))?;
-    *q = best_q;
-    Ok(RlLog {
-        steps: cfg.steps,
-        episodes: run.episode as usize,
-        updates,
-        evals: run.evals,
-        best: best_r,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let (log, mut nets) = run.finish(cfg.steps, updates)?;
+    *q = nets.remove(0);
+    Ok(log)
 }
 
 /// DDPG's settings (Lillicrap et al. 2016, "Continuous control with deep reinforcement
@@ -498,7 +515,6 @@ pub fn train_ddpg(
             )))
         }
     };
-    let t0 = std::time::Instant::now();
     let od = env.observation_dim();
     actor.apply_masks()?;
     critic.apply_masks()?;
@@ -512,7 +528,6 @@ pub fn train_ddpg(
     let space = env.action_space();
     let mut run = Driver::new(env, cfg.seed);
     let mut updates = 0usize;
-    let mut best: Option<(PolicyReturn, Graph, Graph)> = None;
     let dev = Device::Cpu;
     let n = cfg.batch_size;
     for step in 1..=cfg.steps {
@@ -568,24 +583,13 @@ pub fn train_ddpg(
             updates += 1;
         }
         if step % cfg.eval_every == 0 || step == cfg.steps {
-            let r = run.evaluate(actor, step, cfg.eval_episodes)?;
-            if best.as_ref().is_none_or(|(b, _, _)| r.mean > b.mean) {
-                best = Some((r, actor.try_clone()?, critic.try_clone()?));
-            }
+            run.evaluate(&[actor, critic], step, cfg.eval_episodes)?;
         }
     }
-    let (best_r, best_actor, best_critic) =
-        best.ok_or_else(|| TrainError::Invalid("no evaluation ran".into()))?;
-    *actor = best_actor;
-    *critic = best_critic;
-    Ok(RlLog {
-        steps: cfg.steps,
-        episodes: run.episode as usize,
-        updates,
-        evals: run.evals,
-        best: best_r,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    let (log, mut nets) = run.finish(cfg.steps, updates)?;
+    *critic = nets.remove(1);
+    *actor = nets.remove(0);
+    Ok(log)
 }
 
 #[cfg(test)]
