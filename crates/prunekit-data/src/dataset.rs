@@ -117,7 +117,21 @@ pub enum Target {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// The objects of each image (detection): `max_objects` rows of `[class, x1, y1, x2, y2]`
+    /// per sample, boxes in input pixels (x2, y2 exclusive), the class an id below
+    /// `num_classes`; unused rows have class -1 (and zero boxes).
+    Boxes {
+        /// `len() * max_objects * 5` values, row-major.
+        values: Vec<f32>,
+        /// Object rows per sample.
+        max_objects: usize,
+        /// Number of object classes.
+        num_classes: usize,
+    },
 }
+
+/// Values per object row of [`Target::Boxes`]: `[class, x1, y1, x2, y2]`.
+pub const BOX_ROW: usize = 5;
 
 impl Target {
     /// Number of samples the targets describe.
@@ -126,6 +140,11 @@ impl Target {
             Target::Class { labels, .. } => labels.len(),
             Target::Regression { values, dim } => values.len() / (*dim).max(1),
             Target::Tokens { ids, len, .. } => ids.len() / (*len).max(1),
+            Target::Boxes {
+                values,
+                max_objects,
+                ..
+            } => values.len() / (max_objects * BOX_ROW).max(1),
         }
     }
 
@@ -134,6 +153,15 @@ impl Target {
             Target::Class { .. } => 1,
             Target::Regression { dim, .. } => *dim,
             Target::Tokens { len, .. } => *len,
+            Target::Boxes { max_objects, .. } => max_objects * BOX_ROW,
+        }
+    }
+
+    fn value_count(&self) -> usize {
+        match self {
+            Target::Class { labels, .. } => labels.len(),
+            Target::Regression { values, .. } | Target::Boxes { values, .. } => values.len(),
+            Target::Tokens { ids, .. } => ids.len(),
         }
     }
 
@@ -147,11 +175,17 @@ impl Target {
                 num_classes: *num_classes,
             },
             Target::Regression { values, dim } => Target::Regression {
-                values: match Values::F32(values.clone()).gather(idx, *dim) {
-                    Values::F32(v) => v,
-                    Values::U32(_) => unreachable!("gather keeps the variant"),
-                },
+                values: gather_f32(values, idx, *dim),
                 dim: *dim,
+            },
+            Target::Boxes {
+                values,
+                max_objects,
+                num_classes,
+            } => Target::Boxes {
+                values: gather_f32(values, idx, max_objects * BOX_ROW),
+                max_objects: *max_objects,
+                num_classes: *num_classes,
             },
             Target::Tokens { ids, len, vocab } => Target::Tokens {
                 ids: match Values::U32(ids.clone()).gather(idx, *len) {
@@ -173,8 +207,22 @@ impl Target {
                 Tensor::from_vec(values, (idx.len(), dim), device)?
             }
             Target::Tokens { ids, len, .. } => Tensor::from_vec(ids, (idx.len(), len), device)?,
+            Target::Boxes {
+                values,
+                max_objects,
+                ..
+            } => Tensor::from_vec(values, (idx.len(), max_objects, BOX_ROW), device)?,
         })
     }
+}
+
+/// The `per`-value rows `idx` of `values`.
+fn gather_f32(values: &[f32], idx: &[usize], per: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * per);
+    for &i in idx {
+        out.extend_from_slice(&values[i * per..(i + 1) * per]);
+    }
+    out
 }
 
 /// One mini-batch: the model's inputs in order (`[B, ..shape]` each) and the targets.
@@ -182,7 +230,8 @@ impl Target {
 pub struct Batch {
     /// One tensor per [`Feature`], f32 or u32, batch axis first.
     pub inputs: Vec<Tensor>,
-    /// Class ids `[B]` (u32), regression values `[B, D]` (f32) or token ids `[B, T]` (u32).
+    /// Class ids `[B]` (u32), regression values `[B, D]` (f32), token ids `[B, T]` (u32) or
+    /// object rows `[B, max_objects, 5]` (f32, [`Target::Boxes`]).
     pub target: Tensor,
 }
 
@@ -255,11 +304,7 @@ impl Dataset {
         if per == 0 {
             return Err(bad("targets of zero width".into()));
         }
-        let tlen = match &target {
-            Target::Class { labels, .. } => labels.len(),
-            Target::Regression { values, .. } => values.len(),
-            Target::Tokens { ids, .. } => ids.len(),
-        };
+        let tlen = target.value_count();
         if tlen != n * per {
             return Err(bad(format!(
                 "{tlen} target values are not a whole number of samples of {per}"
@@ -312,6 +357,41 @@ impl Dataset {
                     return Err(bad("a regression target is not finite".into()));
                 }
             }
+            Target::Boxes {
+                values,
+                num_classes,
+                ..
+            } => {
+                for row in values.chunks_exact(BOX_ROW) {
+                    let class = row[0];
+                    if class < 0.0 {
+                        continue;
+                    }
+                    if class.fract() != 0.0 || class as usize >= *num_classes {
+                        return Err(DataError::BadLabel {
+                            source_name: name,
+                            label: f64::from(class),
+                            num_classes: *num_classes,
+                        });
+                    }
+                    let b = &row[1..];
+                    if b.iter().any(|v| !v.is_finite()) || b[2] < b[0] || b[3] < b[1] {
+                        return Err(bad(format!(
+                            "box {b:?} is not [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2"
+                        )));
+                    }
+                }
+            }
+        }
+        if let TaskKind::Detection { classes, stride } = task.kind {
+            let ok =
+                matches!(&target, Target::Boxes { num_classes, .. } if *num_classes == classes);
+            if !ok || stride == 0 {
+                return Err(bad(format!(
+                    "a detection task of {classes} classes and stride {stride} needs box targets \
+                     of as many classes and a positive stride"
+                )));
+            }
         }
         if let TaskKind::Ranking { list_len } = task.kind {
             if list_len < 2 || !n.is_multiple_of(list_len) {
@@ -356,10 +436,12 @@ impl Dataset {
         }
     }
 
-    /// The number of classes (class targets) or the vocabulary (token targets).
+    /// The number of classes (class and box targets) or the vocabulary (token targets).
     pub fn num_classes(&self) -> Option<usize> {
         match &self.target {
-            Target::Class { num_classes, .. } => Some(*num_classes),
+            Target::Class { num_classes, .. } | Target::Boxes { num_classes, .. } => {
+                Some(*num_classes)
+            }
             Target::Tokens { vocab, .. } => Some(*vocab),
             Target::Regression { .. } => None,
         }
@@ -439,7 +521,8 @@ impl Dataset {
     /// float input (images), with randomness drawn from `rng` in `idx` order.
     ///
     /// # Errors
-    /// As [`Dataset::batch`].
+    /// As [`Dataset::batch`]; [`DataError::InvalidArgument`] for an augmentation of box targets
+    /// (it would move the objects, not their boxes).
     pub fn batch_augmented(
         &self,
         idx: &[usize],
@@ -448,6 +531,13 @@ impl Dataset {
         device: &Device,
     ) -> Result<Batch> {
         self.check_indices(idx)?;
+        if matches!(self.target, Target::Boxes { .. }) && !aug.is_identity() {
+            return Err(DataError::InvalidArgument(format!(
+                "`{}`: crops and flips would move the objects away from their boxes; detection \
+                 data are trained without augmentation",
+                self.name
+            )));
+        }
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for (k, f) in self.inputs.iter().enumerate() {
             let n = f.sample_len();

@@ -151,6 +151,103 @@ pub fn fashion_canvases(
     ))
 }
 
+/// Pixels per output cell of the Fashion-MNIST detection task (the detector's downsampling).
+pub const FASHION_DETECT_STRIDE: usize = 4;
+/// Training canvases of the `fashion-detect` dataset.
+pub const FASHION_DETECT_TRAIN: usize = 6000;
+/// Test canvases of the `fashion-detect` dataset.
+pub const FASHION_DETECT_TEST: usize = 1000;
+
+/// Canvases as a detection dataset: input `image` `[1, size, size]` standardised with `norm`,
+/// targets [`crate::Target::Boxes`] of `cfg.max_objects` rows, task
+/// [`crate::TaskKind::Detection`] with `stride`.
+fn canvas_dataset(
+    name: &str,
+    canvases: &[crate::canvas::Canvas],
+    cfg: &crate::canvas::CanvasConfig,
+    stride: usize,
+    norm: &Normalization,
+) -> Result<Dataset> {
+    let mut x = Vec::with_capacity(canvases.len() * cfg.size * cfg.size);
+    let mut boxes = vec![0f32; canvases.len() * cfg.max_objects * crate::BOX_ROW];
+    for (i, c) in canvases.iter().enumerate() {
+        x.extend_from_slice(&c.pixels);
+        let rows = &mut boxes[i * cfg.max_objects * crate::BOX_ROW..];
+        for (k, row) in rows
+            .chunks_exact_mut(crate::BOX_ROW)
+            .take(cfg.max_objects)
+            .enumerate()
+        {
+            match c.objects.get(k) {
+                Some(o) => {
+                    row[0] = o.class as f32;
+                    row[1..].copy_from_slice(&o.bbox);
+                }
+                None => row[0] = -1.0,
+            }
+        }
+    }
+    norm.apply(&mut x);
+    Dataset::with_task(
+        name,
+        vec![crate::Feature::float(
+            "image",
+            vec![1, cfg.size, cfg.size],
+            x,
+        )],
+        crate::Target::Boxes {
+            values: boxes,
+            max_objects: cfg.max_objects,
+            num_classes: FASHION_MNIST_CLASSES,
+        },
+        crate::Task::new(crate::TaskKind::Detection {
+            classes: FASHION_MNIST_CLASSES,
+            stride,
+        }),
+    )
+}
+
+/// The Fashion-MNIST detection task (issue 14 §2): `n_train` / `n_test` canvases of
+/// [`fashion_canvases`] (items of the official training / test images), each `[1, size, size]`
+/// standardised with the training canvases' mean and std (returned), boxes and classes exact,
+/// task [`crate::TaskKind::Detection`] with `stride` pixels per output cell.
+///
+/// # Errors
+/// As [`fashion_canvases`]; [`DataError::InvalidArgument`] for a stride of 0 or one that does
+/// not divide the canvas side.
+pub fn fashion_detection(
+    dir: Option<&Path>,
+    n_train: usize,
+    n_test: usize,
+    cfg: &crate::canvas::CanvasConfig,
+    stride: usize,
+    seed: u64,
+) -> Result<(Split, Normalization)> {
+    if stride == 0 || !cfg.size.is_multiple_of(stride) {
+        return Err(DataError::InvalidArgument(format!(
+            "detection: a stride of {stride} does not divide the canvas side {}",
+            cfg.size
+        )));
+    }
+    let (train, test) = fashion_canvases(dir, n_train, n_test, cfg, seed)?;
+    let (mut sum, mut sq, mut n) = (0f64, 0f64, 0f64);
+    for v in train.iter().flat_map(|c| &c.pixels) {
+        let v = f64::from(*v);
+        sum += v;
+        sq += v * v;
+        n += 1.0;
+    }
+    let mean = sum / n.max(1.0);
+    let norm = Normalization::from_moments(mean, sq / n.max(1.0) - mean * mean);
+    Ok((
+        Split::new(
+            canvas_dataset("fashion-detect/train", &train, cfg, stride, &norm)?,
+            canvas_dataset("fashion-detect/test", &test, cfg, stride, &norm)?,
+        ),
+        norm,
+    ))
+}
+
 /// Mean and std of `pixel / 255` over `pixels`, computed exactly from a histogram.
 fn pixel_normalization(pixels: &[u8]) -> Normalization {
     let mut hist = [0u64; 256];
@@ -347,5 +444,64 @@ mod tests {
         // the same seed, the same canvases
         let (again, _) = fashion_canvases(None, 50, 0, &cfg, 1).unwrap();
         assert_eq!(again, train);
+    }
+
+    #[test]
+    fn detection_canvases_of_a_miniature_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_fake(dir.path());
+        let cfg = crate::canvas::CanvasConfig {
+            size: 16,
+            max_objects: 2,
+            min_side: 4,
+            max_side: 8,
+            ..Default::default()
+        };
+        let (split, norm) = fashion_detection(Some(dir.path()), 5, 3, &cfg, 4, 1).expect("load");
+        assert_eq!((split.train.len(), split.test.len()), (5, 3));
+        assert_eq!(split.train.sample_shape(), &[1, 16, 16]);
+        assert_eq!(
+            split.train.task.kind,
+            crate::TaskKind::Detection {
+                classes: 10,
+                stride: 4
+            }
+        );
+        let crate::Target::Boxes {
+            values,
+            max_objects,
+            ..
+        } = &split.test.target
+        else {
+            panic!("box targets");
+        };
+        assert_eq!((*max_objects, values.len()), (2, 3 * 2 * crate::BOX_ROW));
+        // every test object is a test image's label (4, 5 or 6); padding rows are class -1
+        assert!(values[0] >= 4.0 && values[0] <= 6.0, "{values:?}");
+        for row in values.chunks_exact(crate::BOX_ROW) {
+            assert!(row[0] == -1.0 || (4.0..=6.0).contains(&row[0]), "{row:?}");
+        }
+        // standardised with the training canvases' moments
+        let x = split.train.float_values().expect("floats");
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / x.len() as f64;
+        assert!(mean.abs() < 1e-4 && norm.std > 0.0, "{mean}");
+        let b = split
+            .test
+            .batch(&[0, 2], &candle_core::Device::Cpu)
+            .expect("batch");
+        assert_eq!(b.target.dims(), &[2, 2, 5]);
+        // the same seed gives the same data; a stride that does not divide the side is refused
+        let (again, _) = fashion_detection(Some(dir.path()), 5, 3, &cfg, 4, 1).expect("load");
+        assert_eq!(again, split);
+        assert!(fashion_detection(Some(dir.path()), 5, 3, &cfg, 5, 1).is_err());
+        let aug = crate::Augment {
+            hflip: true,
+            ..Default::default()
+        };
+        let err = split
+            .train
+            .batch_augmented(&[0], &aug, &mut crate::rng(0), &candle_core::Device::Cpu)
+            .expect_err("flips move objects");
+        assert!(err.to_string().contains("boxes"), "{err}");
     }
 }

@@ -44,12 +44,12 @@ pub use credit::{
     CREDIT_DATA_SCHEMA, LENDING_CLUB_SCHEMA, MAX_CATEGORIES, MAX_FEATURE_VALUES, MAX_TABLE_BYTES,
     MISSING_MARKERS, TABLE_TEST_FRACTION,
 };
-pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values};
+pub use dataset::{Batch, Dataset, Feature, Normalization, Split, Target, Values, BOX_ROW};
 pub use digits::{digits, DIGITS_CLASSES, DIGITS_SHAPE, DIGITS_TEST_FRACTION};
 pub use error::{DataError, Result};
 pub use fashion::{
-    fashion_canvases, fashion_mnist, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES,
-    FASHION_MNIST_DIR,
+    fashion_canvases, fashion_detection, fashion_mnist, FASHION_DETECT_STRIDE, FASHION_DETECT_TEST,
+    FASHION_DETECT_TRAIN, FASHION_MNIST_CLASSES, FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR,
 };
 pub use fsdd::{
     featurize, fsdd, read_wav, AudioFeatures, FeatureStats, Featurizer, FSDD_CLASSES,
@@ -149,6 +149,7 @@ pub(crate) fn data_dir(dir: Option<&Path>, name: &str) -> Result<std::path::Path
 pub const DATASETS: &[&str] = &[
     "digits",
     "fashion-mnist",
+    "fashion-detect",
     "fsdd",
     "credit",
     "lending-club",
@@ -163,6 +164,10 @@ pub const DATASETS: &[&str] = &[
 ///
 /// * `"digits"`: split with `seed` and [`DIGITS_TEST_FRACTION`]; `dir` is ignored.
 /// * `"fashion-mnist"`: from `dir`, default [`FASHION_MNIST_DIR`]; the official split.
+/// * `"fashion-detect"`: object detection on [`FASHION_DETECT_TRAIN`] / [`FASHION_DETECT_TEST`]
+///   96x96 canvases of 1 to 4 Fashion-MNIST items ([`fashion_detection`] with
+///   [`canvas::CanvasConfig::default`], stride [`FASHION_DETECT_STRIDE`]), seeded; train
+///   canvases use the official training images only, test canvases the test images.
 /// * `"fsdd"`: the Free Spoken Digit Dataset as `[64, 20]` MFCC sequences of
 ///   [`AudioFeatures::default`], from `dir`, default [`shared_data_dir`]`("fsdd")`; the
 ///   conventional split (`seed` is ignored); call [`fsdd`] for the fitted [`FeatureStats`].
@@ -189,6 +194,14 @@ pub fn load(name: &str, dir: Option<&Path>, seed: u64) -> Result<(Split, Normali
     match name {
         "digits" => digits(seed, DIGITS_TEST_FRACTION),
         "fashion-mnist" => fashion_mnist(dir),
+        "fashion-detect" => fashion_detection(
+            dir,
+            FASHION_DETECT_TRAIN,
+            FASHION_DETECT_TEST,
+            &canvas::CanvasConfig::default(),
+            FASHION_DETECT_STRIDE,
+            seed,
+        ),
         // already normalised per feature (the stats are returned by `fsdd` itself)
         "fsdd" => fsdd(dir, &AudioFeatures::default()).map(|(s, _)| (s, Normalization::default())),
         "credit" => credit_data(dir, seed).map(|(split, _)| (split, Normalization::default())),

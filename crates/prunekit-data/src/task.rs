@@ -43,6 +43,20 @@ pub enum TaskKind {
     /// (positions holding [`IGNORE`] are left out). Token-level cross-entropy; metric
     /// `perplexity` (headline, lower is better).
     LanguageModel,
+    /// Single-stage anchor-free object detection (YOLOX / CenterNet style): the model outputs a
+    /// dense map `[B, 5 + classes, H / stride, W / stride]` for images `[B, C, H, W]`; per cell
+    /// channel 0 is the objectness logit, 1-2 the box centre's offset in the cell (logits of a
+    /// sigmoid), 3-4 the log of the box width and height in strides, 5.. the class logits.
+    /// Targets are boxes ([`crate::Target::Boxes`], `[B, max_objects, 5]`). Loss: focal
+    /// objectness over every cell, L1 box and cross-entropy class at each object's centre cell
+    /// (see `prunekit_graph::loss::detection_loss`); metrics `map@0.5` (headline) and
+    /// `map@0.5:0.95` after decoding with non-maximum suppression.
+    Detection {
+        /// object classes (the output has `5 + classes` channels)
+        classes: usize,
+        /// pixels per output cell (the model's total downsampling)
+        stride: usize,
+    },
 }
 
 /// A target id that no loss or metric counts (padding positions of token targets).
@@ -137,6 +151,7 @@ impl Task {
         match self.kind {
             TaskKind::Regression => Loss::Mse,
             TaskKind::LanguageModel => Loss::TokenCrossEntropy { ignore: IGNORE },
+            TaskKind::Detection { stride, .. } => Loss::Detection { stride },
             _ => Loss::CrossEntropy {
                 class_weights: self.class_weights.clone(),
             },
@@ -144,7 +159,7 @@ impl Task {
     }
 
     /// The metric reported first and used to compare models: `accuracy`, `auc`, `rmse`,
-    /// `hit_rate@10` or `perplexity`.
+    /// `hit_rate@10`, `perplexity` or `map@0.5`.
     pub fn headline(&self) -> &'static str {
         if let Some(h) = self.headline_override {
             return h;
@@ -155,6 +170,7 @@ impl Task {
             TaskKind::Regression => "rmse",
             TaskKind::Ranking { .. } | TaskKind::NextItem => "hit_rate@10",
             TaskKind::LanguageModel => "perplexity",
+            TaskKind::Detection { .. } => "map@0.5",
         }
     }
 
@@ -179,6 +195,7 @@ impl Task {
             TaskKind::Ranking { .. } => vec!["hit_rate@10", "ndcg@10"],
             TaskKind::NextItem => vec!["hit_rate@10", "ndcg@10", "accuracy"],
             TaskKind::LanguageModel => vec!["perplexity"],
+            TaskKind::Detection { .. } => vec!["map@0.5", "map@0.5:0.95"],
         }
     }
 
@@ -191,6 +208,7 @@ impl Task {
             TaskKind::Ranking { .. } => "ranking",
             TaskKind::NextItem => "next-item",
             TaskKind::LanguageModel => "language-model",
+            TaskKind::Detection { .. } => "detection",
         }
     }
 }

@@ -57,6 +57,141 @@ pub fn nms(mut dets: Vec<Detection>, threshold: f32) -> Vec<Detection> {
     kept
 }
 
+/// Options of [`decode`]: which cells become detections.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecodeConfig {
+    /// the lowest score kept (objectness x class probability); default 0.01
+    pub score_threshold: f32,
+    /// the IoU above which [`nms`] suppresses a lower-scored box of the same class; default 0.5
+    pub nms_iou: f32,
+    /// the most detections kept per image, best first (COCO's maxDets); default 100
+    pub max_per_image: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            score_threshold: 0.01,
+            nms_iou: 0.5,
+            max_per_image: 100,
+        }
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Decodes a detector's output `[B, 5 + C, H, W]` (the layout of
+/// `prunekit_data::TaskKind::Detection`) into boxes in input pixels: every cell proposes its
+/// best class with score `sigmoid(objectness) * softmax(class logits)[best]`, centre
+/// `((x + sigmoid(dx)) * stride, (y + sigmoid(dy)) * stride)` and size `exp(s) * stride`
+/// (the exponent capped at ln 1000), clipped to the `H * stride x W * stride` image; those
+/// scoring at least `cfg.score_threshold` go through per-class [`nms`] and the best
+/// `cfg.max_per_image` of each image are kept. Images are numbered from `first_image`.
+///
+/// # Errors
+/// An output that is not 4-D with more than 5 channels; a candle error.
+pub fn decode(
+    output: &candle_core::Tensor,
+    stride: usize,
+    first_image: usize,
+    cfg: &DecodeConfig,
+) -> candle_core::Result<Vec<Detection>> {
+    let od = output.dims();
+    if od.len() != 4 || od[1] <= 5 {
+        candle_core::bail!(
+            "a detector's output must be [batch, 5 + classes, height, width], not {od:?}"
+        );
+    }
+    let (batch, ch, gh, gw) = (od[0], od[1], od[2], od[3]);
+    let v = output
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let (hw, s) = (gh * gw, stride as f32);
+    let (img_w, img_h) = ((gw * stride) as f32, (gh * stride) as f32);
+    let max_log = 1000f32.ln();
+    let mut out = Vec::new();
+    for b in 0..batch {
+        let m = &v[b * ch * hw..(b + 1) * ch * hw];
+        let at = |k: usize, cell: usize| m[k * hw + cell];
+        let mut dets = Vec::new();
+        for cell in 0..hw {
+            let obj = sigmoid(at(0, cell));
+            if obj < cfg.score_threshold {
+                continue;
+            }
+            let (mut best, mut top) = (0usize, f32::NEG_INFINITY);
+            for c in 0..ch - 5 {
+                if at(5 + c, cell) > top {
+                    (best, top) = (c, at(5 + c, cell));
+                }
+            }
+            let denom: f32 = (0..ch - 5).map(|c| (at(5 + c, cell) - top).exp()).sum();
+            let score = obj / denom;
+            if !(score >= cfg.score_threshold) {
+                continue;
+            }
+            let (y, x) = ((cell / gw) as f32, (cell % gw) as f32);
+            let cx = (x + sigmoid(at(1, cell))) * s;
+            let cy = (y + sigmoid(at(2, cell))) * s;
+            let w = at(3, cell).min(max_log).exp() * s;
+            let h = at(4, cell).min(max_log).exp() * s;
+            dets.push(Detection {
+                image: first_image + b,
+                class: best,
+                bbox: [
+                    (cx - w / 2.0).clamp(0.0, img_w),
+                    (cy - h / 2.0).clamp(0.0, img_h),
+                    (cx + w / 2.0).clamp(0.0, img_w),
+                    (cy + h / 2.0).clamp(0.0, img_h),
+                ],
+                score,
+            });
+        }
+        let mut kept = nms(dets, cfg.nms_iou);
+        kept.truncate(cfg.max_per_image);
+        out.extend(kept);
+    }
+    Ok(out)
+}
+
+/// The ground-truth objects of box targets `[B, M, 5]` (rows `[class, x1, y1, x2, y2]`, class
+/// < 0 for none), images numbered from `first_image`.
+///
+/// # Errors
+/// Targets that are not `[B, M, 5]`; a candle error.
+pub fn ground_truths(
+    targets: &candle_core::Tensor,
+    first_image: usize,
+) -> candle_core::Result<Vec<GroundTruth>> {
+    let (batch, rows, width) = targets.dims3()?;
+    if width != 5 {
+        candle_core::bail!(
+            "box targets must be [batch, objects, 5], not {:?}",
+            targets.dims()
+        );
+    }
+    let v = targets
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut out = Vec::new();
+    for b in 0..batch {
+        for r in v[b * rows * 5..(b + 1) * rows * 5].chunks_exact(5) {
+            if r[0] >= 0.0 {
+                out.push(GroundTruth {
+                    image: first_image + b,
+                    class: r[0] as usize,
+                    bbox: [r[1], r[2], r[3], r[4]],
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Average precision of one class at one IoU threshold (see the module docs), or `None` when
 /// the class has no ground-truth box.
 pub fn average_precision(
@@ -242,5 +377,39 @@ mod tests {
         let kept = nms(dets, 0.5);
         let scores: Vec<f32> = kept.iter().map(|d| d.score).collect();
         assert_eq!(scores, vec![0.9, 0.5, 0.4, 0.3]);
+    }
+
+    /// A 1x(5+2)x2x2 output whose cell (y 1, x 0) holds a confident class-1 box: objectness
+    /// logit 4, centre offsets 0 (sigmoid 0.5), size e^ln2 = 2 strides; the other cells are off.
+    #[test]
+    fn decode_by_hand_and_back_to_the_ground_truth() {
+        let d = &candle_core::Device::Cpu;
+        let mut v = vec![-10f32; 7 * 4];
+        let cell = 2; // y 1, x 0 on a 2x2 grid
+        v[cell] = 4.0;
+        v[4 + cell] = 0.0;
+        v[8 + cell] = 0.0;
+        v[12 + cell] = 2f32.ln();
+        v[16 + cell] = 2f32.ln();
+        v[20 + cell] = 0.0; // class 0 logit
+        v[24 + cell] = 2.0; // class 1 logit
+        let out = candle_core::Tensor::from_vec(v, (1, 7, 2, 2), d).unwrap();
+        let dets = decode(&out, 8, 5, &DecodeConfig::default()).unwrap();
+        assert_eq!(dets.len(), 1);
+        let det = dets[0];
+        assert_eq!((det.image, det.class), (5, 1));
+        // centre (0.5 * 8, 1.5 * 8) = (4, 12), side 16: [-4, 4, 12, 20] clipped to the 16x16 image
+        assert_eq!(det.bbox, [0.0, 4.0, 12.0, 16.0]);
+        let want = sigmoid(4.0) / (1.0 + (-2f32).exp());
+        assert!((det.score - want).abs() < 1e-6);
+        let t = candle_core::Tensor::new(
+            &[[[1f32, 0.0, 4.0, 12.0, 16.0], [-1.0, 0.0, 0.0, 0.0, 0.0]]],
+            d,
+        )
+        .unwrap();
+        let gts = ground_truths(&t, 5).unwrap();
+        assert_eq!(gts, vec![gt(5, 1, [0.0, 4.0, 12.0, 16.0])]);
+        assert_eq!(detection_metrics(&dets, &gts, 2)["map@0.5:0.95"], 1.0);
+        assert!(decode(&t, 8, 0, &DecodeConfig::default()).is_err());
     }
 }

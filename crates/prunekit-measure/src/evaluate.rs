@@ -122,6 +122,22 @@ pub fn check_task(g: &Graph, data: &Dataset) -> Result<()> {
         )));
     };
     let shapes = g.validate()?;
+    if let TaskKind::Detection { classes, stride } = data.task.kind {
+        let image = data.sample_shape();
+        let want = match image {
+            [_, h, w] if stride > 0 => vec![5 + classes, h / stride, w / stride],
+            _ => Vec::new(),
+        };
+        if shapes[out] != want {
+            return Err(invalid(format!(
+                "the detection task of `{}` (images {image:?}, {classes} classes, stride {stride}) \
+                 needs an output of shape {want:?} per image (objectness, box, classes per cell); \
+                 the model `{}` gives {:?}",
+                data.name, g.name, shapes[out]
+            )));
+        }
+        return Ok(());
+    }
     let width = shapes[out].last().copied().unwrap_or(1);
     if let Some(classes) = data.num_classes() {
         if width < classes {
@@ -192,6 +208,8 @@ struct Acc {
     values: usize,
     nll: f64,
     tokens: usize,
+    detections: Vec<crate::detection::Detection>,
+    objects: Vec<crate::detection::GroundTruth>,
     scores: Vec<f64>,
     labels: Vec<bool>,
 }
@@ -271,6 +289,13 @@ pub fn evaluate(g: &Graph, data: &Dataset, batch_size: usize) -> Result<Evaluati
                 acc.nll += l * counted as f64;
                 acc.tokens += counted;
             }
+            TaskKind::Detection { stride, .. } => {
+                let cfg = crate::detection::DecodeConfig::default();
+                acc.detections
+                    .extend(crate::detection::decode(&out, *stride, idx[0], &cfg)?);
+                acc.objects
+                    .extend(crate::detection::ground_truths(&b.target, idx[0])?);
+            }
         }
     }
     let n = data.len() as f64;
@@ -327,6 +352,12 @@ pub fn evaluate(g: &Graph, data: &Dataset, batch_size: usize) -> Result<Evaluati
             let v = acc.values.max(1) as f64;
             put("rmse", (acc.sq / v).sqrt());
             put("mae", acc.abs / v);
+        }
+        TaskKind::Detection { classes, .. } => {
+            let m = crate::detection::detection_metrics(&acc.detections, &acc.objects, *classes);
+            for (k, v) in m {
+                put(&k, v);
+            }
         }
         TaskKind::LanguageModel => {
             put(

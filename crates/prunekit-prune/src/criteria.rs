@@ -679,7 +679,7 @@ fn model_inputs(g: &Graph, xs: &[Tensor]) -> Result<Vec<Tensor>> {
 
 /// The calibration loss of `output` against `target`, class ids checked against the outputs.
 fn task_loss(loss: &Loss, output: &Tensor, target: &Tensor, what: &str) -> Result<Tensor> {
-    if !matches!(loss, Loss::Mse) {
+    if !matches!(loss, Loss::Mse | Loss::Detection { .. }) {
         let classes = output.dims().last().copied().unwrap_or(0);
         let vals = target
             .flatten_all()?

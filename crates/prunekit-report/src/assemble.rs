@@ -10,8 +10,8 @@ use prunekit_measure::metrics::{
 use prunekit_measure::{evaluate, latency, summarize};
 
 use crate::model::{
-    metric_unit, Comparison, ComparisonRow, DatasetInfo, ModelReport, Report, Robustness,
-    RobustnessPoint, TextSample,
+    metric_unit, Comparison, ComparisonRow, DatasetInfo, DetectionPicture, ModelReport, PictureBox,
+    Report, Robustness, RobustnessPoint, TextSample,
 };
 use crate::Result;
 
@@ -78,6 +78,112 @@ pub fn text_samples(g: &Graph, test: &Dataset) -> Result<Vec<TextSample>> {
     Ok(out)
 }
 
+/// Test images a detection report draws (the first ones of the test split).
+pub const DETECTION_PICTURES: usize = 4;
+/// The lowest score of a box drawn on a detection picture.
+pub const PICTURE_SCORE: f32 = 0.3;
+
+/// A grey PNG of `values` (`width * height`, any range; min-max scaled to 0..=255), as base64.
+fn grey_png_base64(values: &[f32], width: usize, height: usize) -> Result<String> {
+    use base64::Engine as _;
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let grey: Vec<u8> = values
+        .iter()
+        .map(|&v| (((v - lo) / span) * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let mut bytes = Vec::new();
+    let png_err = |e: png::EncodingError| crate::ReportError::Picture(format!("PNG: {e}"));
+    {
+        let (w, h) = (
+            u32::try_from(width)
+                .map_err(|_| crate::ReportError::Picture("image too wide".into()))?,
+            u32::try_from(height)
+                .map_err(|_| crate::ReportError::Picture("image too tall".into()))?,
+        );
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(png_err)?;
+        writer.write_image_data(&grey).map_err(png_err)?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The first [`DETECTION_PICTURES`] test images of a detection task with their true boxes and
+/// the model's detections scoring at least [`PICTURE_SCORE`] (decoded and suppressed as in the
+/// evaluation); empty for any other task.
+///
+/// # Errors
+/// The forward pass, decoding or the PNG encoding fails.
+pub fn detection_pictures(g: &Graph, test: &Dataset) -> Result<Vec<DetectionPicture>> {
+    let prunekit_data::TaskKind::Detection { stride, .. } = test.task.kind else {
+        return Ok(Vec::new());
+    };
+    let (height, width) = match test.sample_shape() {
+        [_, h, w] => (*h, *w),
+        _ => return Ok(Vec::new()),
+    };
+    let idx: Vec<usize> = (0..test.len().min(DETECTION_PICTURES)).collect();
+    if idx.is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = g.device();
+    let b = test.batch(&idx, &device)?;
+    let out = prunekit_graph::Executor::new(0)
+        .eval(g, &prunekit_measure::model_inputs(g, b.inputs.clone())?)
+        .map_err(prunekit_measure::MeasureError::from)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::ReportError::Picture("the detector gave no output".into()))?;
+    let cfg = prunekit_measure::detection::DecodeConfig {
+        score_threshold: PICTURE_SCORE,
+        ..Default::default()
+    };
+    let dets = prunekit_measure::detection::decode(&out, stride, 0, &cfg)
+        .map_err(prunekit_measure::MeasureError::from)?;
+    let gts = prunekit_measure::detection::ground_truths(&b.target, 0)
+        .map_err(prunekit_measure::MeasureError::from)?;
+    let pixels = b.inputs[0]
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(prunekit_measure::MeasureError::from)?;
+    let per = pixels.len() / idx.len();
+    let mut out = Vec::new();
+    for &i in &idx {
+        out.push(DetectionPicture {
+            image: i,
+            width,
+            height,
+            png_base64: grey_png_base64(&pixels[i * per..i * per + width * height], width, height)?,
+            truth: gts
+                .iter()
+                .filter(|t| t.image == i)
+                .map(|t| PictureBox {
+                    class: t.class,
+                    bbox: t.bbox,
+                    score: None,
+                })
+                .collect(),
+            predicted: dets
+                .iter()
+                .filter(|d| d.image == i)
+                .map(|d| PictureBox {
+                    class: d.class,
+                    bbox: d.bbox,
+                    score: Some(d.score),
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
 /// One model to report on.
 pub struct ModelToReport<'a> {
     /// The model.
@@ -128,8 +234,8 @@ pub fn robustness(g: &Graph, test: &Dataset) -> Result<Robustness> {
 
 /// Everything measured of one model on `split`: the task's metrics, counts, MACs, latency (batch
 /// 1, and `latency_batch` when above 1), file size, layers, the train/test gap, the robustness
-/// probe, for class tasks the confusion counts, and for language models generated samples
-/// ([`text_samples`]).
+/// probe, for class tasks the confusion counts, for language models generated samples
+/// ([`text_samples`]), for detectors pictures of their boxes ([`detection_pictures`]).
 ///
 /// # Errors
 /// A model that does not fit the data ([`prunekit_measure::check_task`]) or a failed measurement.
@@ -162,6 +268,7 @@ pub fn model_report(m: &ModelToReport, split: &Split, latency_batch: usize) -> R
         memory: m.memory,
         robustness: Some(robustness(g, &split.test)?),
         samples: text_samples(g, &split.test)?,
+        detections: detection_pictures(g, &split.test)?,
     })
 }
 

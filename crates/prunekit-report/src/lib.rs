@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub use assemble::{add_recalibration_rows, build_report, model_report, ModelToReport};
 pub use model::{
-    Comparison, ComparisonRow, DatasetInfo, LayerComparison, ModelReport, Report, Robustness,
-    RobustnessPoint, Sensitivity, SensitivityCurve, SensitivityPoint, Sweep, SweepPoint,
-    TextSample, Unit,
+    Comparison, ComparisonRow, DatasetInfo, DetectionPicture, LayerComparison, ModelReport,
+    PictureBox, Report, Robustness, RobustnessPoint, Sensitivity, SensitivityCurve,
+    SensitivityPoint, Sweep, SweepPoint, TextSample, Unit,
 };
 pub use render::{esc, row_cells, summary_cells, to_html, to_markdown};
 
@@ -35,6 +35,8 @@ pub enum ReportError {
     Json(#[from] serde_json::Error),
     #[error("cannot draw a chart: {0}")]
     Chart(String),
+    #[error("cannot draw a detection picture: {0}")]
+    Picture(String),
     #[error(transparent)]
     Measure(#[from] prunekit_measure::MeasureError),
     #[error(transparent)]

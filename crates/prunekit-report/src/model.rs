@@ -82,6 +82,36 @@ pub struct ModelReport {
     /// and seeds for every model of the report
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<TextSample>,
+    /// the first test images of a detection task with their true and predicted boxes, the same
+    /// images for every model of the report
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detections: Vec<DetectionPicture>,
+}
+
+/// One test image of a detection task, its objects and what the model found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectionPicture {
+    /// index of the image in the test split
+    pub image: usize,
+    /// width and height in pixels
+    pub width: usize,
+    pub height: usize,
+    /// the image (its first channel, min-max scaled to grey) as a base64 PNG
+    pub png_base64: String,
+    /// the true objects (score `None`)
+    pub truth: Vec<PictureBox>,
+    /// the detections scoring at least the picture's threshold, after non-maximum suppression
+    pub predicted: Vec<PictureBox>,
+}
+
+/// A box drawn on a [`DetectionPicture`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PictureBox {
+    pub class: usize,
+    /// `[x1, y1, x2, y2]` in pixels
+    pub bbox: [f32; 4],
+    /// the detection's score (objectness x class probability); `None` for a true object
+    pub score: Option<f32>,
 }
 
 /// One generated text: the prompt and its continuation, and how it was sampled.

@@ -6,7 +6,10 @@ use plotters::prelude::RGBColor;
 
 use crate::charts::{self, BarSeries, Bars, Line, Lines, AFTER, BEFORE};
 use crate::fmt::{self as f, int, ms, opt, pct};
-use crate::model::{Comparison, ComparisonRow, ModelReport, Report, Sensitivity, Sweep, Unit};
+use crate::model::{
+    Comparison, ComparisonRow, DetectionPicture, ModelReport, PictureBox, Report, Sensitivity,
+    Sweep, Unit,
+};
 use crate::{ReportError, Result};
 
 /// Escapes text for HTML content and attribute values.
@@ -340,6 +343,65 @@ fn sweep_cells(s: &Sweep) -> (Vec<String>, Vec<Vec<String>>) {
     (header, rows)
 }
 
+/// A box as `class [x1, y1, x2, y2]` (and its score for a detection).
+fn box_text(b: &PictureBox) -> String {
+    let [x1, y1, x2, y2] = b.bbox;
+    let score = b.score.map(|s| format!(" {s:.2}")).unwrap_or_default();
+    format!("{}{score} [{x1:.0}, {y1:.0}, {x2:.0}, {y2:.0}]", b.class)
+}
+
+/// Colour of true boxes (dashed) and detections (solid) on a detection picture.
+const TRUTH_COLOR: &str = "#2ca02c";
+const DETECTION_COLOR: &str = "#ff7f0e";
+
+/// One detection picture as inline SVG, `scale` screen pixels per image pixel: the grey image,
+/// the true boxes dashed green, the detections solid orange labelled `class score`.
+fn detection_svg(p: &DetectionPicture, scale: f32) -> String {
+    let (w, h) = (p.width as f32 * scale, p.height as f32 * scale);
+    let mut out = format!(
+        "<svg class=\"det\" width=\"{w}\" height=\"{h}\" \
+         viewBox=\"0 0 {w} {h}\"><title>test image {}</title><image width=\"{w}\" height=\"{h}\" \
+         style=\"image-rendering:pixelated\" href=\"data:image/png;base64,{}\"/>",
+        p.image, p.png_base64
+    );
+    let rect = |b: &PictureBox, color: &str, dash: &str| {
+        let [x1, y1, x2, y2] = b.bbox.map(|v| v * scale);
+        format!(
+            "<rect x=\"{x1:.1}\" y=\"{y1:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"none\" \
+             stroke=\"{color}\" stroke-width=\"2\"{dash}/>",
+            (x2 - x1).max(0.0),
+            (y2 - y1).max(0.0)
+        )
+    };
+    for b in &p.truth {
+        out.push_str(&rect(b, TRUTH_COLOR, " stroke-dasharray=\"5 3\""));
+    }
+    for b in &p.predicted {
+        out.push_str(&rect(b, DETECTION_COLOR, ""));
+        let (x, y) = (b.bbox[0] * scale + 2.0, (b.bbox[1] * scale - 3.0).max(11.0));
+        let _ = write!(
+            out,
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" font-size=\"11\" fill=\"{DETECTION_COLOR}\" \
+             font-family=\"sans-serif\">{} {:.2}</text>",
+            b.class,
+            b.score.unwrap_or(0.0)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// Markdown rows of a model's detection pictures: image, true objects, detections.
+fn detection_rows(m: &ModelReport) -> Vec<Vec<String>> {
+    m.detections
+        .iter()
+        .map(|p| {
+            let list = |v: &[PictureBox]| v.iter().map(box_text).collect::<Vec<_>>().join("; ");
+            vec![p.image.to_string(), list(&p.truth), list(&p.predicted)]
+        })
+        .collect()
+}
+
 fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>], right_from: usize) {
     let _ = writeln!(
         out,
@@ -438,6 +500,21 @@ pub fn to_markdown(r: &Report) -> String {
                 );
             }
         }
+        if !m.detections.is_empty() {
+            let _ = writeln!(out, "### Detections of `{}`\n", m.name);
+            let _ = writeln!(
+                out,
+                "The first test images: objects as `class [x1, y1, x2, y2]`, detections as `class \
+                 score [box]` (score >= {}); pictures in report.html.\n",
+                crate::assemble::PICTURE_SCORE
+            );
+            md_table(
+                &mut out,
+                &strings(["image", "objects", "detections"]),
+                &detection_rows(m),
+                3,
+            );
+        }
         let _ = writeln!(out, "### Layers of `{}`\n", m.name);
         let rows: Vec<Vec<String>> = layer_cells(m).into_iter().map(Vec::from).collect();
         md_table(&mut out, &strings(layer_header()), &rows, 3);
@@ -497,6 +574,7 @@ tbody tr:nth-child(even) { background: #fafbfc; }
 .charts.one { grid-template-columns: 1fr; }
 figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 8px; }
 svg.chart { display: block; width: 100%; height: auto; }
+.dets { display: flex; flex-wrap: wrap; gap: 8px; }
 .legend { font-size: 14px; color: var(--muted); margin: 4px 0 8px; }
 figure .legend { margin: 4px 8px 0; }
 .sw { display: inline-block; width: 14px; height: 14px; border-radius: 3px; vertical-align: -2px; margin: 0 6px 0 14px; }
@@ -1014,6 +1092,18 @@ pub fn to_html(r: &Report) -> Result<String> {
                     esc(&smp.text)
                 );
             }
+        }
+        if !m.detections.is_empty() {
+            let _ = write!(
+                out,
+                "<h3>Detections</h3><p class=\"sub\">true objects dashed green, detections \
+                 (score &ge; {}) orange with class and score</p><div class=\"dets\">",
+                crate::assemble::PICTURE_SCORE
+            );
+            for p in &m.detections {
+                out.push_str(&detection_svg(p, 2.0));
+            }
+            out.push_str("</div>");
         }
         out.push_str("</section></div>");
     }

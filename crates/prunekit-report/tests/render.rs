@@ -128,6 +128,22 @@ fn model(name: &str, scale: usize, acc: f64, ms_: f64) -> ModelReport {
             text: format!("What <news> | from {name}? ```` end"),
             sampling: "48 tokens, temperature 0.8, top-k 40, seed 0".into(),
         }],
+        detections: vec![DetectionPicture {
+            image: 0,
+            width: 4,
+            height: 2,
+            png_base64: "iVBORw0KGgo=".into(),
+            truth: vec![PictureBox {
+                class: 3,
+                bbox: [0.0, 0.0, 2.0, 2.0],
+                score: None,
+            }],
+            predicted: vec![PictureBox {
+                class: 3,
+                bbox: [0.5, 0.0, 2.0, 1.5],
+                score: Some(0.875 / scale as f32),
+            }],
+        }],
     }
 }
 
@@ -363,6 +379,26 @@ fn a_sequence_model_states_macs_per_token_and_tokens_per_batch() {
     assert!(md.contains("batch 1 × 128 tokens"), "{md}");
     // other models have neither
     assert!(!to_markdown(&sample()).contains("per token"));
+}
+
+#[test]
+fn detection_pictures_are_drawn_in_the_html_and_listed_in_the_markdown() {
+    let r = sample();
+    let md = to_markdown(&r);
+    assert!(md.contains("### Detections of `dense`"), "{md}");
+    assert!(
+        md.contains("| 0 | 3 [0, 0, 2, 2] | 3 0.88 [0, 0, 2, 2] |"),
+        "{md}"
+    );
+    assert!(md.contains("3 0.44 [0, 0, 2, 2]"), "{md}");
+    let html = to_html(&r).unwrap();
+    assert!(html.contains("<h3>Detections</h3>"));
+    // scaled 2x: the true box 4x4 dashed, the detection at (1, 0) 3x3 with its label
+    assert!(html.contains("<rect x=\"0.0\" y=\"0.0\" width=\"4.0\" height=\"4.0\" fill=\"none\" stroke=\"#2ca02c\" stroke-width=\"2\" stroke-dasharray=\"5 3\"/>"), "{html}");
+    assert!(html.contains("<rect x=\"1.0\" y=\"0.0\" width=\"3.0\" height=\"3.0\""));
+    assert!(html.contains(">3 0.88</text>") && html.contains("data:image/png;base64,iVBORw0KGgo="));
+    let back: Report = serde_json::from_str(&to_json(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
 }
 
 #[test]

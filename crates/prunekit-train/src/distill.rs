@@ -3,7 +3,8 @@
 //! ranking, next item, language modelling: logits over the last axis)
 //! `soft = T^2 * KL(softmax(teacher / T) || softmax(student / T))` (Hinton et al. 2015; the T^2
 //! keeps the soft term's gradient scale independent of T), and for regression outputs
-//! `soft = MSE(student, teacher)` (distilling the teacher's outputs; T is not used).
+//! `soft = MSE(student, teacher)` (distilling the teacher's outputs; T is not used); so also for
+//! a detector's dense output map (objectness, box and class logits per cell).
 
 use candle_core::Tensor;
 use prunekit_graph::ops::activation::log_softmax;
@@ -88,7 +89,7 @@ impl StepHook for Distillation {
         }
         let a = self.config.alpha;
         let soft = match cx.task.kind {
-            TaskKind::Regression => mse(cx.output, &t.detach())?,
+            TaskKind::Regression | TaskKind::Detection { .. } => mse(cx.output, &t.detach())?,
             _ => kd_loss(cx.output, &t, self.config.temperature)?,
         };
         // the loop adds this to the task loss L: L + extra = (1 - a) L + a * soft

@@ -82,6 +82,10 @@ pub const MODELS: &[(&str, &str)] = &[
         "deterministic policy (DDPG actor) on an observation [F] (default 3, Pendulum): linear 128, linear 128, one action per output (default 1) bounded by tanh",
     ),
     (
+        "yolo-tiny",
+        "single-stage anchor-free detector (YOLOX / CenterNet style) on [1, 96, 96]: conv backbone to stride 8 (16-32-32-64-64), a neck that upsamples and concatenates back to stride 4, a 1x1 head of 5 + C maps (objectness, centre offset, log size, classes); e.g. Fashion-MNIST canvases",
+    ),
+    (
         "mlp",
         "MLP for tabular features [F] (default 16; e.g. credit risk): linear 64, linear 32, linear 2",
     ),
@@ -148,6 +152,7 @@ fn spec(name: &str) -> Option<(Form, &'static [usize], usize)> {
     Some(match name {
         "digits-mlp" | "digits-cnn" => (Form::Image, &[1, 8, 8], 10),
         "fashion-cnn" => (Form::Image, &[1, 28, 28], 10),
+        "yolo-tiny" => (Form::Image, &[1, 96, 96], 10),
         "reference-cnn" | "resnet20" | "resnet56" | "densenet" | "mobilenet" => {
             (Form::Image, &[3, 32, 32], 10)
         }
@@ -255,6 +260,57 @@ fn cifar_resnet(b: &mut GraphBuilder, x: &Value, n: usize, classes: usize) -> Re
     }
     let h = b.global_avg_pool(&h)?;
     b.named("classifier").linear(&h, classes)
+}
+
+/// conv (stride `stride`) -> batch norm -> relu.
+fn conv_bn_relu_s(
+    b: &mut GraphBuilder,
+    x: &Value,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<Value> {
+    let h = b.conv2d_no_bias(x, out, kernel, stride, kernel / 2)?;
+    bn_relu(b, &h)
+}
+
+/// The prior probability of an object at a cell at initialisation (RetinaNet, Lin et al. 2017
+/// section 4.1): the objectness bias starts at `-ln((1 - pi) / pi)`, so the focal loss of the
+/// many empty cells does not swamp the first steps.
+const OBJECTNESS_PRIOR: f64 = 0.01;
+
+/// The `yolo-tiny` detector: a stride-8 backbone, an FPN-style neck (1x1 lateral conv, nearest
+/// upsampling x2, concatenation with the stride-4 features, 3x3 conv) and a 1x1 `head` of
+/// `5 + classes` maps (see `prunekit_data::TaskKind::Detection`). Output `[5 + C, H/4, W/4]`.
+fn yolo_tiny(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    let h = conv_bn_relu_s(b, x, 16, 3, 2)?;
+    let h = conv_bn_relu_s(b, &h, 32, 3, 2)?;
+    let p3 = conv_bn_relu_s(b, &h, 32, 3, 1)?;
+    let h = conv_bn_relu_s(b, &p3, 64, 3, 2)?;
+    let p4 = conv_bn_relu_s(b, &h, 64, 3, 1)?;
+    let lateral = conv_bn_relu_s(b, &p4, 32, 1, 1)?;
+    let up = b.node(
+        prunekit_graph::ops::Resize::new(prunekit_graph::ops::ResizeMode::Nearest, 2.0),
+        &[&lateral],
+    )?;
+    let h = b.concat(&[&up, &p3], 0)?;
+    let h = conv_bn_relu_s(b, &h, 32, 3, 1)?;
+    b.named("head").conv2d(&h, 5 + classes, 1, 1, 0)
+}
+
+/// Sets the objectness bias (channel 0 of `head.bias`) to the [`OBJECTNESS_PRIOR`].
+fn init_objectness_prior(g: &mut Graph) -> Result<()> {
+    let p = g
+        .node_mut("head")?
+        .params
+        .get_mut("bias")
+        .ok_or_else(|| GraphError::Invalid("the detector's head has no bias".into()))?;
+    let old = p.value.as_tensor();
+    let mut v = old.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    v[0] = (-((1.0 - OBJECTNESS_PRIOR) / OBJECTNESS_PRIOR).ln()) as f32;
+    let t = candle_core::Tensor::from_vec(v, old.dims(), old.device())?.to_dtype(old.dtype())?;
+    p.value.set(&t)?;
+    Ok(())
 }
 
 /// A dense block: every layer (BN, ReLU, 3x3 conv of `growth` channels) sees the concatenation of
@@ -547,6 +603,9 @@ pub fn build_with(name: &str, seed: u64, opts: &ZooOptions) -> Result<Graph> {
     if matches!(name, "llama-tiny-tied" | "llama-small") {
         scale_tied_embedding(&mut g)?;
     }
+    if name == "yolo-tiny" {
+        init_objectness_prior(&mut g)?;
+    }
     Ok(g)
 }
 
@@ -633,6 +692,7 @@ fn body(
         "ncf" => ncf(b, x, &xs[1], classes, vocab),
         "gru-recommender" => gru_recommender(b, x, classes, vocab),
         "mlp" => tabular_mlp(b, x, classes),
+        "yolo-tiny" => yolo_tiny(b, x, classes),
         "q-mlp" => q_mlp(b, x, classes),
         "actor-mlp" => {
             let h = q_mlp(b, x, classes)?;
@@ -729,6 +789,7 @@ mod tests {
             "actor-mlp" => vec![1],
             "ncf" => vec![1],
             "gru-recommender" => vec![9066],
+            "yolo-tiny" => vec![15, 24, 24],
             _ => vec![10],
         }
     }
@@ -751,7 +812,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_every_one_builds() {
         let n = names();
-        assert_eq!(n.len(), 20);
+        assert_eq!(n.len(), 21);
         let mut sorted = n.clone();
         sorted.sort();
         sorted.dedup();
@@ -771,6 +832,8 @@ mod tests {
                 "lm_head"
             } else if name == "actor-mlp" {
                 "action"
+            } else if name == "yolo-tiny" {
+                "head"
             } else {
                 "classifier"
             };
@@ -1243,6 +1306,11 @@ mod tests {
             ("q-mlp", &[4], 17_410, 17_152),
             // 3*128 + 128 + 128*128 + 128 + 128 + 1 (the tanh has no parameters or MACs)
             ("actor-mlp", &[3], 17_153, 16_896),
+            // convolutions (no bias, BN 2 per channel) 176 + 4,672 + 9,280 + 18,560 + 36,992 +
+            // 2,112 (lateral 1x1) + 18,496 (neck) + 495 (head 32 x 15 + 15); MACs of the convs
+            // 331,776 + 2,654,208 + 5,308,416 + 2,654,208 + 5,308,416 + 294,912 + 10,616,832 +
+            // 276,480
+            ("yolo-tiny", &[1, 96, 96], 90_783, 27_445_248),
             ("mlp", &[16], 3_234, 3_136),
         ];
         assert_eq!(
