@@ -13,7 +13,9 @@
 
 use rand::Rng;
 
+use crate::dataset::{Dataset, Feature, Normalization, Target, BOX_ROW};
 use crate::error::{DataError, Result};
+use crate::task::{Task, TaskKind};
 
 /// Options of [`make_canvases`].
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +197,63 @@ pub fn make_canvases(
         out.push(Canvas { pixels, objects });
     }
     Ok(out)
+}
+
+/// Checks that `stride` (pixels per output cell of a detector) divides the canvas side.
+///
+/// # Errors
+/// [`DataError::InvalidArgument`] for a stride of 0 or one that does not divide `cfg.size`.
+pub fn check_stride(cfg: &CanvasConfig, stride: usize) -> Result<()> {
+    if stride == 0 || !cfg.size.is_multiple_of(stride) {
+        return Err(DataError::InvalidArgument(format!(
+            "detection: a stride of {stride} does not divide the canvas side {}",
+            cfg.size
+        )));
+    }
+    Ok(())
+}
+
+/// Canvases as a detection dataset: input `image` `[1, size, size]` standardised with `norm`,
+/// targets [`Target::Boxes`] of `cfg.max_objects` rows (`[class, x1, y1, x2, y2]`, class -1
+/// for an unused row), task [`TaskKind::Detection`] of `classes` classes and `stride`.
+///
+/// # Errors
+/// As [`check_stride`]; [`DataError::BadLabel`] for an object class not below `classes`.
+pub fn canvas_dataset(
+    name: &str,
+    canvases: &[Canvas],
+    cfg: &CanvasConfig,
+    classes: usize,
+    stride: usize,
+    norm: &Normalization,
+) -> Result<Dataset> {
+    check_stride(cfg, stride)?;
+    let rows = cfg.max_objects * BOX_ROW;
+    let mut x = Vec::with_capacity(canvases.len() * cfg.size * cfg.size);
+    let mut boxes = vec![0f32; canvases.len() * rows];
+    for (c, out) in canvases.iter().zip(boxes.chunks_exact_mut(rows)) {
+        x.extend_from_slice(&c.pixels);
+        for (k, row) in out.chunks_exact_mut(BOX_ROW).enumerate() {
+            match c.objects.get(k) {
+                Some(o) => {
+                    row[0] = o.class as f32;
+                    row[1..].copy_from_slice(&o.bbox);
+                }
+                None => row[0] = -1.0,
+            }
+        }
+    }
+    norm.apply(&mut x);
+    Dataset::with_task(
+        name,
+        vec![Feature::float("image", vec![1, cfg.size, cfg.size], x)],
+        Target::Boxes {
+            values: boxes,
+            max_objects: cfg.max_objects,
+            num_classes: classes,
+        },
+        Task::new(TaskKind::Detection { classes, stride }),
+    )
 }
 
 #[cfg(test)]

@@ -154,58 +154,9 @@ pub fn fashion_canvases(
 /// Pixels per output cell of the Fashion-MNIST detection task (the detector's downsampling).
 pub const FASHION_DETECT_STRIDE: usize = 4;
 /// Training canvases of the `fashion-detect` dataset.
-pub const FASHION_DETECT_TRAIN: usize = 6000;
+pub const FASHION_DETECT_TRAIN: usize = 12_000;
 /// Test canvases of the `fashion-detect` dataset.
 pub const FASHION_DETECT_TEST: usize = 1000;
-
-/// Canvases as a detection dataset: input `image` `[1, size, size]` standardised with `norm`,
-/// targets [`crate::Target::Boxes`] of `cfg.max_objects` rows, task
-/// [`crate::TaskKind::Detection`] with `stride`.
-fn canvas_dataset(
-    name: &str,
-    canvases: &[crate::canvas::Canvas],
-    cfg: &crate::canvas::CanvasConfig,
-    stride: usize,
-    norm: &Normalization,
-) -> Result<Dataset> {
-    let mut x = Vec::with_capacity(canvases.len() * cfg.size * cfg.size);
-    let mut boxes = vec![0f32; canvases.len() * cfg.max_objects * crate::BOX_ROW];
-    for (i, c) in canvases.iter().enumerate() {
-        x.extend_from_slice(&c.pixels);
-        let rows = &mut boxes[i * cfg.max_objects * crate::BOX_ROW..];
-        for (k, row) in rows
-            .chunks_exact_mut(crate::BOX_ROW)
-            .take(cfg.max_objects)
-            .enumerate()
-        {
-            match c.objects.get(k) {
-                Some(o) => {
-                    row[0] = o.class as f32;
-                    row[1..].copy_from_slice(&o.bbox);
-                }
-                None => row[0] = -1.0,
-            }
-        }
-    }
-    norm.apply(&mut x);
-    Dataset::with_task(
-        name,
-        vec![crate::Feature::float(
-            "image",
-            vec![1, cfg.size, cfg.size],
-            x,
-        )],
-        crate::Target::Boxes {
-            values: boxes,
-            max_objects: cfg.max_objects,
-            num_classes: FASHION_MNIST_CLASSES,
-        },
-        crate::Task::new(crate::TaskKind::Detection {
-            classes: FASHION_MNIST_CLASSES,
-            stride,
-        }),
-    )
-}
 
 /// The Fashion-MNIST detection task (issue 14 §2): `n_train` / `n_test` canvases of
 /// [`fashion_canvases`] (items of the official training / test images), each `[1, size, size]`
@@ -223,12 +174,7 @@ pub fn fashion_detection(
     stride: usize,
     seed: u64,
 ) -> Result<(Split, Normalization)> {
-    if stride == 0 || !cfg.size.is_multiple_of(stride) {
-        return Err(DataError::InvalidArgument(format!(
-            "detection: a stride of {stride} does not divide the canvas side {}",
-            cfg.size
-        )));
-    }
+    crate::canvas::check_stride(cfg, stride)?;
     let (train, test) = fashion_canvases(dir, n_train, n_test, cfg, seed)?;
     let (mut sum, mut sq, mut n) = (0f64, 0f64, 0f64);
     for v in train.iter().flat_map(|c| &c.pixels) {
@@ -239,10 +185,13 @@ pub fn fashion_detection(
     }
     let mean = sum / n.max(1.0);
     let norm = Normalization::from_moments(mean, sq / n.max(1.0) - mean * mean);
+    let make = |name, canvases: &[crate::canvas::Canvas]| {
+        crate::canvas::canvas_dataset(name, canvases, cfg, FASHION_MNIST_CLASSES, stride, &norm)
+    };
     Ok((
         Split::new(
-            canvas_dataset("fashion-detect/train", &train, cfg, stride, &norm)?,
-            canvas_dataset("fashion-detect/test", &test, cfg, stride, &norm)?,
+            make("fashion-detect/train", &train)?,
+            make("fashion-detect/test", &test)?,
         ),
         norm,
     ))

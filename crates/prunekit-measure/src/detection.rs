@@ -130,7 +130,7 @@ pub fn decode(
             }
             let denom: f32 = (0..ch - 5).map(|c| (at(5 + c, cell) - top).exp()).sum();
             let score = obj / denom;
-            if !(score >= cfg.score_threshold) {
+            if score.is_nan() || score < cfg.score_threshold {
                 continue;
             }
             let (y, x) = ((cell / gw) as f32, (cell % gw) as f32);

@@ -283,6 +283,14 @@ const OBJECTNESS_PRIOR: f64 = 0.01;
 /// upsampling x2, concatenation with the stride-4 features, 3x3 conv) and a 1x1 `head` of
 /// `5 + classes` maps (see `prunekit_data::TaskKind::Detection`). Output `[5 + C, H/4, W/4]`.
 fn yolo_tiny(b: &mut GraphBuilder, x: &Value, classes: usize) -> Result<Value> {
+    if let [_, h, w] = x.shape[..] {
+        if h % 8 != 0 || w % 8 != 0 {
+            return Err(GraphError::Invalid(format!(
+                "yolo-tiny needs an image side divisible by 8 (its stride-8 features are upsampled \
+                 and concatenated with the stride-4 ones), got {h}x{w}"
+            )));
+        }
+    }
     let h = conv_bn_relu_s(b, x, 16, 3, 2)?;
     let h = conv_bn_relu_s(b, &h, 32, 3, 2)?;
     let p3 = conv_bn_relu_s(b, &h, 32, 3, 1)?;
@@ -964,6 +972,31 @@ mod tests {
             .unwrap();
         assert_eq!(s[&narrow.name], vec![1, 64]);
         assert_eq!(s["pooler"], vec![64]);
+    }
+
+    #[test]
+    fn yolo_tiny_takes_sides_divisible_by_8_and_starts_at_the_objectness_prior() {
+        let opts = |side: usize, classes: usize| ZooOptions {
+            input: Some(vec![1, side, side]),
+            classes: Some(classes),
+            ..Default::default()
+        };
+        let g = build_with("yolo-tiny", 0, &opts(32, 3)).unwrap();
+        let y = forward(&g, 2, Mode::EVAL);
+        assert_eq!(y.dims(), &[2, 8, 8, 8]);
+        let bias = g.node("head").unwrap().params["bias"]
+            .value
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((bias[0] + 99f32.ln()).abs() < 1e-5, "{bias:?}");
+        let err = build_with("yolo-tiny", 0, &opts(100, 3))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("divisible by 8") && err.contains("100x100"),
+            "{err}"
+        );
     }
 
     #[test]
