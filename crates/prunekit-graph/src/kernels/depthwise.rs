@@ -369,37 +369,28 @@ impl Plan {
             return vec![T::zero(); wlen];
         }
         let isa = Isa::get();
-        // (sample, channel) planes in memory order, each worker summing one dot product per output
-        // channel and tap into its own partial sums (f64), which are added up at the end
-        let sums = x
-            .par_chunks(hw)
-            .zip(gy.par_chunks(mohw))
-            .enumerate()
-            .fold(
-                || (vec![0f64; wlen], vec![T::zero(); self.scratch()]),
-                |(mut acc, mut scratch), (p, (xp, gyp))| {
+        // (sample, channel) planes in memory order, split into fixed parts that each sum one dot
+        // product per output channel and tap into their own partial sums (f64), added in order
+        let sums = super::ordered_sum(
+            x.len() / hw,
+            || (vec![0f64; wlen], vec![T::zero(); self.scratch()]),
+            |(acc, scratch), planes| {
+                for p in planes {
                     let c = p % self.g.c;
-                    let acc_c = &mut acc[c * mkk..(c + 1) * mkk];
                     isa.run(
                         self,
                         Work::WeightGrad {
-                            x: xp,
-                            gy: gyp,
-                            acc: acc_c,
+                            x: &x[p * hw..(p + 1) * hw],
+                            gy: &gy[p * mohw..(p + 1) * mohw],
+                            acc: &mut acc[c * mkk..(c + 1) * mkk],
                         },
-                        &mut scratch,
+                        scratch,
                     );
-                    (acc, scratch)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0f64; wlen],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+                }
+            },
+            |a, b| a.0.iter_mut().zip(b.0).for_each(|(x, y)| *x += y),
+        )
+        .0;
         sums.into_iter()
             .map(|a| T::from(a).unwrap_or_else(T::nan))
             .collect()

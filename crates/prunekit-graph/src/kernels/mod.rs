@@ -212,6 +212,43 @@ pub(crate) fn matmul<T: Elem>(
 }
 
 /// Helpers shared by the kernels' tests.
+/// Parts a batch reduction is split into by [`ordered_sum`]: a constant, so that the parts (and
+/// the order their partial sums are added in) depend on the batch size only.
+pub(crate) const REDUCTION_PARTS: usize = 16;
+
+/// A parallel reduction whose result is the same on every run and any number of threads: the
+/// items `0..n` are split into at most [`REDUCTION_PARTS`] contiguous ranges of equal length,
+/// `fold` accumulates each range (in order) into its own `init()` in parallel, and the partial
+/// results are combined by `add` in range order. (rayon's `fold` + `reduce` splits work as threads
+/// steal it, so float sums came out different from run to run.) `n = 0` gives `init()`.
+pub(crate) fn ordered_sum<A: Send>(
+    n: usize,
+    init: impl Fn() -> A + Sync + Send,
+    fold: impl Fn(&mut A, std::ops::Range<usize>) + Sync + Send,
+    add: impl Fn(&mut A, A),
+) -> A {
+    use rayon::prelude::*;
+    let parts = n.clamp(1, REDUCTION_PARTS);
+    let size = n.div_ceil(parts).max(1);
+    let partials: Vec<A> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = init();
+            let range = (p * size).min(n)..((p + 1) * size).min(n);
+            if !range.is_empty() {
+                fold(&mut acc, range);
+            }
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut total = it.next().unwrap_or_else(&init);
+    for a in it {
+        add(&mut total, a);
+    }
+    total
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use candle_core::{Device, Tensor};
