@@ -47,6 +47,7 @@ pub mod batch_norm;
 pub mod channel;
 pub mod conv;
 pub mod depthwise;
+pub mod recurrent;
 pub mod sparse;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -131,6 +131,103 @@ fn sequence_result(hs: Vec<Tensor>, return_sequences: bool) -> candle_core::Resu
     }
 }
 
+/// The LSTM recurrence composed from candle ops (the reference for the fused kernel, and the path
+/// on other devices and dtypes): `xw` [B, T, 4H] (x W_ih^T + b_ih + b_hh), `w_hh` [4H, H] -> every
+/// step's h [B, H]; `report` sees h_{t-1} of every step t >= 1.
+pub(crate) fn lstm_steps(
+    xw: &Tensor,
+    w_hh: &Tensor,
+    mut report: impl FnMut(&Tensor),
+) -> candle_core::Result<Vec<Tensor>> {
+    let h_size = w_hh.dim(1)?;
+    let w_hh_t = w_hh.t()?;
+    let steps = xw.dim(1)?;
+    let mut hs: Vec<Tensor> = Vec::with_capacity(steps);
+    let mut c: Option<Tensor> = None;
+    for t in 0..steps {
+        let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
+        // h0 = 0: the first step has no recurrent term
+        let gates = match hs.last() {
+            Some(h) => {
+                report(h);
+                (xt + h.matmul(&w_hh_t)?)?
+            }
+            None => xt,
+        };
+        let gate = |k: usize| gates.narrow(D::Minus1, k * h_size, h_size);
+        let i = candle_nn::ops::sigmoid(&gate(0)?)?;
+        let f = candle_nn::ops::sigmoid(&gate(1)?)?;
+        let g = gate(2)?.tanh()?;
+        let o = candle_nn::ops::sigmoid(&gate(3)?)?;
+        let ig = (i * g)?;
+        let c_next = match &c {
+            Some(c) => ((f * c)? + ig)?,
+            None => ig,
+        };
+        hs.push((o * c_next.tanh()?)?);
+        c = Some(c_next);
+    }
+    Ok(hs)
+}
+
+/// The GRU recurrence composed from candle ops (the reference for the fused kernel, and the path
+/// on other devices and dtypes): `xw` [B, T, 3H] (x W_ih^T + b_ih), `w_hh` [3H, H], `b_hh` [3H] ->
+/// every step's h [B, H]; `report` sees h_{t-1} of every step t >= 1.
+pub(crate) fn gru_steps(
+    xw: &Tensor,
+    w_hh: &Tensor,
+    b_hh: &Tensor,
+    mut report: impl FnMut(&Tensor),
+) -> candle_core::Result<Vec<Tensor>> {
+    let h_size = w_hh.dim(1)?;
+    let w_hh_t = w_hh.t()?;
+    let steps = xw.dim(1)?;
+    let mut hs: Vec<Tensor> = Vec::with_capacity(steps);
+    for t in 0..steps {
+        let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
+        // h0 = 0: the first step's recurrent term is b_hh alone
+        let hw = match hs.last() {
+            Some(h) => {
+                report(h);
+                h.matmul(&w_hh_t)?.broadcast_add(b_hh)?
+            }
+            None => b_hh.unsqueeze(0)?.broadcast_as(xt.dims())?,
+        };
+        let xg = |k: usize| xt.narrow(D::Minus1, k * h_size, h_size);
+        let hg = |k: usize| hw.narrow(D::Minus1, k * h_size, h_size);
+        let r = candle_nn::ops::sigmoid(&(xg(0)? + hg(0)?)?)?;
+        let z = candle_nn::ops::sigmoid(&(xg(1)? + hg(1)?)?)?;
+        let n = (xg(2)? + (r * hg(2)?)?)?.tanh()?;
+        // (1 - z) n + z h = n + z (h - n)
+        let h_next = match hs.last() {
+            Some(h) => (&n + (z * (h - &n)?)?)?,
+            None => (&n - (z * &n)?)?,
+        };
+        hs.push(h_next);
+    }
+    Ok(hs)
+}
+
+/// The output of a fused recurrent kernel ([`crate::kernels::recurrent`]): every step's h
+/// [B, T, H] or the last one [B, H]; reports h_{t-1} of every step t >= 1 as the input of
+/// `weight_hh`, as the composed loop does.
+fn fused_result(hs: &Tensor, return_sequences: bool, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+    let steps = hs.dim(1)?;
+    if steps == 0 {
+        candle_core::bail!("the input sequence has no time steps");
+    }
+    if ctx.wants_weight_input("weight_hh") {
+        for t in 1..steps {
+            ctx.report_weight_input("weight_hh", &hs.narrow(1, t - 1, 1)?.squeeze(1)?);
+        }
+    }
+    if return_sequences {
+        Ok(hs.clone())
+    } else {
+        hs.narrow(1, steps - 1, 1)?.squeeze(1)?.contiguous()
+    }
+}
+
 /// Long short-term memory over [T, input_size] -> [T, hidden_size] (every step's h) or, with
 /// `return_sequences: false`, [hidden_size] (the last step's h). h0 = c0 = 0; per step, with the
 /// gates stacked in PyTorch's order (i, f, g, o) along the rows of the weights:
@@ -185,37 +282,16 @@ impl OpRules for Lstm {
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let x = &xs[0];
         ctx.report_weight_input("weight_ih", x);
-        let h_size = self.hidden_size;
         // both biases enter every step the same way: fold b_hh into the input projection
         let bias = (p.get("bias_ih")? + p.get("bias_hh")?)?;
         let xw = project_inputs(x, &p.get("weight_ih")?, &bias)?;
-        let w_hh_t = p.get("weight_hh")?.t()?;
-        let steps = xw.dim(1)?;
-        let mut hs: Vec<Tensor> = Vec::with_capacity(steps);
-        let mut c: Option<Tensor> = None;
-        for t in 0..steps {
-            let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
-            // h0 = 0: the first step has no recurrent term
-            let gates = match hs.last() {
-                Some(h) => {
-                    ctx.report_weight_input("weight_hh", h);
-                    (xt + h.matmul(&w_hh_t)?)?
-                }
-                None => xt,
-            };
-            let gate = |k: usize| gates.narrow(D::Minus1, k * h_size, h_size);
-            let i = candle_nn::ops::sigmoid(&gate(0)?)?;
-            let f = candle_nn::ops::sigmoid(&gate(1)?)?;
-            let g = gate(2)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&gate(3)?)?;
-            let ig = (i * g)?;
-            let c_next = match &c {
-                Some(c) => ((f * c)? + ig)?,
-                None => ig,
-            };
-            hs.push((o * c_next.tanh()?)?);
-            c = Some(c_next);
+        if crate::kernels::supported(&xw) {
+            let hs = crate::kernels::recurrent::lstm(&xw, &p.get("weight_hh")?)?;
+            return fused_result(&hs, self.return_sequences, ctx);
         }
+        let hs = lstm_steps(&xw, &p.get("weight_hh")?, |h| {
+            ctx.report_weight_input("weight_hh", h)
+        })?;
         sequence_result(hs, self.return_sequences)
     }
 
@@ -283,34 +359,14 @@ impl OpRules for Gru {
     fn forward(&self, xs: &[Tensor], p: &ParamView, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
         let x = &xs[0];
         ctx.report_weight_input("weight_ih", x);
-        let h_size = self.hidden_size;
         let xw = project_inputs(x, &p.get("weight_ih")?, &p.get("bias_ih")?)?;
-        let w_hh_t = p.get("weight_hh")?.t()?;
-        let b_hh = p.get("bias_hh")?;
-        let steps = xw.dim(1)?;
-        let mut hs: Vec<Tensor> = Vec::with_capacity(steps);
-        for t in 0..steps {
-            let xt = xw.narrow(1, t, 1)?.squeeze(1)?;
-            // h0 = 0: the first step's recurrent term is b_hh alone
-            let hw = match hs.last() {
-                Some(h) => {
-                    ctx.report_weight_input("weight_hh", h);
-                    h.matmul(&w_hh_t)?.broadcast_add(&b_hh)?
-                }
-                None => b_hh.unsqueeze(0)?.broadcast_as(xt.dims())?,
-            };
-            let xg = |k: usize| xt.narrow(D::Minus1, k * h_size, h_size);
-            let hg = |k: usize| hw.narrow(D::Minus1, k * h_size, h_size);
-            let r = candle_nn::ops::sigmoid(&(xg(0)? + hg(0)?)?)?;
-            let z = candle_nn::ops::sigmoid(&(xg(1)? + hg(1)?)?)?;
-            let n = (xg(2)? + (r * hg(2)?)?)?.tanh()?;
-            // (1 - z) n + z h = n + z (h - n)
-            let h_next = match hs.last() {
-                Some(h) => (&n + (z * (h - &n)?)?)?,
-                None => (&n - (z * &n)?)?,
-            };
-            hs.push(h_next);
+        if crate::kernels::supported(&xw) {
+            let hs = crate::kernels::recurrent::gru(&xw, &p.get("weight_hh")?, &p.get("bias_hh")?)?;
+            return fused_result(&hs, self.return_sequences, ctx);
         }
+        let hs = gru_steps(&xw, &p.get("weight_hh")?, &p.get("bias_hh")?, |h| {
+            ctx.report_weight_input("weight_hh", h)
+        })?;
         sequence_result(hs, self.return_sequences)
     }
 
