@@ -37,6 +37,10 @@
 //! PAR_MIN = 2^15 elements (one thread / planes in parallel), the affine's input without a gradient.
 //!
 //! ReLU (`kernels/activation.rs`): backward below and above CHUNK = 2^16 elements.
+//!
+//! recurrent (`kernels/recurrent.rs`): GRU and LSTM over batches below, at and above the 16-sample
+//! block (one block, a partial last block), one step and several, against the composed candle
+//! loop (`ops::recurrent::{gru_steps, lstm_steps}`, the path on other devices and dtypes).
 
 mod common;
 
@@ -677,4 +681,53 @@ fn the_kernels_are_on_and_other_dtypes_fall_back() {
     assert_eq!(y.dtype(), DType::F16);
     let reference = h.conv2d(&w, 1, 1, 1, 1).unwrap();
     assert_close(&y, &reference, 0.0, "f16 conv2d is candle's");
+}
+
+#[test]
+fn recurrent_kernels_match_the_composed_ops_and_finite_differences() {
+    use prunekit_graph::kernels::recurrent;
+    use prunekit_graph::ops::recurrent::{gru_steps, lstm_steps};
+    let _guard = serial();
+    two_threads(|| {
+        for (k, &(batch, steps, hidden)) in [(3usize, 1usize, 4usize), (16, 5, 3), (37, 6, 5)]
+            .iter()
+            .enumerate()
+        {
+            let seed = 200 + 10 * k as u64;
+            let gru_in = [
+                uniform(&[batch, steps, 3 * hidden], -2.0, 2.0, seed),
+                uniform(&[3 * hidden, hidden], -0.8, 0.8, seed + 1),
+                uniform(&[3 * hidden], -0.5, 0.5, seed + 2),
+            ];
+            let ours = |t: &[Tensor]| recurrent::gru(&t[0], &t[1], &t[2]);
+            let reference =
+                |t: &[Tensor]| Tensor::stack(&gru_steps(&t[0], &t[1], &t[2], |_| ())?, 1);
+            // over one step the composed loop never reads W_hh (h0 = 0): compare without it
+            let grad = [true, steps > 1, true];
+            check_against(
+                &ours,
+                &reference,
+                &gru_in,
+                &grad,
+                seed,
+                SMOOTH,
+                &format!("gru B={batch} T={steps} H={hidden}"),
+            );
+            let lstm_in = [
+                uniform(&[batch, steps, 4 * hidden], -2.0, 2.0, seed + 3),
+                uniform(&[4 * hidden, hidden], -0.8, 0.8, seed + 4),
+            ];
+            let ours = |t: &[Tensor]| recurrent::lstm(&t[0], &t[1]);
+            let reference = |t: &[Tensor]| Tensor::stack(&lstm_steps(&t[0], &t[1], |_| ())?, 1);
+            check_against(
+                &ours,
+                &reference,
+                &lstm_in,
+                &[true, steps > 1],
+                seed + 5,
+                SMOOTH,
+                &format!("lstm B={batch} T={steps} H={hidden}"),
+            );
+        }
+    });
 }

@@ -134,7 +134,7 @@ fn sequence_result(hs: Vec<Tensor>, return_sequences: bool) -> candle_core::Resu
 /// The LSTM recurrence composed from candle ops (the reference for the fused kernel, and the path
 /// on other devices and dtypes): `xw` [B, T, 4H] (x W_ih^T + b_ih + b_hh), `w_hh` [4H, H] -> every
 /// step's h [B, H]; `report` sees h_{t-1} of every step t >= 1.
-pub(crate) fn lstm_steps(
+pub fn lstm_steps(
     xw: &Tensor,
     w_hh: &Tensor,
     mut report: impl FnMut(&Tensor),
@@ -173,7 +173,7 @@ pub(crate) fn lstm_steps(
 /// The GRU recurrence composed from candle ops (the reference for the fused kernel, and the path
 /// on other devices and dtypes): `xw` [B, T, 3H] (x W_ih^T + b_ih), `w_hh` [3H, H], `b_hh` [3H] ->
 /// every step's h [B, H]; `report` sees h_{t-1} of every step t >= 1.
-pub(crate) fn gru_steps(
+pub fn gru_steps(
     xw: &Tensor,
     w_hh: &Tensor,
     b_hh: &Tensor,
