@@ -79,7 +79,7 @@ for r in recipes:
         ])
 
 print(f"\nMeasured {datetime.date.today()}, release build, 2 threads; latency at batch 1 in ms, "
-      "file size in KiB (our format, masks stored as u8: a masked model's file grows until issue 16), latency and file size for the whole recipe (dense -> final model).\n")
+      "file size in KiB (our format: masked weights stored compressed, issue 16), latency and file size for the whole recipe (dense -> final model).\n")
 print("| recipe | data | stage | metric | dense | right after pruning | after recovery "
       "| params | MACs | latency ms | file KiB | wall s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -136,11 +136,20 @@ pub(crate) fn race(iters: usize, fs: &mut [&mut dyn FnMut() -> Result<()>]) -> R
 }
 
 fn input_batch(g: &Graph, batch: usize) -> Result<(Tensor, Tensor)> {
+    let spec = g.inputs.first().context("the model has no input")?;
     let mut dims = vec![batch];
-    dims.extend_from_slice(&g.inputs[0].shape);
-    let x = Tensor::randn(0f32, 1.0, dims, &g.device())?;
+    dims.extend_from_slice(&spec.shape);
+    let x = match spec.kind {
+        prunekit_graph::InputKind::Float => Tensor::randn(0f32, 1.0, dims, &g.device())?,
+        // token ids 0 and 1 exist in every vocabulary; the time does not depend on their values
+        prunekit_graph::InputKind::Ids => {
+            let n: usize = dims.iter().product();
+            Tensor::from_vec((0..n as u32).map(|i| i % 2).collect(), dims, &g.device())?
+        }
+    };
+    // labels 0 and 1 exist for every classifier of the zoo
     let y = Tensor::from_vec(
-        (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        (0..batch as u32).map(|i| i % 2).collect::<Vec<_>>(),
         batch,
         &g.device(),
     )?;
@@ -355,7 +364,8 @@ pub fn run(iters: usize, profile: bool, torch: Option<PathBuf>, json_out: bool) 
     };
     let mut speed_rows = Vec::new();
     let mut speed = Vec::new();
-    for arch in ["reference-cnn", "resnet20"] {
+    // the recurrent models' "stock candle" column is the composed per-step loop
+    for arch in ["reference-cnn", "resnet20", "lstm-classifier", "gru-text"] {
         let g = prunekit_zoo::build(arch, 0)?;
         let cases: Vec<(&str, usize)> =
             vec![("train", 32), ("train", 128), ("infer", 1), ("infer", 64)];
