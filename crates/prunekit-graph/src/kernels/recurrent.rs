@@ -101,6 +101,22 @@ impl Dims {
     }
 }
 
+/// pre [nb, G] += h_{t-1} [nb, H] W_hh^T (W_hh [G, H]): the recurrent term of one step.
+fn add_recurrent_term<T: Elem>(pre: &mut [T], hprev: &[T], w_hh: &[T], h: usize) {
+    let nb = hprev.len() / h.max(1);
+    let g = pre.len() / nb.max(1);
+    matmul(
+        nb,
+        g,
+        h,
+        pre,
+        Mat::rows(hprev, h),
+        Mat::transposed(w_hh, h),
+        true,
+        1,
+    );
+}
+
 /// GRU forward over one block of samples. `xw`: the block's [nb, T, 3H] projected inputs (with
 /// `b_ih`); `w_hh` [3H, H]; `b_hh` [3H]; writes every step's h into `out` [nb, T, H] and, when
 /// given, (r, z, n, h W_hn^T + b_hn) of every step into `saved` [nb, T, 4H].
@@ -122,16 +138,7 @@ fn gru_rows<T: Gate>(
             row.copy_from_slice(b_hh);
         }
         if t > 0 {
-            matmul(
-                nb,
-                g3,
-                h,
-                &mut hw,
-                Mat::rows(&hprev, h),
-                Mat::transposed(w_hh, h),
-                true,
-                1,
-            );
+            add_recurrent_term(&mut hw, &hprev, w_hh, h);
         }
         for r in 0..nb {
             let at = r * steps + t;
@@ -139,24 +146,14 @@ fn gru_rows<T: Gate>(
             let hr = &hw[r * g3..][..g3];
             let hp = &mut hprev[r * h..][..h];
             let o = &mut out[at * h..][..h];
-            match saved.as_deref_mut() {
-                Some(s) => {
+            for j in 0..h {
+                let rg = sigmoid(x[j] + hr[j]);
+                let zg = sigmoid(x[h + j] + hr[h + j]);
+                let n = (x[2 * h + j] + rg * hr[2 * h + j]).tanh_gate();
+                o[j] = n + zg * (hp[j] - n);
+                if let Some(s) = saved.as_deref_mut() {
                     let s = &mut s[at * 4 * h..][..4 * h];
-                    for j in 0..h {
-                        let rg = sigmoid(x[j] + hr[j]);
-                        let zg = sigmoid(x[h + j] + hr[h + j]);
-                        let n = (x[2 * h + j] + rg * hr[2 * h + j]).tanh_gate();
-                        o[j] = n + zg * (hp[j] - n);
-                        (s[j], s[h + j], s[2 * h + j], s[3 * h + j]) = (rg, zg, n, hr[2 * h + j]);
-                    }
-                }
-                None => {
-                    for j in 0..h {
-                        let rg = sigmoid(x[j] + hr[j]);
-                        let zg = sigmoid(x[h + j] + hr[h + j]);
-                        let n = (x[2 * h + j] + rg * hr[2 * h + j]).tanh_gate();
-                        o[j] = n + zg * (hp[j] - n);
-                    }
+                    (s[j], s[h + j], s[2 * h + j], s[3 * h + j]) = (rg, zg, n, hr[2 * h + j]);
                 }
             }
             hp.copy_from_slice(o);
@@ -179,16 +176,7 @@ fn lstm_rows<T: Gate>(d: Dims, xw: &[T], w_hh: &[T], out: &mut [T], mut saved: O
             row.copy_from_slice(&xw[(r * steps + t) * g4..][..g4]);
         }
         if t > 0 {
-            matmul(
-                nb,
-                g4,
-                h,
-                &mut gates,
-                Mat::rows(&hprev, h),
-                Mat::transposed(w_hh, h),
-                true,
-                1,
-            );
+            add_recurrent_term(&mut gates, &hprev, w_hh, h);
         }
         for r in 0..nb {
             let at = r * steps + t;
